@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh machine:
+#   make report   set up the pinned environment, then run the workflow on the embedded default model
+#   make test     set up the pinned environment, then run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+STAMP := $(VENV)/.portcheck-installed
+CORES ?= 1
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup report test lock clean bench-workflow
+
+setup: $(STAMP)
+
+$(STAMP): requirements/cpu.lock.txt requirements/overrides.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install --python $(BIN)/python --override requirements/overrides.txt -r requirements/cpu.lock.txt
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	touch $@
+
+report: setup
+	$(BIN)/snakemake --cores $(CORES) report
+	@echo "Report: $$(ls -t reports/*/report.md | head -n 1)"
+
+test: setup
+	$(BIN)/python -m pytest
+
+lock: setup
+	$(BIN)/uv pip freeze --python $(BIN)/python --exclude-editable > requirements/cpu.lock.txt.new
+	mv requirements/cpu.lock.txt.new requirements/cpu.lock.txt
+
+bench-workflow: setup
+	$(BIN)/python scripts/bench_workflow.py
+
+clean:
+	rm -rf results resources reports/*/ logs .snakemake

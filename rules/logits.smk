@@ -1,0 +1,26 @@
+# One engine start per target serves the logit dump, the adaptation check, determinism and samples.
+
+
+rule dump_logits:
+    input:
+        model=model_dir(),
+        code=package_sources("run"),
+    output:
+        logits=f"{RESULTS}/{{target}}/logits.safetensors",
+        adaptation=f"{RESULTS}/{{target}}/adaptation.json",
+        determinism=f"{RESULTS}/{{target}}/determinism.json",
+        samples=f"{RESULTS}/{{target}}/samples.json",
+    params:
+        prompts=PROMPTS,
+        settings=target_settings,
+        greedy_tokens=config["logits"]["greedy_tokens"],
+        determinism=config["determinism"],
+        samples=config["samples"],
+    threads: target_threads
+    resources:
+        gpu=device_resources("gpu"),
+        npu=device_resources("npu"),
+    log:
+        f"logs/{MODEL}/dump_logits/{{target}}.log",
+    script:
+        "../workflow/scripts/dump_logits.py"

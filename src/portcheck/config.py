@@ -1,0 +1,163 @@
+"""Config validation with defaults and messages that name the key, the allowed values and the fix,
+plus the accessors the rules and the CLI share (enabled targets, engine settings, prompts)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .records import EngineSettings
+from .errors import PortcheckError
+from .targets import DEVICES, DTYPES, ENGINES, parse_target
+
+ENGINE_SETTING_KEYS = (
+    "threads",
+    "seed",
+    "max_model_len",
+    "enforce_eager",
+    "gpu_memory_utilization",
+    "max_num_batched_tokens",
+    "max_num_seqs",
+    "language_model_only",
+    "logprobs_topk",
+)
+
+
+def load_schema(path: str | Path) -> dict:
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+
+
+def validate_config(config: dict, schema: dict, base_dir: str | Path = ".") -> dict:
+    """Return the config with defaults filled in, or raise PortcheckError listing every problem."""
+    config = copy.deepcopy(config)
+    problems = [_describe(error, schema) for error in _validator(schema).iter_errors(config)]
+    if problems:
+        raise PortcheckError("invalid config:\n  - " + "\n  - ".join(sorted(set(problems))))
+    _fill_defaults(config, schema, schema)
+    problems = _semantic_problems(config, Path(base_dir))
+    if problems:
+        raise PortcheckError("invalid config:\n  - " + "\n  - ".join(problems))
+    return config
+
+
+def _validator(schema: dict):
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _key_path(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
+    where = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        prefix = f"{where}." if error.absolute_path else ""
+        return f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; allowed here: {', '.join(allowed)}"
+    if "propertyNames" in error.relative_schema_path:
+        return (
+            f"target name {error.instance!r} under {where} is not <device>-<engine>-<dtype>; devices "
+            f"{'/'.join(DEVICES)}, engines {'/'.join(ENGINES)}, dtypes {'/'.join(DTYPES)} (e.g. npu-vllm-bf16)"
+        )
+    if error.validator == "type":
+        return f"config key {where} must be of type {error.validator_value}, got {error.instance!r}"
+    if error.validator == "enum":
+        return f"config key {where} must be one of {error.validator_value}, got {error.instance!r}"
+    return f"config key {where}: {error.message}"
+
+
+def _resolve(node: dict, root: dict) -> dict:
+    ref = node.get("$ref")
+    if ref:
+        node = root
+        for part in ref.lstrip("#/").split("/"):
+            node = node[part]
+    return node
+
+
+def _fill_defaults(instance: Any, node: dict, root: dict) -> None:
+    """Fill schema defaults into `instance` in place, recursing into objects (as snakemake's validate does)."""
+    node = _resolve(node, root)
+    if not isinstance(instance, dict):
+        return
+    for key, sub in node.get("properties", {}).items():
+        sub = _resolve(sub, root)
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _fill_defaults(instance[key], sub, root)
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in node.get("properties", {}):
+                _fill_defaults(value, extra, root)
+
+
+def _semantic_problems(config: dict, base_dir: Path) -> list[str]:
+    problems = []
+    targets = config["targets"]
+    reference = config["reference"]
+    if reference not in targets:
+        problems.append(
+            f"reference target {reference!r} is not defined under targets (defined: {', '.join(targets) or 'none'}); "
+            "define it or set `reference` to one of them"
+        )
+    elif not targets[reference]["enabled"]:
+        problems.append(f"reference target {reference!r} is not enabled; set targets.{reference}.enabled: true")
+    if not any(t["enabled"] for t in targets.values()):
+        problems.append("no target is enabled; enable at least the reference under `targets`")
+    try:
+        if not load_prompts(config, base_dir):
+            problems.append("the prompt list is empty; give prompts under prompts.list or a prompts.file")
+    except PortcheckError as exc:
+        problems.append(str(exc))
+    model = config["model"]
+    if model["source"] == "local":
+        problems.extend(local_model_problems(model.get("path"), base_dir))
+    return problems
+
+
+def local_model_problems(path: str | None, base_dir: Path = Path(".")) -> list[str]:
+    if not path:
+        return ["model.source is local but model.path is not set; set it to the model directory"]
+    model_dir = (base_dir / path) if not Path(path).is_absolute() else Path(path)
+    if not model_dir.is_dir():
+        return [f"model directory {model_dir} does not exist; fix model.path or use source: hf / modelscope"]
+    problems = []
+    if not (model_dir / "config.json").is_file():
+        problems.append(f"model directory {model_dir} has no config.json; point model.path at the checkpoint folder")
+    if not list(model_dir.glob("*.safetensors")):
+        problems.append(
+            f"model directory {model_dir} has no *.safetensors weights (portcheck never loads pickled .bin files); "
+            "download the safetensors checkpoint"
+        )
+    return problems
+
+
+def load_prompts(config: dict, base_dir: str | Path = ".") -> list[str]:
+    file = config["prompts"].get("file")
+    if file:
+        path = Path(base_dir) / file
+        if not path.is_file():
+            raise PortcheckError(f"prompts.file {path} does not exist; fix the path or remove the key to use prompts.list")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [line for line in lines if line.strip()]
+    return [p for p in config["prompts"]["list"] if p.strip()]
+
+
+def enabled_targets(config: dict) -> list[str]:
+    """Enabled targets, reference first, each parsed so that a bad name fails here."""
+    names = [name for name, t in config["targets"].items() if t["enabled"]]
+    for name in names:
+        parse_target(name)
+    return sorted(names, key=lambda n: (n != config["reference"], n))
+
+
+def engine_settings(config: dict, target: str) -> EngineSettings:
+    values = {k: config["targets"][target][k] for k in ENGINE_SETTING_KEYS}
+    return EngineSettings(trust_remote_code=config["model"]["trust_remote_code"], **values)

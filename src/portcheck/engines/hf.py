@@ -1,0 +1,165 @@
+"""The Hugging Face transformers engine: eager PyTorch on cpu, cuda or npu, full logits."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from .. import devices
+from ..checkpoint import checkpoint_facts
+from .base import Engine, Generation, PromptScores, item
+
+# Functions transformers swaps for optimised kernels (flash-linear-attention, causal-conv1d) when installed.
+GDN_FUNCTIONS = (
+    "torch_chunk_gated_delta_rule",
+    "torch_recurrent_gated_delta_rule",
+    "causal_conv1d_fn",
+    "causal_conv1d_update",
+)
+
+
+class HFEngine(Engine):
+    def __init__(self, target, model_dir, settings):
+        super().__init__(target, model_dir, settings)
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.torch = torch
+        self.device = devices.torch_device(target.device)
+        devices.set_cpu_threads(settings.threads)
+        start = time.perf_counter()
+        # The text-only class: AutoModelForCausalLM on a Qwen3_5ForConditionalGeneration checkpoint skips the vision tower.
+        self.model, self.loading_info = AutoModelForCausalLM.from_pretrained(
+            self.model_dir,
+            dtype=getattr(torch, target.torch_dtype_name),
+            trust_remote_code=settings.trust_remote_code,
+            output_loading_info=True,
+        )
+        self.model.to(self.device).eval()
+        devices.synchronize(target.device)
+        self.timings["weight_load_s"] = time.perf_counter() - start
+        self.timings["engine_start_s"] = self.timings["weight_load_s"]
+
+    def _forward_logits(self, ids: list[int]) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+            logits = self.model(input_ids=input_ids).logits[0]
+        return logits.float().cpu().numpy()
+
+    def score(self, prompts: list[list[int]]) -> list[PromptScores]:
+        return [
+            PromptScores(input_ids=np.asarray(ids, dtype=np.int64), logits=self._forward_logits(ids)) for ids in prompts
+        ]
+
+    def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, seed=None) -> list[Generation]:
+        """One left-padded batch, as a serving engine would batch them; greedy when temperature is 0."""
+        torch = self.torch
+        pad = self.model.generation_config.pad_token_id
+        if pad is None:
+            pad = self.model.generation_config.eos_token_id
+        pad = pad[0] if isinstance(pad, list) else (pad or 0)
+        width = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=self.device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else {"do_sample": False}
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens,  # fixed lengths keep runs comparable
+                pad_token_id=pad,
+                output_logits=True,
+                return_dict_in_generate=True,
+                **sampling,
+            )
+        new_tokens = out.sequences[:, width:].cpu()
+        logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in out.logits], dim=1).cpu()
+        chosen = logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        return [Generation(t.tolist(), c.tolist()) for t, c in zip(new_tokens, chosen)]
+
+    def adaptation(self) -> dict[str, Any]:
+        facts = checkpoint_facts(self.model_dir)
+        info = self.loading_info
+        missing = sorted(info.get("missing_keys", []))
+        mismatched = [str(m) for m in info.get("mismatched_keys", [])]
+        text_config = getattr(self.model.config, "text_config", self.model.config)
+        built = _layer_kinds(self.model)
+        expected = list(getattr(text_config, "layer_types", []) or [])
+        return {
+            "engine_class": item(type(self.model).__name__, "ok", "class transformers instantiated"),
+            "weights_load": item(
+                {"missing": len(missing), "mismatched": len(mismatched)},
+                "failed" if missing or mismatched else "ok",
+                "missing: " + ", ".join(missing[:5]) if missing else "every text weight found in the checkpoint",
+            ),
+            "layer_pattern": item(
+                _count(built),
+                "ok" if built == expected else "failed",
+                "counted on the built model; matches config layer_types" if built == expected
+                else f"built {built} but config says {expected}",
+            ),
+            "full_attention_layers": item([i for i, k in enumerate(built) if k == "full_attention"], "ok", "indices"),
+            "gdn_implementation": _gdn_item(self.model),
+            "mtp_weights_present": item(facts["mtp_tensors"] > 0, "ok", f"{facts['mtp_tensors']} mtp.* tensors in the checkpoint"),
+            "mtp_loaded": item(False, "ok", "transformers has no MTP module; MTP weights are ignored by this engine"),
+            "vision_weights_present": item(facts["vision_tensors"] > 0, "ok", f"{facts['vision_tensors']} vision tensors in the checkpoint"),
+            "vision_loaded": item(False, "ok", "text-only class loaded; vision tower skipped"),
+            "ssm_state_dtype": self._state_dtype_item(),
+            "weight_load_s": item(round(self.timings["weight_load_s"], 3), "ok", "from_pretrained + move to device"),
+            "engine_start_s": item(round(self.timings["engine_start_s"], 3), "ok", "same as weight load for hf"),
+            "kv_cache_tokens": item(None, "not determined", "hf allocates its cache per request; no fixed capacity"),
+        }
+
+    def _state_dtype_item(self):
+        """Run one short cached forward and read the dtype of the recurrent state the cache holds."""
+        torch = self.torch
+        try:
+            with torch.inference_mode():
+                out = self.model(input_ids=torch.tensor([[1, 2, 3]], device=self.device), use_cache=True)
+            cache = out.past_key_values
+            for layer in cache.layers:
+                states = getattr(layer, "recurrent_states", None)
+                if states:
+                    return item(str(states[0].dtype).replace("torch.", ""), "ok", "read from the cache after a forward")
+        except Exception as exc:  # noqa: BLE001 - an adaptation fact, not a failure of the run
+            return item(None, "not determined", f"could not read the cache: {exc}")
+        return item(None, "not determined", "no recurrent state found in the cache")
+
+    def close(self):
+        self.model = None
+
+
+def _layer_kinds(model) -> list[str]:
+    """Which mixer each decoder layer was built with, read from the modules, not the config."""
+    layers = model.model.layers
+    return ["linear_attention" if hasattr(layer, "linear_attn") else "full_attention" for layer in layers]
+
+
+def _count(kinds: list[str]) -> dict[str, int]:
+    return {kind: kinds.count(kind) for kind in sorted(set(kinds))}
+
+
+def _gdn_item(model):
+    """Which gated-delta-rule / conv1d implementation the modeling module resolved (reference torch or a kernel)."""
+    gdn_layers = [layer.linear_attn for layer in model.model.layers if hasattr(layer, "linear_attn")]
+    if not gdn_layers:
+        return item(None, "not determined", "the model has no linear-attention layers")
+    module = sys.modules[type(gdn_layers[0]).__module__]
+    resolved = {}
+    for name in GDN_FUNCTIONS:
+        function = getattr(module, name, None)
+        implementation = inspect.getclosurevars(function).nonlocals.get("implementation") if function else None
+        if implementation is None:
+            return item(None, "not determined", f"cannot introspect {name} in {module.__name__}")
+        resolved[name] = f"{implementation.__module__}.{implementation.__qualname__}"
+    reference = all(v.startswith("transformers.") for v in resolved.values())
+    kind = "reference PyTorch fallback" if reference else "optimised kernel"
+    return item({"kind": kind, "functions": resolved}, "ok", "resolved by transformers at import")

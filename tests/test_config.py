@@ -1,0 +1,99 @@
+"""Bad config is refused before any job runs, with a message naming the key, the allowed values and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, copy_workflow, snakemake
+from portcheck.config import engine_settings, enabled_targets, load_schema, validate_config
+from portcheck.errors import PortcheckError
+
+SCHEMA = load_schema(ROOT / "config" / "schema.yaml")
+
+
+def default_config() -> dict:
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def problems_of(config: dict, base_dir: Path = ROOT) -> str:
+    with pytest.raises(PortcheckError) as excinfo:
+        validate_config(config, SCHEMA, base_dir)
+    return str(excinfo.value)
+
+
+def test_defaults_are_filled_in():
+    config = validate_config({"targets": {"cpu-hf-fp32": {"enabled": True}}, "prompts": {"list": ["a"]}}, SCHEMA)
+    assert config["logits"]["greedy_tokens"] == 8
+    assert config["targets"]["cpu-hf-fp32"]["logprobs_topk"] == 20
+    assert config["model"]["trust_remote_code"] is False
+    assert engine_settings(config, "cpu-hf-fp32").trust_remote_code is False
+
+
+def test_unknown_key_is_named_with_allowed_keys():
+    config = default_config()
+    config["model"]["sourc"] = "tiny"
+    message = problems_of(config)
+    assert "model.sourc" in message and "allowed here:" in message and "source" in message
+
+
+def test_wrong_type_and_enum_name_the_key_and_values():
+    config = default_config()
+    config["logits"]["greedy_tokens"] = "eight"
+    config["model"]["source"] = "s3"
+    message = problems_of(config)
+    assert "logits.greedy_tokens must be of type integer, got 'eight'" in message
+    assert "model.source must be one of ['tiny', 'hf', 'modelscope', 'local'], got 's3'" in message
+
+
+def test_bad_target_name_lists_the_parts():
+    config = default_config()
+    config["targets"]["xpu-hf-bf16"] = {"enabled": True}
+    assert "'xpu-hf-bf16'" in problems_of(config) and "cpu/gpu/npu" in problems_of(config)
+
+
+def test_reference_not_defined_or_not_enabled():
+    config = default_config()
+    config["reference"] = "gpu-vllm-bf16"
+    assert "reference target 'gpu-vllm-bf16' is not defined" in problems_of(config)
+    config = default_config()
+    config["targets"]["cpu-hf-fp32"]["enabled"] = False
+    assert "reference target 'cpu-hf-fp32' is not enabled" in problems_of(config)
+
+
+def test_empty_prompt_list(tmp_path):
+    config = default_config()
+    config["prompts"]["list"] = []
+    assert "prompt list is empty" in problems_of(config)
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    config["prompts"]["file"] = "blank.txt"
+    assert "prompt list is empty" in problems_of(config, tmp_path)
+
+
+def test_local_model_missing_or_without_weights(tmp_path):
+    config = default_config()
+    config["model"].update(source="local", path=str(tmp_path / "nowhere"))
+    assert "does not exist" in problems_of(config)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    config["model"]["path"] = str(tmp_path / "empty")
+    assert "no *.safetensors weights" in problems_of(config)
+
+
+def test_enabled_targets_put_the_reference_first():
+    config = validate_config(default_config(), SCHEMA, ROOT)
+    assert enabled_targets(config)[0] == config["reference"]
+
+
+def test_snakemake_refuses_bad_config_before_any_job(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    config_path = workdir / "config" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["compare"]["tie_tolerance"] = "small"
+    config_path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    result = snakemake(workdir, "report", check=False)
+    assert result.returncode != 0
+    assert "compare.tie_tolerance must be of type number, got 'small'" in result.stdout + result.stderr
+    assert not (workdir / "results").exists() and not (workdir / "resources").exists()

@@ -1,0 +1,606 @@
+"""The report: escaping, context building and rendering from hand-made artifacts, plots."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from portcheck import plots, report
+from portcheck.report import cell, markdown_table
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = REPO / "reports" / "templates" / "report.md.j2"
+REFERENCE, TARGET = "cpu-hf-fp32", "cpu-hf-bf16"
+HOSTILE = [
+    "The capital of France is",
+    "a | b || c",
+    "line one\nline two\r\nthree\rfour\tfive",
+    "`code` and ```fence``` \\ back\\slash \\|",
+    "<script>alert(1)</script> & [link](http://x) *em* _u_ $x$",
+    "法国的首都是",
+]
+SECTIONS = [
+    "## 1. Summary", "## 2. Model and configuration", "## 3. Environment", "## 4. Adaptation checklist",
+    "## 5. Precision comparison", "## 6. Predicted tokens per prompt", "## 7. Determinism",
+    "## 8. Generation samples", "## 9. bf16 vs fp32: Theory (not a measurement)", "## 10. Performance",
+    "## 11. Plots", "## 12. Artifacts",
+]
+
+
+# ---------------------------------------------------------------- cell escaping
+
+
+def unescaped_pipes(line: str) -> int:
+    """Pipes that delimit cells, read as GFM does: a backslash escapes the next character."""
+    return sum(1 for token in re.findall(r"\\.|\|", line) if token == "|")
+
+
+@pytest.mark.parametrize("text", HOSTILE + ["|", "\\", "\\|", "||\n|", "x\x00y\u2028z\x0bw"])
+def test_cell_keeps_hostile_text_on_one_line_without_delimiters(text):
+    escaped = cell(text)
+    assert unescaped_pipes(escaped) == 0
+    assert not re.search(r"[\n\r\t\x00-\x1f\u2028\u2029]", escaped)
+    assert "<" not in escaped and ">" not in escaped
+    assert re.search(r"(?<!\\)(\\\\)*`", escaped) is None  # every backtick is escaped
+
+
+def test_cell_exact_escapes():
+    assert cell("a|b") == "a\\|b"
+    assert cell("C:\\dir") == "C:\\\\dir"
+    assert cell("`x`") == "\\`x\\`"
+    assert cell("<b>&") == "&lt;b&gt;&amp;"
+    assert cell("one\ntwo\r\nthree\rfour\tfive") == "one↵two↵three␍four⇥five"
+    assert cell("x\u2028y") == "x⟨U+2028⟩y"
+    assert cell("法国的首都是") == "法国的首都是"
+
+
+def test_cell_empty_and_none():
+    assert cell("") == ""
+    assert cell(None) == ""
+    assert cell("", empty="(empty)") == "(empty)"
+    assert cell(0) == "0"
+
+
+def test_markdown_table_rejects_ragged_rows():
+    with pytest.raises(ValueError, match="2 cells"):
+        markdown_table({"header": ["a", "b", "c"], "rows": [["1", "2"]]})
+
+
+def test_number_formats():
+    assert report.sci(2.5e-5) == "2.50e-05"
+    assert report.sci(0) == "0"
+    assert report.sci(None) == "unavailable"
+    assert report.pct(0.9974) == "99.74%"
+    assert report.pct(1.0) == "100%"
+    assert report.pct(0.999996) == ">99.99%"
+    assert report.pct(None) == "unavailable"
+
+
+def test_regenerate_command_adds_configfile_only_when_not_default():
+    assert report.regenerate_command(None) == "snakemake --cores 1 report"
+    assert report.regenerate_command("config/config.yaml") == "snakemake --cores 1 report"
+    assert report.regenerate_command("config/npu run.yaml") == (
+        "snakemake --cores 1 --configfile 'config/npu run.yaml' report"
+    )
+
+
+# ---------------------------------------------------------------- hand-made artifacts
+
+
+def write_json(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def write_dump(path: Path, target: str, prompts: list[str], first_tokens: list[str]) -> Path:
+    """A dump as dumps.py writes it: tensors per prompt, string metadata, JSON for non-strings (json_keys)."""
+    meta = {
+        "target": target, "device": "cpu", "engine": "hf", "dtype": target.rsplit("-", 1)[1],
+        "model_sha": "m" * 64, "tokenizer_sha": "t" * 64, "prompts_sha": "p" * 64,
+        "prompts": prompts,
+        "greedy_text": [f"{tok} and | more\ntext" for tok in first_tokens],
+        "greedy_tokens": [[tok, " and"] for tok in first_tokens],
+        "gdn_impl": {"kind": "reference PyTorch fallback"},
+        "versions": {"torch": "2.13.0", "transformers": "5.19.0", "vllm": None},
+        "settings": {"threads": None, "seed": 0, "max_model_len": None, "enforce_eager": True},
+        "run_seconds": 1.5,
+        "kind": "full", "num_prompts": len(prompts),
+    }
+    json_keys = sorted(k for k, v in meta.items() if not isinstance(v, str))
+    header = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+    header.update(format="portcheck-logits", format_version="1", json_keys=json.dumps(json_keys))
+    tensors = {}
+    for i in range(len(prompts)):
+        tensors[f"input_ids.{i}"] = np.arange(3, dtype=np.int64)
+        tensors[f"logits.{i}"] = np.zeros((3, 5), dtype=np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=header)
+    return path
+
+
+def env_json(target: str) -> dict:
+    return {
+        "target": target, "python": "3.11.9", "os": "Ubuntu 22.04 (x86_64)", "cpu": "Test CPU", "cpu_count": 4,
+        "ram_bytes": 8 * 2**30, "versions": {"torch": "2.13.0", "transformers": "5.19.0", "vllm": None, "cann": None},
+        "gpu": None, "npu": None, "workflow_commit": "abc123",
+    }
+
+
+def adaptation_json(target: str, extra: bool) -> dict:
+    items = {
+        "engine_class": {"value": "Qwen3_5ForCausalLM", "status": "ok", "note": "class | instantiated"},
+        "weights_load": {"value": {"missing": 0, "mismatched": 0}, "status": "ok", "note": ""},
+        "kv_cache_tokens": {"value": None, "status": "not determined", "note": "hf has no fixed capacity"},
+    }
+    if extra:
+        items["ssm_state_dtype"] = {"value": "float32", "status": "failed", "note": "expected float32"}
+    return {"target": target, "items": items}
+
+
+def compare_json(n_prompts: int, status: str = "fail", lower_bound: bool = False) -> dict:
+    """The shape compare.py writes (see compare.compare_dumps)."""
+    per_prompt = [
+        {"index": i, "n_rows": 3, "n_positions": 3, "kld_mean": 1e-3 * (i + 1), "kld_max": 2e-3 * (i + 1),
+         "kld": [0.0, 1e-4 * (i + 1), None if i == 0 else 3e-3], "top1_agreement": 1.0 if i else 2 / 3,
+         "top1_ties": 0, "rms_delta_p": 0.001, "ppl_ref": 10.0, "ppl_target": 10.2, "cosine": 0.9999,
+         "max_abs_err": 0.1, "max_rel_err": 0.03, "msprobe_pass": i != 2, "greedy_common_prefix": 8,
+         "greedy_first_token_agrees": True, "nonfinite_count": 0}
+        for i in range(n_prompts)
+    ]
+    checks = [
+        {"name": "kld_p99_max", "metric": "kld_p99", "value": 0.06, "op": "<=", "threshold": 0.05,
+         "anchor": "llama.cpp p99", "passed": False},
+        {"name": "top1_agreement_min", "metric": "top1_agreement_with_ties", "value": 0.9444, "op": ">=",
+         "threshold": 0.97, "anchor": "llama.cpp same top p", "passed": False},
+        {"name": "cosine_min", "metric": "cosine_min", "value": 0.99971, "op": ">=", "threshold": 0.99,
+         "anchor": "msprobe", "passed": True},
+        {"name": "msprobe_rule", "metric": "msprobe_failed_prompts", "value": None, "op": "<=", "threshold": 0,
+         "anchor": "msprobe pass rule", "passed": None},
+    ]
+    return {
+        "kld_mean": 1.234e-3, "kld_mean_stderr": 1e-4, "kld_median": 1e-4, "kld_p99": 0.06, "kld_p999": 0.079,
+        "kld_max": 0.08, "kld_is_lower_bound": lower_bound, "n_prompts": n_prompts, "n_rows": 3 * n_prompts,
+        "n_positions": 3 * n_prompts, "top1_agreement": 0.9444, "top1_ties": 1, "top1_agreement_with_ties": 0.9444,
+        "top5_overlap": 0.98, "n_next_token_positions": 2 * n_prompts, "mean_delta_p": -0.0002,
+        "rms_delta_p": 0.0015, "ppl_ref": 10.0, "ppl_target": 10.2, "delta_ppl": 0.2, "ppl_ratio": 1.02,
+        "ppl_rel_delta": 0.02, "cosine_min": 0.99971, "cosine_mean": 0.99993, "max_abs_err": 0.125,
+        "max_rel_err": 0.031, "thousandth_err_ratio": 0.41, "five_thousandths_err_ratio": 0.87,
+        "msprobe_failed_prompts": 1, "greedy_first_token_agreement": 1.0, "greedy_common_prefix_mean": 7.5,
+        "nonfinite": [], "nonfinite_count": 0, "tie_tolerance": 0.04,
+        "reference": {"name": REFERENCE, "kind": "full", "path": "r"}, "target": {"name": TARGET, "kind": "full"},
+        "per_prompt": per_prompt,
+        "verdict": {"status": status, "checks": checks,
+                    "reasons": ["kld_p99_max: kld_p99 = 0.06 is not <= 0.05", "top1 94.44% < 97%"],
+                    "notes": ["msprobe_rule: msprobe_failed_prompts is not available for this comparison"]},
+    }
+
+
+def manifest_json() -> dict:
+    return {
+        "source": {"kind": "hf", "repo_id": "Qwen/Qwen3.5-0.8B-Base", "revision": "main"},
+        "files": [{"path": "model.safetensors", "bytes": 100, "sha256": "0" * 64}],
+        "total_bytes": 1_700_000_000, "model_sha": "m" * 64, "tokenizer_sha": "t" * 64,
+        "tensor_count": 488, "text_tensors": 300, "vision_tensors": 150, "mtp_tensors": 38,
+        "parameters": {"text": 752_000_000, "vision": 100_000_000, "mtp": 20_000_000, "total": 872_000_000},
+        "dtypes": {"BF16": {"tensors": 488, "bytes": 1_700_000_000}},
+        "config": {
+            "architectures": ["Qwen3_5ForConditionalGeneration"], "model_type": "qwen3_5", "hidden_size": 1024,
+            "num_hidden_layers": 24, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 256,
+            "intermediate_size": 3584, "vocab_size": 248320, "eos_token_id": 248044,
+            "layer_type_counts": {"linear_attention": 18, "full_attention": 6},
+            "full_attention_layers": [3, 7, 11, 15, 19, 23], "max_position_embeddings": 262144,
+            "tie_word_embeddings": True, "mtp_num_hidden_layers": 1, "mamba_ssm_dtype": "float32",
+            "vision_tower": True,
+        },
+    }
+
+
+def determinism_json(prompts: list[str]) -> dict:
+    return {
+        "target": REFERENCE, "prompts": len(prompts), "repeats": 3, "max_tokens": 20,
+        "repeat_identical_rate": 1.0, "batch_invariant_rate": 5 / 6,
+        "repeat_mismatches": [], "batch_mismatches": [{"prompt": 1, "first_difference": 4}],
+        "per_prompt": [
+            {"prompt": p, "first_token": " Paris" if i == 0 else "|x", "text": "t",
+             "identical_across_repeats": True, "batch_invariant": i != 1}
+            for i, p in enumerate(prompts)
+        ],
+    }
+
+
+def samples_json(prompts: list[str]) -> dict:
+    return {
+        "target": REFERENCE, "settings": {"temperature": 0.7, "top_p": 0.9, "max_tokens": 20, "seed": 1234},
+        "samples": [{"prompt": p, "text": f"sample {i} | with\nnewline", "tokens": 20} for i, p in enumerate(prompts)],
+    }
+
+
+@pytest.fixture(scope="module")
+def plot_pngs(tmp_path_factory):
+    """The fixture's plots, drawn once: drawing is the slow part and the data never changes."""
+    folder = tmp_path_factory.mktemp("plots")
+    compare = {TARGET: write_json(folder / "compare.json", compare_json(len(HOSTILE)))}
+    plots.plot_kld_per_position(compare, folder / "kld_per_position.png")
+    plots.plot_kld_distribution(compare, folder / "kld_distribution.png")
+    return {name: (folder / name).read_bytes() for name in ("kld_per_position.png", "kld_distribution.png")}
+
+
+@pytest.fixture
+def artifacts(tmp_path, plot_pngs):
+    results = tmp_path / "results" / "m"
+    reports = tmp_path / "reports" / "m"
+    targets = {}
+    for name, first in ((REFERENCE, " Paris"), (TARGET, " Lyon")):
+        d = results / name
+        targets[name] = {
+            "env": write_json(d / "env.json", env_json(name)),
+            "logits": write_dump(d / "logits.safetensors", name, HOSTILE, [first] * len(HOSTILE)),
+            "adaptation": write_json(d / "adaptation.json", adaptation_json(name, extra=name == REFERENCE)),
+            "determinism": write_json(d / "determinism.json", determinism_json(HOSTILE)) if name == REFERENCE else None,
+            "samples": write_json(d / "samples.json", samples_json(HOSTILE)) if name == REFERENCE else None,
+        }
+    compare = {TARGET: write_json(results / "compare" / f"{TARGET}.json", compare_json(len(HOSTILE)))}
+    reports.mkdir(parents=True)
+    for name, data in plot_pngs.items():
+        (reports / name).write_bytes(data)
+    return {
+        "model": "m", "manifest": write_json(results / "manifest.json", manifest_json()), "reference": REFERENCE,
+        "targets": targets, "compare": compare,
+        "plots": {"kld_per_position": "kld_per_position.png", "kld_distribution": "kld_distribution.png"},
+    }
+
+
+def render(artifacts, tmp_path, config=None) -> str:
+    out = tmp_path / "reports" / "m" / "report.md"
+    context = report.build_context(artifacts, config or {"report": {"title": None}})
+    report.render_report(TEMPLATE, out, context)
+    return out.read_text(encoding="utf-8")
+
+
+def section(text: str, heading: str) -> str:
+    start = text.index(heading)
+    following = text.find("\n## ", start + len(heading))
+    return text[start: following if following != -1 else None]
+
+
+def table_blocks(text: str) -> list[list[str]]:
+    blocks, current = [], []
+    for line in text.splitlines():
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            blocks.append(current)
+            current = []
+    return blocks + ([current] if current else [])
+
+
+def row_cells(line: str, column: int) -> str:
+    return re.split(r"(?<!\\) \| ", line.strip("| "))[column]
+
+
+# ---------------------------------------------------------------- the rendered report
+
+
+def test_sections_present_in_order(artifacts, tmp_path):
+    text = render(artifacts, tmp_path)
+    positions = [text.index(heading) for heading in SECTIONS]
+    assert positions == sorted(positions)
+    assert text.startswith("# m port check\n")
+
+
+def test_every_table_has_consistent_columns_with_hostile_text(artifacts, tmp_path):
+    text = render(artifacts, tmp_path)
+    blocks = table_blocks(text)
+    assert len(blocks) >= 15
+    for block in blocks:
+        counts = {unescaped_pipes(line) for line in block}
+        assert len(counts) == 1, block
+        assert re.fullmatch(r"\|(---\|)+", block[1]), block[1]
+    predictions = section(text, "## 6.")
+    assert "a \\| b \\|\\| c" in predictions
+    assert "line one↵line two↵three␍four⇥five" in predictions
+    assert "&lt;script&gt;" in predictions and "<script>" not in text
+
+
+def test_verdict_row_shows_fail_when_compare_fails(artifacts, tmp_path):
+    summary = section(render(artifacts, tmp_path), "## 1. Summary")
+    row = next(line for line in summary.splitlines() if line.startswith(f"| {TARGET} |"))
+    assert row_cells(row, 3) == "❌ fail"
+    assert row_cells(row, 4) == "1.23e-03"
+    assert row_cells(row, 5) == "94.44%"
+    assert "**Overall: ❌ fail**" in summary
+    reference_row = next(line for line in summary.splitlines() if line.startswith(f"| {REFERENCE} |"))
+    assert row_cells(reference_row, 3) == "reference"
+
+
+def test_missing_compare_is_not_run_and_never_pass(artifacts, tmp_path):
+    artifacts["compare"] = {}
+    artifacts["plots"] = {}
+    text = render(artifacts, tmp_path)
+    summary = section(text, "## 1. Summary")
+    row = next(line for line in summary.splitlines() if line.startswith(f"| {TARGET} |"))
+    assert row_cells(row, 3) == "⚪ not run"
+    assert "**Overall: ❔ unknown**" in summary
+    assert "pass" not in summary.lower().replace("batch-invariant", "")
+    assert "Not run: compare is not configured for this target." in section(text, "## 5.")
+
+
+def test_missing_determinism_and_samples_show_not_run(artifacts, tmp_path):
+    text = render(artifacts, tmp_path)
+    determinism = section(text, "## 7. Determinism")
+    target_part = determinism[determinism.index(f"### {TARGET}"):]
+    assert "Not run: determinism is not configured for this target." in target_part
+    reference_part = determinism[: determinism.index(f"### {TARGET}")]
+    assert "identical across repeats\n**100%**" in reference_part
+    assert "**83.33%**" in reference_part
+    assert "prompt 1 alone vs in the batch: first differs at token 4" in reference_part
+    summary_row = next(line for line in text.splitlines() if line.startswith(f"| {TARGET} |"))
+    assert row_cells(summary_row, 7) == "not run"
+
+
+def test_absent_environment_items_say_absent(artifacts, tmp_path):
+    environment = section(render(artifacts, tmp_path), "## 3. Environment")
+    rows = {row_cells(line, 0): line for line in environment.splitlines() if line.startswith("| ")}
+    assert row_cells(rows["GPU"], 1) == "absent" and row_cells(rows["GPU"], 2) == "absent"
+    assert row_cells(rows["vllm"], 1) == "absent"
+    assert row_cells(rows["cann"], 1) == "absent"
+    assert row_cells(rows["torch"], 1) == "2.13.0"
+    assert row_cells(rows["RAM"], 1) == "8.00 GiB"
+
+
+def test_missing_env_file_is_not_run_not_absent(artifacts, tmp_path):
+    Path(artifacts["targets"][TARGET]["env"]).unlink()
+    environment = section(render(artifacts, tmp_path), "## 3. Environment")
+    python_row = next(line for line in environment.splitlines() if line.startswith("| Python |"))
+    assert row_cells(python_row, 2) == "not run"
+
+
+def test_npu_table_is_fenced_so_backticks_cannot_close_it(artifacts, tmp_path):
+    env = json.loads(Path(artifacts["targets"][TARGET]["env"]).read_text())
+    env["npu"] = "| NPU 910B | OK |\n``` not a fence end"
+    write_json(Path(artifacts["targets"][TARGET]["env"]), env)
+    environment = section(render(artifacts, tmp_path), "## 3. Environment")
+    assert "````text\n| NPU 910B | OK |\n``` not a fence end\n````" in environment
+    npu_row = next(line for line in environment.splitlines() if line.startswith("| NPU (npu-smi) |"))
+    assert row_cells(npu_row, 1) == "absent" and row_cells(npu_row, 2) == "present (table below)"
+
+
+def test_adaptation_statuses_and_items_an_engine_does_not_measure(artifacts, tmp_path):
+    adaptation = section(render(artifacts, tmp_path), "## 4. Adaptation checklist")
+    target_part = adaptation[adaptation.index(f"### {TARGET}"):]
+    assert "| ssm\\_state\\_dtype | ⚪ not run |" in target_part
+    assert "| kv\\_cache\\_tokens | ❔ not determined |" in target_part
+    assert "| engine\\_class | ✅ ok | Qwen3\\_5ForCausalLM | class \\| instantiated |" in target_part
+    assert "| ssm\\_state\\_dtype | ❌ failed | float32 |" in adaptation
+
+
+def test_precision_section_lists_metrics_checks_and_per_prompt(artifacts, tmp_path):
+    precision = section(render(artifacts, tmp_path), "## 5. Precision comparison")
+    assert "**Verdict: ❌ fail**" in precision
+    assert "| KLD mean (nats) | 1.23e-03 |" in precision
+    assert "| top-1 agreement (same top token) | 94.44% |" in precision
+    assert "| \\|PPL(target) / PPL(reference) − 1\\| | 2% |" in precision
+    assert "| mean Δp (probability of the actual next token) | -0.02% |" in precision
+    assert "| prompts failing msprobe's pass rule | 1 |" in precision
+    assert "| cosine similarity of logits, min over prompts | 0.999710 |" in precision
+    assert "| kld\\_p99\\_max | kld\\_p99 | 6.00e-02 | &lt;= | 5.00e-02 | ❌ | llama.cpp p99 |" in precision
+    assert "| top1\\_agreement\\_min | top1\\_agreement\\_with\\_ties | 94.44% | &gt;= | 97% | ❌ |" in precision
+    assert "| msprobe\\_rule | msprobe\\_failed\\_prompts | unavailable | &lt;= | 0 | ❔ not available |" in precision
+    assert "- kld\\_p99\\_max: kld\\_p99 = 0.06 is not &lt;= 0.05" in precision
+    assert "- Note: msprobe\\_rule: msprobe\\_failed\\_prompts is not available" in precision
+    assert "within\n0.04 nats counts as a tie" in precision
+    header = "| # | Prompt | Positions | KLD mean | KLD max | Top-1 agreement | Ties | RMS Δp | PPL ref | PPL target |"
+    assert header + " Cosine | MaxAbsErr | MaxRelErr | msprobe | Greedy common prefix | NaN/inf positions |" in precision
+    assert "| 1 | a \\| b \\|\\| c | 3 | 2.00e-03 | 4.00e-03 | 100% | 0 | 0.10% | 10 | 10.2 | 0.999900 |" in precision
+    assert "| 3.00e-02 | ✅ | 8 | 0 |" in precision and "| 3.00e-02 | ❌ | 8 | 0 |" in precision
+    assert "lower bound" not in precision
+
+
+def test_lower_bound_note_when_kld_from_topk(artifacts, tmp_path):
+    path = Path(artifacts["compare"][TARGET])
+    path.write_text(json.dumps(compare_json(len(HOSTILE), lower_bound=True)))
+    precision = section(render(artifacts, tmp_path), "## 5. Precision comparison")
+    assert "KLD here is a **lower bound**" in precision
+
+
+def test_model_table_separates_vocab_size_and_eos(artifacts, tmp_path):
+    model = section(render(artifacts, tmp_path), "## 2. Model and configuration")
+    vocab = next(line for line in model.splitlines() if line.startswith("| vocab\\_size |"))
+    assert row_cells(vocab, 1) == "248320"
+    assert "differs from eos\\_token\\_id 248044" in vocab
+    assert "| eos\\_token\\_id | 248044 |" in model
+    assert "18× linear\\_attention + 6× full\\_attention; full attention at layers 3, 7, 11, 15, 19, 23" in model
+
+
+def test_predictions_side_by_side_and_differing_tokens_marked(artifacts, tmp_path):
+    predictions = section(render(artifacts, tmp_path), "## 6. Predicted tokens per prompt")
+    header = predictions.splitlines()[4]
+    assert header.count("first token") == 2 and header.count("greedy continuation") == 2
+    row = next(line for line in predictions.splitlines() if line.startswith("| 0 |"))
+    assert row_cells(row, 2) == "Paris"
+    assert row_cells(row, 4) == "Lyon (≠ reference)"
+    assert f"{TARGET}: 0/6 first tokens equal the reference's (0%)" in predictions
+
+
+def test_samples_split_english_and_chinese(artifacts, tmp_path):
+    samples = section(render(artifacts, tmp_path), "## 8. Generation samples")
+    english = samples[samples.index("English prompts:"): samples.index("Chinese (CJK) prompts:")]
+    chinese = samples[samples.index("Chinese (CJK) prompts:"):]
+    assert "法国的首都是" in chinese and "法国的首都是" not in english
+    assert "The capital of France is" in english and "The capital of France is" not in chinese
+    assert "| 5 | 法国的首都是 | sample 5 \\| with↵newline | 20 |" in chinese
+    assert "Not run: samples is not configured for this target." in samples
+
+
+def test_theory_is_labelled_and_beside_measurements(artifacts, tmp_path):
+    theory = section(render(artifacts, tmp_path), "## 9.")
+    assert "> **Theory (not a measurement).**" in theory
+    assert "2^-8 ≈ 3.9e-3 (0.39%)" in theory
+    assert f"| {TARGET} | bf16 | 3.10e-02 | 41% | 1.23e-03 | 94.44% |" in theory
+
+
+def test_performance_not_run_with_reason_and_slots_in_when_present(artifacts, tmp_path):
+    text = render(artifacts, tmp_path)
+    performance = section(text, "## 10. Performance")
+    assert f"- {REFERENCE}, bench: not run — benchmarks are not part of this workflow yet" in performance
+    bench = write_json(tmp_path / "bench.json", {"decode": {"tpot_ms": {"median": 6.2}}, "batch": 8})
+    artifacts["targets"][TARGET]["bench"] = bench
+    artifacts["targets"][TARGET]["serve"] = tmp_path / "missing-serve.json"
+    performance = section(render(artifacts, tmp_path), "## 10. Performance")
+    assert f"### {TARGET}: bench" in performance
+    assert "| decode.tpot\\_ms.median | 6.2 |" in performance
+    assert f"- {TARGET}, serve: not run — {cell(str(tmp_path / 'missing-serve.json'))} is absent" in performance
+
+
+def test_plot_links_resolve_next_to_report(artifacts, tmp_path):
+    text = render(artifacts, tmp_path)
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", section(text, "## 11. Plots"))
+    assert links == ["kld_per_position.png", "kld_distribution.png"]
+    for link in links:
+        assert (tmp_path / "reports" / "m" / link).is_file()
+
+
+def test_missing_plot_is_not_linked(artifacts, tmp_path):
+    (tmp_path / "reports" / "m" / "kld_distribution.png").unlink()
+    plots_section = section(render(artifacts, tmp_path), "## 11. Plots")
+    assert "kld_distribution.png)" not in plots_section
+    assert "- Distribution of per-position KLD: not run (kld\\_distribution.png absent)" in plots_section
+
+
+def test_artifacts_list_hashes_versions_and_command(artifacts, tmp_path):
+    from portcheck.hashing import sha256_file
+
+    artifacts["configfile"] = "config/npu.yaml"
+    listing = section(render(artifacts, tmp_path), "## 12. Artifacts")
+    dump = artifacts["targets"][TARGET]["logits"]
+    row = next(line for line in listing.splitlines() if line.startswith(f"| {cell(str(dump))} |"))
+    assert row_cells(row, 3) == sha256_file(dump)[:16]
+    assert row_cells(row, 4) == "torch 2.13.0, transformers 5.19.0"
+    assert listing.count("| determinism |") == 1  # the target without one lists none
+    assert "snakemake --cores 1 --configfile config/npu.yaml report" in listing
+    assert "workflow commit abc123" in listing
+
+
+def test_render_is_byte_identical_on_rerun(artifacts, tmp_path):
+    assert render(artifacts, tmp_path) == render(artifacts, tmp_path)
+
+
+def test_compare_without_verdict_is_unknown_not_pass(artifacts):
+    data = compare_json(len(HOSTILE))
+    del data["verdict"]
+    write_json(Path(artifacts["compare"][TARGET]), data)
+    context = report.build_context(artifacts, {})
+    assert context["summary"]["table"]["rows"][1][3] == "❔ unknown"
+    assert context["summary"]["overall"]["status"] == "unknown"
+    assert context["precision"][0]["verdict"] == "❔ unknown"
+
+
+def test_all_targets_passing_gives_overall_pass(artifacts):
+    write_json(Path(artifacts["compare"][TARGET]), compare_json(len(HOSTILE), status="pass"))
+    assert report.build_context(artifacts, {})["summary"]["overall"]["status"] == "pass"
+
+
+def test_missing_reference_is_an_error_naming_it(artifacts):
+    del artifacts["targets"][REFERENCE]
+    with pytest.raises(report.PortcheckError, match="reference target 'cpu-hf-fp32' has no artifacts"):
+        report.build_context(artifacts, {})
+
+
+def test_context_is_plain_data(artifacts):
+    context = report.build_context(artifacts, {})
+    assert context["title"] == "m port check"
+    assert context["summary"]["overall"]["status"] == "fail"
+    json.dumps(context)  # tables are lists of strings: nothing the template could misformat
+
+
+# ---------------------------------------------------------------- plots
+
+
+def test_plots_are_deterministic_without_software_tag(tmp_path):
+    compare = {TARGET: write_json(tmp_path / "c.json", compare_json(3))}
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    plots.plot_kld_per_position(compare, first)
+    plots.plot_kld_per_position(compare, second)
+    assert first.read_bytes() == second.read_bytes()
+    assert first.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"matplotlib" not in first.read_bytes()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_kld_frame_lays_prompts_end_to_end_and_keeps_zeros_and_gaps(tmp_path):
+    compare = {TARGET: write_json(tmp_path / "c.json", compare_json(2))}
+    frame = plots.kld_frame(compare)
+    assert list(frame["x"]) == [0, 1, 2, 3, 4, 5]
+    assert list(frame["prompt"]) == [0, 0, 0, 1, 1, 1]
+    assert frame["kld"].iloc[0] == 0.0
+    assert frame["kld"].isna().tolist() == [False, False, True, False, False, False]
+
+
+def test_plots_without_data_still_write_a_png(tmp_path):
+    compare = {TARGET: write_json(tmp_path / "c.json", {"per_prompt": [{"index": 0, "kld": [None, None]}]})}
+    plots.plot_kld_distribution(compare, tmp_path / "d.png")
+    plots.plot_kld_per_position({}, tmp_path / "p.png")
+    assert (tmp_path / "d.png").stat().st_size > 0 and (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_log_floor_only_when_values_span_a_decade():
+    import pandas as pd
+
+    assert plots.log_floor(pd.Series([0.0, 1e-5, 1e-2])) == pytest.approx(1e-6)
+    assert plots.log_floor(pd.Series([0.0, 0.0])) is None
+    assert plots.log_floor(pd.Series([1.0, 2.0])) is None
+
+
+def test_nan_in_target_marks_does_it_run(artifacts):
+    data = compare_json(len(HOSTILE))
+    data["nonfinite"] = [{"prompt": 1, "row": 0, "side": "target"}, {"prompt": 1, "row": 1, "side": "target"},
+                         {"prompt": 2, "row": 0, "side": "reference"}]
+    data["nonfinite_count"] = 3
+    write_json(Path(artifacts["compare"][TARGET]), data)
+    context = report.build_context(artifacts, {})
+    assert context["summary"]["table"]["rows"][1][2] == "❌ NaN/inf at 2 positions"
+
+
+# ---------------------------------------------------------------- with the real dump writer and comparer
+
+
+def test_report_from_real_dumps_and_comparison(artifacts, tmp_path):
+    """The same report built from files written by dumps.write_dump and compare.compare_files, so a change
+    in their shapes shows up here."""
+    import yaml
+
+    from portcheck import compare, dumps
+    from portcheck.engines.base import Generation, PromptScores
+
+    rng = np.random.default_rng(0)
+    thresholds = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["compare"]["thresholds"]
+    base = [rng.standard_normal((4, 16)).astype(np.float32) for _ in HOSTILE]
+    for name, noise in ((REFERENCE, 0.0), (TARGET, 0.01)):
+        scores = [PromptScores(input_ids=np.arange(4, dtype=np.int64) + i,
+                               logits=logits + noise * rng.standard_normal(logits.shape).astype(np.float32))
+                  for i, logits in enumerate(base)]
+        meta = {"target": name, "model_sha": "m" * 64, "tokenizer_sha": "t" * 64, "prompts_sha": "p" * 64,
+                "prompts": HOSTILE, "greedy_text": ["x"] * len(HOSTILE), "greedy_tokens": [["x"]] * len(HOSTILE),
+                "versions": {"torch": "2.13.0"}, "settings": {"seed": 0}, "gdn_impl": None}
+        dumps.write_dump(artifacts["targets"][name]["logits"], scores, [Generation([1, 2])] * len(HOSTILE), meta)
+    result = compare.compare_files(artifacts["targets"][REFERENCE]["logits"], artifacts["targets"][TARGET]["logits"],
+                                   thresholds, 0.04)
+    write_json(Path(artifacts["compare"][TARGET]), result)
+    text = render(artifacts, tmp_path)
+    summary_row = next(line for line in text.splitlines() if line.startswith(f"| {TARGET} |"))
+    assert row_cells(summary_row, 3) == VERDICT_WORDS[result["verdict"]["status"]]
+    assert row_cells(summary_row, 4) == report.sci(result["kld_mean"])
+    precision = section(text, "## 5. Precision comparison")
+    assert f"| KLD mean (nats) | {report.sci(result['kld_mean'])} |" in precision
+    assert precision.count("❔ not available") == sum(c["passed"] is None for c in result["verdict"]["checks"])
+    for block in table_blocks(text):
+        assert len({unescaped_pipes(line) for line in block}) == 1
+
+
+VERDICT_WORDS = {"pass": "✅ pass", "fail": "❌ fail"}

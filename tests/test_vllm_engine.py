@@ -1,0 +1,285 @@
+"""The vLLM engine on the real vLLM CPU backend, against the transformers fp32 model, on the tiny Qwen3.5.
+
+One engine start for the whole module (each costs ~1-1.5 min on 2 cores); the tests that need no engine run
+without one. The engine-death test kills the engine, so it and the close test run last (file order).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from portcheck.engines import EngineSettings, make_engine
+from portcheck.engines import vllm as vllm_engine
+from portcheck.engines.vllm import check_prompt_lengths, check_vllm_stack
+from portcheck.errors import PortcheckError
+from portcheck.targets import parse_target
+
+pytestmark = pytest.mark.vllm
+
+TOPK = 5
+MAX_MODEL_LEN = 128
+TEXTS = [
+    "The capital of France is",
+    "Machine learning is a branch of",
+    "Python is a programming language used for",
+    "The solar system consists of",
+    "法国的首都是",
+]
+
+
+# -- the tiny model --------------------------------------------------------------------------------------------
+# TODO(lead): drop this fixture once tests/conftest.py's tiny_model_dir works (portcheck.tiny.build_tiny_model);
+# until then it builds a throwaway random Qwen3.5 of the same shape.
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("tiny_vllm") / "model"
+    try:
+        from portcheck.tiny import build_tiny_model
+    except ImportError:
+        _build_throwaway_tiny(dest)
+    else:
+        build_tiny_model(dest, seed=0)
+    return dest
+
+
+def _build_throwaway_tiny(out: Path, vocab: int = 512, hidden: int = 128) -> None:
+    """Random Qwen3_5ForConditionalGeneration (8 layers 3:1, head dims 64, vision tower, fake mtp.* tensors) with
+    a word-level tokenizer; the tied embedding is scaled so next-token distributions are peaked."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen3_5 import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    text = dict(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=256, num_hidden_layers=8, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=64, linear_key_head_dim=64, linear_value_head_dim=64,
+        linear_num_key_heads=2, linear_num_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        eos_token_id=vocab - 1, mtp_num_hidden_layers=1, mamba_ssm_dtype="float32", attn_output_gate=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25,
+                         "mrope_section": [4, 2, 2], "mrope_interleaved": True},
+    )
+    vision = dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=hidden,
+                  num_position_embeddings=64)
+    config = Qwen3_5Config(text_config=text, vision_config=vision, tie_word_embeddings=True,
+                           image_token_id=vocab - 4, video_token_id=vocab - 3, vision_start_token_id=vocab - 6,
+                           vision_end_token_id=vocab - 5)
+    model = Qwen3_5ForConditionalGeneration(config)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(40.0)
+    model.to(torch.bfloat16).save_pretrained(out)
+    weights = load_file(out / "model.safetensors")
+    weights["mtp.fc.weight"] = torch.randn(hidden, 2 * hidden, dtype=torch.bfloat16) * 0.02
+    weights["mtp.norm.weight"] = torch.zeros(hidden, dtype=torch.bfloat16)
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    words = {f"w{i}": i for i in range(1, vocab)} | {"<unk>": 0}
+    tok = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token=f"w{vocab - 1}").save_pretrained(out)
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_model_dir) -> list[list[int]]:
+    """Token ids of TEXTS with the model's tokenizer; random ids when the tokenizer cannot encode them."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    ids = [list(tokenizer(t)["input_ids"]) for t in TEXTS]
+    if all(len(set(p)) > 2 for p in ids) and tokenizer.unk_token_id not in {i for p in ids for i in p}:
+        return ids
+    rng = np.random.default_rng(0)
+    return [rng.integers(1, 500, size=n).tolist() for n in (6, 9, 12, 3, 1)]
+
+
+@pytest.fixture(scope="module")
+def hf_logprobs(tiny_model_dir, prompts) -> list[np.ndarray]:
+    """fp32 transformers log-softmax at every position of each prompt: the reference."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    with torch.inference_mode():
+        out = [torch.log_softmax(model(input_ids=torch.tensor([p])).logits[0].float(), -1).numpy() for p in prompts]
+    del model
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir, tmp_path_factory):
+    settings = EngineSettings(
+        max_model_len=MAX_MODEL_LEN, max_num_seqs=8, max_num_batched_tokens=512, logprobs_topk=TOPK,
+        extra={"log_file": str(tmp_path_factory.mktemp("vllm_log") / "engine.log")},
+    )
+    engine = make_engine(parse_target("cpu-vllm-bf16"), tiny_model_dir, settings)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def scores(engine, prompts):
+    return engine.score(prompts)
+
+
+# -- no engine needed ------------------------------------------------------------------------------------------
+
+
+def test_check_prompt_lengths_names_the_prompt():
+    check_prompt_lengths([[1] * 9, [2] * 3], 10, names=["short one", "other"])
+    with pytest.raises(PortcheckError, match=r"prompt 1 \('the long prompt'\) has 10 tokens.*max_model_len 10"):
+        check_prompt_lengths([[1] * 3, [1] * 10], 10, names=["ok", "the long prompt"])
+    with pytest.raises(PortcheckError, match="with 4 new token"):
+        check_prompt_lengths([[1] * 7], 10, new_tokens=4)
+    with pytest.raises(PortcheckError, match="no tokens"):
+        check_prompt_lengths([[]], 10)
+
+
+def test_npu_without_vllm_ascend_says_what_to_install(monkeypatch):
+    real = vllm_engine._installed
+    monkeypatch.setattr(vllm_engine, "_installed", lambda module: False if module == "vllm_ascend" else real(module))
+    with pytest.raises(PortcheckError, match="vllm-ascend") as info:
+        check_vllm_stack("npu")
+    assert "profiles/npu" in str(info.value)
+
+
+def test_missing_vllm_names_the_fix(monkeypatch):
+    monkeypatch.setattr(vllm_engine, "_installed", lambda module: False)
+    with pytest.raises(PortcheckError, match="make"):
+        check_vllm_stack("cpu")
+
+
+# -- the engine ------------------------------------------------------------------------------------------------
+
+
+def test_engine_started_and_timed(engine):
+    assert engine.timings["engine_start_s"] > 0
+    assert engine.max_model_len == MAX_MODEL_LEN
+
+
+def test_score_shapes_and_row_convention(scores, prompts):
+    assert len(scores) == len(prompts)
+    for ids, s in zip(prompts, scores):
+        T = len(ids)
+        assert s.logits is None
+        assert s.input_ids.tolist() == ids
+        assert s.topk_ids.shape == (T, TOPK) and s.topk_logprobs.shape == (T, TOPK)
+        assert s.token_logprobs.shape == (T,)
+        assert np.isnan(s.token_logprobs[-1])
+        assert np.isfinite(s.token_logprobs[:-1]).all() and (s.token_logprobs[:-1] <= 0).all()
+        assert (np.diff(s.topk_logprobs, axis=1) <= 0).all(), "top-k not sorted by descending log-prob"
+        assert all(len(set(row)) == TOPK for row in s.topk_ids.tolist())
+        # a prompt token inside the top-k has the same log-prob in both places
+        for t in range(T - 1):
+            hit = np.flatnonzero(s.topk_ids[t] == ids[t + 1])
+            if hit.size:
+                assert s.topk_logprobs[t, hit[0]] == pytest.approx(s.token_logprobs[t])
+
+
+def test_top1_agrees_with_hf_fp32(scores, hf_logprobs):
+    """Row t's vLLM bf16 top-1 equals HF fp32's argmax of row t (same convention), except near-ties."""
+    agree = total = decisive_disagree = 0
+    for s, ref in zip(scores, hf_logprobs):
+        top2 = np.sort(ref, axis=1)[:, -2:]
+        gap = top2[:, 1] - top2[:, 0]
+        same = s.topk_ids[:, 0] == ref.argmax(axis=1)
+        agree += int(same.sum())
+        total += len(same)
+        decisive_disagree += int((~same & (gap > 0.2)).sum())
+    assert agree / total >= 0.8, f"top-1 agreement {agree}/{total}"
+    assert decisive_disagree == 0, f"{decisive_disagree} rows disagree although HF's top-2 gap > 0.2 nats"
+
+
+def test_logprobs_match_hf_within_bf16(scores, hf_logprobs, prompts):
+    for ids, s, ref in zip(prompts, scores, hf_logprobs):
+        T = len(ids)
+        expected = ref[np.arange(T - 1), ids[1:]]
+        np.testing.assert_allclose(s.token_logprobs[:-1], expected, atol=0.1, rtol=0.05)
+        # the top-k log-probs are HF's log-probs of the same ids
+        np.testing.assert_allclose(s.topk_logprobs, np.take_along_axis(ref, s.topk_ids, axis=1), atol=0.1, rtol=0.05)
+
+
+def test_greedy_generate_is_deterministic_and_matches_last_row(engine, prompts, scores):
+    first = engine.generate(prompts, 6)
+    second = engine.generate(prompts, 6)
+    assert [g.token_ids for g in first] == [g.token_ids for g in second]
+    for g, s in zip(first, scores):
+        assert len(g.token_ids) == 6 and len(g.logprobs) == 6
+        assert all(np.isfinite(g.logprobs)) and max(g.logprobs) <= 0
+        assert g.token_ids[0] == s.topk_ids[-1, 0]  # last score row = first generated token's distribution
+        assert g.logprobs[0] == pytest.approx(s.topk_logprobs[-1, 0], abs=1e-4)
+
+
+def test_seeded_sampling_does_not_depend_on_batch(engine, prompts):
+    batch = engine.generate(prompts, 5, temperature=1.0, top_p=0.9, seed=7)
+    reversed_batch = engine.generate(prompts[::-1], 5, temperature=1.0, top_p=0.9, seed=7)
+    assert [g.token_ids for g in batch] == [g.token_ids for g in reversed_batch[::-1]]
+
+
+def test_too_long_prompt_rejected_before_the_engine(engine):
+    with pytest.raises(PortcheckError, match="max_model_len"):
+        engine.score([[1] * MAX_MODEL_LEN])
+    with pytest.raises(PortcheckError, match="new token"):
+        engine.generate([[1] * (MAX_MODEL_LEN - 3)], 8)
+
+
+def test_adaptation_measured(engine, tiny_model_dir):
+    import json
+
+    items = engine.adaptation()
+    for name, entry in items.items():
+        assert set(entry) == {"value", "status", "note"}, name
+        assert entry["status"] in ("ok", "failed", "not determined"), name
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    layer_types = config["text_config"]["layer_types"]
+    assert items["layer_pattern"] == {
+        "value": dict(Counter(layer_types)), "status": "ok", "note": items["layer_pattern"]["note"]
+    }
+    assert items["layer_pattern"]["value"] == {"linear_attention": 6, "full_attention": 2}
+    assert items["full_attention_layers"]["value"] == [i for i, t in enumerate(layer_types) if t == "full_attention"]
+    assert items["mtp_weights_present"]["value"] is True and items["mtp_weights_present"]["status"] == "ok"
+    assert items["mtp_loaded"]["value"] is False and items["mtp_loaded"]["status"] == "ok"
+    assert items["vision_weights_present"]["value"] is True
+    assert items["vision_loaded"]["value"] is False
+    assert items["engine_class"]["status"] == "ok"
+    assert items["engine_class"]["value"]["built_class"].endswith("Qwen3_5ForConditionalGeneration")
+    assert items["gdn_implementation"]["status"] == "ok"
+    assert items["gdn_implementation"]["value"]["forward"].endswith("forward_cpu")
+    assert items["ssm_state_dtype"]["status"] == "ok" and items["ssm_state_dtype"]["value"]["ssm_state"] == "float32"
+    assert items["kv_cache_tokens"]["status"] == "ok" and items["kv_cache_tokens"]["value"] >= MAX_MODEL_LEN
+    assert items["max_concurrency"]["value"] >= 1
+    assert items["weight_load_s"]["status"] == "ok"
+    assert items["engine_start_s"]["value"] > 0
+    assert items["vllm_ascend"]["value"]["present"] is False  # a cpu host
+    assert items["vllm_ascend_patches"]["status"] == "not determined"
+
+
+# -- destructive: keep these last ------------------------------------------------------------------------------
+
+
+def test_engine_death_raises_with_log_tail(engine, prompts):
+    core = [p for p in engine._children.values() if "EngineCore" in p.name()] or list(engine._children.values())
+    assert core, "no engine process found"
+    import psutil
+
+    os.kill(core[0].pid, signal.SIGKILL)
+    psutil.wait_procs([core[0]], timeout=30)
+    with pytest.raises(PortcheckError, match="died") as info:
+        engine.score(prompts)
+    assert "last 60 lines of the vLLM log" in str(info.value)
+    assert "Loading weights took" in str(info.value) or "EngineCore" in str(info.value)
+
+
+def test_close_leaves_no_processes(engine):
+    engine.close()
+    engine.close()  # idempotent
+    assert vllm_engine._children() == {}
+    with pytest.raises(PortcheckError, match="closed"):
+        engine.generate([[1, 2]], 1)

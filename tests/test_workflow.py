@@ -1,0 +1,86 @@
+"""The workflow end to end on the tiny model, and what reruns when something changes (dry runs)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import copy_workflow, planned_jobs, snakemake
+
+pytestmark = pytest.mark.workflow
+MODEL = "tiny-qwen3.5"
+
+
+@pytest.fixture
+def rerun_copy(workflow_run, tmp_path) -> Path:
+    """A copy of the finished run (artifacts and Snakemake's metadata), to change things in."""
+    dest = tmp_path / "copy"
+    shutil.copytree(workflow_run, dest, symlinks=True)
+    return dest
+
+
+def edit(path: Path, transform) -> None:
+    time.sleep(1.1)  # mtime resolution: the edit must be newer than the outputs
+    path.write_text(transform(path.read_text()))
+
+
+def set_config(workdir: Path, change) -> None:
+    config_path = workdir / "config" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    change(config)
+    config_path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+
+
+def test_report_is_produced_from_artifacts(workflow_run):
+    report = (workflow_run / "reports" / MODEL / "report.md").read_text()
+    results = workflow_run / "results" / MODEL
+    compare = json.loads((results / "compare" / "cpu-hf-bf16.json").read_text())
+    assert compare["verdict"]["status"] in ("pass", "fail")
+    assert (workflow_run / "reports" / MODEL / "kld_per_position.png").stat().st_size > 1000
+    for target in ("cpu-hf-fp32", "cpu-hf-bf16"):
+        for name in ("env.json", "logits.safetensors", "adaptation.json", "determinism.json", "samples.json"):
+            assert (results / target / name).is_file(), f"{target}/{name}"
+        assert target in report
+    assert f"{compare['kld_mean']:.3e}" in report or f"{compare['kld_mean']:.2e}" in report
+
+
+def test_reference_is_peaked_like_a_trained_model(workflow_run):
+    from portcheck.dumps import read_dump
+    from portcheck.metrics import log_softmax
+
+    import numpy as np
+
+    dump = read_dump(workflow_run / "results" / MODEL / "cpu-hf-fp32" / "logits.safetensors")
+    top1 = np.concatenate([np.exp(log_softmax(logits)).max(axis=-1) for logits in dump.logits])
+    assert 0.3 <= top1.mean() <= 0.95
+
+
+def test_second_run_does_nothing(workflow_run):
+    assert planned_jobs(workflow_run) == {}
+
+
+def test_template_edit_reruns_only_the_render(rerun_copy):
+    edit(rerun_copy / "reports" / "templates" / "report.md.j2", lambda t: t + "\n<!-- edited -->\n")
+    assert planned_jobs(rerun_copy) == {"render_report": 1, "report": 1}
+
+
+def test_threshold_change_reruns_only_compare_and_render(rerun_copy):
+    set_config(rerun_copy, lambda c: c["compare"]["thresholds"]["kld_mean_max"].update(value=0.123))
+    assert planned_jobs(rerun_copy) == {"compare_logits": 1, "plot_kld": 1, "render_report": 1, "report": 1}
+
+
+def test_enabling_a_target_runs_only_that_target(rerun_copy):
+    set_config(rerun_copy, lambda c: c["targets"].setdefault("cpu-hf-fp16", {}).update(enabled=True))
+    assert planned_jobs(rerun_copy) == {
+        "capture_env": 1, "dump_logits": 1, "compare_logits": 1, "plot_kld": 1, "render_report": 1, "report": 1,
+    }
+
+
+def test_package_edit_reruns_the_rules_that_use_it(rerun_copy):
+    edit(rerun_copy / "src" / "portcheck" / "metrics.py", lambda t: t + "\n# edited\n")
+    assert planned_jobs(rerun_copy) == {"compare_logits": 1, "plot_kld": 1, "render_report": 1, "report": 1}

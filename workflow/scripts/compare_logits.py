@@ -1,0 +1,14 @@
+"""Snakemake adapter: rule compare_logits -> portcheck.compare.compare_files."""
+
+from portcheck.atomic import write_json
+from portcheck.compare import compare_files
+from portcheck.smk import run_script
+
+
+def main(smk):
+    result = compare_files(smk.input.reference, smk.input.target, dict(smk.params.thresholds), smk.params.tie_tolerance)
+    write_json(smk.output[0], result)
+
+
+if __name__ == "__main__":
+    run_script(snakemake, main)  # noqa: F821 - injected by Snakemake
