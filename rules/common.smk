@@ -15,7 +15,7 @@ from portcheck.config import (  # noqa: E402
 )
 from portcheck.errors import PortcheckError  # noqa: E402
 from portcheck.sources import PACKAGE_DIR, module_closure  # noqa: E402
-from portcheck.targets import TARGET_PATTERN, parse_target  # noqa: E402
+from portcheck.targets import ENGINES, TARGET_PATTERN, parse_target  # noqa: E402
 
 try:
     _validated = validate_config(
@@ -49,6 +49,12 @@ def package_sources(*modules, exclude=()):
     editing them reruns the rule."""
     files = module_closure(*modules, package_dir=PACKAGE_DIR)
     return [f"src/portcheck/{f.relative_to(PACKAGE_DIR)}" for f in files if f.stem not in exclude]
+
+
+def engine_sources(wildcards):
+    """A target runs one engine module: editing the other engine's code does not rerun it."""
+    engine = parse_target(wildcards.target).engine
+    return package_sources("run", exclude=tuple(e for e in ENGINES if e != engine))
 
 
 def model_dir():

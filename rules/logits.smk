@@ -4,7 +4,7 @@
 rule dump_logits:
     input:
         model=model_dir(),
-        code=package_sources("run"),
+        code=engine_sources,
     output:
         logits=f"{RESULTS}/{{target}}/logits.safetensors",
         adaptation=f"{RESULTS}/{{target}}/adaptation.json",
@@ -21,6 +21,7 @@ rule dump_logits:
         gpu=device_resources("gpu"),
         npu=device_resources("npu"),
     log:
-        f"logs/{MODEL}/dump_logits/{{target}}.log",
+        main=f"logs/{MODEL}/dump_logits/{{target}}.log",
+        engine=f"logs/{MODEL}/dump_logits/{{target}}.engine.log",
     script:
         "../workflow/scripts/dump_logits.py"

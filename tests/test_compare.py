@@ -246,3 +246,17 @@ def test_unavailable_check_neither_passes_nor_fails():
     checks += parse_thresholds({"kld_mean_max": {"value": 0.005, "anchor": "a"}})
     v = verdict(summary, checks)
     assert v["status"] == "fail" and [c["status"] for c in v["checks"]] == ["not available", "fail"]
+
+
+def test_logprob_target_is_compared_with_logprobs_not_raw_logits(tmp_path):
+    """vLLM's full-vocabulary dumps hold log-probs: the same distribution as raw logits shifted by logsumexp."""
+    ids, logits = logits_for()
+    logprobs = [(x - np.log(np.exp(x.astype(np.float64)).sum(axis=1, keepdims=True))).astype(np.float32) for x in logits]
+    ref = save(tmp_path, "cpu-hf-fp32", ids, logits)
+    path = tmp_path / "cpu-vllm-bf16.safetensors"
+    write_dump(path, [PromptScores(i, x) for i, x in zip(ids, logprobs)], None,
+               {**META, "target": "cpu-vllm-bf16", "full_values": "logprobs"})
+    r = compare_dumps(ref, read_dump(path), THRESHOLDS, tie_tolerance=0.01)
+    assert r["msprobe_basis"] == "logprobs"
+    assert r["max_abs_err"] < 1e-4 and r["cosine_min"] > 0.999999
+    assert r["kld_max"] < 1e-9 and r["verdict"]["status"] == "pass"

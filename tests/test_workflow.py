@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import copy_workflow, planned_jobs, snakemake
+from conftest import planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow
 MODEL = "tiny-qwen3.5"
@@ -42,7 +42,7 @@ def test_report_is_produced_from_artifacts(workflow_run):
     compare = json.loads((results / "compare" / "cpu-hf-bf16.json").read_text())
     assert compare["verdict"]["status"] in ("pass", "fail")
     assert (workflow_run / "reports" / MODEL / "kld_per_position.png").stat().st_size > 1000
-    for target in ("cpu-hf-fp32", "cpu-hf-bf16"):
+    for target in ("cpu-hf-fp32", "cpu-hf-bf16", "cpu-vllm-bf16"):
         for name in ("env.json", "logits.safetensors", "adaptation.json", "determinism.json", "samples.json"):
             assert (results / target / name).is_file(), f"{target}/{name}"
         assert target in report
@@ -71,7 +71,7 @@ def test_template_edit_reruns_only_the_render(rerun_copy):
 
 def test_threshold_change_reruns_only_compare_and_render(rerun_copy):
     set_config(rerun_copy, lambda c: c["compare"]["thresholds"]["kld_mean_max"].update(value=0.123))
-    assert planned_jobs(rerun_copy) == {"compare_logits": 1, "plot_kld": 1, "render_report": 1, "report": 1}
+    assert planned_jobs(rerun_copy) == {"compare_logits": 2, "plot_kld": 1, "render_report": 1, "report": 1}
 
 
 def test_enabling_a_target_runs_only_that_target(rerun_copy):
@@ -83,4 +83,20 @@ def test_enabling_a_target_runs_only_that_target(rerun_copy):
 
 def test_package_edit_reruns_the_rules_that_use_it(rerun_copy):
     edit(rerun_copy / "src" / "portcheck" / "metrics.py", lambda t: t + "\n# edited\n")
-    assert planned_jobs(rerun_copy) == {"compare_logits": 1, "plot_kld": 1, "render_report": 1, "report": 1}
+    assert planned_jobs(rerun_copy) == {"compare_logits": 2, "plot_kld": 1, "render_report": 1, "report": 1}
+    edit(rerun_copy / "src" / "portcheck" / "engines" / "vllm.py", lambda t: t + "\n# edited\n")
+    assert planned_jobs(rerun_copy) == {
+        "dump_logits": 1, "compare_logits": 1, "plot_kld": 1, "render_report": 1, "report": 1,
+    }
+
+
+def test_npu_target_without_torch_npu_fails_alone(rerun_copy):
+    set_config(rerun_copy, lambda c: c["targets"]["npu-hf-bf16"].update(enabled=True))
+    results = rerun_copy / "results" / MODEL
+    before = {p: p.stat().st_mtime for p in results.rglob("*") if p.is_file()}
+    run = snakemake(rerun_copy, "report", "--keep-going", check=False)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "needs torch_npu" in output and "profiles/npu" in output
+    assert not (results / "npu-hf-bf16" / "logits.safetensors").exists()
+    assert {p: p.stat().st_mtime for p in before} == before, "other targets' outputs must stay as they were"

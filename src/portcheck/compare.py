@@ -58,16 +58,25 @@ def compare_dumps(ref: Dump, tgt: Dump, thresholds: dict[str, Any], tie_toleranc
     if ref.kind != "full":
         raise PortcheckError(f"the reference {ref.name} ({ref.path}) must be a full-logits dump, not {ref.kind}")
     check_comparable(ref, tgt)
-    prompts = [_compare_prompt(ref, tgt, i, tie_tolerance) for i in range(ref.num_prompts)]
+    basis = msprobe_basis(ref, tgt)
+    prompts = [_compare_prompt(ref, tgt, i, tie_tolerance, basis) for i in range(ref.num_prompts)]
     result = _summarize(prompts, tgt.kind == "topk")
     result.update(
         reference={"name": ref.name, "kind": ref.kind, "path": str(ref.path)},
         target={"name": tgt.name, "kind": tgt.kind, "path": str(tgt.path)},
         tie_tolerance=tie_tolerance,
+        msprobe_basis=None if tgt.kind == "topk" else basis,
         per_prompt=[p.as_dict() for p in prompts],
     )
     result["verdict"] = verdict(result, checks)
     return json_ready(result)
+
+
+def msprobe_basis(ref: Dump, tgt: Dump) -> str:
+    """msprobe's tensor metrics compare like with like: raw logits, unless a side only has log-probs (vLLM's
+    full-vocabulary dumps), in which case both sides are compared as log-probs (logits minus their logsumexp)."""
+    values = {d.meta.get("full_values", "logits") for d in (ref, tgt)}
+    return "logprobs" if "logprobs" in values else "logits"
 
 
 # ---------------------------------------------------------------- per prompt
@@ -128,12 +137,12 @@ class _PromptRows:
         }
 
 
-def _compare_prompt(ref: Dump, tgt: Dump, i: int, tie_tolerance: float) -> _PromptRows:
+def _compare_prompt(ref: Dump, tgt: Dump, i: int, tie_tolerance: float, basis: str = "logits") -> _PromptRows:
     ids = np.asarray(ref.input_ids[i])
     ref_logits = ref.logits[i]
     target = _FullTarget(tgt, i) if tgt.kind == "full" else _TopkTarget(tgt, i, ref.width)
     chunks = [
-        _compare_chunk(ref_logits[start : start + CHUNK_ROWS], target, start, ids, tie_tolerance)
+        _compare_chunk(ref_logits[start : start + CHUNK_ROWS], target, start, ids, tie_tolerance, basis)
         for start in range(0, len(ids), CHUNK_ROWS)
     ]
     rows = {key: _concat([c[key] for c in chunks]) for key in ROW_KEYS}
@@ -153,7 +162,7 @@ def _compare_prompt(ref: Dump, tgt: Dump, i: int, tie_tolerance: float) -> _Prom
 ROW_KEYS = ("finite", "kld", "agree", "tie", "overlap", "ref_next", "tgt_next")
 
 
-def _compare_chunk(ref_logits, target, start: int, ids: np.ndarray, tie_tolerance: float) -> dict[str, Any]:
+def _compare_chunk(ref_logits, target, start: int, ids, tie_tolerance: float, basis: str) -> dict[str, Any]:
     rows = slice(start, start + len(ref_logits))
     next_ids = ids[start + 1 : rows.stop + 1]
     ref_lp = m.log_softmax(ref_logits)
@@ -164,6 +173,8 @@ def _compare_chunk(ref_logits, target, start: int, ids: np.ndarray, tie_toleranc
     overlap = None if tgt["top_n"] is None else m.top_n_overlap_rows(m.top_n_ids(ref_lp), tgt["top_n"])
     next_finite = finite[: len(next_ids)]
     raw = tgt.get("raw")
+    if raw is not None and basis == "logprobs":
+        raw, ref_logits = m.log_softmax(raw), ref_lp
     return {
         "finite": finite,
         "ref_bad": ref_bad,

@@ -13,6 +13,7 @@ from .atomic import write_json
 from .checkpoint import model_sha, tokenizer_sha
 from .dumps import write_dump
 from .engines import EngineSettings, Generation, make_engine
+from .engines.base import check_prompt_lengths
 from .envinfo import stack_versions
 from .errors import PortcheckError
 from .hashing import sha256_text
@@ -32,23 +33,7 @@ def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
 def tokenize(tokenizer, prompts: list[str]) -> list[list[int]]:
     if not prompts:
         raise PortcheckError("the prompt list is empty; give prompts under prompts.list or a prompts.file")
-    ids = [list(tokenizer(p)["input_ids"]) for p in prompts]
-    for index, (prompt, tokens) in enumerate(zip(prompts, ids)):
-        if not tokens:
-            raise PortcheckError(f"prompt {index} ({prompt!r}) tokenizes to nothing; remove it")
-    return ids
-
-
-def check_prompt_lengths(prompt_ids: list[list[int]], prompts: list[str], max_model_len: int | None, room: int = 0):
-    """Reject prompts the engine could not take, before paying for an engine start."""
-    if not max_model_len:
-        return
-    for index, (prompt, tokens) in enumerate(zip(prompts, prompt_ids)):
-        if len(tokens) + room > max_model_len:
-            raise PortcheckError(
-                f"prompt {index} ({prompt[:60]!r}) has {len(tokens)} tokens; with {room} generated tokens it exceeds "
-                f"max_model_len {max_model_len}; shorten it or raise the target's max_model_len"
-            )
+    return [list(tokenizer(p)["input_ids"]) for p in prompts]
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -124,12 +109,13 @@ def run_target(
     tokenizer = load_tokenizer(model_dir, settings.trust_remote_code)
     prompt_ids = tokenize(tokenizer, prompts)
     longest_generation = max(greedy_tokens, (determinism or {}).get("max_tokens", 0), (samples or {}).get("max_tokens", 0))
-    check_prompt_lengths(prompt_ids, prompts, settings.max_model_len, room=longest_generation)
+    check_prompt_lengths(prompt_ids, settings.max_model_len, prompts, new_tokens=longest_generation)
     started = time.perf_counter()
     with make_engine(target, model_dir, settings) as engine:
         scores = engine.score(prompt_ids)
         greedy = [engine.generate([ids], greedy_tokens)[0] for ids in prompt_ids]
         adaptation = engine.adaptation()
+        full_values = engine.full_values
         if determinism:
             count = min(determinism["prompts"], len(prompt_ids))
             determinism_result = measure_determinism(
@@ -139,6 +125,7 @@ def run_target(
             samples_result = generate_samples(engine, prompt_ids, prompts, tokenizer, samples)
     meta = dump_meta(target, model_dir, prompts, settings, greedy, tokenizer, adaptation)
     meta["run_seconds"] = round(time.perf_counter() - started, 3)
+    meta["full_values"] = full_values
     write_dump(outputs["logits"], scores, greedy, meta)
     write_json(outputs["adaptation"], {"target": target_name, "items": adaptation})
     if determinism:

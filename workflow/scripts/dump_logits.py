@@ -3,11 +3,13 @@
 from portcheck.engines import EngineSettings
 from portcheck.run import run_target
 from portcheck.smk import run_script
+from portcheck.targets import parse_target
 
 
 def main(smk):
     settings = dict(smk.params.settings)
     settings["threads"] = settings["threads"] or smk.threads
+    settings["extra"] = {"log_file": smk.log.engine} if parse_target(smk.wildcards.target).engine == "vllm" else {}
     run_target(
         smk.wildcards.target,
         smk.input.model,

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from ..errors import PortcheckError
 from ..records import EngineSettings, Generation, PromptScores, item  # noqa: F401 - re-exported for engines
 
 
 class Engine(abc.ABC):
+    # What a full-vocabulary PromptScores.logits holds: raw "logits" (hf) or "logprobs" (vllm returns only these).
+    full_values = "logits"
+
     def __init__(self, target, model_dir: str | Path, settings: EngineSettings):
         self.target = target
         self.model_dir = Path(model_dir)
@@ -45,3 +49,32 @@ class Engine(abc.ABC):
     def __exit__(self, *exc):
         self.close()
 
+
+def check_prompt_lengths(
+    prompts_ids: Sequence[Sequence[int]],
+    max_model_len: int | None,
+    names: Sequence[str] | None = None,
+    new_tokens: int = 1,
+) -> None:
+    """Reject, naming the prompt, any prompt vLLM would refuse or cut: empty, or prompt + new_tokens > max_model_len.
+
+    vLLM rejects a prompt whose length reaches max_model_len (it needs room for >= 1 output token), so scoring
+    needs len + 1 <= max_model_len and generating n tokens len + n. `names` label the prompts in the message
+    (default: their index). Call it before make_engine: an engine start costs a minute or more.
+    """
+    names = list(names) if names is not None else [f"#{i}" for i in range(len(prompts_ids))]
+    if len(names) != len(prompts_ids):
+        raise ValueError(f"{len(names)} names for {len(prompts_ids)} prompts")
+    for index, (name, ids) in enumerate(zip(names, prompts_ids)):
+        if len(ids) == 0:
+            raise PortcheckError(f"prompt {index} ({_short(name)}) has no tokens; remove it")
+        if max_model_len and len(ids) + new_tokens > max_model_len:
+            raise PortcheckError(
+                f"prompt {index} ({_short(name)}) has {len(ids)} tokens; with {new_tokens} new token(s) it needs "
+                f"{len(ids) + new_tokens} > max_model_len {max_model_len}; shorten the prompt or raise max_model_len"
+            )
+
+
+def _short(name: Any, width: int = 60) -> str:
+    text = str(name)
+    return repr(text if len(text) <= width else text[: width - 3] + "...")

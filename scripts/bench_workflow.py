@@ -1,0 +1,68 @@
+"""make bench-workflow: the workflow's own costs on the embedded default, printed as figures.
+
+  cold run        full `report` in a fresh copy (after set-up)          goal <= 120 s on 2 cores
+  no-op rerun     `report` with everything up to date, vs a one-rule   goal ratio <= 1.5
+                  Snakemake workflow's no-op
+  template rerun  `report` after editing only the template             goal <= 2x the no-op
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COPY = ("Snakefile", "rules", "workflow", "config", "reports/templates", "src")
+TRIVIAL = 'rule all:\n    input: "a.txt"\n\nrule make_a:\n    output: "a.txt"\n    shell: "echo a > {output}"\n'
+REPEATS = 3
+
+
+def timed(workdir: Path, cores: int = 2) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), "--directory", str(workdir),
+                    "--snakefile", str(workdir / "Snakefile"), *(["report"] if (workdir / "rules").exists() else [])],
+                   check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def copy_workflow(dest: Path) -> Path:
+    for name in COPY:
+        source = ROOT / name
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
+    return dest
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = copy_workflow(Path(tmp) / "portcheck")
+        trivial = Path(tmp) / "trivial"
+        trivial.mkdir()
+        (trivial / "Snakefile").write_text(TRIVIAL)
+        cold = timed(workdir)
+        noop = statistics.median(timed(workdir) for _ in range(REPEATS))
+        timed(trivial)
+        trivial_noop = statistics.median(timed(trivial) for _ in range(REPEATS))
+        template = workdir / "reports" / "templates" / "report.md.j2"
+        renders = []
+        for index in range(REPEATS):
+            time.sleep(1)
+            template.write_text(template.read_text() + f"\n<!-- bench {index} -->\n")
+            renders.append(timed(workdir))
+        render = statistics.median(renders)
+    print(f"cold run (report, 2 cores):     {cold:7.1f} s   goal <= 120 s")
+    print(f"no-op rerun:                    {noop:7.2f} s")
+    print(f"trivial workflow no-op:         {trivial_noop:7.2f} s")
+    print(f"no-op ratio:                    {noop / trivial_noop:7.2f}     goal <= 1.5")
+    print(f"template-only rerun:            {render:7.2f} s")
+    print(f"template rerun / no-op:         {render / noop:7.2f}     goal <= 2")
+
+
+if __name__ == "__main__":
+    main()
