@@ -10,11 +10,13 @@ STAMP := $(VENV)/.portcheck-installed
 CORES ?= 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup report test lock clean bench-workflow
+.PHONY: setup report test lock clean bench-workflow bench-harness
 
 setup: $(STAMP)
 
 $(STAMP): requirements/cpu.lock.txt requirements/overrides.txt pyproject.toml
+	@# rsync: the fs storage plugin (profiles/shared-fs) copies with it; a system package, not a pip one.
+	command -v rsync >/dev/null || { apt-get update -qq && apt-get install -y -qq rsync; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	$(BIN)/uv pip install --python $(BIN)/python --override requirements/overrides.txt -r requirements/cpu.lock.txt
@@ -34,6 +36,10 @@ lock: setup
 
 bench-workflow: setup
 	$(BIN)/python scripts/bench_workflow.py
+
+# This workflow's throughput vs `vllm bench throughput` (cpu-vllm-bf16), and the hf harness vs a bare loop.
+bench-harness: setup
+	$(BIN)/python scripts/bench_harness.py
 
 clean:
 	rm -rf results resources reports/*/ logs .snakemake

@@ -16,7 +16,11 @@ include: "rules/model.smk"
 include: "rules/env.smk"
 include: "rules/logits.smk"
 include: "rules/compare.smk"
+include: "rules/bench.smk"
+include: "rules/serve.smk"
 include: "rules/report.smk"
+include: "rules/shared.smk"
+include: "rules/html.smk"
 
 
 localrules:
@@ -24,6 +28,7 @@ localrules:
 
 
 rule report:
+    default_target: True
     input:
         REPORT,
-    default_target: True
+        f"{REPORTS}/report.html",

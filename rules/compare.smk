@@ -8,10 +8,10 @@ rule compare_logits:
         code=package_sources("compare"),
     output:
         f"{RESULTS}/compare/{{target}}.json",
+    log:
+        f"logs/{MODEL}/compare_logits/{{target}}.log",
     params:
         thresholds=config["compare"]["thresholds"],
         tie_tolerance=config["compare"]["tie_tolerance"],
-    log:
-        f"logs/{MODEL}/compare_logits/{{target}}.log",
     script:
         "../workflow/scripts/compare_logits.py"

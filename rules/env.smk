@@ -6,10 +6,12 @@ rule capture_env:
         package_sources("envinfo", "atomic"),
     output:
         f"{RESULTS}/{{target}}/env.json",
+    log:
+        f"logs/{MODEL}/capture_env/{{target}}.log",
     resources:
         gpu=device_resources("gpu"),
         npu=device_resources("npu"),
-    log:
-        f"logs/{MODEL}/capture_env/{{target}}.log",
+    params:
+        stack=stack_params,
     script:
         "../workflow/scripts/capture_env.py"

@@ -10,18 +10,19 @@ rule dump_logits:
         adaptation=f"{RESULTS}/{{target}}/adaptation.json",
         determinism=f"{RESULTS}/{{target}}/determinism.json",
         samples=f"{RESULTS}/{{target}}/samples.json",
+    log:
+        main=f"logs/{MODEL}/dump_logits/{{target}}.log",
+        engine=f"logs/{MODEL}/dump_logits/{{target}}.engine.log",
+    threads: target_threads
+    resources:
+        gpu=device_resources("gpu"),
+        npu=device_resources("npu"),
     params:
         prompts=PROMPTS,
         settings=target_settings,
         greedy_tokens=config["logits"]["greedy_tokens"],
         determinism=config["determinism"],
         samples=config["samples"],
-    threads: target_threads
-    resources:
-        gpu=device_resources("gpu"),
-        npu=device_resources("npu"),
-    log:
-        main=f"logs/{MODEL}/dump_logits/{{target}}.log",
-        engine=f"logs/{MODEL}/dump_logits/{{target}}.engine.log",
+        stack=stack_params,
     script:
         "../workflow/scripts/dump_logits.py"

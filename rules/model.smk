@@ -1,13 +1,6 @@
 # Model acquisition and its manifest. Downloads land atomically under resources/models/<model>/.
 
 
-def fetch_inputs():
-    """A download does not depend on the tiny model's code: editing it must not re-download a checkpoint."""
-    if config["model"]["source"] == "tiny":
-        return package_sources("acquire") + ["src/portcheck/data/tiny_corpus.txt"]
-    return package_sources("acquire", exclude=("tiny",))
-
-
 if config["model"]["source"] != "local":
 
     rule fetch_model:
@@ -15,13 +8,13 @@ if config["model"]["source"] != "local":
             fetch_inputs(),
         output:
             directory(f"resources/models/{MODEL}"),
+        log:
+            f"logs/{MODEL}/fetch_model.log",
         params:
             source=config["model"]["source"],
             repo_id=config["model"]["repo_id"],
             revision=config["model"]["revision"],
             seed=config["model"]["tiny_seed"],
-        log:
-            f"logs/{MODEL}/fetch_model.log",
         script:
             "../workflow/scripts/fetch_model.py"
 
@@ -32,9 +25,9 @@ rule write_manifest:
         code=package_sources("checkpoint", "atomic"),
     output:
         f"{RESULTS}/manifest.json",
-    params:
-        source={k: config["model"][k] for k in ("source", "repo_id", "revision", "path")},
     log:
         f"logs/{MODEL}/write_manifest.log",
+    params:
+        source={k: config["model"][k] for k in ("source", "repo_id", "revision", "path")},
     script:
         "../workflow/scripts/write_manifest.py"

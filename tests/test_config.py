@@ -56,8 +56,8 @@ def test_bad_target_name_lists_the_parts():
 
 def test_reference_not_defined_or_not_enabled():
     config = default_config()
-    config["reference"] = "gpu-vllm-bf16"
-    assert "reference target 'gpu-vllm-bf16' is not defined" in problems_of(config)
+    config["reference"] = "gpu-vllm-fp16"
+    assert "reference target 'gpu-vllm-fp16' is not defined" in problems_of(config)
     config = default_config()
     config["targets"]["cpu-hf-fp32"]["enabled"] = False
     assert "reference target 'cpu-hf-fp32' is not enabled" in problems_of(config)

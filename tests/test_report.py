@@ -446,16 +446,24 @@ def test_theory_is_labelled_and_beside_measurements(artifacts, tmp_path):
 
 
 def test_performance_not_run_with_reason_and_slots_in_when_present(artifacts, tmp_path):
+    from portcheck import perf
+
     text = render(artifacts, tmp_path)
     performance = section(text, "## 10. Performance")
-    assert f"- {REFERENCE}, bench: not run — benchmarks are not part of this workflow yet" in performance
-    bench = write_json(tmp_path / "bench.json", {"decode": {"tpot_ms": {"median": 6.2}}, "batch": 8})
+    assert "Offline benchmarks: not run — no bench.json was given to the report" in performance
+    rows = perf.add_scaling([perf.throughput_row(1, 8, 20, 0.750), perf.throughput_row(8, 8, 20, 0.896)])
+    bench = write_json(tmp_path / "bench.json", {
+        "plan": {"input_len": 8}, "percentiles": [50], "throughput": [{"title": "sweep", "rows": rows}],
+        "latency": {"batch_size": 8, "input_len": 8, "output_len": 20, "ttft_s": {"p50": 0.178},
+                    "tpot_s": {"p50": 0.0062}},
+        "prefill": {"prompts": 2, "input_len": 8, "latency_s": {"p50": 0.1779}}})
     artifacts["targets"][TARGET]["bench"] = bench
     artifacts["targets"][TARGET]["serve"] = tmp_path / "missing-serve.json"
     performance = section(render(artifacts, tmp_path), "## 10. Performance")
-    assert f"### {TARGET}: bench" in performance
-    assert "| decode.tpot\\_ms.median | 6.2 |" in performance
-    assert f"- {TARGET}, serve: not run — {cell(str(tmp_path / 'missing-serve.json'))} is absent" in performance
+    assert "| 8 | 20 | 0.896 | 160 | 178.6 |" in performance  # the seed's batch-8 row
+    assert "| Decode latency per step (8 prompts, TPOT p50) | 6.20 |" in performance
+    assert "Serving check: not run — the serving check starts vllm serve: vllm targets only" in performance
+    assert "❌ does not fit" in performance  # the seed's figures contradict each other
 
 
 def test_plot_links_resolve_next_to_report(artifacts, tmp_path):

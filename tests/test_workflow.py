@@ -49,6 +49,31 @@ def test_report_is_produced_from_artifacts(workflow_run):
     assert f"{compare['kld_mean']:.3e}" in report or f"{compare['kld_mean']:.2e}" in report
 
 
+def test_benchmarks_and_serving_are_measured_and_reported(workflow_run):
+    results = workflow_run / "results" / MODEL
+    report = (workflow_run / "reports" / MODEL / "report.md").read_text()
+    for target in ("cpu-hf-fp32", "cpu-hf-bf16", "cpu-vllm-bf16"):
+        bench = json.loads((results / target / "bench.json").read_text())
+        sweep = {r["batch_size"]: r for r in bench["throughput"][1]["rows"]}
+        assert sorted(sweep) == [1, 2, 4, 8] and all(r["output_tok_s"] > 0 for r in sweep.values())
+        assert sweep[1]["speedup_vs_batch1"] == 1
+        assert bench["latency"]["tpot_s"]["p50"] > 0 and bench["latency"]["ttft_s"]["n"] == 8 * 3  # cpu override
+        assert bench["memory"]["weights"]["bytes"] > 0 and bench["memory"]["peak"]["bytes"] > 0
+        assert (results / target / "bench.csv").read_text().startswith("section,table,batch_size")
+    capacity = json.loads((results / "cpu-vllm-bf16" / "bench.json").read_text())["memory"]["capacity"]
+    assert capacity["kv_cache_tokens"] > 0 and capacity["max_concurrency"] > 0
+    serve = json.loads((results / "cpu-vllm-bf16" / "serve.json").read_text())
+    assert serve["errors"] == 0 and [level["completed"] for level in serve["levels"]] == [8, 8]
+    assert serve["greedy_check"]["status"] == "ok", serve["greedy_check"]
+    assert serve["seed_request"]["ok"] and "Machine learning is a" in serve["seed_request"]["curl"]
+    assert not (results / "cpu-hf-fp32" / "serve.json").exists()
+    for png in ("throughput_vs_batch.png", "latency_percentiles.png"):
+        assert (workflow_run / "reports" / MODEL / png).stat().st_size > 1000
+    assert "### Roofline" in report and "peak unknown" in report and "### Consistency of the figures" in report
+    assert "Serving check: not run — the serving check starts vllm serve: vllm targets only" in report
+    assert "curl http://127.0.0.1:" in report
+
+
 def test_reference_is_peaked_like_a_trained_model(workflow_run):
     from portcheck.dumps import read_dump
     from portcheck.metrics import log_softmax
@@ -66,27 +91,33 @@ def test_second_run_does_nothing(workflow_run):
 
 def test_template_edit_reruns_only_the_render(rerun_copy):
     edit(rerun_copy / "reports" / "templates" / "report.md.j2", lambda t: t + "\n<!-- edited -->\n")
-    assert planned_jobs(rerun_copy) == {"render_report": 1, "report": 1}
+    assert planned_jobs(rerun_copy) == {"render_report": 1, "render_html": 1, "report": 1}
 
 
 def test_threshold_change_reruns_only_compare_and_render(rerun_copy):
     set_config(rerun_copy, lambda c: c["compare"]["thresholds"]["kld_mean_max"].update(value=0.123))
-    assert planned_jobs(rerun_copy) == {"compare_logits": 2, "plot_kld": 1, "render_report": 1, "report": 1}
+    assert planned_jobs(rerun_copy) == {"compare_logits": 2, "plot_kld": 1, "render_report": 1, "render_html": 1, "report": 1}
 
 
 def test_enabling_a_target_runs_only_that_target(rerun_copy):
     set_config(rerun_copy, lambda c: c["targets"].setdefault("cpu-hf-fp16", {}).update(enabled=True))
     assert planned_jobs(rerun_copy) == {
-        "capture_env": 1, "dump_logits": 1, "compare_logits": 1, "plot_kld": 1, "render_report": 1, "report": 1,
+        "capture_env": 1, "dump_logits": 1, "run_benchmarks": 1, "compare_logits": 1, "plot_kld": 1,
+        "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
     }
 
 
 def test_package_edit_reruns_the_rules_that_use_it(rerun_copy):
     edit(rerun_copy / "src" / "portcheck" / "metrics.py", lambda t: t + "\n# edited\n")
-    assert planned_jobs(rerun_copy) == {"compare_logits": 2, "plot_kld": 1, "render_report": 1, "report": 1}
+    assert planned_jobs(rerun_copy) == {"compare_logits": 2, "plot_kld": 1, "render_report": 1, "render_html": 1, "report": 1}
+
+
+def test_engine_edit_reruns_only_that_engines_targets(rerun_copy):
     edit(rerun_copy / "src" / "portcheck" / "engines" / "vllm.py", lambda t: t + "\n# edited\n")
+    # the vllm target's dump and benchmarks; its serving check because the dump it checks against is redone
     assert planned_jobs(rerun_copy) == {
-        "dump_logits": 1, "compare_logits": 1, "plot_kld": 1, "render_report": 1, "report": 1,
+        "dump_logits": 1, "run_benchmarks": 1, "check_serving": 1, "compare_logits": 1, "plot_kld": 1,
+        "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
     }
 
 

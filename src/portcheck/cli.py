@@ -24,8 +24,23 @@ def load_config(path: str | None) -> dict:
     from .config import load_schema, validate_config
 
     config_path = Path(path) if path else DEFAULT_CONFIG
-    raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    return validate_config(raw or {}, load_schema(SCHEMA), base_dir=config_path.parent.parent)
+    if path and not config_path.is_file():
+        raise PortcheckError(f"config file {path} does not exist; fix --config or leave it out for the defaults")
+    # As `snakemake --configfile`: the given file is merged over the default config, so a file holding only
+    # thresholds (or one target's settings) is enough.
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8")) if DEFAULT_CONFIG.is_file() else {}
+    if path:
+        _merge(raw, yaml.safe_load(config_path.read_text(encoding="utf-8")) or {})
+    return validate_config(raw or {}, load_schema(SCHEMA), base_dir=DEFAULT_CONFIG.parent.parent)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
 
 
 def cmd_fetch(args) -> None:
@@ -54,6 +69,11 @@ def cmd_dump(args) -> None:
     prompts = [line for line in Path(args.prompts).read_text(encoding="utf-8").splitlines() if line.strip()] \
         if args.prompts else load_prompts(config)
     out = Path(args.output)
+    if out.exists() and not args.force:
+        raise PortcheckError(
+            f"{out} already exists (a complete dump: dumps are written atomically); refusing to overwrite it. "
+            "Pass --force to replace it, or choose another --output"
+        )
     stem = out.with_suffix("")
     outputs = {"logits": out, "adaptation": f"{stem}.adaptation.json",
                "determinism": f"{stem}.determinism.json", "samples": f"{stem}.samples.json"}
@@ -109,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--output", required=True, help="logits .safetensors path; side files are written beside it")
     dump.add_argument("--prompts", help="text file, one prompt per line (default: the config's prompts)")
     dump.add_argument("--config", help="config YAML (default: config/config.yaml)")
+    dump.add_argument("--force", action="store_true", help="replace an existing dump at --output")
     dump.set_defaults(func=cmd_dump)
 
     compare = sub.add_parser("compare", help="compare a target dump with a baseline dump")

@@ -33,7 +33,7 @@ def load_schema(path: str | Path) -> dict:
 
 def validate_config(config: dict, schema: dict, base_dir: str | Path = ".") -> dict:
     """Return the config with defaults filled in, or raise PortcheckError listing every problem."""
-    config = copy.deepcopy(config)
+    config = coerce_strings(copy.deepcopy(config), schema)
     problems = [_describe(error, schema) for error in _validator(schema).iter_errors(config)]
     if problems:
         raise PortcheckError("invalid config:\n  - " + "\n  - ".join(sorted(set(problems))))
@@ -42,6 +42,56 @@ def validate_config(config: dict, schema: dict, base_dir: str | Path = ".") -> d
     if problems:
         raise PortcheckError("invalid config:\n  - " + "\n  - ".join(problems))
     return config
+
+
+_BOOLEANS = {"true": True, "yes": True, "false": False, "no": False}
+_NULLS = ("null", "none", "~", "")
+
+
+def coerce_strings(config: Any, schema: dict, node: dict | None = None) -> Any:
+    """Snakemake parses `--config key=value` (and a profile's `config:` mapping) with YAML's base loader, so
+    nested values arrive as strings ("True", "512"). Convert a string where the schema does not allow one."""
+    node = _resolve(schema if node is None else node, schema)
+    if isinstance(config, dict):
+        for key, value in config.items():
+            sub = node.get("properties", {}).get(key)
+            if sub is None and isinstance(node.get("additionalProperties"), dict):
+                sub = node["additionalProperties"]
+            if sub is not None:
+                config[key] = coerce_strings(value, schema, sub)
+        return config
+    if isinstance(config, list) and isinstance(node.get("items"), dict):
+        return [coerce_strings(item, schema, node["items"]) for item in config]
+    types = node.get("type", [])
+    types = [types] if isinstance(types, str) else list(types)
+    if not isinstance(config, str) or not types or "string" in types:
+        return config
+    text = config.strip()
+    if "boolean" in types and text.lower() in _BOOLEANS:
+        return _BOOLEANS[text.lower()]
+    if "null" in types and text.lower() in _NULLS:
+        return None
+    for kind, convert in (("integer", int), ("number", float)):
+        if kind in types:
+            try:
+                return convert(text)
+            except ValueError:
+                pass
+    return config
+
+
+def override_problems(overrides: dict, defined_targets, source: str = "--config") -> list[str]:
+    """Targets named by command-line/profile overrides must be defined in a config file: an override that
+    names an undefined target is almost always a typo, and would otherwise run with defaults nobody chose."""
+    named = (overrides or {}).get("targets") or {}
+    if not isinstance(named, dict):
+        return []
+    defined = list(defined_targets)
+    return [
+        f"{source} names target {name!r}, which the config file does not define (defined: "
+        f"{', '.join(defined) or 'none'}); fix the name, or define the target in the config file first"
+        for name in named if name not in defined
+    ]
 
 
 def _validator(schema: dict):

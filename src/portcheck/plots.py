@@ -136,3 +136,76 @@ def _no_data(ax) -> None:
 def _save(fig: Figure, out_png: str | os.PathLike) -> None:
     with atomic_path(Path(out_png)) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, metadata=PNG_METADATA)
+
+
+# ---------------------------------------------------------------- benchmarks (results/<model>/<target>/bench.json)
+
+
+def throughput_frame(bench_paths: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
+    """One row per distinct throughput cell of every target: target, batch size, max_tokens, output tok/s."""
+    rows = {}
+    for target, path in bench_paths.items():
+        for table in read_json(path).get("throughput") or []:
+            for r in table.get("rows") or []:
+                rows[(target, r["batch_size"], r["max_tokens"])] = r.get("output_tok_s")
+    return pd.DataFrame([(t, b, m, v) for (t, b, m), v in rows.items()],
+                        columns=["target", "batch_size", "max_tokens", "output_tok_s"])
+
+
+def plot_throughput_vs_batch(bench_paths: Mapping[str, str | os.PathLike], out_png: str | os.PathLike) -> None:
+    """Output tok/s against batch size (one line per target and max_tokens with more than one batch size)."""
+    frame = throughput_frame(bench_paths)
+    fig, ax = _figure()
+    drawn = 0
+    for index, ((target, max_tokens), rows) in enumerate(frame.groupby(["target", "max_tokens"], sort=True)):
+        rows = rows.dropna().sort_values("batch_size")
+        if len(rows) < 2:
+            continue
+        ax.plot(rows["batch_size"], rows["output_tok_s"], marker=MARKERS[index % len(MARKERS)],
+                label=f"{target} (max_tokens {max_tokens})")
+        drawn += 1
+    if drawn:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("output tokens / s")
+        ax.legend(fontsize="small")
+        ax.grid(True, alpha=0.3)
+    else:
+        _no_bench(ax)
+    ax.set_title("Throughput against batch size")
+    _save(fig, out_png)
+
+
+def plot_latency_percentiles(bench_paths: Mapping[str, str | os.PathLike], out_png: str | os.PathLike) -> None:
+    """TTFT, TPOT, ITL and E2E percentiles (ms) per target, one panel per metric."""
+    metrics = (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("itl_s", "ITL"), ("e2e_s", "E2E"))
+    data = {target: read_json(path) for target, path in bench_paths.items()}
+    fig = Figure(figsize=(FIGSIZE[0], FIGSIZE[1] * 1.2), dpi=DPI)
+    axes = fig.subplots(1, len(metrics))
+    targets = list(data)
+    for ax, (key, label) in zip(axes, metrics):
+        any_value = False
+        for t_index, target in enumerate(targets):
+            bench = data[target]
+            keys = [f"p{p:g}" for p in bench.get("percentiles") or [50, 90, 99]]
+            stats = (bench.get("latency") or {}).get(key) or {}
+            values = [stats.get(k) for k in keys]
+            if all(v is None for v in values):
+                continue
+            any_value = True
+            width = 0.8 / max(len(targets), 1)
+            xs = [i + t_index * width for i in range(len(keys))]
+            ax.bar(xs, [v * 1e3 if v is not None else 0 for v in values], width=width, label=target)
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))], keys)
+        ax.set_title(f"{label} (ms)")
+        if not any_value:
+            _no_bench(ax)
+    if targets:
+        axes[0].legend(fontsize="x-small")
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def _no_bench(ax) -> None:
+    ax.text(0.5, 0.5, "no benchmark data", ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()

@@ -35,7 +35,7 @@ YES, NO = "✅ yes", "❌ no"
 CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 SEED_EOS_ID = 248044  # Qwen3.5's eos id, which the seed report's model table gives as vocab_size
 PLOT_TITLES = {"kld_per_position": "KLD per position", "kld_distribution": "Distribution of per-position KLD"}
-LATER_ISSUE = "benchmarks are not part of this workflow yet; a later stage adds {name}.json"
+LATER_ISSUE = "no {name}.json was given to the report (the rule that writes it did not run for this target)"
 
 
 # ---------------------------------------------------------------- formatting
@@ -288,9 +288,10 @@ def build_context(artifacts: dict, config: dict) -> dict:
         "determinism": [determinism_section(t) for t in targets],
         "samples": [samples_section(t) for t in targets],
         "theory": theory_section(targets),
-        "performance": performance_section(targets),
+        "performance": performance_section(targets, config),
         "plots": plot_list(artifacts.get("plots") or {}),
         "artifacts": artifacts_section(artifacts, targets, manifest, config),
+        "history": None,  # the run history (portcheck.history), filled in by the render rule
     }
 
 
@@ -762,26 +763,205 @@ def theory_section(targets: list[TargetData]) -> dict:
     }
 
 
-def performance_section(targets: list[TargetData]) -> list[dict]:
-    sections = []
+def performance_section(targets: list[TargetData], config: dict | None = None) -> dict:
+    """Benchmarks (the seed's tables plus percentiles), serving, the roofline and the consistency flags."""
+    from . import perf
+
+    config = config or {}
+    tolerance = float((config.get("bench") or {}).get("consistency_tolerance", 0.25))
+    hardware_table = config.get("hardware") or {}
+    overview, roofline_rows, flag_rows, sections = [], [], [], []
     for t in targets:
-        for kind in ("bench", "serve"):
-            data = t.extra.get(kind)
-            rows = [[key, show(value)] for key, value in _flatten(data)] if data is not None else []
-            sections.append({"target": t.name, "kind": kind,
-                             "table": table(["Figure", "Value"], rows) if rows else None,
-                             "reason": "" if data is not None else t.absent.get(kind, NOT_RUN)})
-    return sections
+        bench, serve = t.extra.get("bench"), t.extra.get("serve")
+        engine = parse_target(t.name).engine
+        serve_reason = ("the serving check starts vllm serve: vllm targets only" if engine != "vllm"
+                        else t.absent.get("serve", NOT_RUN))
+        section = {"target": t.name, "bench": None, "bench_reason": t.absent.get("bench", NOT_RUN),
+                   "serve": _serve_view(serve) if serve else None, "serve_reason": serve_reason}
+        if bench is None:
+            overview.append([t.name] + [NOT_RUN] * 7)
+            roofline_rows.append([t.name, NOT_RUN] + [DASH] * 9)
+            sections.append(section)
+            continue
+        section["bench"] = _bench_view(bench)
+        mem, timings = bench.get("memory") or {}, bench.get("timings") or {}
+        capacity = mem.get("capacity") or {}
+        overview.append([t.name, _sec(timings.get("engine_start_s")), _sec(timings.get("weight_load_s")),
+                         _bytes((mem.get("weights") or {}).get("bytes")), _bytes((mem.get("peak") or {}).get("bytes")),
+                         show(capacity.get("kv_cache_tokens")), show(capacity.get("max_concurrency")),
+                         _sec(timings.get("total_s"))])
+        hw_name = ((config.get("targets") or {}).get(t.name) or {}).get("hardware")
+        hardware = hardware_table.get(hw_name) if hw_name else None
+        latency, prefill = bench.get("latency") or {}, bench.get("prefill") or {}
+        weights = mem.get("weights") or {}
+        prefill_tokens = (prefill.get("prompts") or 0) * (prefill.get("input_len") or 0)
+        roof = perf.roofline(weights.get("bytes"), (latency.get("tpot_s") or {}).get("p50"), hardware,
+                             weights.get("parameters"), prefill_tokens, (prefill.get("latency_s") or {}).get("p50"))
+        if hw_name and hardware is None:
+            hw_text = f"{hw_name} (not in the hardware table: peak unknown)"
+        elif hardware is None:
+            hw_text = f"peak unknown (no hardware configured for this {parse_target(t.name).device} target)"
+        else:
+            hw_text = f"{hw_name} ({hardware.get('source', 'no source given')})"
+        roofline_rows.append([
+            t.name, hw_text, _bandwidth(roof["memory_bandwidth_bytes_s"]), _bytes(roof["weight_bytes"]),
+            _ms(roof["decode_floor_s"]), _ms(roof["tpot_s"]), _ratio(roof["tpot_over_floor"]),
+            _flops(roof["prefill_achieved_flops"]), _flops(roof["bf16_dense_flops"]),
+            pct(roof["prefill_flops_utilisation"]) if roof["prefill_flops_utilisation"] is not None else UNKNOWN,
+            f"{prefill.get('prompts')} x {prefill.get('input_len')} tokens",
+        ])
+        for flag in perf.consistency_flags(bench, tolerance, roof["decode_floor_s"]):
+            verdict = {True: "✅ fits", False: "❌ does not fit", None: "❔ not checkable"}[flag["ok"]]
+            flag_rows.append([t.name, flag["check"], flag["subject"], _fig(flag["check"], flag["measured"]),
+                              _fig(flag["check"], flag["expected"]), flag["relation"], _ratio(flag["ratio"]),
+                              f"±{flag['tolerance']:.0%}" if flag["relation"] == "≈" else f"{flag['tolerance']:.0%} slack",
+                              verdict, flag["note"]])
+        sections.append(section)
+    return {
+        "overview": table(["Target", "Engine start (s)", "Weight load (s)", "Weights (text, target dtype)",
+                           "Peak memory", "KV cache (tokens)", "Max concurrency", "Benchmark wall time (s)"], overview),
+        "targets": sections,
+        "roofline": table(["Target", "Hardware (source)", "Peak bandwidth", "Weight bytes / step", "Decode floor / step (ms)",
+                           "Achieved TPOT p50 (ms)", "TPOT / floor", "Prefill FLOPS achieved", "Peak bf16 FLOPS",
+                           "Prefill FLOPS utilisation", "Prefill run"], roofline_rows),
+        "consistency": table(["Target", "Check", "Figures", "Measured", "Expected", "Relation", "Ratio", "Tolerance",
+                              "Verdict", "Note"], flag_rows),
+        "tolerance": tolerance,
+        "flags_failed": sum(1 for row in flag_rows if row[8].startswith("❌")),
+    }
 
 
-def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """Scalar leaves of nested dicts as dotted keys; lists are shown whole."""
-    if not isinstance(data, dict):
-        return [(prefix, data)]
-    pairs = []
-    for key, value in data.items():
-        pairs += _flatten(value, f"{prefix}.{key}" if prefix else str(key))
-    return pairs
+LATENCY_ROWS = (("ttft_s", "TTFT (time to first token)"), ("tpot_s", "TPOT (per output token, first excluded)"),
+                ("itl_s", "ITL (inter-token gaps, pooled)"), ("e2e_s", "E2E (request latency)"),
+                ("batch_latency_s", "Whole-batch latency"))
+
+
+def _bench_view(bench: dict) -> dict:
+    plan, latency, prefill = bench.get("plan") or {}, bench.get("latency") or {}, bench.get("prefill") or {}
+    percentiles = bench.get("percentiles") or [50, 90, 99]
+    tables = []
+    for grid in bench.get("throughput") or []:
+        rows = [[show(r.get("batch_size")), show(r.get("max_tokens")), _num3(r.get("elapsed_s")),
+                 show(r.get("output_tokens")), _num1(r.get("output_tok_s")), _num1(r.get("total_tok_s")),
+                 _speedup(r.get("speedup_vs_batch1")), _ratio(r.get("linear_ratio"))]
+                for r in grid.get("rows") or []]
+        tables.append({"title": grid.get("title") or "throughput",
+                       "table": table(["Batch size", "max_tokens", "Elapsed (s, median)", "Output tokens",
+                                       "Output tok/s", "Total tok/s (prompt + output)", "Speed-up vs batch 1",
+                                       "Ratio to linear"], rows)})
+    keys = [f"p{p:g}" for p in percentiles]
+    lat_rows = [[label] + [_ms((latency.get(key) or {}).get(k)) for k in keys + ["mean"]]
+                + [show((latency.get(key) or {}).get("n"))] for key, label in LATENCY_ROWS]
+    lat_rows.append([f"Prefill latency ({prefill.get('prompts')} prompts x {prefill.get('input_len')} tokens)"]
+                    + [_ms((prefill.get("latency_s") or {}).get(k)) for k in keys + ["mean"]]
+                    + [show((prefill.get("latency_s") or {}).get("n"))])
+    ttft, tpot = (latency.get("ttft_s") or {}).get("p50"), (latency.get("tpot_s") or {}).get("p50")
+    seed_rows = [[f"Prefill latency ({prefill.get('prompts')} prompts)", _ms((prefill.get("latency_s") or {}).get("p50"))],
+                 [f"Decode latency per step ({latency.get('batch_size')} prompts, TPOT p50)", _ms(tpot)],
+                 [f"Time to first token ({latency.get('batch_size')} prompts, p50)", _ms(ttft)]]
+    mem = bench.get("memory") or {}
+    capacity, peak = mem.get("capacity") or {}, mem.get("peak") or {}
+    engine_params = mem.get("engine_parameters") or {}
+    memory_rows = [["Weights (text, target dtype)", _bytes((mem.get("weights") or {}).get("bytes")),
+                    (mem.get("weights") or {}).get("source", "")],
+                   ["Engine parameters", _bytes(engine_params.get("bytes")), engine_params.get("source", "")],
+                   ["Peak memory", _bytes(peak.get("bytes")), peak.get("source", "")],
+                   ["KV cache", f"{capacity['kv_cache_tokens']:,} tokens" if _is_number(capacity.get("kv_cache_tokens"))
+                    else DASH, capacity.get("note", "")],
+                   ["Maximum concurrency", show(capacity.get("max_concurrency")),
+                    f"max_model_len={show(capacity.get('max_model_len'))}" if capacity.get("max_model_len") else ""]]
+    timings = bench.get("timings") or {}
+    return {
+        "tables": tables,
+        "latency": table(["Metric (ms)"] + keys + ["mean", "n"], lat_rows),
+        "seed_form": table(["Metric", "Measured (ms)"], seed_rows),
+        "memory": table(["Resource", "Usage", "Source"], memory_rows),
+        "plan": (f"prompts of {plan.get('input_len')} random token ids; grid: {plan.get('warmup')} warm-up + "
+                 f"{plan.get('repetitions')} timed run(s) per cell (median); latency: batch {latency.get('batch_size')}, "
+                 f"{latency.get('input_len')} prompt + {latency.get('output_len')} output tokens, "
+                 f"{latency.get('warmup')} warm-up + {latency.get('repetitions')} timed runs "
+                 f"({latency.get('requests')} requests); temperature {show(plan.get('temperature'))}; engine start "
+                 f"{_sec(timings.get('engine_start_s'))} s, grid {_sec(timings.get('grid_s'))} s, latency runs "
+                 f"{_sec(timings.get('latency_runs_s'))} s"),
+    }
+
+
+def _serve_view(serve: dict) -> dict:
+    rows = []
+    for level in serve.get("levels") or []:
+        def pair(key):
+            s = level.get(key) or {}
+            return f"{_ms(s.get('p50'))} / {_ms(s.get('p99'))}"
+        rows.append([show(level.get("concurrency")), show(level.get("requests")), show(level.get("completed")),
+                     show(len(level.get("errors") or [])), _num1(level.get("output_tok_s")),
+                     _num1(level.get("total_tok_s")), _num3(level.get("requests_s")), pair("ttft_s"),
+                     pair("tpot_s"), pair("itl_s"), pair("e2e_s")])
+    greedy = serve.get("greedy_check") or {}
+    checked = len(greedy.get("prompts") or [])
+    seed = serve.get("seed_request") or {}
+    return {
+        "levels": table(["Concurrency", "Requests", "Completed", "Errors", "Output tok/s", "Total tok/s", "Requests/s",
+                         "TTFT p50 / p99 (ms)", "TPOT p50 / p99 (ms)", "ITL p50 / p99 (ms)", "E2E p50 / p99 (ms)"], rows),
+        "greedy": (f"{YES if greedy.get('status') == 'ok' else NO} {show(greedy.get('equal'))}/{checked} greedy "
+                   f"completions through the server equal the offline engine's greedy tokens "
+                   f"({show(greedy.get('offline_target'))} dump)") if greedy.get("status") != "not determined"
+        else f"❔ not determined: {greedy.get('reason')}",
+        "ready": _sec(serve.get("server_ready_s")), "port": show(serve.get("port")),
+        "preferred_port": show(serve.get("preferred_port")), "command": serve.get("command") or "",
+        "curl": seed.get("curl") or "", "curl_ok": bool(seed.get("ok")),
+        "curl_text": seed.get("text") if seed.get("ok") else f"error: {seed.get('error')}",
+        "definitions": serve.get("definitions") or "",
+    }
+
+
+def _ms(value: Any) -> str:
+    return f"{value * 1e3:.2f}" if _is_number(value) else (UNKNOWN if value is None else str(value))
+
+
+def _sec(value: Any) -> str:
+    return f"{value:.2f}" if _is_number(value) else UNKNOWN
+
+
+def _num1(value: Any) -> str:
+    return f"{value:,.1f}" if _is_number(value) else UNKNOWN
+
+
+def _num3(value: Any) -> str:
+    return f"{value:.3f}" if _is_number(value) else UNKNOWN
+
+
+def _speedup(value: Any) -> str:
+    return f"{value:.2f}×" if _is_number(value) else DASH
+
+
+def _ratio(value: Any) -> str:
+    return f"{value:.2f}" if _is_number(value) else DASH
+
+
+def _bytes(value: Any) -> str:
+    if not _is_number(value):
+        return UNKNOWN
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value} B"
+
+
+def _bandwidth(value: Any) -> str:
+    return f"{value / 1e12:.2f} TB/s" if _is_number(value) else "unknown (not configured)"
+
+
+def _flops(value: Any) -> str:
+    if not _is_number(value):
+        return UNKNOWN
+    return f"{value / 1e12:.2f} TFLOPS" if value >= 1e11 else f"{value / 1e9:.2f} GFLOPS"
+
+
+def _fig(check: str, value: Any) -> str:
+    """A consistency figure in its unit: tok/s for throughput checks, ms otherwise."""
+    if "tok/s" in check:
+        return _num1(value)
+    return _ms(value) + " ms" if _is_number(value) else (UNKNOWN if value is None else str(value))
 
 
 def plot_list(plots: dict) -> list[dict]:

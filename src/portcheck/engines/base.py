@@ -4,6 +4,7 @@ row t is the distribution over the token that follows input_ids[0..t]."""
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,6 +41,27 @@ class Engine(abc.ABC):
     def adaptation(self) -> dict[str, Any]:
         """Measured adaptation facts: each item {"value": ..., "status": "ok"|"failed"|"not determined", "note": str}."""
 
+    # -- benchmarking (bench.py): one timing code path for every engine and device --------------------------
+
+    def timed_generate(
+        self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0, seed: int | None = None,
+    ) -> tuple[float, list["TimedGeneration"]]:
+        """Generate exactly max_new_tokens per prompt as one batch; return the wall time (s) of the whole batch
+        and, per prompt, the time (s since the batch was submitted) at which each output token arrived."""
+        raise NotImplementedError(f"{type(self).__name__} has no timed generation")
+
+    def weight_bytes(self) -> dict[str, Any]:
+        """{"bytes", "parameters", "source"} of the weights this engine holds."""
+        return {"bytes": None, "parameters": None, "source": "not determined"}
+
+    def peak_memory(self) -> dict[str, Any]:
+        """{"bytes", "source"}: peak device memory (torch's counters on cuda/npu, peak RSS on cpu)."""
+        return {"bytes": None, "source": "not determined"}
+
+    def capacity(self) -> dict[str, Any]:
+        """KV cache capacity (tokens) and maximum concurrency where the engine has fixed ones (vllm)."""
+        return {"kv_cache_tokens": None, "max_concurrency": None, "note": "no fixed KV cache in this engine"}
+
     def close(self) -> None:
         """Release the engine (processes, device memory)."""
 
@@ -48,6 +70,16 @@ class Engine(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+@dataclass
+class TimedGeneration:
+    token_ids: list[int]
+    token_times: list[float]  # seconds since the batch was submitted, one per output token
+
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1,
+               "float8_e4m3fn": 1, "float8_e5m2": 1, "int32": 4, "int64": 8}
 
 
 def check_prompt_lengths(

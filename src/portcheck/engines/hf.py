@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import devices
 from ..checkpoint import checkpoint_facts
-from .base import Engine, Generation, PromptScores, item
+from .base import Engine, Generation, PromptScores, TimedGeneration, item
 
 # Functions transformers swaps for optimised kernels (flash-linear-attention, causal-conv1d) when installed.
 GDN_FUNCTIONS = (
@@ -133,6 +133,67 @@ class HFEngine(Engine):
             return item(None, "not determined", f"could not read the cache: {exc}")
         return item(None, "not determined", "no recurrent state found in the cache")
 
+    # -- benchmarking -----------------------------------------------------------------------------------------
+
+    def timed_generate(self, prompts, max_new_tokens, temperature=0.0, seed=None):
+        """One left-padded batch through model.generate, exactly max_new_tokens each; a streamer timestamps every
+        decoding step (transformers hands it each step's tokens after moving them to the host, which waits for
+        the device), so token i of every prompt arrives at the time of step i."""
+        torch = self.torch
+        from transformers.generation.streamers import BaseStreamer
+
+        class StepClock(BaseStreamer):
+            def __init__(self, start):
+                self.start, self.times, self.prompt_seen = start, [], False
+
+            def put(self, value):
+                if not self.prompt_seen:  # the first call carries the prompt
+                    self.prompt_seen = True
+                    return
+                self.times.append(time.perf_counter() - self.start)
+
+            def end(self):
+                pass
+
+        sampling = ({"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+                    if temperature > 0 else {"do_sample": False})
+        if seed is not None:
+            torch.manual_seed(seed)
+        devices.synchronize(self.target.device)
+        start = time.perf_counter()
+        pad = self._pad_id()
+        width = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=self.device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        clock = StepClock(start)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens, pad_token_id=pad, streamer=clock, **sampling,
+            )
+        devices.synchronize(self.target.device)
+        wall = time.perf_counter() - start
+        new_tokens = out[:, width:].cpu().tolist()
+        return wall, [TimedGeneration(tokens, list(clock.times[: len(tokens)])) for tokens in new_tokens]
+
+    def _pad_id(self) -> int:
+        pad = self.model.generation_config.pad_token_id
+        if pad is None:
+            pad = self.model.generation_config.eos_token_id
+        return pad[0] if isinstance(pad, list) else (pad or 0)
+
+    def weight_bytes(self):
+        # parameters() yields a tied tensor once, as a decode step reads it once
+        params = list(self.model.parameters())
+        return {"bytes": int(sum(p.numel() * p.element_size() for p in params)),
+                "parameters": int(sum(p.numel() for p in params)),
+                "source": "parameters of the loaded model (tied weights counted once)"}
+
+    def peak_memory(self):
+        source = ("torch max_memory_allocated" if self.target.device in ("gpu", "npu")
+                  else "peak RSS of this process (ru_maxrss)")
+        return {"bytes": devices.peak_memory_bytes(self.target.device), "source": source}
+
     def close(self):
         self.model = None
 
@@ -162,4 +223,5 @@ def _gdn_item(model):
         resolved[name] = f"{implementation.__module__}.{implementation.__qualname__}"
     reference = all(v.startswith("transformers.") for v in resolved.values())
     kind = "reference PyTorch fallback" if reference else "optimised kernel"
-    return item({"kind": kind, "functions": resolved}, "ok", "resolved by transformers at import")
+    functions = "; ".join(f"{name} -> {impl.rsplit('.', 1)[0]}" for name, impl in resolved.items())
+    return item(kind, "ok", f"resolved by transformers at import: {functions}")

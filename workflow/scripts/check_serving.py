@@ -1,0 +1,16 @@
+"""Snakemake adapter: rule check_serving -> portcheck.serve.check_serving (the server is always stopped)."""
+
+from portcheck.engines import EngineSettings
+from portcheck.serve import check_serving
+from portcheck.smk import run_script
+
+
+def main(smk):
+    settings = dict(smk.params.settings)
+    settings["threads"] = settings["threads"] or smk.threads
+    check_serving(smk.wildcards.target, smk.input.model, EngineSettings(**settings), dict(smk.params.serve),
+                  dump_path=smk.input.dump, output=smk.output[0], server_log=smk.log.server)
+
+
+if __name__ == "__main__":
+    run_script(snakemake, main)  # noqa: F821 - injected by Snakemake
