@@ -4,6 +4,7 @@ Rules declare these as input, so editing any of them reruns exactly the rules th
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -15,7 +16,8 @@ def module_file(module: str, package_dir: Path = PACKAGE_DIR) -> Path:
     return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
 
 
-def _imported_modules(module: str, package_dir: Path) -> set[str]:
+@functools.lru_cache(maxsize=None)  # every rule asks again; parse each file once per Snakemake run
+def _imported_modules(module: str, package_dir: Path) -> frozenset[str]:
     path = module_file(module, package_dir)
     package = module.rsplit(".", 1)[0] if "." in module and path.name != "__init__.py" else ""
     if path.name == "__init__.py":
@@ -30,7 +32,7 @@ def _imported_modules(module: str, package_dir: Path) -> set[str]:
             found.update(f"{target}.{a.name}".lstrip(".") for a in node.names if module_file(f"{target}.{a.name}".lstrip("."), package_dir).exists())
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("portcheck"):
             found.add(node.module.removeprefix("portcheck").lstrip("."))
-    return {m for m in found if module_file(m, package_dir).exists()}
+    return frozenset(m for m in found if module_file(m, package_dir).exists())
 
 
 def module_closure(*modules: str, package_dir: Path = PACKAGE_DIR) -> list[Path]:
