@@ -4,7 +4,6 @@ Rules declare these as input, so editing any of them reruns exactly the rules th
 from __future__ import annotations
 
 import ast
-import functools
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -16,8 +15,7 @@ def module_file(module: str, package_dir: Path = PACKAGE_DIR) -> Path:
     return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
 
 
-@functools.lru_cache(maxsize=None)  # every rule asks again; parse each file once per Snakemake run
-def _imported_modules(module: str, package_dir: Path) -> frozenset[str]:
+def _imported_modules(module: str, package_dir: Path) -> set[str]:
     path = module_file(module, package_dir)
     package = module.rsplit(".", 1)[0] if "." in module and path.name != "__init__.py" else ""
     if path.name == "__init__.py":
@@ -32,7 +30,7 @@ def _imported_modules(module: str, package_dir: Path) -> frozenset[str]:
             found.update(f"{target}.{a.name}".lstrip(".") for a in node.names if module_file(f"{target}.{a.name}".lstrip("."), package_dir).exists())
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("portcheck"):
             found.add(node.module.removeprefix("portcheck").lstrip("."))
-    return frozenset(m for m in found if module_file(m, package_dir).exists())
+    return {m for m in found if module_file(m, package_dir).exists()}
 
 
 def module_closure(*modules: str, package_dir: Path = PACKAGE_DIR) -> list[Path]:
