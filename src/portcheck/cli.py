@@ -20,7 +20,9 @@ DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 SCHEMA = ROOT / "config" / "schema.yaml"
 
 
-def load_config(path: str | None) -> dict:
+def load_config(path: str | None, enable_target: str | None = None) -> dict:
+    """The default config with `path` merged over it, validated once; `enable_target` is added and enabled
+    (the schema's defaults fill in a target the config does not define)."""
     from .config import load_schema, validate_config
 
     config_path = Path(path) if path else DEFAULT_CONFIG
@@ -31,6 +33,8 @@ def load_config(path: str | None) -> dict:
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8")) if DEFAULT_CONFIG.is_file() else {}
     if path:
         _merge(raw, yaml.safe_load(config_path.read_text(encoding="utf-8")) or {})
+    if enable_target:
+        _merge(raw, {"targets": {enable_target: {"enabled": True}}})
     return validate_config(raw or {}, load_schema(SCHEMA), base_dir=DEFAULT_CONFIG.parent.parent)
 
 
@@ -59,15 +63,12 @@ def cmd_manifest(args) -> None:
 
 def cmd_dump(args) -> None:
     from .atomic import write_json
-    from .config import engine_settings, load_prompts
+    from .config import engine_settings, load_prompts, read_prompt_file
     from .envinfo import capture_env
     from .run import run_target
 
-    config = load_config(args.config)
-    config["targets"].setdefault(args.target, {})
-    config = _with_target(config, args.target)
-    prompts = [line for line in Path(args.prompts).read_text(encoding="utf-8").splitlines() if line.strip()] \
-        if args.prompts else load_prompts(config)
+    config = load_config(args.config, enable_target=args.target)
+    prompts = read_prompt_file(Path(args.prompts)) if args.prompts else load_prompts(config)
     out = Path(args.output)
     if out.exists() and not args.force:
         raise PortcheckError(
@@ -82,14 +83,6 @@ def cmd_dump(args) -> None:
                greedy_tokens=config["logits"]["greedy_tokens"], determinism=config["determinism"],
                samples=config["samples"])
     print(out)
-
-
-def _with_target(config: dict, target: str) -> dict:
-    """Fill a target the config does not define with the schema's defaults."""
-    from .config import load_schema, validate_config
-
-    config["targets"][target] = {**config["targets"][target], "enabled": True}
-    return validate_config(config, load_schema(SCHEMA))
 
 
 def cmd_compare(args) -> None:

@@ -189,14 +189,17 @@ def local_model_problems(path: str | None, base_dir: Path = Path(".")) -> list[s
     return problems
 
 
+def read_prompt_file(path: Path) -> list[str]:
+    """One prompt per line; blank lines are ignored."""
+    if not path.is_file():
+        raise PortcheckError(f"prompts file {path} does not exist; fix the path or use the config's prompts.list")
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def load_prompts(config: dict, base_dir: str | Path = ".") -> list[str]:
     file = config["prompts"].get("file")
     if file:
-        path = Path(base_dir) / file
-        if not path.is_file():
-            raise PortcheckError(f"prompts.file {path} does not exist; fix the path or remove the key to use prompts.list")
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [line for line in lines if line.strip()]
+        return read_prompt_file(Path(base_dir) / file)
     return [p for p in config["prompts"]["list"] if p.strip()]
 
 
