@@ -1,6 +1,7 @@
 # portcheck: does a ported LLM run, agree with a trusted reference, and how fast is it.
 #   snakemake --cores 1 report
-# model -> per-target runs (logits, adaptation, determinism, samples) -> comparison -> report
+# One rule file per stage, one package folder per stage (README: "Where things live"):
+#   model -> env -> dump (logits, adaptation, determinism, samples) -> compare -> benchmarks -> report
 
 
 from snakemake.utils import min_version
@@ -14,13 +15,11 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/model.smk"
 include: "rules/env.smk"
-include: "rules/logits.smk"
+include: "rules/dump.smk"
 include: "rules/compare.smk"
-include: "rules/bench.smk"
-include: "rules/serve.smk"
+include: "rules/benchmarks.smk"
 include: "rules/report.smk"
-include: "rules/shared.smk"
-include: "rules/html.smk"
+include: "rules/shared_store.smk"
 
 
 localrules:
@@ -31,4 +30,4 @@ rule report:
     default_target: True
     input:
         REPORT,
-        f"{REPORTS}/report.html",
+        HTML_REPORT,

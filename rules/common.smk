@@ -1,4 +1,5 @@
-# Config validation, paths and input functions shared by every stage.
+# Config validation, and every name and input function the stage rule files share (no rule file defines a
+# name another one uses, so include order does not matter).
 import sys
 from pathlib import Path
 
@@ -14,10 +15,11 @@ from portcheck.config import (  # noqa: E402
     override_problems,
     validate_config,
 )
+from portcheck.artifacts import DUMP_KINDS, REPORTED_KINDS, TARGET_FILES, compare_path, target_path  # noqa: E402
 from portcheck.errors import PortcheckError  # noqa: E402
-from portcheck.sources import PACKAGE_DIR, module_closure  # noqa: E402
-from portcheck.stack import result_versions  # noqa: E402
-from portcheck.targets import ENGINES, TARGET_PATTERN, parse_target  # noqa: E402
+from portcheck.targets import ENGINE_MODULES, TARGET_PATTERN, parse_target  # noqa: E402
+from portcheck.workflow.code_inputs import PACKAGE_DIR, module_closure  # noqa: E402
+from portcheck.workflow.version_params import result_versions  # noqa: E402
 
 
 def _config_file_targets():
@@ -55,7 +57,17 @@ REFERENCE = config["reference"]
 TARGETS = enabled_targets(config)
 COMPARED = [t for t in TARGETS if t != REFERENCE]
 PROMPTS = load_prompts(config, workflow.basedir)
+SERVED = [t for t in TARGETS if parse_target(t).engine == "vllm"]  # the serving check starts `vllm serve`
 REPORT = f"{REPORTS}/report.md"
+HTML_REPORT = f"{REPORTS}/report.html"
+PLOTS = {
+    "kld_per_position": f"{REPORTS}/kld_per_position.png",
+    "kld_distribution": f"{REPORTS}/kld_distribution.png",
+}
+BENCH_PLOTS = {
+    "throughput_vs_batch": f"{REPORTS}/throughput_vs_batch.png",
+    "latency_percentiles": f"{REPORTS}/latency_percentiles.png",
+}
 # The config file the run used, for the report's "regenerate" command (None: the default one).
 CONFIGFILE = workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else None
 
@@ -64,32 +76,48 @@ wildcard_constraints:
     target=TARGET_PATTERN,
 
 
+def target_file(kind, target="{target}"):
+    """results/<model>/<target>/<file> of an artifact kind (portcheck.artifacts); a wildcard by default."""
+    return target_path(RESULTS, target, kind)
+
+
+def target_files(kind, targets):
+    return [target_file(kind, t) for t in targets]
+
+
+def compare_file(target="{target}"):
+    return compare_path(RESULTS, target)
+
+
 def package_sources(*modules, exclude=()):
-    """The package files a rule runs (modules and what they import), declared as input so that
-    editing them reruns the rule."""
-    files = module_closure(*modules, package_dir=PACKAGE_DIR)
+    """The package files a rule runs (modules, dotted under portcheck, and what they import), declared as input
+    so that editing them reruns the rule; `exclude` names modules or subpackages the rule does not run."""
+    files = module_closure(*modules, exclude=tuple(exclude), package_dir=PACKAGE_DIR)
     # local(): code stays on each host even when results go to a storage plugin's shared store.
-    return local([f"src/portcheck/{f.relative_to(PACKAGE_DIR)}" for f in files if f.stem not in exclude])
+    return local([f"src/portcheck/{f.relative_to(PACKAGE_DIR)}" for f in files])
+
+
+def other_engines(wildcards):
+    """The engine packages this target does not run: editing them must not rerun it."""
+    engine = parse_target(wildcards.target).engine
+    return tuple(module for name, module in ENGINE_MODULES.items() if name != engine)
 
 
 def fetch_inputs():
     """A download does not depend on the tiny model's code: editing it must not re-download a checkpoint."""
     if config["model"]["source"] == "tiny":
-        return package_sources("acquire") + local(["src/portcheck/data/tiny_corpus.txt"])
-    return package_sources("acquire", exclude=("tiny",))
+        return package_sources("model.acquire") + local(["src/portcheck/model/data/tiny_corpus.txt"])
+    return package_sources("model.acquire", exclude=("model.tiny",))
 
 
-def engine_sources(wildcards):
-    """A target runs one engine module: editing the other engine's code does not rerun it."""
-    engine = parse_target(wildcards.target).engine
-    return package_sources("run", exclude=tuple(e for e in ENGINES if e != engine))
+def dump_sources(wildcards):
+    """The dump stage with the one engine the target runs."""
+    return package_sources("dump.run", exclude=other_engines(wildcards))
 
 
-# Moved from rules/bench.smk: snakemake --lint wants functions apart from rules.
 def bench_sources(wildcards):
-    """The benchmark code and the one engine module the target runs (editing the other engine does not rerun it)."""
-    engine = parse_target(wildcards.target).engine
-    return package_sources("bench", "run", exclude=tuple(e for e in ENGINES if e != engine))
+    """The offline benchmarks with the one engine the target runs."""
+    return package_sources("benchmarks.offline", exclude=other_engines(wildcards))
 
 
 def model_dir():
@@ -113,7 +141,13 @@ def target_settings(wildcards):
     return vars(engine_settings(config, wildcards.target))
 
 
+def target_hardware(wildcards):
+    """The hardware peaks this target is checked against: {name, peaks}; peaks None where none is configured."""
+    name = config["targets"][wildcards.target].get("hardware")
+    return {"name": name, "peaks": config["hardware"].get(name) if name else None}
+
+
 def stack_params(wildcards):
-    """Installed versions that change this target's results (portcheck.stack), read on the host that evaluates
+    """Installed versions that change this target's results (portcheck.workflow.version_params), read on the host that evaluates
     the workflow: as params, an upgrade reruns exactly the affected targets' jobs (--list-changes params)."""
     return result_versions(wildcards.target)

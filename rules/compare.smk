@@ -1,13 +1,13 @@
-# Each enabled non-reference target against the reference.
+# Stage compare (portcheck/compare): each enabled non-reference target against the reference.
 
 
 rule compare_logits:
     input:
-        reference=f"{RESULTS}/{REFERENCE}/logits.safetensors",
-        target=f"{RESULTS}/{{target}}/logits.safetensors",
-        code=package_sources("compare"),
+        reference=target_file("logits", REFERENCE),
+        target=target_file("logits"),
+        code=package_sources("compare.compare"),
     output:
-        f"{RESULTS}/compare/{{target}}.json",
+        compare_file(),
     log:
         f"logs/{MODEL}/compare_logits/{{target}}.log",
     params:

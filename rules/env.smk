@@ -1,11 +1,12 @@
-# Environment capture per target, on the host (and device) that runs the target.
+# Stage env (portcheck/env): the host, device and software stack of each target, captured on the host (and
+# device) that runs the target.
 
 
 rule capture_env:
     input:
-        package_sources("envinfo", "atomic"),
+        package_sources("env.capture", "atomic"),
     output:
-        f"{RESULTS}/{{target}}/env.json",
+        target_file("env"),
     log:
         f"logs/{MODEL}/capture_env/{{target}}.log",
     resources:

@@ -1,4 +1,5 @@
-# Model acquisition and its manifest. Downloads land atomically under resources/models/<model>/.
+# Stage model (portcheck/model): the checkpoint, fetched (or the tiny model built) atomically under
+# resources/models/<model>/, and its manifest.
 
 
 if config["model"]["source"] != "local":
@@ -22,7 +23,7 @@ if config["model"]["source"] != "local":
 rule write_manifest:
     input:
         model=model_dir(),
-        code=package_sources("checkpoint", "atomic"),
+        code=package_sources("model.checkpoint", "atomic"),
     output:
         f"{RESULTS}/manifest.json",
     log:

@@ -1,22 +1,11 @@
-# Plots and the Jinja-rendered markdown report, from the artifacts alone.
-
-PLOTS = {
-    "kld_per_position": f"{REPORTS}/kld_per_position.png",
-    "kld_distribution": f"{REPORTS}/kld_distribution.png",
-}
-TARGET_FILES = {
-    "env": "env.json",
-    "logits": "logits.safetensors",
-    "adaptation": "adaptation.json",
-    "determinism": "determinism.json",
-    "samples": "samples.json",
-}
+# Stage report (portcheck/report): plots and the Jinja-rendered markdown report, from the artifacts alone, and
+# the same report as one HTML page with its plots embedded.
 
 
 rule plot_kld:
     input:
-        compare=expand(f"{RESULTS}/compare/{{target}}.json", target=COMPARED),
-        code=package_sources("plots"),
+        compare=[compare_file(t) for t in COMPARED],
+        code=package_sources("report.plots"),
     output:
         per_position=report(PLOTS["kld_per_position"], category="Precision"),
         distribution=report(PLOTS["kld_distribution"], category="Precision"),
@@ -28,17 +17,31 @@ rule plot_kld:
         "../workflow/scripts/plot_kld.py"
 
 
+rule plot_bench:
+    input:
+        bench=target_files("bench", TARGETS),
+        code=package_sources("report.plots"),
+    output:
+        throughput=BENCH_PLOTS["throughput_vs_batch"],
+        latency=BENCH_PLOTS["latency_percentiles"],
+    log:
+        f"logs/{MODEL}/plot_bench.log",
+    params:
+        targets=TARGETS,
+    script:
+        "../workflow/scripts/plot_bench.py"
+
+
 rule render_report:
     input:
         template=local("reports/templates/report.md.j2"),
         manifest=f"{RESULTS}/manifest.json",
-        per_target=[f"{RESULTS}/{t}/{f}" for t in TARGETS for f in TARGET_FILES.values()],
-        compare=expand(f"{RESULTS}/compare/{{target}}.json", target=COMPARED),
-        plots=PLOTS.values(),
-        bench=expand(f"{RESULTS}/{{target}}/bench.json", target=TARGETS),
-        serve=expand(f"{RESULTS}/{{target}}/serve.json", target=SERVED),
-        bench_plots=BENCH_PLOTS.values(),
-        code=package_sources("report", "history"),
+        per_target=[target_file(kind, t) for t in TARGETS for kind in REPORTED_KINDS],
+        bench_checks=target_files("bench_checks", TARGETS),
+        serve=target_files("serve", SERVED),
+        compare=[compare_file(t) for t in COMPARED],
+        plots=[*PLOTS.values(), *BENCH_PLOTS.values()],
+        code=package_sources("report.render", "report.history"),
     output:
         REPORT,
     log:
@@ -48,12 +51,28 @@ rule render_report:
         reference=REFERENCE,
         targets=TARGETS,
         compared=COMPARED,
-        files=TARGET_FILES,
-        plots={name: Path(path).name for name, path in {**PLOTS, **BENCH_PLOTS}.items()},
         served=SERVED,
+        plots={name: Path(path).name for name, path in {**PLOTS, **BENCH_PLOTS}.items()},
         configfile=CONFIGFILE,
         config=config,
         # Appended by every report run, read for the History section; not an input, so deleting it loses nothing.
         history=f"{RESULTS}/history.jsonl",
     script:
         "../workflow/scripts/render_report.py"
+
+
+rule render_html:
+    input:
+        report=REPORT,
+        plots=PLOTS.values(),
+        code=package_sources("report.html"),
+    output:
+        report(
+            HTML_REPORT,
+            caption="../reports/templates/caption.rst",
+            category="Report",
+        ),
+    log:
+        f"logs/{MODEL}/render_html.log",
+    script:
+        "../workflow/scripts/render_html.py"

@@ -1,6 +1,6 @@
 """Accuracy of the benchmark harness (make bench-harness): figures printed, nothing asserted.
 
-1. vLLM: this workflow's throughput measurement (portcheck.bench on Engine.timed_generate) against
+1. vLLM: this workflow's throughput measurement (portcheck.benchmarks.offline on Engine.timed_generate) against
    `vllm bench throughput` on cpu-vllm-bf16 with identical settings (engine arguments, prompt and output lengths,
    number of prompts, sampling temperature 1.0 as vllm bench uses, EOS ignored). Goal: ratio within 5%.
 2. hf: the harness's output tokens/s against a bare loop of the same model.generate calls on the same model.
@@ -31,7 +31,7 @@ def model_dir() -> Path:
     built = ROOT / "resources" / "models" / "tiny-qwen3.5"
     if (built / "config.json").is_file():
         return built
-    from portcheck.acquire import fetch_model
+    from portcheck.model.acquire import fetch_model
 
     return fetch_model("tiny", Path(tempfile.mkdtemp(prefix="portcheck-harness-")) / "model", seed=0)
 
@@ -49,7 +49,7 @@ def target_settings(target: str):
 
 
 def vllm_bench_throughput(model: Path, settings, args) -> dict:
-    from portcheck.serve import CPU_DEFAULT_GPU_MEMORY_UTILIZATION, vllm_executable
+    from portcheck.benchmarks.serving import CPU_DEFAULT_GPU_MEMORY_UTILIZATION, vllm_executable
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "throughput.json"
@@ -78,9 +78,9 @@ def vllm_bench_throughput(model: Path, settings, args) -> dict:
 
 
 def harness_vllm(model: Path, settings, args, input_len: int) -> dict:
-    from portcheck.bench import random_prompts
-    from portcheck.engines import make_engine
-    from portcheck.run import load_tokenizer
+    from portcheck.benchmarks.workload import random_prompts
+    from portcheck.engines.factory import make_engine
+    from portcheck.dump.run import load_tokenizer
     from portcheck.targets import parse_target
 
     prompts = random_prompts(load_tokenizer(model), args.num_prompts, input_len, seed=0)
@@ -98,9 +98,10 @@ def harness_vllm(model: Path, settings, args, input_len: int) -> dict:
 def harness_hf(model: Path, args) -> dict:
     import torch
 
-    from portcheck.bench import measure_grid, random_prompts
-    from portcheck.engines import make_engine
-    from portcheck.run import load_tokenizer
+    from portcheck.benchmarks.offline import measure_grid
+    from portcheck.benchmarks.workload import random_prompts
+    from portcheck.engines.factory import make_engine
+    from portcheck.dump.run import load_tokenizer
     from portcheck.targets import parse_target
 
     settings = target_settings("cpu-hf-bf16")

@@ -18,7 +18,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from portcheck.acquire import fetch_model
+    from portcheck.model.acquire import fetch_model
 
     return fetch_model("tiny", tmp_path_factory.mktemp("tiny") / "model", seed=0)
 

@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from fakehub import fake_hub
-from portcheck.acquire import fetch_model
-from portcheck.checkpoint import build_manifest, model_sha
+from portcheck.model.acquire import fetch_model
+from portcheck.model.checkpoint import build_manifest, model_sha
 from portcheck.errors import PortcheckError
 
 
@@ -84,13 +84,13 @@ def test_modelscope_unreachable(tmp_path, monkeypatch):
 
 
 def test_interrupted_build_leaves_no_model(tmp_path, monkeypatch):
-    import portcheck.tiny
+    import portcheck.model.tiny
 
     def explode(out_dir, seed=0):
         (out_dir / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(portcheck.tiny, "build_tiny_model", explode)
+    monkeypatch.setattr(portcheck.model.tiny, "build_tiny_model", explode)
     with pytest.raises(KeyboardInterrupt):
         fetch_model("tiny", tmp_path / "models" / "m")
     assert leftovers(tmp_path / "models") == []

@@ -12,18 +12,21 @@ import math
 
 import pytest
 
-from portcheck import perf
-from portcheck.bench import (
+from portcheck.benchmarks import statistics as perf
+from portcheck.benchmarks.offline import (
     check_plan,
     engine_limits,
     grid_cells,
     plan_for_device,
-    random_prompts,
     run_benchmarks,
 )
-from portcheck.engines.base import Engine, TimedGeneration
+from portcheck.benchmarks.cross_checks import consistency_flags
+from portcheck.benchmarks.roofline import roofline
+from portcheck.benchmarks.workload import random_prompts
+from portcheck.engines.base import Engine
+from portcheck.engines.outputs import TimedGeneration
 from portcheck.errors import PortcheckError
-from portcheck.records import EngineSettings
+from portcheck.engines.settings import EngineSettings
 
 BENCH = {
     "input_len": 4, "seed": 0, "temperature": 0.0, "warmup": 1, "repetitions": 2, "percentiles": [50, 90, 99],
@@ -81,13 +84,13 @@ def test_throughput_rows_label_output_and_total_tokens_apart_and_scale_against_b
 
 def test_roofline_arithmetic_and_unknown_peaks():
     hw = {"memory_bandwidth_bytes_s": 1.6e12, "bf16_dense_flops": 354e12, "source": "test"}
-    r = perf.roofline(1.6e9, 0.004, hw, parameters=0.8e9, prefill_tokens=64, prefill_s=0.01)
+    r = roofline(1.6e9, 0.004, hw, parameters=0.8e9, prefill_tokens=64, prefill_s=0.01)
     assert r["decode_floor_s"] == pytest.approx(1e-3)
     assert r["tpot_over_floor"] == pytest.approx(4.0)
     assert r["bandwidth_utilisation"] == pytest.approx(0.25)
     assert r["prefill_achieved_flops"] == pytest.approx(2 * 0.8e9 * 64 / 0.01)
     assert r["prefill_flops_utilisation"] == pytest.approx(2 * 0.8e9 * 64 / 0.01 / 354e12)
-    unknown = perf.roofline(1.6e9, 0.004, None, parameters=0.8e9, prefill_tokens=64, prefill_s=0.01)
+    unknown = roofline(1.6e9, 0.004, None, parameters=0.8e9, prefill_tokens=64, prefill_s=0.01)
     assert unknown["decode_floor_s"] is None and unknown["prefill_flops_utilisation"] is None
     assert unknown["prefill_achieved_flops"] is not None  # measured, only the peak is unknown
 
@@ -105,7 +108,7 @@ def seed_bench() -> dict:
 
 
 def test_the_seeds_figures_fail_the_consistency_checks():
-    flags = perf.consistency_flags(seed_bench(), tolerance=0.25)
+    flags = consistency_flags(seed_bench(), tolerance=0.25)
     by_check = {(f["check"], f["subject"]): f for f in flags}
     grid = by_check[("grid vs latency runs", "batch 8, max_tokens 20")]
     # 0.178 + 19 x 0.0062 = 0.2958 s predicted against 0.896 s measured
@@ -123,7 +126,7 @@ def test_the_seeds_figures_fail_the_consistency_checks():
 def test_consistent_figures_pass_and_a_tpot_under_the_floor_fails():
     bench = seed_bench()
     bench["throughput"][0]["rows"][1].update(elapsed_s=0.30, output_tok_s=160 / 0.30)
-    flags = perf.consistency_flags(bench, tolerance=0.25, decode_floor_s=0.01)
+    flags = consistency_flags(bench, tolerance=0.25, decode_floor_s=0.01)
     assert next(f for f in flags if f["check"] == "grid vs latency runs")["ok"] is True
     floor = next(f for f in flags if f["check"] == "TPOT vs decode floor")
     assert floor["ok"] is False and floor["ratio"] == pytest.approx(0.62)
@@ -250,7 +253,7 @@ def test_benchmark_run_on_a_synthetic_clock(tmp_path, fake_model):
     tok_s = [r for r in rows if r["section"] == "throughput" and r["metric"] == "output_tok_s" and r["batch_size"] == "4"]
     assert float(tok_s[0]["value"]) == pytest.approx(80 / 0.052)
     # the synthetic clock is self-consistent: every check that can be made fits
-    flags = perf.consistency_flags(stored, 0.25)
+    flags = consistency_flags(stored, 0.25)
     assert [f["ok"] for f in flags if f["ok"] is not None] and all(f["ok"] for f in flags if f["ok"] is not None)
 
 
@@ -265,7 +268,7 @@ def test_interrupted_benchmark_leaves_no_artifact(tmp_path, fake_model):
 
 
 def test_report_performance_section_shows_tables_roofline_flags_and_not_run(tmp_path, fake_model):
-    from portcheck.report import TargetData, markdown_table, performance_section
+    from portcheck.report.render import TargetData, markdown_table, performance_section
 
     result, _ = run_fake(tmp_path, fake_model)
     ran = TargetData("cpu-hf-bf16", "target", extra={"bench": result, "serve": None})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from portcheck.dumps import read_dump
+from portcheck.dump.logits_file import read_dump
 
 pytestmark = pytest.mark.workflow
 PROMPTS = ["The capital of France is", "法国的首都是"]

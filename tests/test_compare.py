@@ -4,10 +4,10 @@ import math
 import numpy as np
 import pytest
 
-from portcheck import compare
-from portcheck.compare import compare_dumps, compare_files, parse_thresholds, verdict
-from portcheck.dumps import read_dump, write_dump
-from portcheck.engines.base import Generation, PromptScores
+from portcheck.compare import compare
+from portcheck.compare.compare import compare_dumps, compare_files, parse_thresholds, verdict
+from portcheck.dump.logits_file import read_dump, write_dump
+from portcheck.engines.outputs import Generation, PromptScores
 from portcheck.errors import PortcheckError
 
 META = {"model_sha": "m", "tokenizer_sha": "t", "prompts_sha": "p"}

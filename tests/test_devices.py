@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-from portcheck import devices
+from portcheck.engines import devices
 from portcheck.errors import PortcheckError
 from portcheck.targets import parse_target
 

@@ -5,8 +5,8 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from portcheck.dumps import FORMAT_NAME, check_comparable, read_dump, write_dump
-from portcheck.engines.base import Generation, PromptScores
+from portcheck.dump.logits_file import FORMAT_NAME, check_comparable, read_dump, write_dump
+from portcheck.engines.outputs import Generation, PromptScores
 from portcheck.errors import PortcheckError
 from portcheck.hashing import sha256_file, sha256_json, sha256_text
 

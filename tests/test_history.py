@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from portcheck import history
+from portcheck.report import history
 
 
 def record(kld=1e-4, tpot=0.050, vllm_ascend="0.18.0", verdict="pass", when="2026-01-01T00:00:00+00:00"):
@@ -62,7 +62,7 @@ def test_corrupted_history_is_set_aside_and_reported(tmp_path, garbage):
 
 def test_section_and_report_render_history(tmp_path):
     from conftest import ROOT
-    from portcheck.report import render_report
+    from portcheck.report.render import render_report
 
     records = [record(), record(tpot=0.044, vllm_ascend="0.23.0")]
     section = history.section(records, history.DEFAULT_TOLERANCES, show_runs=5, problem="the history file was "

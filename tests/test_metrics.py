@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 
-from portcheck import metrics as m
+from portcheck.compare import metrics as m
 
 
 def rows(*distributions):

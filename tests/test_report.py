@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from portcheck import plots, report
-from portcheck.report import cell, markdown_table
+from portcheck.report.render import cell, markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "reports" / "templates" / "report.md.j2"
@@ -446,7 +446,7 @@ def test_theory_is_labelled_and_beside_measurements(artifacts, tmp_path):
 
 
 def test_performance_not_run_with_reason_and_slots_in_when_present(artifacts, tmp_path):
-    from portcheck import perf
+    from portcheck.benchmarks import statistics as perf
 
     text = render(artifacts, tmp_path)
     performance = section(text, "## 10. Performance")
@@ -584,7 +584,7 @@ def test_report_from_real_dumps_and_comparison(artifacts, tmp_path):
     import yaml
 
     from portcheck import compare, dumps
-    from portcheck.engines.base import Generation, PromptScores
+    from portcheck.engines.outputs import Generation, PromptScores
 
     rng = np.random.default_rng(0)
     thresholds = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["compare"]["thresholds"]

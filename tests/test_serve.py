@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from portcheck import serve
+from portcheck.benchmarks import serving as serve
 from portcheck.errors import PortcheckError
-from portcheck.records import EngineSettings
+from portcheck.engines.settings import EngineSettings
 
 
 def _alive(pid: int) -> bool:

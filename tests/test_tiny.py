@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers.models.qwen3_5")
 from safetensors import safe_open  # noqa: E402
 
-from portcheck.tiny import build_tiny_model  # noqa: E402
+from portcheck.model.tiny import build_tiny_model  # noqa: E402
 
 # The project's reference prompts, written out here so the test does not trust the module's own list.
 PROMPTS = [

@@ -10,7 +10,7 @@ from importlib import metadata
 import pytest
 
 from conftest import ROOT, copy_workflow, planned_jobs, snakemake
-from portcheck.stack import affecting, result_versions
+from portcheck.workflow.version_params import affecting, result_versions
 
 pytestmark = pytest.mark.workflow
 TEST_CONFIG = str(ROOT / ".test" / "config.yaml")

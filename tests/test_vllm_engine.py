@@ -14,9 +14,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from portcheck.engines import EngineSettings, make_engine
-from portcheck.engines import vllm as vllm_engine
-from portcheck.engines.vllm import check_prompt_lengths, check_vllm_stack
+from portcheck.engines.factory import make_engine
+from portcheck.engines.settings import EngineSettings
+from portcheck.engines.vllm import engine as vllm_engine
+from portcheck.engines.vllm.engine import check_prompt_lengths, check_vllm_stack
 from portcheck.errors import PortcheckError
 from portcheck.targets import parse_target
 

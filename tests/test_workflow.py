@@ -75,8 +75,8 @@ def test_benchmarks_and_serving_are_measured_and_reported(workflow_run):
 
 
 def test_reference_is_peaked_like_a_trained_model(workflow_run):
-    from portcheck.dumps import read_dump
-    from portcheck.metrics import log_softmax
+    from portcheck.dump.logits_file import read_dump
+    from portcheck.compare.metrics import log_softmax
 
     import numpy as np
 

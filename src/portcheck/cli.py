@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import PortcheckError
+from portcheck.errors import PortcheckError
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
@@ -23,7 +23,7 @@ SCHEMA = ROOT / "config" / "schema.yaml"
 def load_config(path: str | None, enable_target: str | None = None) -> dict:
     """The default config with `path` merged over it, validated once; `enable_target` is added and enabled
     (the schema's defaults fill in a target the config does not define)."""
-    from .config import load_schema, validate_config
+    from portcheck.config import load_schema, validate_config
 
     config_path = Path(path) if path else DEFAULT_CONFIG
     if path and not config_path.is_file():
@@ -48,24 +48,24 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 def cmd_fetch(args) -> None:
-    from .acquire import fetch_model
+    from portcheck.model.acquire import fetch_model
 
     fetch_model(args.source, args.dest, repo_id=args.repo_id, revision=args.revision, seed=args.seed)
     print(args.dest)
 
 
 def cmd_manifest(args) -> None:
-    from .atomic import write_json
-    from .checkpoint import build_manifest
+    from portcheck.atomic import write_json
+    from portcheck.model.checkpoint import build_manifest
 
     write_json(args.output, build_manifest(args.model, {"source": "local", "path": str(args.model)}))
 
 
 def cmd_dump(args) -> None:
-    from .atomic import write_json
-    from .config import engine_settings, load_prompts, read_prompt_file
-    from .envinfo import capture_env
-    from .run import run_target
+    from portcheck.atomic import write_json
+    from portcheck.config import engine_settings, load_prompts, read_prompt_file
+    from portcheck.env.capture import capture_env
+    from portcheck.dump.run import run_target
 
     config = load_config(args.config, enable_target=args.target)
     prompts = read_prompt_file(Path(args.prompts)) if args.prompts else load_prompts(config)
@@ -86,8 +86,8 @@ def cmd_dump(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from .atomic import write_json
-    from .compare import compare_files
+    from portcheck.atomic import write_json
+    from portcheck.compare.compare import compare_files
 
     config = load_config(args.config)
     result = compare_files(args.baseline, args.target, config["compare"]["thresholds"], config["compare"]["tie_tolerance"])

@@ -10,9 +10,9 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .records import EngineSettings
-from .errors import PortcheckError
-from .targets import DEVICES, DTYPES, ENGINES, parse_target
+from portcheck.engines.settings import EngineSettings
+from portcheck.errors import PortcheckError
+from portcheck.targets import DEVICES, DTYPES, ENGINES, parse_target
 
 ENGINE_SETTING_KEYS = (
     "threads",

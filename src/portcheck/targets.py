@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import PortcheckError
+from portcheck.errors import PortcheckError
 
 DEVICES = ("cpu", "gpu", "npu")
 ENGINES = ("hf", "vllm")
+# The package module (or subpackage) of each engine: a target runs only its own (rules/common.smk code inputs).
+ENGINE_MODULES = {"hf": "engines.hf", "vllm": "engines.vllm"}
 DTYPES = ("fp32", "bf16", "fp16")
 TARGET_PATTERN = rf"({'|'.join(DEVICES)})-({'|'.join(ENGINES)})-({'|'.join(DTYPES)})"
 

@@ -1,8 +1,8 @@
-"""Snakemake adapter: rule capture_env -> portcheck.envinfo.capture_env."""
+"""Snakemake adapter: rule capture_env -> portcheck.env.capture.capture_env."""
 
 from portcheck.atomic import write_json
-from portcheck.envinfo import capture_env
-from portcheck.smk import run_script
+from portcheck.env.capture import capture_env
+from portcheck.workflow.script import run_script
 
 
 def main(smk):

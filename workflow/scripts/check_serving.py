@@ -1,8 +1,8 @@
-"""Snakemake adapter: rule check_serving -> portcheck.serve.check_serving (the server is always stopped)."""
+"""Snakemake adapter: rule check_serving -> portcheck.benchmarks.serving.check_serving (the server is always stopped)."""
 
-from portcheck.engines import EngineSettings
-from portcheck.serve import check_serving
-from portcheck.smk import run_script
+from portcheck.engines.settings import EngineSettings
+from portcheck.benchmarks.serving import check_serving
+from portcheck.workflow.script import run_script
 
 
 def main(smk):

@@ -1,8 +1,8 @@
-"""Snakemake adapter: rule compare_logits -> portcheck.compare.compare_files."""
+"""Snakemake adapter: rule compare_logits -> portcheck.compare.compare.compare_files."""
 
 from portcheck.atomic import write_json
-from portcheck.compare import compare_files
-from portcheck.smk import run_script
+from portcheck.compare.compare import compare_files
+from portcheck.workflow.script import run_script
 
 
 def main(smk):

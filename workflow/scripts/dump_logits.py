@@ -1,8 +1,8 @@
-"""Snakemake adapter: rule dump_logits -> portcheck.run.run_target (one engine start per target)."""
+"""Snakemake adapter: rule dump_logits -> portcheck.dump.run.run_target (one engine start per target)."""
 
-from portcheck.engines import EngineSettings
-from portcheck.run import run_target
-from portcheck.smk import run_script
+from portcheck.engines.settings import EngineSettings
+from portcheck.dump.run import run_target
+from portcheck.workflow.script import run_script
 from portcheck.targets import parse_target
 
 

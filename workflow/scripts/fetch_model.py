@@ -1,7 +1,7 @@
-"""Snakemake adapter: rule fetch_model -> portcheck.acquire.fetch_model."""
+"""Snakemake adapter: rule fetch_model -> portcheck.model.acquire.fetch_model."""
 
-from portcheck.acquire import fetch_model
-from portcheck.smk import run_script
+from portcheck.model.acquire import fetch_model
+from portcheck.workflow.script import run_script
 
 
 def main(smk):

@@ -1,7 +1,7 @@
-"""Snakemake adapter: rule plot_bench -> portcheck.plots (throughput against batch size, latency percentiles)."""
+"""Snakemake adapter: rule plot_bench -> portcheck.report.plots (throughput against batch size, latency percentiles)."""
 
-from portcheck.plots import plot_latency_percentiles, plot_throughput_vs_batch
-from portcheck.smk import run_script
+from portcheck.report.plots import plot_latency_percentiles, plot_throughput_vs_batch
+from portcheck.workflow.script import run_script
 
 
 def main(smk):

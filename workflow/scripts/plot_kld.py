@@ -1,7 +1,7 @@
-"""Snakemake adapter: rule plot_kld -> portcheck.plots."""
+"""Snakemake adapter: rule plot_kld -> portcheck.report.plots."""
 
-from portcheck.plots import plot_kld_distribution, plot_kld_per_position
-from portcheck.smk import run_script
+from portcheck.report.plots import plot_kld_distribution, plot_kld_per_position
+from portcheck.workflow.script import run_script
 
 
 def main(smk):

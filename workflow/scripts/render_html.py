@@ -1,7 +1,7 @@
-"""Snakemake adapter: rule render_html -> portcheck.html.render_html."""
+"""Snakemake adapter: rule render_html -> portcheck.report.html.render_html."""
 
-from portcheck.html import render_html
-from portcheck.smk import run_script
+from portcheck.report.html import render_html
+from portcheck.workflow.script import run_script
 
 
 def main(smk):

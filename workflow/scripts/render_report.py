@@ -1,10 +1,10 @@
-"""Snakemake adapter: rule render_report -> portcheck.report (paths stay workdir-relative: the report lists them)."""
+"""Snakemake adapter: rule render_report -> portcheck.report.render (paths stay workdir-relative: the report
+lists them)."""
 
-from portcheck.history import record_and_section
-from portcheck.report import build_context, render_report
-from portcheck.smk import run_script
-
-KINDS = ("env", "logits", "adaptation", "determinism", "samples")
+from portcheck.artifacts import REPORTED_KINDS, TARGET_FILES
+from portcheck.report.history import record_and_section
+from portcheck.report.render import build_context, render_report
+from portcheck.workflow.script import run_script
 
 
 def main(smk):
@@ -14,14 +14,15 @@ def main(smk):
         "reference": p.reference,
         "manifest": smk.input.manifest,
         # The inputs, not paths rebuilt from params: with a storage plugin they are the local copies.
-        "targets": {t: {kind: _input(smk, t, p.files[kind]) for kind in KINDS} for t in p.targets},
+        "targets": {t: {kind: _input(smk.input.per_target, t, kind) for kind in REPORTED_KINDS} for t in p.targets},
         "compare": dict(zip(p.compared, smk.input.compare)),
         "plots": dict(p.plots),
         "configfile": p.configfile,
     }
-    # Benchmarks for every target; the serving check for vllm targets only (None: not applicable).
-    for t, path in zip(p.targets, smk.input.bench):
-        artifacts["targets"][t]["bench"] = str(path)
+    for t, path in zip(p.targets, smk.input.bench_checks):
+        artifacts["targets"][t]["bench_checks"] = str(path)
+    # The serving check for vllm targets only (None: not applicable).
+    for t in p.targets:
         artifacts["targets"][t]["serve"] = None
     for t, path in zip(p.served, smk.input.serve):
         artifacts["targets"][t]["serve"] = str(path)
@@ -30,9 +31,9 @@ def main(smk):
     render_report(smk.input.template, smk.output[0], context)
 
 
-def _input(smk, target, name):
-    suffix = f"/{target}/{name}"
-    return next(str(f) for f in smk.input.per_target if str(f).endswith(suffix))
+def _input(files, target, kind):
+    suffix = f"/{target}/{TARGET_FILES[kind]}"
+    return next(str(f) for f in files if str(f).endswith(suffix))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""Snakemake adapter: rule run_benchmarks -> portcheck.bench.run_benchmarks (one engine start per target)."""
+"""Snakemake adapter: rule run_benchmarks -> portcheck.benchmarks.offline.run_benchmarks (one engine start per target)."""
 
-from portcheck.bench import run_benchmarks
-from portcheck.engines import EngineSettings
-from portcheck.smk import run_script
+from portcheck.benchmarks.offline import run_benchmarks
+from portcheck.engines.settings import EngineSettings
+from portcheck.workflow.script import run_script
 from portcheck.targets import parse_target
 
 

@@ -1,8 +1,8 @@
-"""Snakemake adapter: rule write_manifest -> portcheck.checkpoint.build_manifest."""
+"""Snakemake adapter: rule write_manifest -> portcheck.model.checkpoint.build_manifest."""
 
 from portcheck.atomic import write_json
-from portcheck.checkpoint import build_manifest
-from portcheck.smk import run_script
+from portcheck.model.checkpoint import build_manifest
+from portcheck.workflow.script import run_script
 
 
 def main(smk):

@@ -1,20 +1,2 @@
-"""The one engine abstraction: `make_engine(target, ...)` returns an Engine for hf or vllm on any device."""
-
-from __future__ import annotations
-
-from .base import Engine, EngineSettings, Generation, PromptScores
-
-
-def make_engine(target, model_dir, settings: EngineSettings) -> Engine:
-    if target.engine == "hf":
-        from .hf import HFEngine
-
-        return HFEngine(target, model_dir, settings)
-    if target.engine == "vllm":
-        from .vllm import VLLMEngine
-
-        return VLLMEngine(target, model_dir, settings)
-    raise ValueError(f"unknown engine {target.engine!r}")
-
-
-__all__ = ["Engine", "EngineSettings", "Generation", "PromptScores", "make_engine"]
+"""One engine abstraction (base: hf, vllm) over one device abstraction (devices: cpu, cuda, npu).
+Modules here are imported by path (factory.make_engine), never re-exported: a rule's code inputs stay exact."""

@@ -4,12 +4,12 @@ row t is the distribution over the token that follows input_ids[0..t]."""
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import PortcheckError
-from ..records import EngineSettings, Generation, PromptScores, item  # noqa: F401 - re-exported for engines
+from portcheck.errors import PortcheckError
+from portcheck.engines.outputs import Generation, PromptScores, TimedGeneration
+from portcheck.engines.settings import EngineSettings
 
 
 class Engine(abc.ABC):
@@ -71,11 +71,6 @@ class Engine(abc.ABC):
     def __exit__(self, *exc):
         self.close()
 
-
-@dataclass
-class TimedGeneration:
-    token_ids: list[int]
-    token_times: list[float]  # seconds since the batch was submitted, one per output token
 
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1,

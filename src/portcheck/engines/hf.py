@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import devices
-from ..checkpoint import checkpoint_facts
-from .base import Engine, Generation, PromptScores, TimedGeneration, item
+from portcheck.engines import devices
+from portcheck.model.checkpoint import checkpoint_facts
+from portcheck.engines.base import Engine
+from portcheck.engines.outputs import Generation, PromptScores, TimedGeneration, item
 
 # Functions transformers swaps for optimised kernels (flash-linear-attention, causal-conv1d) when installed.
 GDN_FUNCTIONS = (

@@ -1,0 +1,62 @@
+# Stage benchmarks (portcheck/benchmarks): offline benchmarks per target (one engine start), the figures derived
+# from them (roofline, cross-checks), and the serving check per vllm target: `vllm serve` on 127.0.0.1,
+# OpenAI /v1/completions at a few concurrencies, and the server's greedy tokens against the offline dump's.
+
+
+rule run_benchmarks:
+    input:
+        model=model_dir(),
+        code=bench_sources,
+    output:
+        json=target_file("bench"),
+        csv=target_file("bench_csv"),
+    log:
+        main=f"logs/{MODEL}/run_benchmarks/{{target}}.log",
+        engine=f"logs/{MODEL}/run_benchmarks/{{target}}.engine.log",
+    threads: target_threads
+    resources:
+        gpu=device_resources("gpu"),
+        npu=device_resources("npu"),
+    params:
+        settings=target_settings,
+        bench={k: v for k, v in config["bench"].items() if k != "consistency_tolerance"},
+        stack=stack_params,
+    script:
+        "../workflow/scripts/run_benchmarks.py"
+
+
+# Cheap and apart from run_benchmarks: a new hardware peak or tolerance reruns this, not the measurements.
+rule check_benchmarks:
+    input:
+        bench=target_file("bench"),
+        code=package_sources("benchmarks.checks"),
+    output:
+        target_file("bench_checks"),
+    log:
+        f"logs/{MODEL}/check_benchmarks/{{target}}.log",
+    params:
+        hardware=target_hardware,
+        tolerance=config["bench"]["consistency_tolerance"],
+    script:
+        "../workflow/scripts/check_benchmarks.py"
+
+
+rule check_serving:
+    input:
+        model=model_dir(),
+        dump=target_file("logits"),
+        code=package_sources("benchmarks.serving"),
+    output:
+        target_file("serve"),
+    log:
+        main=f"logs/{MODEL}/check_serving/{{target}}.log",
+        server=f"logs/{MODEL}/check_serving/{{target}}.server.log",
+    threads: target_threads
+    resources:
+        gpu=device_resources("gpu"),
+        npu=device_resources("npu"),
+    params:
+        settings=target_settings,
+        serve=config["serve"],
+    script:
+        "../workflow/scripts/check_serving.py"

@@ -1,0 +1,66 @@
+"""Every artifact the workflow writes: its kind, where it lives under results/, which rule writes it, and one
+reader with one error policy (a missing or unreadable artifact names the file and the rule that rewrites it).
+Kept free of heavy imports: rules/common.smk imports it while Snakemake parses the workflow."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from portcheck.errors import PortcheckError
+
+MANIFEST = "manifest.json"
+HISTORY = "history.jsonl"
+# Per-target artifacts: kind -> file name under results/<model>/<target>/.
+TARGET_FILES = {
+    "env": "env.json",
+    "logits": "logits.safetensors",
+    "adaptation": "adaptation.json",
+    "determinism": "determinism.json",
+    "samples": "samples.json",
+    "bench": "bench.json",
+    "bench_csv": "bench.csv",
+    "bench_checks": "bench_checks.json",
+    "serve": "serve.json",
+}
+# The rule that writes each kind (the fix a reader names when an artifact is unreadable).
+WRITTEN_BY = {
+    "manifest": "write_manifest",
+    "env": "capture_env",
+    "logits": "dump_logits",
+    "adaptation": "dump_logits",
+    "determinism": "dump_logits",
+    "samples": "dump_logits",
+    "bench": "run_benchmarks",
+    "bench_csv": "run_benchmarks",
+    "bench_checks": "check_benchmarks",
+    "serve": "check_serving",
+    "compare": "compare_logits",
+}
+# What one dump_logits job writes (one engine start), in its output order.
+DUMP_KINDS = ("logits", "adaptation", "determinism", "samples")
+# Per-target kinds every report reads; bench_checks and serve are added by the report rule where they apply.
+REPORTED_KINDS = ("env", *DUMP_KINDS, "bench")
+
+
+def target_path(results: str, target: str, kind: str) -> str:
+    return f"{results}/{target}/{TARGET_FILES[kind]}"
+
+
+def compare_path(results: str, target: str) -> str:
+    return f"{results}/compare/{target}.json"
+
+
+def read_artifact(path: str | os.PathLike, kind: str) -> Any:
+    """A JSON artifact of `kind`; PortcheckError naming the file and its rule when it is absent or not JSON."""
+    rule = WRITTEN_BY.get(kind, "the rule that writes it")
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise PortcheckError(f"{kind} artifact {path} is absent; rerun the workflow (rule {rule})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PortcheckError(
+            f"{path} is not valid JSON ({exc}); delete it and rerun the workflow (rule {rule} rewrites it)"
+        ) from exc

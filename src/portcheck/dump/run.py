@@ -1,0 +1,155 @@
+"""One target's run: a single engine start serves the logit dump, the adaptation check, the determinism
+test and the generation samples (engine starts dominate the cost on every device)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from portcheck.atomic import write_json
+from portcheck.model.checkpoint import model_sha, tokenizer_sha
+from portcheck.dump.logits_file import write_dump
+from portcheck.engines.factory import make_engine
+from portcheck.engines.outputs import Generation
+from portcheck.engines.settings import EngineSettings
+from portcheck.engines.base import check_prompt_lengths
+from portcheck.env.versions import stack_versions
+from portcheck.errors import PortcheckError
+from portcheck.hashing import sha256_text
+from portcheck.targets import parse_target
+
+
+def prompts_sha(prompts: list[str]) -> str:
+    return sha256_text(json.dumps(prompts, ensure_ascii=False))
+
+
+def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+
+
+def tokenize(tokenizer, prompts: list[str]) -> list[list[int]]:
+    if not prompts:
+        raise PortcheckError("the prompt list is empty; give prompts under prompts.list or a prompts.file")
+    return [list(tokenizer(p)["input_ids"]) for p in prompts]
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    for position, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return position
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def measure_determinism(engine, prompt_ids, prompts, tokenizer, repeats: int, max_tokens: int) -> dict[str, Any]:
+    """The seed's test (greedy, repeated, outputs identical) plus batch invariance (alone vs in the batch)."""
+    runs = [engine.generate(prompt_ids, max_tokens) for _ in range(repeats)]
+    alone = [engine.generate([ids], max_tokens)[0] for ids in prompt_ids]
+    repeat_mismatches = [
+        {"prompt": i, "repeat": r, "first_difference": first_difference(runs[0][i].token_ids, run[i].token_ids)}
+        for r, run in enumerate(runs[1:], start=1)
+        for i in range(len(prompt_ids))
+        if run[i].token_ids != runs[0][i].token_ids
+    ]
+    batch_mismatches = [
+        {"prompt": i, "first_difference": first_difference(alone[i].token_ids, runs[0][i].token_ids)}
+        for i in range(len(prompt_ids))
+        if alone[i].token_ids != runs[0][i].token_ids
+    ]
+    checks = len(prompt_ids) * (repeats - 1)
+    return {
+        "prompts": len(prompt_ids),
+        "repeats": repeats,
+        "max_tokens": max_tokens,
+        "repeat_identical_rate": 1 - len(repeat_mismatches) / checks,
+        "batch_invariant_rate": 1 - len(batch_mismatches) / len(prompt_ids),
+        "repeat_mismatches": repeat_mismatches,
+        "batch_mismatches": batch_mismatches,
+        "per_prompt": [
+            {
+                "prompt": prompts[i],
+                "first_token": tokenizer.decode(runs[0][i].token_ids[:1]),
+                "text": tokenizer.decode(runs[0][i].token_ids),
+                "identical_across_repeats": all(run[i].token_ids == runs[0][i].token_ids for run in runs),
+                "batch_invariant": alone[i].token_ids == runs[0][i].token_ids,
+            }
+            for i in range(len(prompt_ids))
+        ],
+    }
+
+
+def generate_samples(engine, prompt_ids, prompts, tokenizer, settings: dict) -> dict[str, Any]:
+    outputs = engine.generate(
+        prompt_ids, settings["max_tokens"], temperature=settings["temperature"], top_p=settings["top_p"],
+        seed=settings["seed"],
+    )
+    return {
+        "settings": settings,
+        "samples": [
+            {"prompt": p, "text": tokenizer.decode(o.token_ids), "tokens": len(o.token_ids)}
+            for p, o in zip(prompts, outputs)
+        ],
+    }
+
+
+def run_target(
+    target_name: str,
+    model_dir: str | Path,
+    prompts: list[str],
+    settings: EngineSettings,
+    outputs: dict[str, str | Path],
+    greedy_tokens: int = 8,
+    determinism: dict | None = None,
+    samples: dict | None = None,
+) -> None:
+    """Write outputs["logits"], ["adaptation"], and where given ["determinism"], ["samples"]."""
+    target = parse_target(target_name)
+    tokenizer = load_tokenizer(model_dir, settings.trust_remote_code)
+    prompt_ids = tokenize(tokenizer, prompts)
+    longest_generation = max(greedy_tokens, (determinism or {}).get("max_tokens", 0), (samples or {}).get("max_tokens", 0))
+    check_prompt_lengths(prompt_ids, settings.max_model_len, prompts, new_tokens=longest_generation)
+    started = time.perf_counter()
+    with make_engine(target, model_dir, settings) as engine:
+        scores = engine.score(prompt_ids)
+        greedy = [engine.generate([ids], greedy_tokens)[0] for ids in prompt_ids]
+        adaptation = engine.adaptation()
+        full_values = engine.full_values
+        if determinism:
+            count = min(determinism["prompts"], len(prompt_ids))
+            determinism_result = measure_determinism(
+                engine, prompt_ids[:count], prompts[:count], tokenizer, determinism["repeats"], determinism["max_tokens"]
+            )
+        if samples:
+            samples_result = generate_samples(engine, prompt_ids, prompts, tokenizer, samples)
+    meta = dump_meta(target, model_dir, prompts, settings, greedy, tokenizer, adaptation)
+    meta["run_seconds"] = round(time.perf_counter() - started, 3)
+    meta["full_values"] = full_values
+    write_dump(outputs["logits"], scores, greedy, meta)
+    write_json(outputs["adaptation"], {"target": target_name, "items": adaptation})
+    if determinism:
+        write_json(outputs["determinism"], {"target": target_name, **determinism_result})
+    if samples:
+        write_json(outputs["samples"], {"target": target_name, **samples_result})
+
+
+def dump_meta(target, model_dir, prompts, settings, greedy: list[Generation], tokenizer, adaptation) -> dict:
+    gdn = adaptation.get("gdn_implementation", {})
+    return {
+        "target": target.name,
+        "device": target.device,
+        "engine": target.engine,
+        "dtype": target.dtype,
+        "model_sha": model_sha(model_dir),
+        "tokenizer_sha": tokenizer_sha(model_dir),
+        "prompts_sha": prompts_sha(prompts),
+        "prompts": prompts,
+        "greedy_text": [tokenizer.decode(g.token_ids) for g in greedy],
+        "greedy_tokens": [[tokenizer.decode([t]) for t in g.token_ids] for g in greedy],
+        "gdn_impl": gdn.get("value"),
+        "versions": stack_versions(),
+        "settings": asdict(settings),
+    }

@@ -1,0 +1,38 @@
+"""What engines return: teacher-forced scores, generations (also timed), and adaptation check items.
+Plain records with no engine code, so the dump format that stores them does not depend on the engines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class PromptScores:
+    """Scores of one teacher-forced prompt: full logits, or top-k log-probs (vLLM)."""
+
+    input_ids: np.ndarray  # int64 [T]
+    logits: np.ndarray | None = None  # float32 [T, V]
+    topk_ids: np.ndarray | None = None  # int64 [T, k]
+    topk_logprobs: np.ndarray | None = None  # float32 [T, k]
+    # log-prob of the actual next token input_ids[t+1] at row t; the last row has none (NaN)
+    token_logprobs: np.ndarray | None = None  # float32 [T]
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    logprobs: list[float] | None = None  # log-prob of each chosen token, where the engine gives it
+
+
+def item(value: Any, status: str, note: str = "") -> dict[str, Any]:
+    """One adaptation check: a measured value and ok / failed / not determined."""
+    return {"value": value, "status": status, "note": note}
+
+
+@dataclass
+class TimedGeneration:
+    token_ids: list[int]
+    token_times: list[float]  # seconds since the batch was submitted, one per output token

@@ -1,0 +1,22 @@
+"""The engine settings a target runs with (config.py fills them from the config; engines and the serving
+check read them). A plain record: reading or validating a config never imports engine code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class EngineSettings:
+    threads: int | None = None
+    seed: int = 0
+    trust_remote_code: bool = False
+    max_model_len: int | None = None
+    enforce_eager: bool = True
+    gpu_memory_utilization: float | None = None
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    language_model_only: bool = True
+    logprobs_topk: int = 20  # vllm: how many prompt logprobs per position; -1 = full vocabulary
+    extra: dict[str, Any] = field(default_factory=dict)

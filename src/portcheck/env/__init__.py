@@ -1,0 +1,1 @@
+"""Stage env (rules/env.smk): capture the host, device and software stack a target runs on."""

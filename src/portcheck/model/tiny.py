@@ -1,0 +1,411 @@
+"""A tiny Qwen3.5 checkpoint with the real architecture, built deterministically from a seed.
+
+The real Qwen3.5-0.8B cannot be downloaded everywhere the workflow runs (CI, laptops), so the tests and the
+dry-run path use this stand-in: same classes, same layer pattern (3 Gated DeltaNet : 1 gated full attention),
+same rope/mrope layout, tied embeddings, a vision tower and MTP tensors, a byte-level BPE tokenizer with Qwen's
+special tokens, all a few MB. A short deterministic training run on a shipped corpus makes its next-token
+distributions peaked and its greedy continuations text-like, so agreement metrics behave as on a real model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+CORPUS_RESOURCE = "tiny_corpus.txt"
+
+# Size settings. Head dims stay >= 64 because vLLM's CPU attention kernel rejects 32.
+TINY_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 2,
+    "linear_key_head_dim": 64,
+    "linear_value_head_dim": 64,
+    "vision_depth": 2,
+    "vision_hidden_size": 128,
+    "vision_num_heads": 2,
+    "vision_intermediate_size": 256,
+    "vision_num_position_embeddings": 576,  # must be a square (a grid of learned positions)
+}
+
+BPE_VOCAB_SIZE = 1920  # merges the trainer can reach on the shipped corpus; specials follow, as in Qwen
+PADDED_VOCAB_SIZE = 2048  # the embedding is padded past the tokenizer, as in the real model (248320)
+MAX_TOKEN_CHARS = 9  # caps merges so Chinese phrases do not collapse into one token per prompt
+
+# Qwen's special tokens in Qwen's order, so their offsets from <|endoftext|> match the real ids
+# (real: endoftext 248044, vision_start 248053, vision_end 248054, image_pad 248056, video_pad 248057).
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
+    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
+    "<|quad_start|>", "<|quad_end|>",
+    "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+
+# Qwen3.5's pre-tokenizer split (as in transformers' Qwen3_5Tokenizer).
+PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+# The prompts the peakedness target is defined on (the corpus continues each of them).
+PROMPTS = [
+    "The capital of France is",
+    "Machine learning is a branch of",
+    "The meaning of life according to philosophy is",
+    "Artificial intelligence will",
+    "Python is a programming language used for",
+    "The solar system consists of",
+    "Quantum computing works by",
+    "The theory of relativity was proposed by",
+    "法国的首都是",
+    "机器学习是一种",
+    "人工智能将会",
+]
+
+# ~20 s on 2 cores; enough for greedy continuations like "The capital of France is Paris.".
+# One thread: float results depend on the thread count, and one thread is the same everywhere and
+# degrades least when other jobs share the machine.
+TRAIN = {"steps": 40, "batch": 16, "seq_len": 64, "lr": 4e-3, "warmup": 5, "threads": 1}
+TARGET_TOP1 = 0.65  # mean top-1 probability over PROMPTS in fp32 after calibration
+
+
+def corpus_text() -> str:
+    return resources.files("portcheck.model.data").joinpath(CORPUS_RESOURCE).read_text(encoding="utf-8")
+
+
+def train_tokenizer(text: str, bpe_vocab_size: int = BPE_VOCAB_SIZE):
+    """Byte-level BPE shaped like Qwen's (NFC, Qwen split regex, byte-level), specials appended after BPE."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=bpe_vocab_size, min_frequency=2, show_progress=False, max_token_length=MAX_TOKEN_CHARS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[],
+    )
+    tok.train_from_iterator(text.splitlines(keepends=True), trainer)
+    tok.add_special_tokens(QWEN_SPECIAL_TOKENS)
+    return tok
+
+
+def special_token_ids(first_special_id: int = BPE_VOCAB_SIZE) -> dict[str, int]:
+    """Config ids of the special tokens when they start at `first_special_id`."""
+    index = {name: first_special_id + i for i, name in enumerate(QWEN_SPECIAL_TOKENS)}
+    return {
+        "eos_token_id": index["<|endoftext|>"],
+        "vision_start_token_id": index["<|vision_start|>"],
+        "vision_end_token_id": index["<|vision_end|>"],
+        "image_token_id": index["<|image_pad|>"],
+        "video_token_id": index["<|video_pad|>"],
+    }
+
+
+def tiny_config(vocab_size: int = PADDED_VOCAB_SIZE, **overrides):
+    """Qwen3_5Config of the real model's shape at tiny size; overrides: TINY_DEFAULTS keys or special ids."""
+    from transformers.models.qwen3_5 import Qwen3_5Config
+
+    unknown = set(overrides) - set(TINY_DEFAULTS) - set(special_token_ids())
+    if unknown:
+        raise ValueError(f"unknown tiny_config overrides: {sorted(unknown)}")
+    size = {**TINY_DEFAULTS, **{k: v for k, v in overrides.items() if k in TINY_DEFAULTS}}
+    ids = {**special_token_ids(), **{k: v for k, v in overrides.items() if k not in TINY_DEFAULTS}}
+    vision = {k: size.pop(k) for k in list(size) if k.startswith("vision_")}
+    rotary_half = int(size["head_dim"] * 0.25) // 2
+    text_config = {
+        **size,
+        "vocab_size": vocab_size,
+        "hidden_act": "silu",
+        "full_attention_interval": 4,
+        "linear_conv_kernel_dim": 4,
+        "attn_output_gate": True,
+        "attention_bias": False,
+        "mamba_ssm_dtype": "float32",
+        "mtp_num_hidden_layers": 1,
+        "mtp_use_dedicated_embeddings": False,
+        "tie_word_embeddings": True,
+        "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 262144,
+        "eos_token_id": ids["eos_token_id"],
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000000,
+            "partial_rotary_factor": 0.25,
+            "mrope_interleaved": True,
+            "mrope_section": _mrope_section(rotary_half),
+        },
+    }
+    vision_config = {
+        "depth": vision["vision_depth"],
+        "hidden_size": vision["vision_hidden_size"],
+        "num_heads": vision["vision_num_heads"],
+        "intermediate_size": vision["vision_intermediate_size"],
+        "num_position_embeddings": vision["vision_num_position_embeddings"],
+        "out_hidden_size": size["hidden_size"],
+        "deepstack_visual_indexes": [],
+        "hidden_act": "gelu_pytorch_tanh",
+        "in_channels": 3,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+    config = Qwen3_5Config(
+        text_config=text_config, vision_config=vision_config, tie_word_embeddings=True,
+        image_token_id=ids["image_token_id"], video_token_id=ids["video_token_id"],
+        vision_start_token_id=ids["vision_start_token_id"], vision_end_token_id=ids["vision_end_token_id"],
+    )
+    config.architectures = ["Qwen3_5ForConditionalGeneration"]
+    return config
+
+
+def _mrope_section(rotary_half: int) -> list[int]:
+    """Split rotary_dim/2 over (t, h, w) like the real [11, 11, 10] of 32: remainder goes to t, then h."""
+    base, rest = divmod(rotary_half, 3)
+    return [base + (rest > 0), base + (rest > 1), base]
+
+
+@contextlib.contextmanager
+def _deterministic_torch(seed: int, threads: int) -> Iterator[None]:
+    """Seeded RNG, deterministic kernels and a fixed thread count, restored afterwards."""
+    import torch
+
+    prev_threads, prev_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(prev_det)
+            torch.set_num_threads(prev_threads)
+
+
+def _train(model, token_ids: list[int], seed: int) -> list[float]:
+    """Short AdamW run on random corpus windows; returns the loss per step."""
+    import torch
+
+    data = torch.tensor(token_ids, dtype=torch.long)
+    windows = torch.Generator().manual_seed(seed)
+    params = [p for n, p in model.named_parameters() if not n.startswith("model.visual.")]
+    opt = torch.optim.AdamW(params, lr=TRAIN["lr"], weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / TRAIN["warmup"]))
+    model.train()
+    losses = []
+    for _ in range(TRAIN["steps"]):
+        starts = torch.randint(0, len(data) - TRAIN["seq_len"], (TRAIN["batch"],), generator=windows)
+        batch = torch.stack([data[s : s + TRAIN["seq_len"]] for s in starts.tolist()])
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def prompt_logits(model, encode: Callable[[str], list[int]], prompts: list[str] = PROMPTS) -> list:
+    """fp32 logits at every position of each prompt (one forward per prompt, no padding)."""
+    import torch
+
+    with torch.no_grad():
+        return [model(input_ids=torch.tensor([encode(p)])).logits[0].float() for p in prompts]
+
+
+def mean_top1_prob(logits: list, scale: float = 1.0) -> float:
+    """Mean over all positions of the largest next-token probability."""
+    import torch
+
+    probs = [torch.softmax(l * scale, dim=-1).max(dim=-1).values for l in logits]
+    return torch.cat(probs).mean().item()
+
+
+def _calibration_scale(logits: list, target: float) -> float:
+    """Logit scale giving mean top-1 == target (top-1 grows monotonically with the scale): bisection."""
+    lo, hi = 1e-3, 1e3
+    for _ in range(60):
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if mean_top1_prob(logits, mid) < target else (lo, mid)
+    return (lo * hi) ** 0.5
+
+
+def _mtp_tensors(config, seed: int) -> dict:
+    """The MTP head of the real checkpoint (names/shapes as vLLM's Qwen3_5MTP loads them), random init.
+
+    transformers does not build it (it ignores ^mtp.*); vLLM's Qwen3_5ForConditionalGeneration skips it too,
+    and its speculative-decoding drafter Qwen3_5MTP reads it. Norms are 1-centred ((1 + w)), so zeros.
+    """
+    import torch
+
+    t = config.text_config
+    h, i, d = t.hidden_size, t.intermediate_size, t.head_dim
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    def normal(*shape):
+        return (torch.randn(*shape, generator=gen) * t.initializer_range).to(torch.bfloat16)
+
+    def zeros(*shape):
+        return torch.zeros(*shape, dtype=torch.bfloat16)
+
+    layer = "mtp.layers.0."
+    return {
+        "mtp.fc.weight": normal(h, 2 * h),
+        "mtp.pre_fc_norm_embedding.weight": zeros(h),
+        "mtp.pre_fc_norm_hidden.weight": zeros(h),
+        "mtp.norm.weight": zeros(h),
+        layer + "input_layernorm.weight": zeros(h),
+        layer + "post_attention_layernorm.weight": zeros(h),
+        # attn_output_gate: q_proj emits queries and the output gate, hence 2x.
+        layer + "self_attn.q_proj.weight": normal(2 * t.num_attention_heads * d, h),
+        layer + "self_attn.k_proj.weight": normal(t.num_key_value_heads * d, h),
+        layer + "self_attn.v_proj.weight": normal(t.num_key_value_heads * d, h),
+        layer + "self_attn.o_proj.weight": normal(h, t.num_attention_heads * d),
+        layer + "self_attn.q_norm.weight": zeros(d),
+        layer + "self_attn.k_norm.weight": zeros(d),
+        layer + "mlp.gate_proj.weight": normal(i, h),
+        layer + "mlp.up_proj.weight": normal(i, h),
+        layer + "mlp.down_proj.weight": normal(h, i),
+    }
+
+
+def _padded_vocab(n_tokens: int) -> int:
+    """Embedding rows: the tokenizer size rounded up to a multiple of 256, as the real 248320 is."""
+    return -(-n_tokens // 256) * 256
+
+
+def _scale_final_norm(model, scale: float) -> None:
+    """Multiply the logits by `scale`: the final RMSNorm computes x_hat * (1 + w) and lm_head is linear."""
+    import torch
+
+    norm = model.model.language_model.norm.weight
+    with torch.no_grad():
+        norm.copy_((1.0 + norm) * scale - 1.0)
+
+
+def _save_weights(model, path: Path, extra: dict) -> None:
+    """model.safetensors as transformers names it (tied lm_head left out), plus `extra`; no timestamps."""
+    import torch
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
+    state.pop("lm_head.weight")  # tied to model.language_model.embed_tokens.weight
+    state.update(extra)
+    save_file(dict(sorted(state.items())), str(path), metadata={"format": "pt"})
+
+
+def _save_tokenizer(tok, out: Path, model_max_length: int) -> None:
+    tok.save(str(out / "tokenizer.json"))
+    tokenizer_config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "add_prefix_space": False,
+        "bos_token": None,
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "errors": "replace",
+        "clean_up_tokenization_spaces": False,
+        "split_special_tokens": False,
+        "model_max_length": model_max_length,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
+
+
+def _save_configs(config, out: Path) -> None:
+    from transformers import GenerationConfig
+
+    config.dtype = "bfloat16"
+    config.save_pretrained(out)
+    eos = config.text_config.eos_token_id
+    # Only ids: sampling defaults here would silently change vLLM's default SamplingParams.
+    GenerationConfig(eos_token_id=eos, pad_token_id=eos).save_pretrained(out)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _param_counts(model, mtp: dict) -> dict[str, int]:
+    params = dict(model.named_parameters())  # tied lm_head appears once, as embed_tokens
+    count = lambda prefix: sum(p.numel() for n, p in params.items() if n.startswith(prefix))  # noqa: E731
+    counts = {
+        "text": count("model.language_model."),
+        "embedding": count("model.language_model.embed_tokens."),
+        "vision": count("model.visual."),
+        "mtp": sum(t.numel() for t in mtp.values()),
+    }
+    counts["total"] = counts["text"] + counts["vision"] + counts["mtp"]
+    return counts
+
+
+def build_tiny_model(out_dir: str | Path, seed: int = 0, **overrides) -> dict:
+    """Build the tiny checkpoint into `out_dir` (a fresh directory; the caller renames it into place).
+
+    Same seed, same corpus, same machine -> byte-identical model.safetensors and tokenizer.json.
+    `overrides`: TINY_DEFAULTS keys. Returns a summary; only `build_seconds` varies between runs.
+    """
+    import torch
+    from transformers.models.qwen3_5 import Qwen3_5ForConditionalGeneration
+
+    if set(overrides) - set(TINY_DEFAULTS):
+        raise ValueError(f"build_tiny_model overrides must be TINY_DEFAULTS keys, got {sorted(overrides)}")
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = corpus_text()
+    tok = train_tokenizer(text)
+    first_special = tok.token_to_id(QWEN_SPECIAL_TOKENS[0])
+    config = tiny_config(_padded_vocab(tok.get_vocab_size()), **special_token_ids(first_special), **overrides)
+    encode = lambda s: tok.encode(s).ids  # noqa: E731
+
+    with _deterministic_torch(seed, TRAIN["threads"]):
+        model = Qwen3_5ForConditionalGeneration(config)
+        losses = _train(model, encode(text), seed)
+        scale = _calibration_scale(prompt_logits(model, encode), TARGET_TOP1)
+        _scale_final_norm(model, scale)
+        model.to(torch.bfloat16)  # the checkpoint is bf16, as the real one; measure what is saved
+        top1_bf16 = mean_top1_prob(prompt_logits(model, encode))
+        model.to(torch.float32)
+        top1_fp32 = mean_top1_prob(prompt_logits(model, encode))
+
+    mtp = _mtp_tensors(config, seed)
+    _save_weights(model, out / "model.safetensors", mtp)
+    _save_configs(config, out)
+    _save_tokenizer(tok, out, config.text_config.max_position_embeddings)
+
+    t = config.text_config
+    return {
+        "seed": seed,
+        "architecture": "Qwen3_5ForConditionalGeneration",
+        "text": {k: getattr(t, k) for k in TINY_DEFAULTS if hasattr(t, k)} | {
+            "vocab_size": t.vocab_size,
+            "layer_types": list(t.layer_types),
+            "mrope_section": t.rope_parameters["mrope_section"],
+        },
+        "vision": {
+            k: getattr(config.vision_config, k) for k in ("depth", "hidden_size", "num_heads", "out_hidden_size")
+        },
+        "tokenizer_vocab_size": tok.get_vocab_size(),
+        "special_token_ids": {name: tok.token_to_id(name) for name in QWEN_SPECIAL_TOKENS},
+        "parameters": _param_counts(model, mtp),
+        "train": {**TRAIN, "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4)},
+        "logit_scale": scale,
+        "mean_top1_prob": {"float32": top1_fp32, "bfloat16": top1_bf16},
+        "sha256": {name: _sha256(out / name) for name in ("model.safetensors", "tokenizer.json")},
+        "build_seconds": round(time.perf_counter() - start, 2),
+    }

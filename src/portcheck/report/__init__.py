@@ -1,0 +1,1 @@
+"""Stage report (rules/report.smk): load the artifacts, build each section, render markdown, plots and HTML."""

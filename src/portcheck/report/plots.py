@@ -1,0 +1,211 @@
+"""KLD plots for the report, read from the comparison JSONs (results/<model>/compare/<target>.json).
+
+Figures are built with matplotlib's object API (no pyplot, so no global backend state: PNG output goes
+through Agg) and saved without the "Software" text chunk, so the same data gives the same bytes on rerun."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from portcheck.atomic import atomic_path, read_json
+
+PNG_METADATA = {"Software": None}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+FIGSIZE = (10, 4)
+DPI = 100
+FRAME_COLUMNS = ["target", "prompt", "position", "x", "kld"]
+
+
+def kld_frame(compare_paths: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
+    """One row per scored position: target, prompt index, position in the prompt, position across all
+    prompts (x), KLD (NaN where the comparison had none)."""
+    rows = []
+    for target, path in compare_paths.items():
+        offset = 0
+        for fallback_index, prompt in enumerate(read_json(path).get("per_prompt") or []):
+            values = prompt.get("kld") or []
+            for position, value in enumerate(values):
+                rows.append((target, prompt.get("index", fallback_index), position, offset + position, _finite(value)))
+            offset += len(values)
+    return pd.DataFrame(rows, columns=FRAME_COLUMNS)
+
+
+def _finite(value) -> float:
+    if value is None:
+        return math.nan
+    value = float(value)
+    return value if math.isfinite(value) else math.nan
+
+
+def log_floor(values: pd.Series) -> float | None:
+    """Where zero KLDs are drawn on a log axis (a decade below the smallest positive value);
+    None when a log axis makes no sense (no positive value, or under a decade of spread)."""
+    positive = values[values > 0]
+    if positive.empty or positive.max() < 10 * positive.min():
+        return None
+    return float(positive.min()) / 10
+
+
+def plot_kld_per_position(compare_paths: Mapping[str, str | os.PathLike], out_png: str | os.PathLike) -> None:
+    """KLD of every scored position, prompts laid end to end (dotted lines between them), one marker set per target."""
+    frame = kld_frame(compare_paths)
+    fig, ax = _figure()
+    if frame["kld"].notna().any():
+        floor = log_floor(frame["kld"])
+        for index, (target, rows) in enumerate(frame.groupby("target", sort=False)):
+            _plot_target_positions(ax, rows, floor, index, target)
+        _mark_prompt_boundaries(ax, frame)
+        _set_kld_axis(ax, "y", floor)
+        ax.set_xlabel("scored position (prompts laid end to end)")
+        ax.legend(fontsize="small")
+    else:
+        _no_data(ax)
+    ax.set_title("KLD(reference || target) per position")
+    _save(fig, out_png)
+
+
+def _plot_target_positions(ax, rows: pd.DataFrame, floor: float | None, index: int, target: str) -> None:
+    marker = MARKERS[index % len(MARKERS)]
+    color = f"C{index}"
+    shown = rows["kld"].where(rows["kld"] > 0) if floor else rows["kld"].clip(lower=0)
+    for number, (_prompt, segment) in enumerate(shown.groupby(rows["prompt"], sort=False)):
+        # One line per prompt: a line across a prompt boundary would suggest continuity that is not there.
+        ax.plot(rows.loc[segment.index, "x"], segment, marker=marker, markersize=3, linewidth=0.8, color=color,
+                label=target if number == 0 else None)
+    zeros = rows[rows["kld"] <= 0]
+    if floor and not zeros.empty:
+        ax.plot(zeros["x"], [floor] * len(zeros), linestyle="none", marker=marker, markersize=4,
+                markerfacecolor="none", color=color, label=f"{target}: KLD 0 (drawn at {floor:.0e})")
+
+
+def _mark_prompt_boundaries(ax, frame: pd.DataFrame) -> None:
+    first = frame[frame["target"] == frame["target"].iloc[0]]
+    starts = first.groupby("prompt", sort=False)["x"].min().iloc[1:]
+    for x in starts:
+        ax.axvline(x - 0.5, color="0.8", linestyle=":", linewidth=0.8)
+
+
+def plot_kld_distribution(compare_paths: Mapping[str, str | os.PathLike], out_png: str | os.PathLike) -> None:
+    """Cumulative share of positions with KLD <= x, one curve per target: the tail (p99, max) is visible at a glance."""
+    frame = kld_frame(compare_paths).dropna(subset=["kld"])
+    fig, ax = _figure()
+    if not frame.empty:
+        floor = log_floor(frame["kld"])
+        for index, (target, rows) in enumerate(frame.groupby("target", sort=False)):
+            values = rows["kld"].clip(lower=floor or 0).sort_values().reset_index(drop=True)
+            share = (values.index + 1) / len(values)
+            ax.step(values, share, where="post", color=f"C{index}", label=f"{target} ({len(values)} positions)")
+        _set_kld_axis(ax, "x", floor)
+        ax.set_ylabel("share of positions")
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize="small", loc="lower right")
+    else:
+        _no_data(ax)
+    ax.set_title("Distribution of per-position KLD(reference || target)")
+    _save(fig, out_png)
+
+
+def _set_kld_axis(ax, axis: str, floor: float | None) -> None:
+    label = "KLD (nats)" + (f", zeros drawn at {floor:.0e}" if floor else "")
+    if axis == "y":
+        ax.set_ylabel(label)
+        ax.set_yscale("log" if floor else "linear")
+    else:
+        ax.set_xlabel(label)
+        ax.set_xscale("log" if floor else "linear")
+    ax.grid(True, which="major", linewidth=0.3)
+
+
+def _figure():
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    return fig, fig.subplots()
+
+
+def _no_data(ax) -> None:
+    ax.text(0.5, 0.5, "no KLD data: no target was compared with the reference", ha="center", va="center",
+            transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def _save(fig: Figure, out_png: str | os.PathLike) -> None:
+    with atomic_path(Path(out_png)) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, metadata=PNG_METADATA)
+
+
+# ---------------------------------------------------------------- benchmarks (results/<model>/<target>/bench.json)
+
+
+def throughput_frame(bench_paths: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
+    """One row per distinct throughput cell of every target: target, batch size, max_tokens, output tok/s."""
+    rows = {}
+    for target, path in bench_paths.items():
+        for table in read_json(path).get("throughput") or []:
+            for r in table.get("rows") or []:
+                rows[(target, r["batch_size"], r["max_tokens"])] = r.get("output_tok_s")
+    return pd.DataFrame([(t, b, m, v) for (t, b, m), v in rows.items()],
+                        columns=["target", "batch_size", "max_tokens", "output_tok_s"])
+
+
+def plot_throughput_vs_batch(bench_paths: Mapping[str, str | os.PathLike], out_png: str | os.PathLike) -> None:
+    """Output tok/s against batch size (one line per target and max_tokens with more than one batch size)."""
+    frame = throughput_frame(bench_paths)
+    fig, ax = _figure()
+    drawn = 0
+    for index, ((target, max_tokens), rows) in enumerate(frame.groupby(["target", "max_tokens"], sort=True)):
+        rows = rows.dropna().sort_values("batch_size")
+        if len(rows) < 2:
+            continue
+        ax.plot(rows["batch_size"], rows["output_tok_s"], marker=MARKERS[index % len(MARKERS)],
+                label=f"{target} (max_tokens {max_tokens})")
+        drawn += 1
+    if drawn:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("output tokens / s")
+        ax.legend(fontsize="small")
+        ax.grid(True, alpha=0.3)
+    else:
+        _no_bench(ax)
+    ax.set_title("Throughput against batch size")
+    _save(fig, out_png)
+
+
+def plot_latency_percentiles(bench_paths: Mapping[str, str | os.PathLike], out_png: str | os.PathLike) -> None:
+    """TTFT, TPOT, ITL and E2E percentiles (ms) per target, one panel per metric."""
+    metrics = (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("itl_s", "ITL"), ("e2e_s", "E2E"))
+    data = {target: read_json(path) for target, path in bench_paths.items()}
+    fig = Figure(figsize=(FIGSIZE[0], FIGSIZE[1] * 1.2), dpi=DPI)
+    axes = fig.subplots(1, len(metrics))
+    targets = list(data)
+    for ax, (key, label) in zip(axes, metrics):
+        any_value = False
+        for t_index, target in enumerate(targets):
+            bench = data[target]
+            keys = [f"p{p:g}" for p in bench.get("percentiles") or [50, 90, 99]]
+            stats = (bench.get("latency") or {}).get(key) or {}
+            values = [stats.get(k) for k in keys]
+            if all(v is None for v in values):
+                continue
+            any_value = True
+            width = 0.8 / max(len(targets), 1)
+            xs = [i + t_index * width for i in range(len(keys))]
+            ax.bar(xs, [v * 1e3 if v is not None else 0 for v in values], width=width, label=target)
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))], keys)
+        ax.set_title(f"{label} (ms)")
+        if not any_value:
+            _no_bench(ax)
+    if targets:
+        axes[0].legend(fontsize="x-small")
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def _no_bench(ax) -> None:
+    ax.text(0.5, 0.5, "no benchmark data", ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()

@@ -1,0 +1,79 @@
+"""Which package files a rule runs: a module plus everything it imports from the package, transitively (also
+imports inside functions), with the parent packages' __init__.py. Rules declare these as input, so editing any
+of them reruns exactly the rules that run it.
+
+Modules are named by their dotted path under portcheck ("dump.run"). `exclude` names modules or whole
+subpackages ("engines.vllm") a rule does not run, e.g. the other engine; the walk does not enter them.
+Every file is parsed once per process (Snakemake asks for each job's inputs again and again)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+PACKAGE = PACKAGE_DIR.name
+# (file, its mtime) -> the package modules it imports: a file edited while a process runs is parsed again.
+_IMPORTS_CACHE: dict[tuple[Path, int], frozenset[str]] = {}
+
+
+def module_file(module: str, package_dir: Path = PACKAGE_DIR) -> Path:
+    """'engines.hf' -> .../engines/hf.py; a package -> its __init__.py; '' -> the package's __init__.py."""
+    base = package_dir.joinpath(*module.split(".")) if module else package_dir
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def _exists(module: str, package_dir: Path) -> bool:
+    return module_file(module, package_dir).is_file()
+
+
+def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str | None:
+    """The package-relative module an ImportFrom names (None: outside the package)."""
+    if node.level:
+        parts = module.split(".") if module else []
+        package = parts if is_package else parts[:-1]
+        base = package[: len(package) - (node.level - 1)]
+        return ".".join([*base, *([node.module] if node.module else [])])
+    name = node.module or ""
+    if name == PACKAGE or name.startswith(PACKAGE + "."):
+        return name[len(PACKAGE):].lstrip(".")
+    return None
+
+
+def imported_modules(module: str, package_dir: Path = PACKAGE_DIR) -> frozenset[str]:
+    """The package modules `module` imports (`from portcheck.x import y` counts y when y is a module)."""
+    path = module_file(module, package_dir)
+    key = (path, path.stat().st_mtime_ns)
+    if key not in _IMPORTS_CACHE:
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                target = _absolute(node, module, path.name == "__init__.py")
+                if target is None:
+                    continue
+                found.add(target)
+                found.update(f"{target}.{alias.name}".lstrip(".") for alias in node.names)
+            elif isinstance(node, ast.Import):
+                found.update(a.name[len(PACKAGE):].lstrip(".") for a in node.names
+                             if a.name == PACKAGE or a.name.startswith(PACKAGE + "."))
+        _IMPORTS_CACHE[key] = frozenset(m for m in found if _exists(m, package_dir))
+    return _IMPORTS_CACHE[key]
+
+
+def _excluded(module: str, exclude: tuple[str, ...]) -> bool:
+    return any(module == e or module.startswith(e + ".") for e in exclude)
+
+
+def module_closure(*modules: str, exclude: tuple[str, ...] = (), package_dir: Path = PACKAGE_DIR) -> list[Path]:
+    """The files of `modules` and every package module they import, transitively, minus `exclude`."""
+    seen: set[str] = set()
+    pending = list(modules)
+    while pending:
+        module = pending.pop()
+        if module in seen or _excluded(module, exclude):
+            continue
+        seen.add(module)
+        parts = module.split(".") if module else []
+        parents = {".".join(parts[:i]) for i in range(len(parts))}
+        pending.extend(imported_modules(module, package_dir) | parents)
+    return sorted({module_file(m, package_dir) for m in seen})
