@@ -41,5 +41,7 @@ bench-workflow: setup
 bench-harness: setup
 	$(BIN)/python scripts/bench_harness.py
 
+# Outputs only: the tracked report template (reports/templates/) and the environment stay.
 clean:
-	rm -rf results resources reports/*/ logs .snakemake
+	rm -rf results resources logs .snakemake
+	find reports -mindepth 1 -maxdepth 1 ! -name templates -exec rm -rf {} +

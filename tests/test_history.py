@@ -6,8 +6,15 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
+from conftest import ROOT
+from portcheck.config import load_schema, validate_config
 from portcheck.report import history
+
+# The schema's defaults, as a validated config carries them.
+TOLERANCES = validate_config(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()),
+                             load_schema(ROOT / "config" / "schema.yaml"), base_dir=ROOT)["history"]["tolerances"]
 
 
 def record(kld=1e-4, tpot=0.050, vllm_ascend="0.18.0", verdict="pass", when="2026-01-01T00:00:00+00:00"):
@@ -19,7 +26,7 @@ def record(kld=1e-4, tpot=0.050, vllm_ascend="0.18.0", verdict="pass", when="202
 
 
 def test_upgrade_finding_names_versions_and_changes():
-    found = history.findings(record(), record(tpot=0.044, vllm_ascend="0.23.0"), history.DEFAULT_TOLERANCES)
+    found = history.findings(record(), record(tpot=0.044, vllm_ascend="0.23.0"), TOLERANCES)
     assert len(found) == 1
     text = found[0]["text"]
     assert text.startswith("npu-vllm-bf16: after upgrading vllm_ascend 0.18.0 -> 0.23.0:")
@@ -28,11 +35,11 @@ def test_upgrade_finding_names_versions_and_changes():
 
 
 def test_regressions_beyond_tolerance_are_flagged_and_within_are_not():
-    worse = history.findings(record(), record(kld=2e-4, tpot=0.0515), history.DEFAULT_TOLERANCES)[0]
+    worse = history.findings(record(), record(kld=2e-4, tpot=0.0515), TOLERANCES)[0]
     assert worse["regression"] and worse["regressions"] == ["KLD +100%"]  # TPOT +3% is within 5%
-    failed = history.findings(record(), record(verdict="fail"), history.DEFAULT_TOLERANCES)[0]
+    failed = history.findings(record(), record(verdict="fail"), TOLERANCES)[0]
     assert failed["regression"] and "verdict pass -> fail" in failed["regressions"]
-    loose = history.findings(record(), record(kld=2e-4), {**history.DEFAULT_TOLERANCES, "kld_mean": 2.0})[0]
+    loose = history.findings(record(), record(kld=2e-4), {**TOLERANCES, "kld_mean": 2.0})[0]
     assert not loose["regression"]
 
 
@@ -65,7 +72,7 @@ def test_section_and_report_render_history(tmp_path):
     from portcheck.report.render import render_report
 
     records = [record(), record(tpot=0.044, vllm_ascend="0.23.0")]
-    section = history.section(records, history.DEFAULT_TOLERANCES, show_runs=5, problem="the history file was "
+    section = history.section(records, TOLERANCES, show_runs=5, problem="the history file was "
                               "corrupted (x); it was set aside as h.corrupt and a new history started")
     section["path"] = "results/m/history.jsonl"
     assert section["table"]["header"][2:] == ["run 1 (2026-01-01T00:00:00+00:00)", "run 2 (2026-01-01T00:00:00+00:00)"]

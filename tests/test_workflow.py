@@ -102,23 +102,41 @@ def test_threshold_change_reruns_only_compare_and_render(rerun_copy):
 def test_enabling_a_target_runs_only_that_target(rerun_copy):
     set_config(rerun_copy, lambda c: c["targets"].setdefault("cpu-hf-fp16", {}).update(enabled=True))
     assert planned_jobs(rerun_copy) == {
-        "capture_env": 1, "dump_logits": 1, "run_benchmarks": 1, "compare_logits": 1, "plot_kld": 1,
-        "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
+        "capture_env": 1, "dump_logits": 1, "run_benchmarks": 1, "check_benchmarks": 1, "compare_logits": 1,
+        "plot_kld": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
     }
+
+
+def test_hardware_peak_change_reruns_only_the_derived_figures(rerun_copy):
+    def change(config):
+        config["hardware"]["this cpu"] = {"memory_bandwidth_bytes_s": 2.0e10, "source": "test"}
+        config["targets"]["cpu-hf-bf16"]["hardware"] = "this cpu"
+
+    set_config(rerun_copy, change)
+    assert planned_jobs(rerun_copy) == {"check_benchmarks": 1, "render_report": 1, "render_html": 1, "report": 1}
 
 
 def test_package_edit_reruns_the_rules_that_use_it(rerun_copy):
-    edit(rerun_copy / "src" / "portcheck" / "metrics.py", lambda t: t + "\n# edited\n")
+    edit(rerun_copy / "src" / "portcheck" / "compare" / "metrics.py", lambda t: t + "\n# edited\n")
     assert planned_jobs(rerun_copy) == {"compare_logits": 2, "plot_kld": 1, "render_report": 1, "render_html": 1, "report": 1}
 
 
-def test_engine_edit_reruns_only_that_engines_targets(rerun_copy):
-    edit(rerun_copy / "src" / "portcheck" / "engines" / "vllm.py", lambda t: t + "\n# edited\n")
+@pytest.mark.parametrize("module", ["engine.py", "engine_args.py", "worker_extension.py"])
+def test_engine_edit_reruns_only_that_engines_targets(rerun_copy, module):
+    # Any module of the vllm engine package, matched by module path (not file stem)
+    edit(rerun_copy / "src" / "portcheck" / "engines" / "vllm" / module, lambda t: t + "\n# edited\n")
     # the vllm target's dump and benchmarks; its serving check because the dump it checks against is redone
     assert planned_jobs(rerun_copy) == {
-        "dump_logits": 1, "run_benchmarks": 1, "check_serving": 1, "compare_logits": 1, "plot_kld": 1,
-        "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
+        "dump_logits": 1, "run_benchmarks": 1, "check_benchmarks": 1, "check_serving": 1, "compare_logits": 1,
+        "plot_kld": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
     }
+
+
+def test_hf_engine_edit_leaves_the_vllm_target_alone(rerun_copy):
+    edit(rerun_copy / "src" / "portcheck" / "engines" / "hf.py", lambda t: t + "\n# edited\n")
+    plan = planned_jobs(rerun_copy)
+    assert plan["dump_logits"] == 2 and plan["run_benchmarks"] == 2  # the two hf targets
+    assert "check_serving" not in plan  # the vllm target's artifacts stay
 
 
 def test_npu_target_without_torch_npu_fails_alone(rerun_copy):

@@ -27,7 +27,7 @@ def main(smk):
     for t, path in zip(p.served, smk.input.serve):
         artifacts["targets"][t]["serve"] = str(path)
     context = build_context(artifacts, dict(p.config))
-    context["history"] = record_and_section(p.history, artifacts, dict(p.config).get("history") or {})
+    context["history"] = record_and_section(p.history, artifacts, dict(p.config)["history"])
     render_report(smk.input.template, smk.output[0], context)
 
 

@@ -107,7 +107,7 @@ def checkpoint_weights(model_dir: str | Path, dtype_name: str) -> dict[str, Any]
 
 
 def _timed(engine, prompts, max_tokens, plan) -> tuple[float, list]:
-    wall, generations = engine.timed_generate(prompts, max_tokens, temperature=plan.get("temperature", 0.0),
+    wall, generations = engine.timed_generate(prompts, max_tokens, temperature=plan["temperature"],
                                               seed=plan.get("seed"))
     for g in generations:
         if len(g.token_ids) != max_tokens:
@@ -182,7 +182,7 @@ def run_benchmarks(
 
     target = parse_target(target_name)
     plan = plan_for_device(bench_config, target.device)
-    percentiles = list(plan.get("percentiles") or perf.DEFAULT_PERCENTILES)
+    percentiles = list(plan["percentiles"])
     limits = engine_limits(target.engine, settings, load_model_config(model_dir))
     check_plan(plan, limits, target_name)
     if tokenizer is None:

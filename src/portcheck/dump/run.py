@@ -11,7 +11,7 @@ from typing import Any
 
 from portcheck.atomic import write_json
 from portcheck.model.checkpoint import model_sha, tokenizer_sha
-from portcheck.dump.logits_file import write_dump
+from portcheck.dump.logits_file import first_difference, write_dump
 from portcheck.engines.factory import make_engine
 from portcheck.engines.outputs import Generation
 from portcheck.engines.settings import EngineSettings
@@ -36,13 +36,6 @@ def tokenize(tokenizer, prompts: list[str]) -> list[list[int]]:
     if not prompts:
         raise PortcheckError("the prompt list is empty; give prompts under prompts.list or a prompts.file")
     return [list(tokenizer(p)["input_ids"]) for p in prompts]
-
-
-def first_difference(a: list[int], b: list[int]) -> int | None:
-    for position, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return position
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def measure_determinism(engine, prompt_ids, prompts, tokenizer, repeats: int, max_tokens: int) -> dict[str, Any]:

@@ -23,7 +23,17 @@ STACK_DISTRIBUTIONS = {
     "flash_linear_attention": ("flash-linear-attention",),
     "causal_conv1d": ("causal-conv1d",),
 }
-CANN_VERSION_FILES = ("version.cfg", "ascend_toolkit_install.info", "compiler/version.info", "runtime/version.info")
+# Where a CANN release is written, in order of trust. version.cfg begins "# version: 1.0" (its own format's
+# version): the release is after ':' in toolkit_running_version=[<inner>:<release>]. The install info sits under
+# <root>/<arch>-linux/; version.info's Version= is an inner build number, its version_dir= the release.
+CANN_RELEASE_PATTERNS = (
+    ("version.cfg", r"^toolkit_running_version=\[[^:\]]*:([0-9][\w.\-]*)\]"),
+    ("*-linux/ascend_toolkit_install.info", r"^version=([0-9][\w.\-]*)"),
+    ("ascend_toolkit_install.info", r"^version=([0-9][\w.\-]*)"),
+    ("runtime/version.info", r"^version_dir=([0-9][\w.\-]*)"),
+    ("compiler/version.info", r"^version_dir=([0-9][\w.\-]*)"),
+)
+CANN_UNREADABLE = "unknown"  # a CANN tree is there, but none of its files names a release
 
 
 def distribution_version(*names: str) -> str | None:
@@ -42,19 +52,23 @@ def stack_versions() -> dict[str, str | None]:
 
 
 def cann_version(roots: tuple[str, ...] | None = None) -> str | None:
-    """CANN's version from the toolkit's own version file (no Ascend import needed)."""
+    """CANN's release from the toolkit's own files (no Ascend import needed): None where no CANN tree is found,
+    CANN_UNREADABLE where one is but names no release (never a format version such as version.cfg's 1.0)."""
     roots = roots or tuple(
         r for r in (os.environ.get("ASCEND_TOOLKIT_HOME"), os.environ.get("ASCEND_HOME_PATH"),
                     "/usr/local/Ascend/ascend-toolkit/latest", "/usr/local/Ascend/cann") if r
     )
-    for root in roots:
-        for name in CANN_VERSION_FILES:
-            path = Path(root) / name
-            if path.is_file():
-                match = re.search(r"version\s*[=:]\s*\[?([0-9][\w.\-]*)", path.read_text(errors="replace"), re.I)
+    found_tree = False
+    for root in map(Path, roots):
+        if not root.is_dir():
+            continue
+        found_tree = True
+        for pattern, release in CANN_RELEASE_PATTERNS:
+            for path in sorted(root.glob(pattern)):
+                match = re.search(release, path.read_text(errors="replace"), re.M)
                 if match:
                     return match.group(1)
-    return None
+    return CANN_UNREADABLE if found_tree else None
 
 
 def run_command(command: list[str]) -> str | None:

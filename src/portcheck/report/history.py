@@ -35,8 +35,6 @@ FIGURES = (
 )
 SHORT = {"kld_mean": "KLD", "kld_p99": "KLD p99", "top1_agreement": "top-1", "throughput_tok_s": "throughput",
          "ttft_s": "TTFT", "tpot_s": "TPOT"}
-DEFAULT_TOLERANCES = {"kld_mean": 0.10, "kld_p99": 0.10, "top1_agreement": 0.005, "throughput_tok_s": 0.05,
-                      "ttft_s": 0.10, "tpot_s": 0.05}
 
 
 class HistoryProblem(Exception):
@@ -76,7 +74,7 @@ def latency_figure(bench: dict | None, name: str, statistic: str = "p50") -> flo
 def target_figures(compare: dict | None, bench: dict | None, point: dict) -> dict[str, Any]:
     c = compare or {}
     status = (c.get("verdict") or {}).get("status") if compare is not None else None
-    throughput, where = throughput_at(bench, point.get("batch_size", 1), point.get("max_tokens"))
+    throughput, where = throughput_at(bench, point["batch_size"], point["max_tokens"])
     return {
         "verdict": status,
         "kld_mean": c.get("kld_mean"),
@@ -102,7 +100,7 @@ def fingerprint(target: str, env: dict | None, meta: dict | None = None) -> dict
 
 def build_record(artifacts: dict, history_config: dict, now: _dt.datetime | None = None) -> dict:
     """One history record from the report's artifacts (the dict render_report builds)."""
-    point = history_config.get("throughput_point") or {"batch_size": 1, "max_tokens": None}
+    point = history_config["throughput_point"]
     targets = {}
     for name, paths in artifacts["targets"].items():
         env = _read_json(paths.get("env"))
@@ -220,7 +218,7 @@ def compare_target(old: dict, new: dict, tolerances: dict) -> dict:
         a, b = old.get(name), new.get(name)
         if not (_number(a) and _number(b)):
             continue
-        tolerance = tolerances.get(name, DEFAULT_TOLERANCES[name])
+        tolerance = tolerances[name]
         delta = (b - a) if kind == "absolute" else relative_change(a, b)
         if delta is None:
             continue
@@ -300,15 +298,15 @@ def section(records: list[dict], tolerances: dict, show_runs: int, problem: str 
     found = findings(records[-2], records[-1], tolerances) if len(records) >= 2 else []
     return {"runs": len(records), "shown": len(shown), "table": {"header": header, "rows": rows},
             "findings": found, "regressions": [f for f in found if f["regression"]], "problem": problem,
-            "tolerances": {name: tolerances.get(name, DEFAULT_TOLERANCES[name]) for name, *_ in FIGURES}}
+            "tolerances": {name: tolerances[name] for name, *_ in FIGURES}}
 
 
 def record_and_section(path: str | os.PathLike, artifacts: dict, history_config: dict) -> dict:
-    """Append this run to the history at `path` and return the report's History section."""
+    """Append this run to the history at `path` and return the report's History section. `history_config` is
+    the validated config's `history` (its defaults come from the schema)."""
     record = build_record(artifacts, history_config)
     records, problem = append(path, record)
-    tolerances = {**DEFAULT_TOLERANCES, **(history_config.get("tolerances") or {})}
-    result = section(records, tolerances, history_config.get("show_runs", 5), problem)
+    result = section(records, history_config["tolerances"], history_config["show_runs"], problem)
     result["path"] = str(path)
     return result
 

@@ -1,0 +1,78 @@
+"""The layout a newcomer relies on: stage rule files define no names of their own, package __init__ files
+re-export nothing (so a rule's code inputs stay exact), code inputs follow imports by module path, and
+`make clean` removes outputs only."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+from portcheck.workflow.code_inputs import PACKAGE_DIR, module_closure
+
+# A file-private name starts with "_"; any other top-level name is one another rule file could come to use.
+SHARED_ASSIGNMENT = re.compile(r"^([A-Za-z]\w*)\s*=", re.M)
+
+
+@pytest.mark.parametrize("rule_file", sorted(p.name for p in (ROOT / "rules").glob("*.smk") if p.name != "common.smk"))
+def test_stage_rule_files_define_no_shared_names(rule_file):
+    names = SHARED_ASSIGNMENT.findall((ROOT / "rules" / rule_file).read_text())
+    assert names == [], f"{rule_file} defines {names}: shared names belong in rules/common.smk"
+
+
+def test_package_init_files_hold_only_a_docstring():
+    for init in PACKAGE_DIR.rglob("__init__.py"):
+        body = ast.parse(init.read_text()).body
+        code = [node for node in body if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
+        if init.parent == PACKAGE_DIR:  # the package root carries its version
+            code = [n for n in code if not (isinstance(n, ast.Assign) and n.targets[0].id == "__version__")]
+        assert code == [], f"{init.relative_to(PACKAGE_DIR)} has code: rules importing a sibling would widen"
+
+
+def _relative(files):
+    return {str(f.relative_to(PACKAGE_DIR)) for f in files}
+
+
+def test_code_inputs_exclude_the_other_engine_by_module_path():
+    hf_only = _relative(module_closure("dump.run", exclude=("engines.vllm",)))
+    vllm_only = _relative(module_closure("dump.run", exclude=("engines.hf",)))
+    assert "engines/hf.py" in hf_only and not any(f.startswith("engines/vllm/") for f in hf_only)
+    assert "engines/hf.py" not in vllm_only
+    assert {"engines/vllm/__init__.py", "engines/vllm/engine.py", "engines/vllm/engine_args.py"} <= vllm_only
+    # Shared code is in both: the dump format, the engine base, the stage package.
+    assert {"dump/logits_file.py", "engines/base.py", "dump/__init__.py", "__init__.py"} <= hf_only & vllm_only
+
+
+def test_code_inputs_follow_absolute_relative_and_function_level_imports(tmp_path):
+    package = tmp_path / "portcheck"
+    (package / "stage").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "stage" / "__init__.py").write_text("")
+    (package / "stage" / "entry.py").write_text(
+        "from portcheck.stage import helper\nfrom .sibling import x\n\ndef f():\n    import portcheck.late\n")
+    for name in ("stage/helper.py", "stage/sibling.py", "late.py", "unused.py"):
+        (package / name).write_text("x = 1\n")
+    found = _relative_to(module_closure("stage.entry", package_dir=package), package)
+    assert found == {"__init__.py", "stage/__init__.py", "stage/entry.py", "stage/helper.py", "stage/sibling.py",
+                     "late.py"}
+
+
+def _relative_to(files, root):
+    return {str(f.relative_to(root)) for f in files}
+
+
+def test_make_clean_removes_outputs_only(tmp_path):
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    shutil.copytree(ROOT / "reports" / "templates", tmp_path / "reports" / "templates")
+    for output in ("results/m/x.json", "resources/models/m/config.json", "reports/m/report.md", "logs/m/a.log",
+                   ".snakemake/metadata/x"):
+        (tmp_path / output).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / output).write_text("{}")
+    subprocess.run(["make", "clean"], cwd=tmp_path, check=True, capture_output=True)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    templates = sorted(f"reports/templates/{p.name}" for p in (ROOT / "reports" / "templates").iterdir())
+    assert left == sorted(["Makefile", *templates])
