@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 import pytest
 
@@ -35,6 +36,23 @@ def test_gpu_without_cuda_names_the_profile():
     with pytest.raises(PortcheckError) as excinfo:
         devices.require_backend("gpu")
     assert "CUDA" in str(excinfo.value) and "profiles/gpu" in str(excinfo.value)
+
+
+def test_gpu_check_does_not_initialise_cuda_before_vllm_forks(monkeypatch):
+    """Issue 8 finding 2: the availability check must use NVML, or vLLM's forked engine process cannot use CUDA."""
+    import torch
+
+    seen = {}
+
+    def is_available():
+        seen["nvml"] = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+        return True
+
+    monkeypatch.delenv("PYTORCH_NVML_BASED_CUDA_CHECK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", is_available)
+    devices.require_backend("gpu")
+    assert seen["nvml"] == "1"
+    assert not torch.cuda.is_initialized()
 
 
 def test_cpu_needs_nothing_and_reports_rss():

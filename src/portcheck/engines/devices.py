@@ -31,6 +31,10 @@ def require_backend(device: str) -> None:
         if not torch.npu.is_available():  # type: ignore[attr-defined]
             raise PortcheckError(f"torch_npu is installed but sees no NPU; {PROFILE_HINT['npu']}")
     elif device == "gpu":
+        # A plain torch.cuda.is_available() touches the CUDA driver (poisoning fork) without counting as CUDA
+        # being initialised, which is all vLLM looks at before it forks its engine process: the child then fails
+        # with "Cannot re-initialize CUDA in forked subprocess". The NVML-based check leaves the driver alone.
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
         if not torch.cuda.is_available():
             raise PortcheckError(
                 f"this gpu target needs CUDA, but torch {torch.__version__} sees no CUDA device; {PROFILE_HINT['gpu']}"
