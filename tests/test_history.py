@@ -100,8 +100,10 @@ def test_build_record_reads_compare_and_bench(tmp_path):
     (tmp_path / "t" / "env.json").write_text(json.dumps({"versions": {"torch": "2.13.0", "vllm": "0.32.0"}}))
     artifacts = {"model": "m", "reference": "cpu-hf-fp32", "compare": {"cpu-hf-bf16": str(tmp_path / "c.json")},
                  "targets": {"cpu-hf-bf16": {"logits": str(tmp_path / "t" / "logits.safetensors"),
+                                             "bench": str(tmp_path / "t" / "bench.json"),
                                              "env": str(tmp_path / "t" / "env.json")},
-                             "cpu-hf-fp32": {"logits": str(tmp_path / "absent" / "logits.safetensors")}}}
+                             "cpu-hf-fp32": {"logits": str(tmp_path / "absent" / "logits.safetensors"),
+                                             "bench": str(tmp_path / "absent" / "bench.json")}}}
     rec = history.build_record(artifacts, {"throughput_point": {"batch_size": 1, "max_tokens": None}})
     t = rec["targets"]["cpu-hf-bf16"]
     assert (t["verdict"], t["kld_mean"], t["throughput_tok_s"], t["throughput_point"]) == \

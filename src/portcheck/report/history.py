@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from portcheck.artifacts import read_artifact
+from portcheck.errors import PortcheckError
 from portcheck.workflow.version_params import affecting
 
 log = logging.getLogger(__name__)
@@ -44,12 +46,13 @@ class HistoryProblem(Exception):
 # ---------------------------------------------------------------- figures from artifacts
 
 
-def _read_json(path) -> Any:
-    if not path or not Path(path).is_file():
+def _optional_artifact(path, kind: str) -> Any:
+    """The history never fails the report: an absent or unreadable artifact gives no figures."""
+    if not path:
         return None
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_artifact(path, kind)
+    except PortcheckError:
         return None
 
 
@@ -103,12 +106,9 @@ def build_record(artifacts: dict, history_config: dict, now: _dt.datetime | None
     point = history_config["throughput_point"]
     targets = {}
     for name, paths in artifacts["targets"].items():
-        env = _read_json(paths.get("env"))
-        bench_path = paths.get("bench")
-        if bench_path is None and paths.get("logits"):
-            bench_path = Path(paths["logits"]).parent / "bench.json"
-        compare = _read_json((artifacts.get("compare") or {}).get(name))
-        figures = target_figures(compare, _read_json(bench_path), point)
+        env = _optional_artifact(paths.get("env"), "env")
+        compare = _optional_artifact((artifacts.get("compare") or {}).get(name), "compare")
+        figures = target_figures(compare, _optional_artifact(paths.get("bench"), "bench"), point)
         if name == artifacts["reference"]:
             figures["verdict"] = "reference"
         targets[name] = {**figures, **fingerprint(name, env)}

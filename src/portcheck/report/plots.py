@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from portcheck.atomic import atomic_path, read_json
+from portcheck.artifacts import read_artifact
+from portcheck.atomic import atomic_path
 
 PNG_METADATA = {"Software": None}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -28,7 +29,7 @@ def kld_frame(compare_paths: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
     rows = []
     for target, path in compare_paths.items():
         offset = 0
-        for fallback_index, prompt in enumerate(read_json(path).get("per_prompt") or []):
+        for fallback_index, prompt in enumerate(read_artifact(path, "compare").get("per_prompt") or []):
             values = prompt.get("kld") or []
             for position, value in enumerate(values):
                 rows.append((target, prompt.get("index", fallback_index), position, offset + position, _finite(value)))
@@ -145,7 +146,7 @@ def throughput_frame(bench_paths: Mapping[str, str | os.PathLike]) -> pd.DataFra
     """One row per distinct throughput cell of every target: target, batch size, max_tokens, output tok/s."""
     rows = {}
     for target, path in bench_paths.items():
-        for table in read_json(path).get("throughput") or []:
+        for table in read_artifact(path, "bench").get("throughput") or []:
             for r in table.get("rows") or []:
                 rows[(target, r["batch_size"], r["max_tokens"])] = r.get("output_tok_s")
     return pd.DataFrame([(t, b, m, v) for (t, b, m), v in rows.items()],
@@ -179,7 +180,7 @@ def plot_throughput_vs_batch(bench_paths: Mapping[str, str | os.PathLike], out_p
 def plot_latency_percentiles(bench_paths: Mapping[str, str | os.PathLike], out_png: str | os.PathLike) -> None:
     """TTFT, TPOT, ITL and E2E percentiles (ms) per target, one panel per metric."""
     metrics = (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("itl_s", "ITL"), ("e2e_s", "E2E"))
-    data = {target: read_json(path) for target, path in bench_paths.items()}
+    data = {target: read_artifact(path, "bench") for target, path in bench_paths.items()}
     fig = Figure(figsize=(FIGSIZE[0], FIGSIZE[1] * 1.2), dpi=DPI)
     axes = fig.subplots(1, len(metrics))
     targets = list(data)
