@@ -268,30 +268,39 @@ def test_interrupted_benchmark_leaves_no_artifact(tmp_path, fake_model):
 
 
 def test_report_performance_section_shows_tables_roofline_flags_and_not_run(tmp_path, fake_model):
-    from portcheck.report.render import TargetData, markdown_table, performance_section
+    from portcheck.benchmarks.checks import check_benchmarks
+    from portcheck.report.format import cell, markdown_table
+    from portcheck.report.load import TargetData
+    from portcheck.report.sections.performance import performance_section
 
-    result, _ = run_fake(tmp_path, fake_model)
-    ran = TargetData("cpu-hf-bf16", "target", extra={"bench": result, "serve": None})
-    seed = TargetData("npu-vllm-bf16", "target", extra={"bench": seed_bench(), "serve": None})
-    missing = TargetData("cpu-vllm-bf16", "target", extra={"bench": None, "serve": None},
+    result, outputs = run_fake(tmp_path, fake_model)
+    seed = {**seed_bench(), "percentiles": [50, 90, 99]}  # bench.json always lists them
+    ascend = {"memory_bandwidth_bytes_s": 1.6e12, "bf16_dense_flops": 354e12, "source": "third-party"}
+    paths = {"bench": str(outputs["json"]), "bench_checks": "results/x/bench_checks.json"}
+    ran = TargetData("cpu-hf-bf16", "target", bench=result, bench_checks=check_benchmarks(result, None, None, 0.25),
+                     paths=paths)
+    on_npu = TargetData("npu-vllm-bf16", "target", bench=seed, paths=paths,
+                        bench_checks=check_benchmarks(seed, "Ascend 910B2", ascend, 0.25))
+    unknown = TargetData("npu-hf-bf16", "target", bench=seed, paths=paths,
+                         bench_checks=check_benchmarks(seed, "Ascend 999", None, 0.25))
+    missing = TargetData("cpu-vllm-bf16", "target",
                          absent={"bench": "results/x/bench.json is absent", "serve": "results/x/serve.json is absent"})
-    config = {"bench": {"consistency_tolerance": 0.25},
-              "hardware": {"Ascend 910B2": {"memory_bandwidth_bytes_s": 1.6e12, "bf16_dense_flops": 354e12,
-                                            "source": "third-party"}},
-              "targets": {"npu-vllm-bf16": {"hardware": "Ascend 910B2"}}}
-    section = performance_section([ran, seed, missing], config)
+    section = performance_section([ran, on_npu, unknown, missing])
     views = {t["target"]: t for t in section["targets"]}
     assert views["cpu-vllm-bf16"]["bench"] is None and "absent" in views["cpu-vllm-bf16"]["bench_reason"]
     assert "vllm targets only" in views["cpu-hf-bf16"]["serve_reason"]
     sweep = markdown_table(views["cpu-hf-bf16"]["bench"]["tables"][1]["table"])
     assert "| 4 | 20 | 0.052 | 80 | 1,538.5 |" in sweep
+    assert sweep.endswith(f"*Source: {cell(str(outputs['json']) + ' (throughput[1].rows)')}*")
     roofline = {row[0]: row for row in section["roofline"]["rows"]}
     assert roofline["cpu-hf-bf16"][1].startswith("peak unknown") and roofline["cpu-hf-bf16"][4] == "unknown"
-    assert roofline["npu-vllm-bf16"][2] == "1.60 TB/s"
+    assert roofline["npu-vllm-bf16"][1:3] == ["Ascend 910B2 (third-party)", "1.60 TB/s"]
+    assert roofline["npu-hf-bf16"][1] == "Ascend 999 (not in the hardware table: peak unknown)"
     assert roofline["cpu-vllm-bf16"][1] == "not run"
     failed = [row for row in section["consistency"]["rows"] if row[8].startswith("❌")]
-    assert [(row[0], row[1]) for row in failed] == [("npu-vllm-bf16", "grid vs latency runs")]
-    assert section["flags_failed"] == 1
+    assert [(row[0], row[1]) for row in failed] == [("npu-vllm-bf16", "grid vs latency runs"),
+                                                    ("npu-hf-bf16", "grid vs latency runs")]
+    assert section["flags_failed"] == 2 and section["tolerance"] == "25%"
 
 
 def test_run_benchmarks_refuses_an_oversized_grid_before_any_engine_start(tmp_path, fake_model):

@@ -1,4 +1,5 @@
-"""The report: escaping, context building and rendering from hand-made artifacts, plots."""
+"""The report: escaping, context building and rendering from hand-made artifacts, source lines, section
+headings and anchors, plots."""
 
 from __future__ import annotations
 
@@ -8,10 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from safetensors.numpy import save_file
 
-from portcheck import plots, report
-from portcheck.report.render import cell, markdown_table
+from portcheck.benchmarks.checks import check_benchmarks
+from portcheck.config import load_schema, validate_config
+from portcheck.errors import PortcheckError
+from portcheck.report import history, plots
+from portcheck.report.format import cell, markdown_table, pct, sci, table
+from portcheck.report.render import SECTIONS, anchor, build_context, render_report, section_headings
+from portcheck.report.sections.artifacts import regenerate_command
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "reports" / "templates" / "report.md.j2"
@@ -24,7 +31,10 @@ HOSTILE = [
     "<script>alert(1)</script> & [link](http://x) *em* _u_ $x$",
     "法国的首都是",
 ]
-SECTIONS = [
+# The validated config, schema defaults filled in, as the render rule passes it.
+CONFIG = validate_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()),
+                         load_schema(REPO / "config" / "schema.yaml"), base_dir=REPO)
+HEADINGS = [
     "## 1. Summary", "## 2. Model and configuration", "## 3. Environment", "## 4. Adaptation checklist",
     "## 5. Precision comparison", "## 6. Predicted tokens per prompt", "## 7. Determinism",
     "## 8. Generation samples", "## 9. bf16 vs fp32: Theory (not a measurement)", "## 10. Performance",
@@ -68,23 +78,31 @@ def test_cell_empty_and_none():
 
 def test_markdown_table_rejects_ragged_rows():
     with pytest.raises(ValueError, match="2 cells"):
-        markdown_table({"header": ["a", "b", "c"], "rows": [["1", "2"]]})
+        markdown_table(table(["a", "b", "c"], [["1", "2"]], "x.json (k)"))
+
+
+def test_markdown_table_ends_with_its_escaped_source_and_requires_one():
+    text = markdown_table(table(["a"], [["1"]], "results/m/<target>/bench_checks.json (roofline.decode_floor_s)"))
+    assert text.endswith("\n\n*Source: results/m/&lt;target&gt;/bench\\_checks.json (roofline.decode\\_floor\\_s)*")
+    assert markdown_table({"header": ["a"], "rows": []}, source="history.jsonl").endswith("*Source: history.jsonl*")
+    with pytest.raises(ValueError, match="names no source"):
+        markdown_table({"header": ["a"], "rows": []})
 
 
 def test_number_formats():
-    assert report.sci(2.5e-5) == "2.50e-05"
-    assert report.sci(0) == "0"
-    assert report.sci(None) == "unavailable"
-    assert report.pct(0.9974) == "99.74%"
-    assert report.pct(1.0) == "100%"
-    assert report.pct(0.999996) == ">99.99%"
-    assert report.pct(None) == "unavailable"
+    assert sci(2.5e-5) == "2.50e-05"
+    assert sci(0) == "0"
+    assert sci(None) == "unavailable"
+    assert pct(0.9974) == "99.74%"
+    assert pct(1.0) == "100%"
+    assert pct(0.999996) == ">99.99%"
+    assert pct(None) == "unavailable"
 
 
 def test_regenerate_command_adds_configfile_only_when_not_default():
-    assert report.regenerate_command(None) == "snakemake --cores 1 report"
-    assert report.regenerate_command("config/config.yaml") == "snakemake --cores 1 report"
-    assert report.regenerate_command("config/npu run.yaml") == (
+    assert regenerate_command(None) == "snakemake --cores 1 report"
+    assert regenerate_command("config/config.yaml") == "snakemake --cores 1 report"
+    assert regenerate_command("config/npu run.yaml") == (
         "snakemake --cores 1 --configfile 'config/npu run.yaml' report"
     )
 
@@ -99,7 +117,8 @@ def write_json(path: Path, data) -> Path:
 
 
 def write_dump(path: Path, target: str, prompts: list[str], first_tokens: list[str]) -> Path:
-    """A dump as dumps.py writes it: tensors per prompt, string metadata, JSON for non-strings (json_keys)."""
+    """A dump as portcheck.dump.logits_file writes it: tensors per prompt, string metadata, JSON for
+    non-strings (json_keys)."""
     meta = {
         "target": target, "device": "cpu", "engine": "hf", "dtype": target.rsplit("-", 1)[1],
         "model_sha": "m" * 64, "tokenizer_sha": "t" * 64, "prompts_sha": "p" * 64,
@@ -256,10 +275,9 @@ def artifacts(tmp_path, plot_pngs):
     }
 
 
-def render(artifacts, tmp_path, config=None) -> str:
+def render(artifacts, tmp_path, config=CONFIG) -> str:
     out = tmp_path / "reports" / "m" / "report.md"
-    context = report.build_context(artifacts, config or {"report": {"title": None}})
-    report.render_report(TEMPLATE, out, context)
+    render_report(TEMPLATE, out, build_context(artifacts, config))
     return out.read_text(encoding="utf-8")
 
 
@@ -289,7 +307,7 @@ def row_cells(line: str, column: int) -> str:
 
 def test_sections_present_in_order(artifacts, tmp_path):
     text = render(artifacts, tmp_path)
-    positions = [text.index(heading) for heading in SECTIONS]
+    positions = [text.index(heading) for heading in HEADINGS]
     assert positions == sorted(positions)
     assert text.startswith("# m port check\n")
 
@@ -445,25 +463,51 @@ def test_theory_is_labelled_and_beside_measurements(artifacts, tmp_path):
     assert f"| {TARGET} | bf16 | 3.10e-02 | 41% | 1.23e-03 | 94.44% |" in theory
 
 
-def test_performance_not_run_with_reason_and_slots_in_when_present(artifacts, tmp_path):
+def seed_bench() -> dict:
+    """The seed report's benchmark figures as a bench.json (they contradict each other)."""
     from portcheck.benchmarks import statistics as perf
 
+    rows = perf.add_scaling([perf.throughput_row(1, 8, 20, 0.750), perf.throughput_row(8, 8, 20, 0.896)])
+    return {"plan": {"input_len": 8}, "percentiles": [50], "throughput": [{"title": "sweep", "rows": rows}],
+            "latency": {"batch_size": 8, "input_len": 8, "output_len": 20, "ttft_s": {"p50": 0.178},
+                        "tpot_s": {"p50": 0.0062}},
+            "prefill": {"prompts": 2, "input_len": 8, "latency_s": {"p50": 0.1779}}}
+
+
+def add_bench(artifacts, tmp_path, checks: bool = True) -> None:
+    """The target's bench.json, and its bench_checks.json as rule check_benchmarks writes it (no hardware)."""
+    paths = artifacts["targets"][TARGET]
+    paths["bench"] = write_json(tmp_path / "results" / "m" / TARGET / "bench.json", seed_bench())
+    paths["bench_checks"] = tmp_path / "results" / "m" / TARGET / "bench_checks.json"
+    if checks:
+        write_json(paths["bench_checks"], check_benchmarks(seed_bench(), None, None, 0.25))
+
+
+def test_performance_not_run_with_reason_and_slots_in_when_present(artifacts, tmp_path):
     text = render(artifacts, tmp_path)
     performance = section(text, "## 10. Performance")
     assert "Offline benchmarks: not run — no bench.json was given to the report" in performance
-    rows = perf.add_scaling([perf.throughput_row(1, 8, 20, 0.750), perf.throughput_row(8, 8, 20, 0.896)])
-    bench = write_json(tmp_path / "bench.json", {
-        "plan": {"input_len": 8}, "percentiles": [50], "throughput": [{"title": "sweep", "rows": rows}],
-        "latency": {"batch_size": 8, "input_len": 8, "output_len": 20, "ttft_s": {"p50": 0.178},
-                    "tpot_s": {"p50": 0.0062}},
-        "prefill": {"prompts": 2, "input_len": 8, "latency_s": {"p50": 0.1779}}})
-    artifacts["targets"][TARGET]["bench"] = bench
+    add_bench(artifacts, tmp_path)
     artifacts["targets"][TARGET]["serve"] = tmp_path / "missing-serve.json"
     performance = section(render(artifacts, tmp_path), "## 10. Performance")
     assert "| 8 | 20 | 0.896 | 160 | 178.6 |" in performance  # the seed's batch-8 row
     assert "| Decode latency per step (8 prompts, TPOT p50) | 6.20 |" in performance
     assert "Serving check: not run — the serving check starts vllm serve: vllm targets only" in performance
     assert "❌ does not fit" in performance  # the seed's figures contradict each other
+    assert "(tolerance 25%, `bench.consistency_tolerance`)" in performance  # read from bench_checks.json
+    roofline = next(line for line in performance.splitlines() if line.startswith(f"| {TARGET} | peak unknown"))
+    assert "(no hardware configured for this cpu target)" in roofline and row_cells(roofline, 10) == "2 x 8 tokens"
+
+
+def test_missing_bench_checks_shows_not_run_in_the_roofline(artifacts, tmp_path):
+    add_bench(artifacts, tmp_path, checks=False)
+    performance = section(render(artifacts, tmp_path), "## 10. Performance")
+    assert "| 8 | 20 | 0.896 | 160 | 178.6 |" in performance  # the benchmarks themselves are shown
+    roofline = section(performance, "### Roofline")
+    assert f"| {TARGET} | not run | — |" in roofline and f"| {REFERENCE} | not run | — |" in roofline
+    consistency = section(performance, "### Consistency of the figures")
+    assert "(tolerance unknown, `bench.consistency_tolerance`)" in consistency
+    assert "0 check(s) do not fit" in consistency and "❌" not in consistency
 
 
 def test_plot_links_resolve_next_to_report(artifacts, tmp_path):
@@ -495,6 +539,58 @@ def test_artifacts_list_hashes_versions_and_command(artifacts, tmp_path):
     assert "workflow commit abc123" in listing
 
 
+def full_report(artifacts, tmp_path) -> str:
+    """A report with every kind of table: benchmarks, their checks and a run history."""
+    add_bench(artifacts, tmp_path)
+    out = tmp_path / "reports" / "m" / "report.md"
+    context = build_context(artifacts, CONFIG)
+    context["history"] = history.record_and_section(tmp_path / "results" / "m" / "history.jsonl", artifacts,
+                                                    CONFIG["history"])
+    render_report(TEMPLATE, out, context)
+    return out.read_text(encoding="utf-8")
+
+
+def test_every_table_ends_with_a_source_line(artifacts, tmp_path):
+    lines = full_report(artifacts, tmp_path).splitlines()
+    table_ends = [i for i, line in enumerate(lines[:-1]) if line.startswith("|") and not lines[i + 1].startswith("|")]
+    assert len(table_ends) >= 25
+    for end in table_ends:
+        assert lines[end + 1] == "" and lines[end + 2].startswith("*Source: "), lines[end - 1: end + 3]
+        assert lines[end + 2].endswith("*")
+    sources = [line for line in lines if line.startswith("*Source: ")]
+    assert len(sources) == len(table_ends)
+    checks_file = f"{cell(str(tmp_path))}/results/m/&lt;target&gt;/bench\\_checks.json"
+    roofline = next(line for line in sources if line.startswith(f"*Source: {checks_file} (hardware, roofline);"))
+    assert "the peaks are theory: config hardware.&lt;name&gt;" in roofline
+    assert f"*Source: {checks_file} (consistency, tolerance)*" in sources
+    assert any(line.startswith("*Source: theory, not a measurement") for line in sources)  # the bf16 facts
+
+
+def test_every_anchor_link_resolves_to_a_heading(artifacts, tmp_path):
+    text = full_report(artifacts, tmp_path)
+    links = re.findall(r"\]\((#[^)]*)\)", text)
+    assert links == ["#12-artifacts", "#5-precision-comparison", "#5-precision-comparison"]
+    headings = {anchor(line.lstrip("#").strip()) for line in text.splitlines() if line.startswith("#")}
+    assert set(links) <= headings
+
+
+def test_section_headings_come_from_the_one_list(artifacts, tmp_path):
+    text = full_report(artifacts, tmp_path)
+    rendered = [line for line in text.splitlines() if line.startswith("## ")]
+    assert rendered == [f"## {n}. {title}" for n, (_, title) in enumerate(SECTIONS, start=1)]
+    assert rendered[:-1] == HEADINGS  # the headings of before the split, unchanged
+    headings = section_headings()
+    assert headings["artifacts"]["anchor"] == "#12-artifacts" and headings["history"]["heading"] == "13. History"
+    assert anchor("9. bf16 vs fp32: Theory (not a measurement)") == "#9-bf16-vs-fp32-theory-not-a-measurement"
+
+
+def test_a_file_that_is_not_a_portcheck_dump_is_an_error_naming_it(artifacts):
+    dump = Path(artifacts["targets"][TARGET]["logits"])
+    save_file({"x": np.zeros(1, dtype=np.float32)}, str(dump), metadata={"format": "other"})
+    with pytest.raises(PortcheckError, match="not a portcheck logit dump"):
+        build_context(artifacts, CONFIG)
+
+
 def test_render_is_byte_identical_on_rerun(artifacts, tmp_path):
     assert render(artifacts, tmp_path) == render(artifacts, tmp_path)
 
@@ -503,7 +599,7 @@ def test_compare_without_verdict_is_unknown_not_pass(artifacts):
     data = compare_json(len(HOSTILE))
     del data["verdict"]
     write_json(Path(artifacts["compare"][TARGET]), data)
-    context = report.build_context(artifacts, {})
+    context = build_context(artifacts, CONFIG)
     assert context["summary"]["table"]["rows"][1][3] == "❔ unknown"
     assert context["summary"]["overall"]["status"] == "unknown"
     assert context["precision"][0]["verdict"] == "❔ unknown"
@@ -511,17 +607,17 @@ def test_compare_without_verdict_is_unknown_not_pass(artifacts):
 
 def test_all_targets_passing_gives_overall_pass(artifacts):
     write_json(Path(artifacts["compare"][TARGET]), compare_json(len(HOSTILE), status="pass"))
-    assert report.build_context(artifacts, {})["summary"]["overall"]["status"] == "pass"
+    assert build_context(artifacts, CONFIG)["summary"]["overall"]["status"] == "pass"
 
 
 def test_missing_reference_is_an_error_naming_it(artifacts):
     del artifacts["targets"][REFERENCE]
-    with pytest.raises(report.PortcheckError, match="reference target 'cpu-hf-fp32' has no artifacts"):
-        report.build_context(artifacts, {})
+    with pytest.raises(PortcheckError, match="reference target 'cpu-hf-fp32' has no artifacts"):
+        build_context(artifacts, CONFIG)
 
 
 def test_context_is_plain_data(artifacts):
-    context = report.build_context(artifacts, {})
+    context = build_context(artifacts, CONFIG)
     assert context["title"] == "m port check"
     assert context["summary"]["overall"]["status"] == "fail"
     json.dumps(context)  # tables are lists of strings: nothing the template could misformat
@@ -571,7 +667,7 @@ def test_nan_in_target_marks_does_it_run(artifacts):
                          {"prompt": 2, "row": 0, "side": "reference"}]
     data["nonfinite_count"] = 3
     write_json(Path(artifacts["compare"][TARGET]), data)
-    context = report.build_context(artifacts, {})
+    context = build_context(artifacts, CONFIG)
     assert context["summary"]["table"]["rows"][1][2] == "❌ NaN/inf at 2 positions"
 
 
@@ -579,11 +675,12 @@ def test_nan_in_target_marks_does_it_run(artifacts):
 
 
 def test_report_from_real_dumps_and_comparison(artifacts, tmp_path):
-    """The same report built from files written by dumps.write_dump and compare.compare_files, so a change
+    """The same report built from files written by logits_file.write_dump and compare_files, so a change
     in their shapes shows up here."""
     import yaml
 
-    from portcheck import compare, dumps
+    from portcheck.compare.compare import compare_files
+    from portcheck.dump.logits_file import write_dump as write_real_dump
     from portcheck.engines.outputs import Generation, PromptScores
 
     rng = np.random.default_rng(0)
@@ -596,16 +693,16 @@ def test_report_from_real_dumps_and_comparison(artifacts, tmp_path):
         meta = {"target": name, "model_sha": "m" * 64, "tokenizer_sha": "t" * 64, "prompts_sha": "p" * 64,
                 "prompts": HOSTILE, "greedy_text": ["x"] * len(HOSTILE), "greedy_tokens": [["x"]] * len(HOSTILE),
                 "versions": {"torch": "2.13.0"}, "settings": {"seed": 0}, "gdn_impl": None}
-        dumps.write_dump(artifacts["targets"][name]["logits"], scores, [Generation([1, 2])] * len(HOSTILE), meta)
-    result = compare.compare_files(artifacts["targets"][REFERENCE]["logits"], artifacts["targets"][TARGET]["logits"],
+        write_real_dump(artifacts["targets"][name]["logits"], scores, [Generation([1, 2])] * len(HOSTILE), meta)
+    result = compare_files(artifacts["targets"][REFERENCE]["logits"], artifacts["targets"][TARGET]["logits"],
                                    thresholds, 0.04)
     write_json(Path(artifacts["compare"][TARGET]), result)
     text = render(artifacts, tmp_path)
     summary_row = next(line for line in text.splitlines() if line.startswith(f"| {TARGET} |"))
     assert row_cells(summary_row, 3) == VERDICT_WORDS[result["verdict"]["status"]]
-    assert row_cells(summary_row, 4) == report.sci(result["kld_mean"])
+    assert row_cells(summary_row, 4) == sci(result["kld_mean"])
     precision = section(text, "## 5. Precision comparison")
-    assert f"| KLD mean (nats) | {report.sci(result['kld_mean'])} |" in precision
+    assert f"| KLD mean (nats) | {sci(result['kld_mean'])} |" in precision
     assert precision.count("❔ not available") == sum(c["passed"] is None for c in result["verdict"]["checks"])
     for block in table_blocks(text):
         assert len({unescaped_pipes(line) for line in block}) == 1

@@ -197,6 +197,13 @@ def read_dump(path: str | Path) -> Dump:
     return Dump(path=path, meta=meta, kind=kind, input_ids=input_ids, width=width, **lazy)
 
 
+def read_dump_meta(path: str | Path) -> dict[str, Any]:
+    """A dump's metadata only, checked and decoded as read_dump does, without reading any tensor."""
+    path = Path(path)
+    header, _ = _read_header(path)
+    return _decode_meta(path, header)
+
+
 def _read_header(path: Path) -> tuple[dict[str, str] | None, dict[str, tuple[tuple[int, ...], str]]]:
     if not path.is_file():
         raise PortcheckError(f"{path} does not exist; run the dump rule for this target first")

@@ -1,0 +1,90 @@
+"""The report's input: every artifact of one model, read once into a TargetData per target. An artifact that is
+absent is recorded with the reason, so each section can say "not run" and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from portcheck.artifacts import TARGET_FILES, read_artifact
+from portcheck.dump.logits_file import read_dump_meta
+from portcheck.errors import PortcheckError
+
+# Per-target JSON artifacts (the dump, logits, is read apart: it is safetensors).
+JSON_KINDS = ("env", "adaptation", "determinism", "samples", "bench", "bench_checks", "serve")
+NOT_GIVEN = "no {file} was given to the report (the rule that writes it did not run for this target)"
+
+
+@dataclass
+class TargetData:
+    name: str
+    role: str  # "reference" | "target"
+    meta: dict | None = None  # the dump's metadata
+    env: dict | None = None
+    adaptation: dict | None = None
+    determinism: dict | None = None
+    samples: dict | None = None
+    compare: dict | None = None
+    bench: dict | None = None
+    bench_checks: dict | None = None  # the roofline and consistency flags derived from bench
+    serve: dict | None = None
+    paths: dict[str, str] = field(default_factory=dict)  # artifact kind -> the file it was read from
+    absent: dict[str, str] = field(default_factory=dict)  # artifact kind -> why it is missing
+
+    @property
+    def ran(self) -> bool:
+        return self.meta is not None
+
+    @property
+    def versions(self) -> dict:
+        return (self.meta or {}).get("versions") or (self.env or {}).get("versions") or {}
+
+
+def _read_present(data: TargetData, kind: str, paths: dict) -> Any:
+    """The artifact of `kind` (None, with the reason in data.absent, when it was not given or is not there)."""
+    if kind not in paths:
+        data.absent[kind] = NOT_GIVEN.format(file=TARGET_FILES[kind])
+        return None
+    path = paths[kind]
+    if path is None:
+        data.absent[kind] = f"{kind} is not configured for this target"
+        return None
+    if not Path(path).is_file():
+        data.absent[kind] = f"{path} is absent"
+        return None
+    data.paths[kind] = str(path)
+    return read_dump_meta(path) if kind == "logits" else read_artifact(path, kind)
+
+
+def load_target(name: str, paths: dict, compare_path, reference: str) -> TargetData:
+    """paths: artifact kind -> file (None: not configured for this target; a kind left out: not produced)."""
+    data = TargetData(name, "reference" if name == reference else "target")
+    given = {**paths, "compare": compare_path}
+    data.meta = _read_present(data, "logits", given)
+    for kind in JSON_KINDS:
+        setattr(data, kind, _read_present(data, kind, given))
+    if data.role == "target":
+        data.compare = _read_present(data, "compare", given)
+    return data
+
+
+def load_targets(artifacts: dict) -> list[TargetData]:
+    """Every target's data, the reference first."""
+    reference = artifacts["reference"]
+    if reference not in artifacts["targets"]:
+        raise PortcheckError(
+            f"the reference target {reference!r} has no artifacts (targets: {', '.join(artifacts['targets'])}); "
+            "the report compares every target with it, so enable and run it"
+        )
+    names = sorted(artifacts["targets"], key=lambda n: (n != reference, list(artifacts["targets"]).index(n)))
+    compare = artifacts.get("compare") or {}
+    return [load_target(n, artifacts["targets"][n], compare.get(n), reference) for n in names]
+
+
+def prompts_of(targets: list[TargetData]) -> list[str]:
+    """The prompts, from the first dump that lists them."""
+    for data in targets:
+        if data.meta and data.meta.get("prompts"):
+            return list(data.meta["prompts"])
+    return []

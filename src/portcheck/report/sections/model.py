@@ -1,0 +1,119 @@
+"""Section Model and configuration: the checkpoint's facts (from the manifest) and the engine settings each
+target's dump was made with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from portcheck.report.format import ABSENT, NOT_RUN, UNKNOWN, gib, millions, num, show, table
+from portcheck.report.load import TargetData
+from portcheck.report.sources import cite, every_target
+from portcheck.targets import parse_target
+
+SHA_PREFIX = 16
+SEED_EOS_ID = 248044  # Qwen3.5's eos id, which the seed report's model table gives as vocab_size
+MANIFEST_KEYS = ("source", "config", "parameters", "tensor_count", "text_tensors", "vision_tensors", "mtp_tensors",
+                 "total_bytes", "files", "dtypes", "model_sha", "tokenizer_sha")
+
+
+def model_section(manifest: dict | None, manifest_path: str | None, targets: list[TargetData]) -> dict:
+    return {"table": model_table(manifest, manifest_path) if manifest is not None else None,
+            "settings": settings_table(targets)}
+
+
+def model_table(manifest: dict, manifest_path: str) -> dict:
+    c = manifest.get("config") or {}
+    params = manifest.get("parameters") or {}
+    rows = [
+        ["source", _source_text(manifest.get("source")), ""],
+        ["architectures", show(c.get("architectures")), f"model_type {show(c.get('model_type'))}"],
+        ["parameters (total)", millions(params.get("total")), _parts_note(params)],
+        ["tensors", num(manifest.get("tensor_count")),
+         f"text {show(manifest.get('text_tensors'))}, vision {show(manifest.get('vision_tensors'))}, "
+         f"mtp {show(manifest.get('mtp_tensors'))}"],
+        ["checkpoint size", gib(manifest.get("total_bytes")), f"{len(manifest.get('files') or [])} files"],
+        ["weight dtypes", ", ".join(sorted(manifest.get("dtypes") or {})) or UNKNOWN, ""],
+        ["hidden_size", show(c.get("hidden_size")), ""],
+        ["num_hidden_layers", show(c.get("num_hidden_layers")), _layer_note(c)],
+        ["num_attention_heads", show(c.get("num_attention_heads")),
+         f"{show(c.get('num_key_value_heads'))} KV heads (GQA), head_dim {show(c.get('head_dim'))}"],
+        ["linear attention heads (key / value)",
+         f"{show(c.get('linear_num_key_heads'))} / {show(c.get('linear_num_value_heads'))}",
+         f"head dims {show(c.get('linear_key_head_dim'))} / {show(c.get('linear_value_head_dim'))}"],
+        ["intermediate_size", show(c.get("intermediate_size")), ""],
+        ["vocab_size", show(c.get("vocab_size")), _vocab_note(c)],
+        ["eos_token_id", show(c.get("eos_token_id")), "a token id, not a size"],
+        ["max_position_embeddings", show(c.get("max_position_embeddings")), ""],
+        ["tie_word_embeddings", show(c.get("tie_word_embeddings")), ""],
+        ["mtp_num_hidden_layers", show(c.get("mtp_num_hidden_layers")), "multi-token prediction head"],
+        ["mamba_ssm_dtype", show(c.get("mamba_ssm_dtype")), "recurrent state dtype the config asks for"],
+        ["vision tower", show(c.get("vision_tower")), "in the checkpoint; the text-only class skips it"],
+        ["model_sha", short_sha(manifest.get("model_sha")), "weights + config.json"],
+        ["tokenizer_sha", short_sha(manifest.get("tokenizer_sha")), ""],
+    ]
+    return table(["Parameter", "Value", "Note"], rows, cite(manifest_path, *MANIFEST_KEYS))
+
+
+def short_sha(sha: Any) -> str:
+    return str(sha)[:SHA_PREFIX] if sha else UNKNOWN
+
+
+def _source_text(source: Any) -> str:
+    if isinstance(source, dict):
+        return ", ".join(f"{k}={show(v)}" for k, v in source.items() if v is not None) or UNKNOWN
+    return show(source)
+
+
+def _parts_note(params: dict) -> str:
+    return ", ".join(f"{part} {millions(params.get(part))}" for part in ("text", "vision", "mtp") if part in params)
+
+
+def _layer_note(c: dict) -> str:
+    counts = c.get("layer_type_counts") or {}
+    kinds = " + ".join(f"{n}× {kind}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    full = c.get("full_attention_layers")
+    return f"{kinds}; full attention at layers {', '.join(map(str, full))}" if full else kinds
+
+
+def _vocab_note(c: dict) -> str:
+    vocab, eos = c.get("vocab_size"), c.get("eos_token_id")
+    if vocab is None or eos is None or vocab == eos:
+        return "logit width"
+    note = f"logit width (padded); differs from eos_token_id {show(eos)}"
+    return note + (" (the seed report listed 248044, the eos id, as vocab_size)" if eos == SEED_EOS_ID else "")
+
+
+def settings_table(targets: list[TargetData]) -> dict:
+    """Engine settings each target's dump was made with, side by side."""
+    keys: list[str] = []
+    for t in targets:
+        keys += [k for k in ((t.meta or {}).get("settings") or {}) if k not in keys]
+    rows = [["device / engine / dtype"] + [_target_parts(t) for t in targets],
+            ["GDN implementation"] + [_gdn_text(t) for t in targets],
+            ["run seconds (one engine start)"] + [_meta_value(t, "run_seconds") for t in targets]]
+    rows += [[key] + [_setting(t, key) for t in targets] for key in keys]
+    source = cite(every_target(targets, "logits"), "settings", "gdn_impl", "run_seconds")
+    return table(["Setting"] + [t.name for t in targets], rows, f"{source}; device / engine / dtype: the target name")
+
+
+def _target_parts(t: TargetData) -> str:
+    target = parse_target(t.name)
+    return f"{target.device} / {target.engine} / {target.dtype}"
+
+
+def _gdn_text(t: TargetData) -> str:
+    if not t.ran:
+        return NOT_RUN
+    impl = t.meta.get("gdn_impl")
+    return impl.get("kind", show(impl)) if isinstance(impl, dict) else (show(impl) if impl else UNKNOWN)
+
+
+def _meta_value(t: TargetData, key: str) -> str:
+    return show(t.meta.get(key)) if t.ran else NOT_RUN
+
+
+def _setting(t: TargetData, key: str) -> str:
+    if not t.ran:
+        return NOT_RUN
+    settings = t.meta.get("settings") or {}
+    return show(settings[key]) if key in settings else ABSENT

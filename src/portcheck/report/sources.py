@@ -1,0 +1,31 @@
+"""The source line under every table: the artifact file(s) and key(s) its figures are read from, so a reader can
+check any figure against the file it came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from portcheck.report.load import TargetData
+
+TARGET_PLACEHOLDER = "<target>"
+
+
+def cite(path: str, *keys: str) -> str:
+    """'results/m/t/bench.json (latency.tpot_s, memory.weights.bytes)'."""
+    return f"{path} ({', '.join(keys)})" if keys else str(path)
+
+
+def every_target(targets: list[TargetData], kind: str) -> str:
+    """The file of `kind` with the target's name as a placeholder, for a table that covers every target."""
+    for t in targets:
+        if kind in t.paths:
+            return _with_placeholder(Path(t.paths[kind]), t.name)
+    return f"the {kind} artifact of each target (none was given)"
+
+
+def _with_placeholder(path: Path, target: str) -> str:
+    if path.parent.name == target:  # results/<model>/<target>/<file>
+        return str(path.parent.parent / TARGET_PLACEHOLDER / path.name)
+    if path.stem == target:  # results/<model>/compare/<target>.json
+        return str(path.with_name(TARGET_PLACEHOLDER + path.suffix))
+    return str(path)
