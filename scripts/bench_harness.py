@@ -49,7 +49,8 @@ def target_settings(target: str):
 
 
 def vllm_bench_throughput(model: Path, settings, args) -> dict:
-    from portcheck.benchmarks.serving import CPU_DEFAULT_GPU_MEMORY_UTILIZATION, vllm_executable
+    from portcheck.benchmarks.serving import vllm_executable
+    from portcheck.engines.vllm.engine_args import CPU_DEFAULT_GPU_MEMORY_UTILIZATION
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "throughput.json"

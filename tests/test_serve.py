@@ -123,7 +123,8 @@ def test_server_args_mirror_the_offline_engine_settings():
     assert "--enforce-eager" in args and "--language-model-only" in args and "--no-enable-prefix-caching" in args
     assert "--max-model-len 512" in text and "--max-num-seqs 16" in text
     assert "--gpu-memory-utilization 0.3" in text  # cpu: share of host RAM, as the offline engine
-    assert "--trust-remote-code" not in args
+    assert "--no-trust-remote-code" in args and "--trust-remote-code" not in args
+    assert "--served-model-name portcheck-model" in text and "--disable-uvicorn-access-log" in args
     npu = serve.server_args("npu-vllm-bf16", "/m", EngineSettings(gpu_memory_utilization=0.9), 1)
     assert "--gpu-memory-utilization 0.9" in " ".join(npu)
 

@@ -14,10 +14,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from portcheck.engines.base import check_prompt_lengths
 from portcheck.engines.factory import make_engine
 from portcheck.engines.settings import EngineSettings
-from portcheck.engines.vllm import engine as vllm_engine
-from portcheck.engines.vllm.engine import check_prompt_lengths, check_vllm_stack
+from portcheck.engines.vllm import preflight, process
+from portcheck.engines.vllm.preflight import check_vllm_stack
 from portcheck.errors import PortcheckError
 from portcheck.targets import parse_target
 
@@ -95,17 +96,32 @@ def test_check_prompt_lengths_names_the_prompt():
 
 
 def test_npu_without_vllm_ascend_says_what_to_install(monkeypatch):
-    real = vllm_engine._installed
-    monkeypatch.setattr(vllm_engine, "_installed", lambda module: False if module == "vllm_ascend" else real(module))
+    real = preflight.importable
+    monkeypatch.setattr(preflight, "importable", lambda module: False if module == "vllm_ascend" else real(module))
     with pytest.raises(PortcheckError, match="vllm-ascend") as info:
         check_vllm_stack("npu")
     assert "profiles/npu" in str(info.value)
 
 
 def test_missing_vllm_names_the_fix(monkeypatch):
-    monkeypatch.setattr(vllm_engine, "_installed", lambda module: False)
+    monkeypatch.setattr(preflight, "importable", lambda module: False)
     with pytest.raises(PortcheckError, match="make"):
         check_vllm_stack("cpu")
+
+
+def test_worker_extension_imports_light():
+    """vLLM's worker imports the extension by its dotted path: neither the engine nor torch/vllm come along."""
+    import subprocess
+    import sys
+
+    from portcheck.engines.vllm.engine_args import WORKER_EXTENSION_CLS
+
+    module, _, name = WORKER_EXTENSION_CLS.rpartition(".")
+    check = (f"import sys, {module}; assert hasattr({module}, {name!r}); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'vllm', 'numpy') "
+             "or m == 'portcheck.engines.vllm.engine'))")
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
 
 
 # -- the engine ------------------------------------------------------------------------------------------------
@@ -254,7 +270,7 @@ def test_engine_death_raises_with_log_tail(engine, prompts):
 def test_close_leaves_no_processes(engine):
     engine.close()
     engine.close()  # idempotent
-    assert vllm_engine._children() == {}
+    assert process.child_processes() == {}
     with pytest.raises(PortcheckError, match="closed"):
         engine.generate([[1, 2]], 1)
 

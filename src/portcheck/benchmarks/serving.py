@@ -27,13 +27,13 @@ from typing import Any, Sequence
 from portcheck.benchmarks import statistics as perf
 from portcheck.benchmarks.workload import random_prompts
 from portcheck.atomic import write_json
+from portcheck.engines.vllm.engine_args import engine_env, serve_cli_args
+from portcheck.engines.vllm.logs import log_tail as engine_log_tail
 from portcheck.errors import PortcheckError
 from portcheck.targets import parse_target
 
 LOG_TAIL_LINES = 40
 SERVED_MODEL_NAME = "portcheck-model"
-# On cpu, gpu_memory_utilization is the share of host RAM vLLM reserves (see engines/vllm.py).
-CPU_DEFAULT_GPU_MEMORY_UTILIZATION = 0.3
 
 
 # ---------------------------------------------------------------- ports
@@ -94,34 +94,15 @@ def vllm_executable() -> list[str]:
 
 
 def server_args(target_name: str, model_dir: str | Path, settings, port: int, host: str = "127.0.0.1") -> list[str]:
-    """`vllm serve` arguments equal to the offline engine's settings (engines/vllm.py)."""
-    target = parse_target(target_name)
-    args = ["serve", str(model_dir), "--host", host, "--port", str(port), "--served-model-name", SERVED_MODEL_NAME,
-            "--dtype", target.torch_dtype_name, "--seed", str(settings.seed), "--no-enable-prefix-caching",
-            "--disable-uvicorn-access-log"]
-    if settings.enforce_eager:
-        args.append("--enforce-eager")
-    if settings.language_model_only:
-        args.append("--language-model-only")
-    if settings.trust_remote_code:
-        args.append("--trust-remote-code")
-    utilisation = settings.gpu_memory_utilization
-    if utilisation is None and target.device == "cpu":
-        utilisation = CPU_DEFAULT_GPU_MEMORY_UTILIZATION
-    for flag, value in (("--max-model-len", settings.max_model_len), ("--gpu-memory-utilization", utilisation),
-                        ("--max-num-batched-tokens", settings.max_num_batched_tokens),
-                        ("--max-num-seqs", settings.max_num_seqs)):
-        if value is not None:
-            args += [flag, str(value)]
-    return args
+    """`vllm serve` arguments: the offline engine's engine arguments (engines/vllm/engine_args.py) plus the
+    server's own flags."""
+    model, *engine_flags = serve_cli_args(parse_target(target_name), model_dir, settings)
+    return ["serve", model, "--host", host, "--port", str(port), "--served-model-name", SERVED_MODEL_NAME,
+            "--disable-uvicorn-access-log", *engine_flags]
 
 
 def log_tail(path: str | Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "(no server log)"
-    return "\n".join(line[:500] for line in text.splitlines()[-lines:]) or "(the server log is empty)"
+    return engine_log_tail(Path(path), lines) or "(the server log is absent or empty)"
 
 
 class _Terminated(Exception):
@@ -326,15 +307,13 @@ def check_serving(target_name: str, model_dir: str | Path, settings, serve_confi
     target = parse_target(target_name)
     if target.engine != "vllm":
         raise PortcheckError(f"the serving check runs `vllm serve`; {target_name} is not a vllm target")
-    percentiles = list(serve_config.get("percentiles") or perf.DEFAULT_PERCENTILES)
+    percentiles = list(serve_config["percentiles"])
     input_len, max_tokens = serve_config["input_len"], serve_config["max_tokens"]
     if settings.max_model_len and input_len + max_tokens > settings.max_model_len:
         raise PortcheckError(f"serve.input_len {input_len} + serve.max_tokens {max_tokens} > max_model_len "
                              f"{settings.max_model_len} of {target_name}; shrink them")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=settings.trust_remote_code)
-    env = {}
-    if target.device == "cpu" and settings.threads and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, sorted(os.sched_getaffinity(0))[: int(settings.threads)]))
+    env = engine_env(target.device, settings)  # the offline engine's environment, from the same settings
     started = time.perf_counter()
     server = None
     try:

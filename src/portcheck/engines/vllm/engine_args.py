@@ -1,0 +1,84 @@
+"""The one mapping from a target's settings to vLLM's engine arguments (`engine_arguments`), and its two
+renderings: keyword arguments of `vllm.LLM` for the offline engine (`llm_kwargs`) and flags of `vllm serve` for
+the serving check (`serve_cli_args`). Both come from the same dict, so the server cannot run other settings than
+the engine that wrote the dump. Import-light: no vllm import."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from portcheck.engines.settings import EngineSettings
+
+# On cpu, gpu_memory_utilization is the share of host RAM vLLM reserves (weights + KV cache); its default 0.92
+# fails to start on a 24 GiB host, 0.3 works (reference.md section 4).
+CPU_DEFAULT_GPU_MEMORY_UTILIZATION = 0.3
+WORKER_EXTENSION_CLS = "portcheck.engines.vllm.worker_extension.PortcheckWorkerExtension"
+
+
+def engine_arguments(target, model_dir: str | Path, settings: EngineSettings) -> dict[str, Any]:
+    """vLLM EngineArgs field name -> value for the target's settings; settings.extra["vllm_kwargs"] wins."""
+    arguments: dict[str, Any] = {
+        "model": str(model_dir),
+        "dtype": target.torch_dtype_name,
+        "seed": settings.seed,
+        "trust_remote_code": bool(settings.trust_remote_code),
+        "enforce_eager": bool(settings.enforce_eager),
+        "language_model_only": bool(settings.language_model_only),
+        # numerics stay reproducible: a prefix-cache read changes the computation path
+        "enable_prefix_caching": False,
+    }
+    optional = {
+        "max_model_len": settings.max_model_len,
+        "gpu_memory_utilization": settings.gpu_memory_utilization,
+        "max_num_batched_tokens": settings.max_num_batched_tokens,
+        "max_num_seqs": settings.max_num_seqs,
+    }
+    if optional["gpu_memory_utilization"] is None and target.device == "cpu":
+        optional["gpu_memory_utilization"] = CPU_DEFAULT_GPU_MEMORY_UTILIZATION
+    arguments.update({k: v for k, v in optional.items() if v is not None})
+    arguments.update(settings.extra.get("vllm_kwargs") or {})
+    return arguments
+
+
+def llm_kwargs(target, model_dir: str | Path, settings: EngineSettings,
+               log_config_file: str | None = None) -> dict[str, Any]:
+    """engine_arguments plus what only the offline engine needs: prompt log-probs up to logprobs_topk (-1: the
+    full vocabulary), the worker extension it introspects through, and its log config. vllm_kwargs still win."""
+    kwargs = engine_arguments(target, model_dir, settings)
+    topk = settings.logprobs_topk
+    offline = {"max_logprobs": -1 if topk == -1 else max(int(topk), 1), "worker_extension_cls": WORKER_EXTENSION_CLS}
+    if log_config_file:
+        offline["log_config_file"] = log_config_file
+    for key, value in offline.items():
+        kwargs.setdefault(key, value)
+    return kwargs
+
+
+def serve_cli_args(target, model_dir: str | Path, settings: EngineSettings) -> list[str]:
+    """engine_arguments as `vllm serve` arguments: the model positional, then each field as --field-name value;
+    booleans as --field-name / --no-field-name, dicts as JSON, lists as one value each."""
+    arguments = engine_arguments(target, model_dir, settings)
+    args = [arguments.pop("model")]
+    for name, value in arguments.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, dict):
+            args += [flag, json.dumps(value)]
+        elif isinstance(value, (list, tuple)):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def engine_env(device: str, settings: EngineSettings) -> dict[str, str]:
+    """Environment variables the settings map to: settings.threads pins vLLM's CPU OpenMP threads to the first
+    CPUs of this process's affinity (unless VLLM_CPU_OMP_THREADS_BIND is already set)."""
+    if device == "cpu" and settings.threads and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        cpus = sorted(os.sched_getaffinity(0))[: int(settings.threads)]
+        return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus))}
+    return {}

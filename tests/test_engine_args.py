@@ -1,0 +1,88 @@
+"""The serving check cannot run other settings than the dump: the `vllm serve` command, parsed by vLLM's own
+serve parser, gives the engine arguments the offline engine passes to vllm.LLM. No engine starts here."""
+
+from __future__ import annotations
+
+import pytest
+
+from portcheck.benchmarks.serving import server_args
+from portcheck.engines.settings import EngineSettings
+from portcheck.engines.vllm.engine_args import (
+    CPU_DEFAULT_GPU_MEMORY_UTILIZATION, WORKER_EXTENSION_CLS, engine_arguments, llm_kwargs,
+)
+from portcheck.targets import parse_target
+
+MODEL_DIR = "/models/tiny"
+# What only the offline engine is given: scoring's log-prob cap, the worker extension, its log config.
+OFFLINE_ONLY = {"max_logprobs", "worker_extension_cls", "log_config_file"}
+CASES = {
+    "defaults": ("cpu-vllm-bf16", EngineSettings()),
+    "cpu without a memory setting": ("cpu-vllm-fp32", EngineSettings(seed=7, max_model_len=256, enforce_eager=False)),
+    "npu batching": ("npu-vllm-bf16", EngineSettings(max_num_batched_tokens=4096, max_num_seqs=16,
+                                                     trust_remote_code=True, language_model_only=False)),
+    "vllm_kwargs override": ("gpu-vllm-fp16", EngineSettings(max_num_seqs=8, extra={"vllm_kwargs": {
+        "max_num_seqs": 4, "gpu_memory_utilization": 0.5, "enable_prefix_caching": True, "max_logprobs": -1,
+        "hf_overrides": {"rope_theta": 1000.0}}})),
+}
+
+
+@pytest.fixture(scope="module")
+def serve_parser():
+    """The parser `vllm serve` parses its arguments with (its subcommand parser is built by make_arg_parser)."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    return make_arg_parser(FlexibleArgumentParser())
+
+
+def served_engine_args(parser, command: list[str]):
+    """The EngineArgs `vllm serve <command>` builds, as its serve subcommand does."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    assert command[0] == "serve"
+    args = parser.parse_args(command[1:])
+    args.model = args.model_tag
+    return AsyncEngineArgs.from_cli_args(args)
+
+
+def mismatches(parser, command: list[str], expected: dict) -> dict:
+    """field -> (vllm.LLM's value, the server's value) for each field where they differ."""
+    served = served_engine_args(parser, command)
+    return {name: (value, getattr(served, name)) for name, value in expected.items()
+            if getattr(served, name) != value}
+
+
+def offline_arguments(target_name: str, settings: EngineSettings) -> dict:
+    """What vllm.LLM is given for each field of the mapping; only OFFLINE_ONLY fields are left out."""
+    target = parse_target(target_name)
+    offline = llm_kwargs(target, MODEL_DIR, settings, log_config_file="/tmp/logging.json")
+    mapped = engine_arguments(target, MODEL_DIR, settings)
+    assert set(offline) - set(mapped) <= OFFLINE_ONLY
+    return {name: offline[name] for name in mapped}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_served_engine_gets_the_offline_engines_arguments(serve_parser, case):
+    target_name, settings = CASES[case]
+    command = server_args(target_name, MODEL_DIR, settings, port=8123)
+    assert mismatches(serve_parser, command, offline_arguments(target_name, settings)) == {}
+
+
+def test_the_mapping_holds_the_defaults_once():
+    cpu = llm_kwargs(parse_target("cpu-vllm-bf16"), MODEL_DIR, EngineSettings())
+    assert cpu["gpu_memory_utilization"] == CPU_DEFAULT_GPU_MEMORY_UTILIZATION
+    assert cpu["enable_prefix_caching"] is False and cpu["worker_extension_cls"] == WORKER_EXTENSION_CLS
+    assert "gpu_memory_utilization" not in llm_kwargs(parse_target("gpu-vllm-bf16"), MODEL_DIR, EngineSettings())
+    overridden = EngineSettings(logprobs_topk=5, extra={"vllm_kwargs": {"max_logprobs": -1}})
+    assert llm_kwargs(parse_target("cpu-vllm-bf16"), MODEL_DIR, overridden)["max_logprobs"] == -1
+
+
+@pytest.mark.parametrize("dropped", [("--gpu-memory-utilization", "0.3"), ("--no-enable-prefix-caching",)])
+def test_a_dropped_flag_is_caught(serve_parser, dropped):
+    """Fault injection: a serve command missing one flag of the mapping no longer matches the offline engine."""
+    command = server_args("cpu-vllm-bf16", MODEL_DIR, EngineSettings(), port=8123)
+    start = command.index(dropped[0])
+    assert command[start:start + len(dropped)] == list(dropped)
+    broken = command[:start] + command[start + len(dropped):]
+    field = dropped[0].removeprefix("--no-").removeprefix("--").replace("-", "_")
+    assert set(mismatches(serve_parser, broken, offline_arguments("cpu-vllm-bf16", EngineSettings()))) == {field}
