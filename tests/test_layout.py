@@ -42,7 +42,8 @@ def test_code_inputs_exclude_the_other_engine_by_module_path():
     vllm_only = _relative(module_closure("dump.run", exclude=("engines.hf",)))
     assert "engines/hf.py" in hf_only and not any(f.startswith("engines/vllm/") for f in hf_only)
     assert "engines/hf.py" not in vllm_only
-    assert {"engines/vllm/__init__.py", "engines/vllm/engine.py", "engines/vllm/engine_args.py"} <= vllm_only
+    assert {"engines/vllm/__init__.py", "engines/vllm/engine.py", "engines/vllm/engine_args.py",
+            "engines/vllm/worker_extension.py"} <= vllm_only  # the extension vLLM loads by name is imported too
     # Shared code is in both: the dump format, the engine base, the stage package.
     assert {"dump/logits_file.py", "engines/base.py", "dump/__init__.py", "__init__.py"} <= hf_only & vllm_only
 

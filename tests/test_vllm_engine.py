@@ -17,7 +17,8 @@ import pytest
 from portcheck.engines.base import check_prompt_lengths
 from portcheck.engines.factory import make_engine
 from portcheck.engines.settings import EngineSettings
-from portcheck.engines.vllm import preflight, process
+from portcheck.engines.vllm import engine as vllm_engine
+from portcheck.engines.vllm import engine_args, logs, preflight, process
 from portcheck.engines.vllm.preflight import check_vllm_stack
 from portcheck.errors import PortcheckError
 from portcheck.targets import parse_target
@@ -286,3 +287,59 @@ def test_unregistered_architecture_is_refused_before_the_engine_starts(tiny_mode
     (foreign / "config.json").write_text(json.dumps(config))
     with pytest.raises(PortcheckError, match=r"does not register the checkpoint's architecture \['NotARealModelForCausalLM'\]"):
         make_engine(parse_target("cpu-vllm-bf16"), foreign, EngineSettings(max_model_len=128))
+
+
+# -- vLLM lines: engine arguments are feature-detected (issue 8 finding 1) --------------------------------------
+
+# vLLM 0.17-0.23 have no EngineArgs.log_config_file (it arrived in the 0.32 line, already deprecated there); their
+# vllm.logger reads VLLM_LOGGING_CONFIG_PATH instead.
+def older_line_fields():
+    return engine_args.engine_fields() - {"log_config_file"}
+
+
+def test_logging_config_goes_by_engine_argument_or_environment():
+    assert "log_config_file" in engine_args.engine_fields()  # the installed 0.32 line
+    assert logs.logging_route("/x/log.json", engine_args.engine_fields()) == ({"log_config_file": "/x/log.json"}, {})
+    assert logs.logging_route("/x/log.json", older_line_fields()) == ({}, {"VLLM_LOGGING_CONFIG_PATH": "/x/log.json"})
+    assert logs.logging_route(None, older_line_fields()) == ({}, {})
+
+
+def test_an_argument_this_vllm_lacks_is_refused_naming_the_version():
+    with pytest.raises(PortcheckError, match=r"vLLM 0\.23\.0 has no engine argument\(s\) \['log_config_file'\]"):
+        preflight.check_engine_arguments({"model": "m", "log_config_file": "x"}, older_line_fields(), "0.23.0")
+    preflight.check_engine_arguments({"model": "m", "log_config_file": "x"}, engine_args.engine_fields(), "0.32.0")
+
+
+def test_engine_without_log_config_file_starts_and_still_captures_its_log(tiny_model_dir, tmp_path, monkeypatch):
+    """The offline engine on an EngineArgs without log_config_file (as in vLLM 0.17-0.23): no TypeError, and the
+    log-only figures still come from the log file, through VLLM_LOGGING_CONFIG_PATH."""
+    monkeypatch.setattr(vllm_engine, "engine_fields", older_line_fields)
+    settings = EngineSettings(max_model_len=MAX_MODEL_LEN, max_num_seqs=2,
+                              extra={"log_file": str(tmp_path / "engine.log")})
+    with make_engine(parse_target("cpu-vllm-bf16"), tiny_model_dir, settings) as engine:
+        assert "log_config_file" not in engine.llm_kwargs
+        assert engine.engine_env["VLLM_LOGGING_CONFIG_PATH"].endswith(".logging.json")
+        assert len(engine.generate([[1, 2, 3]], 2)[0].token_ids) == 2
+        assert engine.timings["weight_load_s"] > 0  # read from the captured log
+    assert "Loading weights took" in (tmp_path / "engine.log").read_text()
+
+
+def test_vllm_ascend_records_reach_the_engine_log(tmp_path):
+    """Issue 8 finding 8: vllm-ascend logs under vllm_ascend.* (not a child of "vllm") and words its weight figure
+    its own way; both must reach the engine log and its figures. Run apart: logging config is process-global."""
+    import subprocess
+    import sys
+
+    script = (
+        "import logging, sys\n"
+        "from portcheck.engines.vllm import logs\n"
+        "log_path, config = logs.logging_setup({'log_file': sys.argv[1]})\n"
+        "logs.apply_logging_config(config)\n"
+        "logging.getLogger('vllm_ascend.worker.model_runner_v1').info('Loading model weights took 1.5625 GB')\n"
+        "print(logs.logged_figures(logs.read_log(log_path)))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_LOGGING_CONFIG_PATH", "VLLM_CONFIGURE_LOGGING")}
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "engine.log")], capture_output=True, text=True,
+                         env=env, check=True)
+    assert "{'model_load_gib': 1.5625}" in run.stdout
+    assert "pid=" in (tmp_path / "engine.log").read_text()

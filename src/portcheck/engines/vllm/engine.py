@@ -29,10 +29,11 @@ from portcheck.engines.outputs import Generation, PromptScores, TimedGeneration
 from portcheck.engines.settings import EngineSettings
 from portcheck.engines.vllm import process
 from portcheck.engines.vllm.adaptation import adaptation_items, kv_items
-from portcheck.engines.vllm.engine_args import engine_env, llm_kwargs
-from portcheck.engines.vllm.logs import log_tail_text, logged_figures, logging_setup, read_log
+from portcheck.engines.vllm.engine_args import engine_env, engine_fields, llm_kwargs
+from portcheck.engines.vllm.logs import (apply_logging_config, log_tail_text, logged_figures, logging_route,
+                                         logging_setup, read_log)
 from portcheck.engines.vllm.preflight import (
-    check_architecture_registered, check_platform, check_vllm_stack, vllm_version,
+    check_architecture_registered, check_engine_arguments, check_platform, check_vllm_stack, vllm_version,
 )
 
 # Full-vocabulary scoring (logprobs_topk == -1) makes vLLM return one Python entry per vocabulary id and position;
@@ -77,8 +78,13 @@ class VLLMEngine(Engine):
         check_architecture_registered(self.model_config_json, self.vllm_version, settings.trust_remote_code)
 
         self.log_path, log_config = logging_setup(settings.extra)
-        self.llm_kwargs = llm_kwargs(target, self.model_dir, settings, log_config)
-        self.engine_env = engine_env(target.device, settings)
+        fields = engine_fields()
+        log_kwargs, log_env = logging_route(log_config, fields)
+        self.llm_kwargs = llm_kwargs(target, self.model_dir, settings, log_kwargs.get("log_config_file"))
+        check_engine_arguments(self.llm_kwargs, fields, self.vllm_version)
+        self.engine_env = {**engine_env(target.device, settings), **log_env}
+        if log_env:
+            apply_logging_config(log_config)
 
         before = process.child_processes()
         started = time.perf_counter()

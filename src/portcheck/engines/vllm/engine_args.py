@@ -5,17 +5,36 @@ the engine that wrote the dump. Import-light: no vllm import."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from portcheck.engines.settings import EngineSettings
+from portcheck.engines.vllm import worker_extension
 
 # On cpu, gpu_memory_utilization is the share of host RAM vLLM reserves (weights + KV cache); its default 0.92
 # fails to start on a 24 GiB host, 0.3 works (reference.md section 4).
 CPU_DEFAULT_GPU_MEMORY_UTILIZATION = 0.3
-WORKER_EXTENSION_CLS = "portcheck.engines.vllm.worker_extension.PortcheckWorkerExtension"
+# Imported, not only named: vLLM's worker loads it by this dotted path, and the import makes it a code input of the
+# rules that start the engine (editing it reruns them).
+WORKER_EXTENSION_CLS = f"{worker_extension.__name__}.{worker_extension.PortcheckWorkerExtension.__qualname__}"
+
+
+@functools.lru_cache(maxsize=1)
+def engine_fields() -> frozenset[str]:
+    """The EngineArgs fields the installed vLLM accepts: fields come and go across vLLM lines, so what is passed
+    is checked against them (feature detection) rather than assumed from one version."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    return frozenset(field.name for field in dataclasses.fields(EngineArgs))
+
+
+def unknown_arguments(kwargs: dict[str, Any], accepted: frozenset[str]) -> list[str]:
+    """The keys of `kwargs` this vLLM's EngineArgs has no field for (it would raise TypeError at the start)."""
+    return sorted(set(kwargs) - accepted)
 
 
 def engine_arguments(target, model_dir: str | Path, settings: EngineSettings) -> dict[str, Any]:

@@ -6,22 +6,26 @@ from __future__ import annotations
 
 import copy
 import json
+import logging.config
 import os
 import re
 import tempfile
 from pathlib import Path
 
 LOG_TAIL_LINES = 60
-# Figures vLLM only logs, by the key they are reported under.
+# Figures vLLM only logs, by the key they are reported under: the patterns of vLLM's messages, then the wording of
+# platform plugins (vllm-ascend's model runner says "Loading model weights took <x> GB").
 LOGGED_FIGURES = {
-    "weight_load_s": r"Loading weights took ([\d.]+) seconds",
-    "model_init_s": r"Initializing model took ([\d.]+) seconds",
-    "model_load_s": r"Model loading took [\d.]+ GiB memory and ([\d.]+) seconds",
-    "model_load_gib": r"Model loading took ([\d.]+) GiB memory",
-    "engine_init_s": r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s",
-    "kv_cache_tokens": r"KV cache size: ([\d,]+) tokens",
-    "max_concurrency": r"Maximum concurrency for [\d,]+ tokens per request: ([\d.]+)x",
+    "weight_load_s": (r"Loading weights took ([\d.]+) seconds",),
+    "model_init_s": (r"Initializing model took ([\d.]+) seconds",),
+    "model_load_s": (r"Model loading took [\d.]+ GiB memory and ([\d.]+) seconds",),
+    "model_load_gib": (r"Model loading took ([\d.]+) GiB memory", r"Loading model weights took ([\d.]+) GB"),
+    "engine_init_s": (r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s",),
+    "kv_cache_tokens": (r"KV cache size: ([\d,]+) tokens",),
+    "max_concurrency": (r"Maximum concurrency for [\d,]+ tokens per request: ([\d.]+)x",),
 }
+# Loggers whose records go to the engine's log file: vLLM's, and vllm-ascend's, which are not children of "vllm".
+CAPTURED_LOGGERS = ("vllm", "vllm_ascend")
 
 
 def logging_setup(extra: dict) -> tuple[Path | None, str | None]:
@@ -54,11 +58,29 @@ def logging_setup(extra: dict) -> tuple[Path | None, str | None]:
         "class": "logging.FileHandler", "filename": str(log_path), "mode": "a",
         "formatter": "portcheck_file", "level": "DEBUG" if level == "DEBUG" else "INFO",
     }
-    config["loggers"]["vllm"]["handlers"] = ["vllm", "portcheck_file"]
-    config["loggers"]["vllm"]["level"] = "DEBUG" if level == "DEBUG" else "INFO"
+    for name in CAPTURED_LOGGERS:
+        config["loggers"][name] = {**config["loggers"]["vllm"], "handlers": ["vllm", "portcheck_file"],
+                                   "level": "DEBUG" if level == "DEBUG" else "INFO"}
     config_path = workdir / f"{log_path.stem}.logging.json"
     config_path.write_text(json.dumps(config, indent=1), encoding="utf-8")
     return log_path, str(config_path)
+
+
+def logging_route(config_path: str | None, engine_fields: frozenset[str]) -> tuple[dict, dict]:
+    """(vllm.LLM kwargs, environment) that hand vLLM the logging config. The engine argument log_config_file exists
+    only from the vLLM 0.32 line on (passing it to an older EngineArgs is a TypeError); before it, every vLLM
+    process reads VLLM_LOGGING_CONFIG_PATH when it imports vllm.logger."""
+    if not config_path:
+        return {}, {}
+    if "log_config_file" in engine_fields:
+        return {"log_config_file": config_path}, {}
+    return {}, {"VLLM_LOGGING_CONFIG_PATH": config_path}
+
+
+def apply_logging_config(config_path: str) -> None:
+    """Configure this process as vLLM would from VLLM_LOGGING_CONFIG_PATH: it imported vllm.logger already, and
+    the engine process it forks inherits the handlers."""
+    logging.config.dictConfig(json.loads(Path(config_path).read_text(encoding="utf-8")))
 
 
 def read_log(log_path: Path | None) -> str:
@@ -71,8 +93,8 @@ def read_log(log_path: Path | None) -> str:
 def logged_figures(text: str) -> dict[str, float]:
     """The LOGGED_FIGURES found in a log's text (the last occurrence of each)."""
     found = {}
-    for key, pattern in LOGGED_FIGURES.items():
-        matches = re.findall(pattern, text)
+    for key, patterns in LOGGED_FIGURES.items():
+        matches = [m for pattern in patterns for m in re.findall(pattern, text)]
         if matches:
             found[key] = float(matches[-1].replace(",", ""))
     return found

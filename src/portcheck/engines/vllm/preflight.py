@@ -80,6 +80,18 @@ def check_architecture_registered(model_config: dict, version: str | None, trust
     )
 
 
+def check_engine_arguments(kwargs: dict, accepted: frozenset[str], version: str | None) -> None:
+    """Refuse before the engine starts when this vLLM has no field for an argument (vLLM would raise TypeError)."""
+    from portcheck.engines.vllm.engine_args import unknown_arguments
+
+    unknown = unknown_arguments(kwargs, accepted)
+    if unknown:
+        raise PortcheckError(
+            f"vLLM {version} has no engine argument(s) {unknown} (its EngineArgs fields, detected at run time); "
+            "remove them from the target's vllm_kwargs, or run a vLLM line that has them"
+        )
+
+
 def check_platform(device: str) -> str:
     """vLLM picks its device when installed (cpu build, CUDA build, or a platform plugin); it must match the target."""
     from vllm.platforms import current_platform
