@@ -125,6 +125,28 @@ def test_worker_extension_imports_light():
     assert run.stdout.strip() == "[]"
 
 
+def test_watchdog_unblocks_a_utility_call_in_flight_when_the_engine_dies():
+    """Issue 8 finding 7: collective_rpc (introspection, memory queries) waits on a future in the client's
+    utility_results with no timeout; the watchdog must fail it, not only the output queue, when the engine dies."""
+    import queue
+    from concurrent.futures import Future
+
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    class FakeEngineCore:  # the attributes vLLM's SyncMPClient keeps (vllm/v1/engine/core_client.py)
+        def __init__(self):
+            self.outputs_queue = queue.Queue()
+            self.utility_results = {7: Future()}
+
+    core, alive = FakeEngineCore(), threading.Event()
+    alive.set()
+    with process.watchdog(lambda: not alive.is_set(), lambda: core, interval=0.05):
+        alive.clear()  # the engine process dies while the utility call waits
+        with pytest.raises(EngineDeadError):
+            core.utility_results[7].result(timeout=10)  # without the watchdog: a timeout here (a hang in real use)
+    assert isinstance(core.outputs_queue.get_nowait(), EngineDeadError)
+
+
 # -- the engine ------------------------------------------------------------------------------------------------
 
 

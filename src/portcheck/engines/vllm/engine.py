@@ -116,10 +116,6 @@ class VLLMEngine(Engine):
     def _processes_dead(self) -> bool:
         return process.any_dead(self._children)
 
-    def _outputs_queue(self):
-        """The queue vLLM's sync client waits on, where the watchdog puts an EngineDeadError."""
-        return getattr(self._engine_core(), "outputs_queue", None)
-
     def _engine_dead(self, exc: BaseException | None = None) -> bool:
         with contextlib.suppress(ImportError):
             from vllm.v1.engine.exceptions import EngineDeadError
@@ -134,7 +130,7 @@ class VLLMEngine(Engine):
     def _call(self, what: str, fn):
         if self.llm is None:
             raise PortcheckError(f"the vLLM engine for {self.target.name} is closed; cannot {what}")
-        with process.watchdog(self._processes_dead, self._outputs_queue):
+        with process.watchdog(self._processes_dead, self._engine_core):
             try:
                 return fn()
             except PortcheckError:

@@ -81,15 +81,12 @@ def reap(processes: dict[int, Any], timeout: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def watchdog(processes_dead: Callable[[], bool], outputs_queue: Callable[[], Any], interval: float = 1.0):
-    """While the block runs, unblock a waiting LLM call when an engine process dies without a word (SIGKILL,
-    OOM killer).
-
-    vLLM's sync client waits on its output queue with no timeout; its own monitor marks the engine dead
-    and closes the output thread, but a request already in flight then waits forever. Putting an
-    EngineDeadError on that queue makes the waiting call raise instead."""
+def watchdog(processes_dead: Callable[[], bool], engine_core: Callable[[], Any], interval: float = 1.0):
+    """While the block runs, unblock every waiting LLM call when an engine process dies without a word (SIGKILL,
+    OOM killer): vLLM's sync client waits with no timeout, and its own monitor marks the engine dead but leaves
+    calls already in flight waiting forever."""
     stop = threading.Event()
-    thread = threading.Thread(target=_watch, args=(stop, processes_dead, outputs_queue, interval),
+    thread = threading.Thread(target=_watch, args=(stop, processes_dead, engine_core, interval),
                               name="portcheck-vllm-watchdog", daemon=True)
     thread.start()
     try:
@@ -98,22 +95,35 @@ def watchdog(processes_dead: Callable[[], bool], outputs_queue: Callable[[], Any
         stop.set()
 
 
-def _watch(stop: threading.Event, processes_dead: Callable[[], bool], outputs_queue: Callable[[], Any],
+def _watch(stop: threading.Event, processes_dead: Callable[[], bool], engine_core: Callable[[], Any],
            interval: float) -> None:
     while not stop.wait(interval):
         try:
             dead = processes_dead()
         except Exception:  # noqa: BLE001 - the watchdog must never raise
             dead = False
-        if not dead:
-            continue
-        queue = outputs_queue()
-        if queue is not None and not stop.is_set():
-            try:
-                from vllm.v1.engine.exceptions import EngineDeadError
+        if dead:
+            if not stop.is_set():
+                fail_waiting_calls(engine_core())
+            return
 
-                error: Exception = EngineDeadError()
-            except ImportError:
-                error = RuntimeError("a vLLM engine process died")
-            queue.put_nowait(error)
-        return
+
+def engine_dead_error() -> Exception:
+    try:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        return EngineDeadError()
+    except ImportError:
+        return RuntimeError("a vLLM engine process died")
+
+
+def fail_waiting_calls(engine_core: Any) -> None:
+    """Make the calls waiting on a dead engine raise: requests wait on the client's output queue (generate,
+    score), utility calls on futures in utility_results (collective_rpc: introspection, memory queries). Both are
+    looked up, not assumed: a vLLM line without one of them has nothing there to unblock."""
+    queue = getattr(engine_core, "outputs_queue", None)
+    if queue is not None:
+        queue.put_nowait(engine_dead_error())
+    for future in list((getattr(engine_core, "utility_results", None) or {}).values()):
+        if not future.done():
+            future.set_exception(engine_dead_error())
