@@ -104,6 +104,15 @@ def test_npu_without_vllm_ascend_says_what_to_install(monkeypatch):
     assert "profiles/npu" in str(info.value)
 
 
+def test_cuda_triton_beside_triton_ascend_is_refused_with_the_fix():
+    """Issue 8 finding 10: on x86_64 Ascend hosts vLLM's install brings CUDA's triton over triton-ascend."""
+    with pytest.raises(PortcheckError, match=r"pip uninstall -y triton triton-ascend && pip install triton-ascend==3\.2\.0"):
+        preflight.check_triton_for_npu("3.5.0", "3.2.0")
+    with pytest.raises(PortcheckError, match="needs triton-ascend"):
+        preflight.check_triton_for_npu(None, None)
+    preflight.check_triton_for_npu(None, "3.2.0")  # aarch64, or x86_64 after the fix
+
+
 def test_missing_vllm_names_the_fix(monkeypatch):
     monkeypatch.setattr(preflight, "importable", lambda module: False)
     with pytest.raises(PortcheckError, match="make"):

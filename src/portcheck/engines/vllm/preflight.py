@@ -54,6 +54,7 @@ def check_vllm_stack(device: str) -> None:
                 f"this npu-vllm target needs {', '.join(missing)}, not importable here; "
                 + INSTALL_HINT["npu"].format(version=version)
             )
+        check_triton_for_npu(distribution_version("triton"), distribution_version("triton-ascend"))
         devices.require_backend("npu")  # torch_npu imports and sees an NPU (CANN present)
         return
     if device == "gpu":
@@ -78,6 +79,21 @@ def check_architecture_registered(model_config: dict, version: str | None, trust
         f"vLLM {version} does not register the checkpoint's architecture {archs or '(none in config.json)'}; "
         "upgrade vllm (and vllm-ascend) to a release that supports it, or run this model with an hf target"
     )
+
+
+def check_triton_for_npu(triton: str | None, triton_ascend: str | None) -> None:
+    """Both install the module `triton`. On x86_64 hosts, installing vLLM pulls in CUDA's triton, whose files
+    replace triton-ascend's, and vllm-ascend's Triton kernels (Gated DeltaNet among them) then fail; vllm-ascend's
+    Dockerfile removes both and reinstalls triton-ascend ("in Ascend, triton doesn't work correctly")."""
+    if triton and triton_ascend:
+        raise PortcheckError(
+            f"both triton {triton} (CUDA's, pulled in by vllm on x86_64) and triton-ascend {triton_ascend} are "
+            "installed, and CUDA's files replace triton-ascend's `triton` module; run `pip uninstall -y triton "
+            f"triton-ascend && pip install triton-ascend=={triton_ascend}`, as vllm-ascend's Dockerfile does"
+        )
+    if not triton_ascend:
+        raise PortcheckError("this npu-vllm target needs triton-ascend (vllm-ascend's Gated DeltaNet kernels are "
+                             "Triton kernels); install the version vllm-ascend pins (envs/npu.yaml)")
 
 
 def check_engine_arguments(kwargs: dict, accepted: frozenset[str], version: str | None) -> None:
