@@ -110,19 +110,28 @@ def ascend_item(device: str):
 
 
 def patches_item(info, device: str, why: str):
+    """The vLLM attributes that plugin functions own now (vllm-ascend imports every patch module whatever the
+    model, so the imported module names say little)."""
     plugin = info.get("plugin")
-    if not importable("vllm_ascend"):
+    foreign = info.get("foreign_bindings")
+    owned = (foreign or {}).get("bindings") or {}
+    if not importable("vllm_ascend") and not owned:
         return item(None, "not determined", f"vllm-ascend is not installed on this {device} host; "
                     "no patches or custom ops to introspect"
-                    + (f"; out-of-tree custom ops registered: {len(plugin['oot_custom_ops'])}" if plugin else ""))
-    if not plugin:
+                    + (f"; out-of-tree custom ops registered: {len(plugin['oot_custom_ops'])}" if plugin else "")
+                    + (f"; no vLLM attribute is bound to a plugin function ({foreign['plugin_packages']})"
+                       if foreign else ""))
+    if not plugin and foreign is None:
         return item(None, "not determined", f"no worker introspection{why}")
-    value = {k: plugin[k] for k in ("patch_modules", "oot_custom_ops", "plugin_classes_in_model")}
-    status = "ok" if plugin["vllm_ascend_imported"] else "failed"
-    note = ("vllm_ascend.patch.* modules imported in the worker, out-of-tree CustomOp registrations and "
-            "vllm_ascend classes in the built model" if status == "ok"
-            else "vllm-ascend is installed but the worker never imported it")
-    return item(value, status, note)
+    plugin = plugin or {}
+    value = {"rebound": owned, "patch_modules_imported": len(plugin.get("patch_modules") or []),
+             "oot_custom_ops": plugin.get("oot_custom_ops"),
+             "plugin_classes_in_model": plugin.get("plugin_classes_in_model")}
+    if not owned and importable("vllm_ascend") and not plugin.get("vllm_ascend_imported"):
+        return item(value, "failed", "vllm-ascend is installed but the worker never imported it")
+    return item(value, "ok", "rebound: vLLM module globals and class attributes (loaded vllm.* modules) whose value "
+                f"is now a function of a plugin package {(foreign or {}).get('plugin_packages')}, -> that function's "
+                "module.qualname; plus out-of-tree CustomOp registrations and plugin classes in the built model")
 
 
 def layer_items(info, text_config: dict, why: str):
@@ -152,19 +161,49 @@ def layer_items(info, text_config: dict, why: str):
 
 
 def gdn_item(info, platform: str, why: str):
+    """Which GDN code is bound and which ran: the functions bound on the layer class and in the modules it calls
+    (a plugin such as vllm-ascend rebinds methods of vLLM's class and swaps its kernels, leaving vLLM's class
+    name and dispatch attributes in place), and the calls counted in the worker since the engine started."""
     layers = info.get("gdn_layers")
     if layers is None:
         return item(None, "not determined", f"no worker introspection{why}")
     if not layers:
         return item(None, "not determined", "the built model has no linear-attention (GDN) layers")
-    keys = ("class", "forward", "prefill_backend", "decode_kernel", "chunk_rule_class", "chunk_rule_forward")
-    variants = {json.dumps({k: layer[k] for k in keys}, sort_keys=True) for layer in layers}
-    value = {k: layers[0][k] for k in keys}
-    if platform == "cpu" and (value["forward"] or "").endswith("forward_cpu"):
+    keys = ("class", "forward", "forward_bound", "prefill_backend", "decode_kernel", "chunk_rule_class",
+            "chunk_rule_forward")
+    variants = {json.dumps({k: layer.get(k) for k in keys}, sort_keys=True) for layer in layers}
+    first = layers[0]
+    bindings = (info.get("gdn_bindings") or {}).get(first["class"]) or {}
+    counted = info.get("gdn_counts") or {}
+    counts = {name: n for name, n in (counted.get("counts") or {}).items() if n}
+    kernels = bindings.get("kernels") or {}
+    value = {
+        "class": first["class"],
+        "forward": first.get("forward_bound") or first["forward"],
+        "class_forward": (bindings.get("forward_methods") or {}).get("forward"),
+        "kernels": kernels,
+        "foreign_bindings": bindings.get("foreign") or {},
+        "ran": counts if counted.get("installed") else None,
+        "dispatch_attributes": {k: first.get(k) for k in
+                                ("prefill_backend", "decode_kernel", "chunk_rule_class", "chunk_rule_forward")},
+    }
+    if platform == "cpu" and (value["forward"] or "").endswith("forward_cpu") and not value["foreign_bindings"]:
         value["kind"] = "vLLM CPU GDN op (torch.ops.vllm.cpu_gdn_attention_core)"
-    note = (f"dispatch chosen at construction, read from all {len(layers)} GDN layers of the built model"
-            + ("" if len(variants) == 1 else f"; layers differ: {len(variants)} variants"))
-    return item(value, "ok" if len(variants) == 1 else "failed", note)
+    where = f"read from all {len(layers)} GDN layers of the built model"
+    if len(variants) != 1:
+        return item(value, "failed", f"{where}; layers differ: {len(variants)} variants")
+    if not bindings:
+        return item(value, "not determined", f"the GDN class's bindings could not be read{why}; "
+                    "the dispatch attributes alone do not say which code runs")
+    if not counted.get("installed"):
+        return item(value, "ok", f"{where}: what is bound now (own module.qualname of each function), not what ran: "
+                    f"calls not counted ({counted.get('reason', 'no counters')})")
+    if counts:
+        return item(value, "ok", f"{where}; 'ran': calls counted in the worker since the engine started "
+                    f"(eager mode), by the called function's own module.qualname")
+    return item(value, "ok", f"{where}: what is bound now, not what ran: no GDN forward or kernel call counted since "
+                "the engine started (no forward pass yet, or only torch ops / triton kernels ran, which are not "
+                "counted)")
 
 
 def attention_item(info, why: str):
@@ -172,8 +211,10 @@ def attention_item(info, why: str):
     if not layers:
         return item(None, "not determined", f"no attention layers found{why}")
     first = layers[0]
-    return item({"backend": first["backend"], "impl": first["impl"], "kv_cache_dtype": first["kv_cache_dtype"]},
-                "ok", f"read from {len(layers)} full-attention layers of the built model")
+    return item({"backend": first["backend"], "backend_class": first.get("backend_class"), "impl": first["impl"],
+                 "kv_cache_dtype": first["kv_cache_dtype"]},
+                "ok", f"read from {len(layers)} full-attention layers of the built model (backend: get_name(), "
+                "which a plugin's backend may share with vLLM's; backend_class: its module.qualname)")
 
 
 def checkpoint_items(info, model_dir: Path, vllm_config, language_model_only: bool, why: str):

@@ -104,6 +104,7 @@ class VLLMEngine(Engine):
         numbers = self._logged_figures()
         if "weight_load_s" in numbers:
             self.timings["weight_load_s"] = numbers["weight_load_s"]
+        self._gdn_counters = self._gdn_rpc("portcheck_install_gdn_counters")  # GDN call counts (adaptation)
 
     def _logged_figures(self) -> dict[str, float]:
         return logged_figures(read_log(self.log_path))
@@ -345,7 +346,18 @@ class VLLMEngine(Engine):
         return self._worker_info
 
     def adaptation(self) -> dict[str, Any]:
+        counts = self._gdn_rpc("portcheck_gdn_counts")  # calls counted since the engine started
+        with contextlib.suppress(Exception):
+            self.worker_info()["gdn_counts"] = counts
         return adaptation_items(self)
+
+    def _gdn_rpc(self, method: str) -> dict:
+        """Install or read the worker's GDN call counters (worker_extension.install_gdn_counters); never raises."""
+        try:
+            results = self._call("GDN call counters", lambda: self.llm.collective_rpc(method, timeout=60))
+            return results[0] if results else {"installed": False, "reason": "collective_rpc returned no result"}
+        except Exception as exc:  # noqa: BLE001 - the gdn item then says counts are not determined
+            return {"installed": False, "reason": f"{method} failed: {type(exc).__name__}: {exc}"}
 
     # -- shutdown --------------------------------------------------------------------------------------------
 

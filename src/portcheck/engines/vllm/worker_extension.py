@@ -20,6 +20,14 @@ class PortcheckWorkerExtension:
     def portcheck_introspect(self) -> dict:
         return introspect_worker(self)
 
+    def portcheck_install_gdn_counters(self) -> dict:
+        """Wrap the GDN kernels and forward methods of this worker's model with call counters (eager mode only)."""
+        return install_gdn_counters(self)
+
+    def portcheck_gdn_counts(self) -> dict:
+        """Calls counted since portcheck_install_gdn_counters, by the called function's own module.qualname."""
+        return gdn_counts()
+
     def portcheck_peak_memory(self) -> dict:
         """Peak memory of this worker's device (torch's counters on cuda/npu, the worker process's peak RSS on cpu)."""
         from vllm.platforms import current_platform
@@ -114,6 +122,7 @@ def introspect_worker(worker) -> dict:
                 "layer": name,
                 "class": _qualname(mixer),
                 "forward": _method_name(getattr(mixer, "_forward_method", None)),
+                "forward_bound": _function_name(getattr(mixer, "_forward_method", None)),
                 "prefill_backend": getattr(mixer, "gdn_prefill_backend", None),
                 "decode_kernel": getattr(mixer, "gdn_decode_kernel", None),
                 "chunk_rule_class": _qualname(rule) if rule is not None else None,
@@ -124,6 +133,18 @@ def introspect_worker(worker) -> dict:
         return found
 
     attempt("gdn_layers", gdn)
+
+    def gdn_bindings():
+        classes = {}
+        for _, module in modules:
+            mixer = getattr(module, "linear_attn", None)
+            if isinstance(mixer, torch.nn.Module) and _qualname(mixer) not in classes:
+                classes[_qualname(mixer)] = class_bindings(type(mixer))
+        return classes
+
+    attempt("gdn_bindings", gdn_bindings)
+    attempt("foreign_bindings", foreign_bindings)
+    info["gdn_counts"] = gdn_counts()
 
     def attention():
         found = []
@@ -142,6 +163,8 @@ def introspect_worker(worker) -> dict:
                 "class": _qualname(attn),
                 "impl": _qualname(attn.impl) if getattr(attn, "impl", None) is not None else None,
                 "backend": backend_name,
+                "backend_class": (_qualname(backend) if isinstance(backend, type)
+                                  else _qualname(backend) if backend is not None else None),
                 "kv_cache_dtype": getattr(attn, "kv_cache_dtype", None),
                 "kv_tensors": _tensor_facts(getattr(attn, "kv_cache", None))[:2],
             })
@@ -198,3 +221,186 @@ def introspect_worker(worker) -> dict:
 
     attempt("threads", threads)
     return info
+
+
+# -- GDN bindings: what the GDN layer class and its modules resolve at call time --------------------------------
+# A plugin (vllm-ascend) may keep vLLM's GDN class and rebind its methods, or swap the kernels its modules call:
+# the class name and its dispatch attributes then say nothing about what runs. These read the functions bound now.
+
+FORWARD_RE = re.compile(r"^_?forward(_\w+)?$")
+KERNEL_RE = re.compile(r"gated_delta|causal_conv1d|fused_recurrent|gdn_gating|gdn_attention|fused_gdn|l2norm_fwd"
+                       r"|gdn_core|gdn_\w*(prefill|decode)")
+NOT_KERNEL_RE = re.compile(r"_?(register|resolve|log|compute|get|is|can)_")
+GDN_MODULE_RE = re.compile(r"(^|[._])(gdn|gated_delta|fla)([._]|$)|gdn_|_gdn")
+_COUNTS: Counter = Counter()
+_INSTALLED: dict[str, Any] = {"state": None}
+
+
+def _function_name(obj: Any) -> str | None:
+    """module.qualname of a function (unwrapping bound methods and portcheck's counters), else of its type."""
+    if obj is None:
+        return None
+    func = getattr(obj, "__func__", obj)
+    func = getattr(func, "_portcheck_original", func)
+    module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
+    if module and qualname:
+        return f"{module}.{qualname}"
+    return _qualname(func)
+
+
+def _own_mro(cls) -> list:
+    """The class and its bases, less torch's nn.Module and what it derives from."""
+    return [k for k in cls.__mro__ if _top(k.__module__) not in ("torch", "builtins")]
+
+
+def _top(name: str | None) -> str:
+    return (name or "").split(".")[0]
+
+
+def _plain_function(obj: Any) -> bool:
+    import types
+
+    return isinstance(obj, types.FunctionType)
+
+
+def _kernel_bindings(module) -> dict[str, Any]:
+    """Module-level callables of `module` whose names look like GDN kernels (name -> the object bound now)."""
+    found = {}
+    for name, value in list(vars(module).items()):
+        if name.startswith("__") or isinstance(value, type) or not callable(value) or NOT_KERNEL_RE.match(name):
+            continue
+        if KERNEL_RE.search(name) or KERNEL_RE.search(getattr(value, "__name__", "") or ""):
+            found[name] = value
+    return found
+
+
+def _gdn_modules(cls) -> list:
+    """The modules a GDN class's code resolves names in: its own, those of its bound forward-family functions and
+    every loaded module whose name says GDN (vLLM's CPU GDN ops, vllm_ascend.ops.gdn, a plugin's module...)."""
+    import sys
+
+    names = [cls.__module__]
+    for klass in _own_mro(cls):
+        for attr, value in vars(klass).items():
+            func = getattr(value, "_portcheck_original", value)
+            if FORWARD_RE.match(attr) and _plain_function(func) and func.__module__ not in names:
+                names.append(func.__module__)
+    names += sorted(n for n in list(sys.modules) if GDN_MODULE_RE.search(n.split(".")[-1]) and n not in names
+                    and _top(n) not in ("torch", "transformers"))
+    return [sys.modules[n] for n in names if n in sys.modules]
+
+
+def class_bindings(cls) -> dict:
+    """What is bound on a GDN layer class now: forward-family methods, kernels its modules resolve, and bindings
+    owned by another top package than the class's (a platform plugin's rebinding)."""
+    forwards = {}
+    for klass in reversed(_own_mro(cls)):
+        for attr, value in vars(klass).items():
+            if FORWARD_RE.match(attr) and callable(getattr(value, "__func__", value)):
+                forwards[attr] = _function_name(value)
+    kernels, foreign = {}, {}
+    for attr, name in forwards.items():
+        if _top(name) != _top(cls.__module__):
+            foreign[f"{_qualname(cls)}.{attr}"] = name
+    for module in _gdn_modules(cls):
+        for attr, value in _kernel_bindings(module).items():
+            name = _function_name(value)
+            kernels[f"{module.__name__}.{attr}"] = name
+            if _top(name) not in (_top(module.__name__), "torch") and _top(module.__name__) == _top(cls.__module__):
+                foreign[f"{module.__name__}.{attr}"] = name
+    return {"forward_methods": forwards, "kernels": kernels, "foreign": foreign}
+
+
+def _plugin_packages() -> list[str]:
+    """Top packages of vLLM's platform and general plugins (entry points), and vllm_ascend."""
+    from importlib.metadata import entry_points
+
+    tops = {"vllm_ascend"}
+    for group in ("vllm.platform_plugins", "vllm.general_plugins"):
+        with contextlib.suppress(Exception):
+            tops.update(_top(ep.value.split(":")[0]) for ep in entry_points(group=group))
+    return sorted(tops - {"vllm"})
+
+
+def foreign_bindings() -> dict:
+    """vLLM attributes (module globals and class attributes in loaded vllm.* modules) whose value is now a function
+    of a plugin package: what vllm-ascend's patch modules actually rebound, whatever model is loaded."""
+    import sys
+
+    owners = set(_plugin_packages())
+    found = {}
+    for modname, module in list(sys.modules.items()):
+        if _top(modname) != "vllm" or module is None:
+            continue
+        with contextlib.suppress(Exception):
+            for attr, value in list(vars(module).items()):
+                if isinstance(value, type) and value.__module__ == modname:
+                    for cattr, cvalue in list(vars(value).items()):
+                        func = getattr(cvalue, "__func__", cvalue)
+                        if _plain_function(func) and _top(_function_name(func)) in owners:
+                            found[f"{modname}.{value.__qualname__}.{cattr}"] = _function_name(func)
+                elif isinstance(value, type) and _top(value.__module__) in owners:  # a whole class swapped
+                    found[f"{modname}.{attr}"] = _qualname(value)
+                elif _plain_function(value) and _top(_function_name(value)) in owners:
+                    found[f"{modname}.{attr}"] = _function_name(value)
+    return {"plugin_packages": sorted(owners), "bindings": dict(sorted(found.items()))}
+
+
+def _counting(func, key: str):
+    import functools
+
+    @functools.wraps(func)
+    def counted(*args, **kwargs):
+        _COUNTS[key] += 1
+        return func(*args, **kwargs)
+
+    counted._portcheck_original = func
+    return counted
+
+
+def install_gdn_counters(worker) -> dict:
+    """Wrap, in this worker, the plain-Python GDN kernels bound at module level (triton JITFunctions and torch ops
+    are left alone), the forward-family methods of the model's GDN classes and each GDN layer's _forward_method."""
+    import torch
+
+    if _INSTALLED["state"] is not None:
+        return _INSTALLED["state"]
+    config = getattr(worker, "vllm_config", None)
+    eager = getattr(getattr(config, "model_config", None), "enforce_eager", None)
+    if not eager:
+        reason = ("graph mode (enforce_eager off): Python counters would be traced, not called" if eager is False
+                  else "the worker's vllm_config.model_config.enforce_eager is not readable: eager mode unknown")
+        _INSTALLED["state"] = {"installed": False, "reason": reason + "; calls are not counted"}
+        return _INSTALLED["state"]
+    runner = getattr(worker, "model_runner", None)
+    model = runner.get_model() if hasattr(runner, "get_model") else getattr(runner, "model", None)
+    if hasattr(model, "unwrap"):
+        model = model.unwrap()
+    mixers = [m.linear_attn for _, m in model.named_modules()
+              if isinstance(getattr(m, "linear_attn", None), torch.nn.Module)]
+    wrapped = []
+    for cls in {type(m) for m in mixers}:
+        for klass in _own_mro(cls):
+            for attr, value in list(vars(klass).items()):
+                if FORWARD_RE.match(attr) and _plain_function(value) and not hasattr(value, "_portcheck_original"):
+                    setattr(klass, attr, _counting(value, _function_name(value)))
+                    wrapped.append(f"{_qualname(klass)}.{attr}")
+        for module in _gdn_modules(cls):
+            for attr, value in _kernel_bindings(module).items():
+                if _plain_function(value) and not hasattr(value, "_portcheck_original"):
+                    setattr(module, attr, _counting(value, _function_name(value)))
+                    wrapped.append(f"{module.__name__}.{attr}")
+    for mixer in mixers:  # dispatch bound at construction: a bound method on the instance
+        bound = mixer.__dict__.get("_forward_method")
+        func = getattr(bound, "__func__", None)
+        if _plain_function(func) and not hasattr(func, "_portcheck_original"):
+            mixer._forward_method = _counting(func, _function_name(func)).__get__(mixer)
+    _INSTALLED["state"] = {"installed": True, "wrapped": sorted(set(wrapped)), "layers": len(mixers)}
+    return _INSTALLED["state"]
+
+
+def gdn_counts() -> dict:
+    state = _INSTALLED["state"]
+    if state is None:
+        return {"installed": False, "reason": "no counters installed (portcheck_install_gdn_counters not called)"}
+    return {**state, "counts": dict(sorted(_COUNTS.items()))}

@@ -1,0 +1,41 @@
+"""A vLLM general plugin for the tests: patches vLLM's GDN layer the way vllm-ascend does, without replacing its
+class: it rebinds a forward-family method of QwenGatedDeltaNetAttention and swaps a module-level GDN kernel, each
+to a function of this module that calls the original. Active only with PORTCHECK_GDN_TEST_PLUGIN=1 (vLLM loads
+every general plugin it finds unless VLLM_PLUGINS says otherwise); unpatch() restores vLLM."""
+
+from __future__ import annotations
+
+import os
+
+_ORIGINALS: dict = {}
+
+
+def forward_cpu(self, hidden_states):
+    return _ORIGINALS["forward_cpu"](self, hidden_states)
+
+
+def gdn_attention_nonspec(*args, **kwargs):
+    return _ORIGINALS["_cpu_gdn_attention_nonspec"](*args, **kwargs)
+
+
+def register() -> None:
+    if os.environ.get("PORTCHECK_GDN_TEST_PLUGIN") != "1" or _ORIGINALS:
+        return
+    from vllm.model_executor.layers.mamba.gdn import qwen_gdn_linear_attn
+    from vllm.model_executor.layers.mamba.ops.cpu import gdn_attention
+
+    cls = qwen_gdn_linear_attn.QwenGatedDeltaNetAttention
+    _ORIGINALS["forward_cpu"] = cls.forward_cpu
+    _ORIGINALS["_cpu_gdn_attention_nonspec"] = gdn_attention._cpu_gdn_attention_nonspec
+    cls.forward_cpu = forward_cpu
+    gdn_attention._cpu_gdn_attention_nonspec = gdn_attention_nonspec
+
+
+def unpatch() -> None:
+    if not _ORIGINALS:
+        return
+    from vllm.model_executor.layers.mamba.gdn import qwen_gdn_linear_attn
+    from vllm.model_executor.layers.mamba.ops.cpu import gdn_attention
+
+    qwen_gdn_linear_attn.QwenGatedDeltaNetAttention.forward_cpu = _ORIGINALS.pop("forward_cpu")
+    gdn_attention._cpu_gdn_attention_nonspec = _ORIGINALS.pop("_cpu_gdn_attention_nonspec")

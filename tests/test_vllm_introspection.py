@@ -1,0 +1,113 @@
+"""The adaptation checklist names the GDN code that is bound and that ran, read from the functions themselves:
+a test vLLM general plugin (tests/plugins) patches vLLM's GDN layer the way vllm-ascend does (rebinding a method of
+vLLM's class, swapping a module-level kernel), and the checklist must name the plugin's functions, with calls."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from portcheck.engines.factory import make_engine
+from portcheck.engines.settings import EngineSettings
+from portcheck.targets import parse_target
+
+pytestmark = pytest.mark.vllm
+
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+PLUGIN = "portcheck_gdn_test_plugin"
+PROMPTS = [list(range(10, 40)), list(range(50, 70))]
+
+
+def run_engine(model_dir, log_dir) -> dict:
+    settings = EngineSettings(max_model_len=256, max_num_seqs=2, extra={"log_file": str(log_dir / "engine.log")})
+    engine = make_engine(parse_target("cpu-vllm-bf16"), model_dir, settings)
+    try:
+        engine.score(PROMPTS)
+        engine.generate(PROMPTS, 4)
+        return engine.adaptation()
+    finally:
+        engine.close()
+
+
+def test_checklist_names_vllms_own_gdn_functions_and_counts_their_calls(tiny_model_dir, tmp_path):
+    items = run_engine(tiny_model_dir, tmp_path)
+    gdn = items["gdn_implementation"]
+    value = gdn["value"]
+    print(gdn)
+    assert gdn["status"] == "ok", gdn
+    own = "vllm.model_executor.layers.mamba.gdn.qwen_gdn_linear_attn.QwenGatedDeltaNetAttention"
+    assert value["class"] == own
+    assert value["forward"] == f"{own}.forward_cpu"
+    assert value["foreign_bindings"] == {}
+    kernel = "vllm.model_executor.layers.mamba.ops.cpu.gdn_attention._cpu_gdn_attention_nonspec"
+    assert value["kernels"][kernel] == kernel
+    assert value["ran"][f"{own}.forward_cpu"] > 0 and value["ran"][kernel] > 0
+    assert all(name.split(".")[0] == "vllm" for name in value["ran"])
+    assert items["vllm_ascend_patches"]["status"] == "not determined"
+    assert items["attention_backend"]["value"]["backend_class"].startswith("vllm.")
+
+
+def test_checklist_names_a_plugins_rebound_forward_and_swapped_kernel(tiny_model_dir, tmp_path):
+    import vllm.plugins
+
+    with pytest.MonkeyPatch.context() as mp:
+        # vLLM finds general plugins by entry point (importlib.metadata reads the dist-info on sys.path) and loads
+        # them in this process, the engine core and the worker; forked children inherit this sys.path and
+        # plugins_loaded, spawned ones read PYTHONPATH.
+        mp.syspath_prepend(str(PLUGINS))
+        mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(PLUGINS), os.environ.get("PYTHONPATH")) if p))
+        mp.setenv("VLLM_PLUGINS", PLUGIN)
+        mp.setenv("PORTCHECK_GDN_TEST_PLUGIN", "1")
+        mp.setattr(vllm.plugins, "plugins_loaded", False)
+        try:
+            items = run_engine(tiny_model_dir, tmp_path)
+        finally:
+            import sys
+
+            if PLUGIN in sys.modules:
+                sys.modules[PLUGIN].unpatch()
+    gdn = items["gdn_implementation"]
+    value = gdn["value"]
+    print(gdn, items["vllm_ascend_patches"])
+    assert gdn["status"] == "ok", gdn
+    own = "vllm.model_executor.layers.mamba.gdn.qwen_gdn_linear_attn.QwenGatedDeltaNetAttention"
+    slot = "vllm.model_executor.layers.mamba.ops.cpu.gdn_attention._cpu_gdn_attention_nonspec"
+    assert value["class"] == own  # the class stays vLLM's: its name says nothing about what runs
+    assert value["forward"] == f"{PLUGIN}.forward_cpu"
+    assert value["kernels"][slot] == f"{PLUGIN}.gdn_attention_nonspec"
+    assert value["foreign_bindings"] == {f"{own}.forward_cpu": f"{PLUGIN}.forward_cpu",
+                                         slot: f"{PLUGIN}.gdn_attention_nonspec"}
+    assert value["ran"][f"{PLUGIN}.forward_cpu"] > 0
+    assert value["ran"][f"{PLUGIN}.gdn_attention_nonspec"] > 0
+    assert "kind" not in value
+    patches = items["vllm_ascend_patches"]
+    assert patches["status"] == "ok", patches
+    assert patches["value"]["rebound"][f"{own}.forward_cpu"] == f"{PLUGIN}.forward_cpu"
+    assert patches["value"]["rebound"][slot] == f"{PLUGIN}.gdn_attention_nonspec"
+
+
+# -- no engine needed: the gdn item's status from the worker's facts ---------------------------------------------
+
+
+def _info(counts, forwards=("m.C.forward_cpu", "m.C.forward_cpu")):
+    layers = [{"layer": f"l{i}", "class": "m.C", "forward": "C.forward_cpu", "forward_bound": f,
+               "prefill_backend": None, "decode_kernel": None, "chunk_rule_class": None, "chunk_rule_forward": None}
+              for i, f in enumerate(forwards)]
+    bindings = {"m.C": {"forward_methods": {"forward": "m.C.forward"}, "kernels": {"m.k": "p.k"}, "foreign": {}}}
+    return {"gdn_layers": layers, "gdn_bindings": bindings, "gdn_counts": counts}
+
+
+def test_gdn_item_says_what_ran_what_is_bound_or_that_layers_differ():
+    from portcheck.engines.vllm.adaptation import gdn_item
+
+    ran = gdn_item(_info({"installed": True, "counts": {"p.k": 3, "m.C.forward": 0}}), "cpu", "")
+    assert ran["status"] == "ok" and ran["value"]["ran"] == {"p.k": 3} and "calls counted" in ran["note"]
+    assert ran["value"]["forward"] == "m.C.forward_cpu" and ran["value"]["kernels"] == {"m.k": "p.k"}
+    graph = gdn_item(_info({"installed": False, "reason": "graph mode"}), "npu", "")
+    assert graph["status"] == "ok" and graph["value"]["ran"] is None and "not what ran" in graph["note"]
+    idle = gdn_item(_info({"installed": True, "counts": {}}), "cpu", "")
+    assert idle["status"] == "ok" and "not what ran" in idle["note"]
+    differ = gdn_item(_info({"installed": True, "counts": {"p.k": 1}}, ("m.C.forward_cpu", "p.forward")), "cpu", "")
+    assert differ["status"] == "failed"
