@@ -8,6 +8,7 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from portcheck.config import (  # noqa: E402
+    corpus_path,
     enabled_targets,
     engine_settings,
     load_prompts,
@@ -15,7 +16,15 @@ from portcheck.config import (  # noqa: E402
     override_problems,
     validate_config,
 )
-from portcheck.artifacts import DUMP_KINDS, REPORTED_KINDS, TARGET_FILES, compare_path, target_path  # noqa: E402
+from portcheck.artifacts import (  # noqa: E402
+    CORPUS_KIND,
+    DUMP_KINDS,
+    REPORTED_KINDS,
+    TARGET_FILES,
+    compare_path,
+    corpus_compare_path,
+    target_path,
+)
 from portcheck.errors import PortcheckError  # noqa: E402
 from portcheck.targets import ENGINE_MODULES, TARGET_PATTERN, parse_target  # noqa: E402
 from portcheck.workflow.code_inputs import PACKAGE_DIR, module_closure  # noqa: E402
@@ -58,6 +67,10 @@ TARGETS = enabled_targets(config)
 COMPARED = [t for t in TARGETS if t != REFERENCE]
 PROMPTS = load_prompts(config, workflow.basedir)
 SERVED = [t for t in TARGETS if parse_target(t).engine == "vllm"]  # the serving check starts `vllm serve`
+CORPUS = config["corpus"]["enabled"]
+# The corpus text, an input of every dump (another text redoes the dumps); local(): it stays on each host.
+CORPUS_TEXT = local(str(corpus_path(config, workflow.basedir)))
+DUMPED_KINDS = (*DUMP_KINDS, CORPUS_KIND) if CORPUS else DUMP_KINDS
 REPORT = f"{REPORTS}/report.md"
 HTML_REPORT = f"{REPORTS}/report.html"
 PLOTS = {
@@ -68,6 +81,9 @@ BENCH_PLOTS = {
     "throughput_vs_batch": f"{REPORTS}/throughput_vs_batch.png",
     "latency_percentiles": f"{REPORTS}/latency_percentiles.png",
 }
+LONG_CONTEXT_PLOT = f"{REPORTS}/kld_long_context.png"
+# Every plot the report links, in its order; the long-context one only where the corpus is scored.
+REPORT_PLOTS = {**PLOTS, **({"kld_long_context": LONG_CONTEXT_PLOT} if CORPUS else {}), **BENCH_PLOTS}
 # The config file the run used, for the report's "regenerate" command (None: the default one).
 CONFIGFILE = workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else None
 
@@ -87,6 +103,20 @@ def target_files(kind, targets):
 
 def compare_file(target="{target}"):
     return compare_path(RESULTS, target)
+
+
+def corpus_compare_file(target="{target}"):
+    return corpus_compare_path(RESULTS, target)
+
+
+def corpus_compare_files():
+    """The long-context comparisons the report reads (none when corpus is disabled)."""
+    return [corpus_compare_file(t) for t in COMPARED] if CORPUS else []
+
+
+def dump_inputs():
+    """The dump reads the checkpoint, and the corpus text where corpus windows are scored."""
+    return {"model": model_dir(), **({"corpus": CORPUS_TEXT} if CORPUS else {})}
 
 
 def package_sources(*modules, exclude=()):

@@ -17,6 +17,20 @@ rule plot_kld:
         "../workflow/scripts/plot_kld.py"
 
 
+rule plot_long_context:
+    input:
+        corpus=corpus_compare_files(),
+        code=package_sources("report.plots"),
+    output:
+        LONG_CONTEXT_PLOT,
+    log:
+        f"logs/{MODEL}/plot_long_context.log",
+    params:
+        targets=COMPARED,
+    script:
+        "../workflow/scripts/plot_long_context.py"
+
+
 rule plot_bench:
     input:
         bench=target_files("bench", TARGETS),
@@ -40,7 +54,8 @@ rule render_report:
         bench_checks=target_files("bench_checks", TARGETS),
         serve=target_files("serve", SERVED),
         compare=[compare_file(t) for t in COMPARED],
-        plots=[*PLOTS.values(), *BENCH_PLOTS.values()],
+        corpus_compare=corpus_compare_files(),
+        plots=REPORT_PLOTS.values(),
         code=package_sources("report.render", "report.history"),
     output:
         REPORT,
@@ -52,7 +67,8 @@ rule render_report:
         targets=TARGETS,
         compared=COMPARED,
         served=SERVED,
-        plots={name: Path(path).name for name, path in {**PLOTS, **BENCH_PLOTS}.items()},
+        corpus=CORPUS,
+        plots={name: Path(path).name for name, path in REPORT_PLOTS.items()},
         configfile=CONFIGFILE,
         config=config,
         # Appended by every report run, read for the History section; not an input, so deleting it loses nothing.

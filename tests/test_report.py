@@ -36,9 +36,9 @@ CONFIG = validate_config(yaml.safe_load((REPO / "config" / "config.yaml").read_t
                          load_schema(REPO / "config" / "schema.yaml"), base_dir=REPO)
 HEADINGS = [
     "## 1. Summary", "## 2. Model and configuration", "## 3. Environment", "## 4. Adaptation checklist",
-    "## 5. Precision comparison", "## 6. Predicted tokens per prompt", "## 7. Determinism",
-    "## 8. Generation samples", "## 9. bf16 vs fp32: Theory (not a measurement)", "## 10. Performance",
-    "## 11. Plots", "## 12. Artifacts",
+    "## 5. Precision comparison", "## 6. Long-context precision", "## 7. Predicted tokens per prompt",
+    "## 8. Determinism", "## 9. Generation samples", "## 10. bf16 vs fp32: Theory (not a measurement)",
+    "## 11. Performance", "## 12. Plots", "## 13. Artifacts",
 ]
 
 
@@ -320,7 +320,7 @@ def test_every_table_has_consistent_columns_with_hostile_text(artifacts, tmp_pat
         counts = {unescaped_pipes(line) for line in block}
         assert len(counts) == 1, block
         assert re.fullmatch(r"\|(---\|)+", block[1]), block[1]
-    predictions = section(text, "## 6.")
+    predictions = section(text, "## 7.")
     assert "a \\| b \\|\\| c" in predictions
     assert "line one↵line two↵three␍four⇥five" in predictions
     assert "&lt;script&gt;" in predictions and "<script>" not in text
@@ -331,10 +331,50 @@ def test_verdict_row_shows_fail_when_compare_fails(artifacts, tmp_path):
     row = next(line for line in summary.splitlines() if line.startswith(f"| {TARGET} |"))
     assert row_cells(row, 3) == "❌ fail"
     assert row_cells(row, 4) == "1.23e-03"
-    assert row_cells(row, 5) == "94.44%"
+    assert row_cells(row, 5) == "not configured"  # no corpus comparison given: the corpus is off
+    assert row_cells(row, 6) == "94.44%"
     assert "**Overall: ❌ fail**" in summary
     reference_row = next(line for line in summary.splitlines() if line.startswith(f"| {REFERENCE} |"))
     assert row_cells(reference_row, 3) == "reference"
+
+
+def corpus_compare_json(status: str) -> dict:
+    """The shape compare/corpus.py writes, trimmed to what the report reads."""
+    bucket = {"start": 0, "end": 63, "n_positions": 128, "kld_mean": 1e-5, "kld_mean_stderr": 1e-6, "kld_p99": 4e-5,
+              "top1_agreement_with_ties": 1.0, "rms_delta_p": 0.001, "ppl_ref": 10.0, "ppl_target": 10.0,
+              "status": "pass"}
+    later = {**bucket, "start": 64, "end": 127, "kld_mean": 5e-5 if status == "fail" else 1e-5}
+    growth = {"first_bucket": "0-63", "kld_first": 1e-5, "kld_later": later["kld_mean"], "ratio": 5.0,
+              "ratio_lower95": 4.1, "growth_max": 2.0, "growth_floor": 1e-6, "first_bucket_exact": False,
+              "status": status, "reason": "mean KLD past the first bucket grew | fivefold"}
+    return {"corpus": {"path": "heldout_corpus.txt", "sha256": "ab" * 32}, "windows": 2, "window_length": 128,
+            "score_from": 0, "bucket": 64, "overall": {**bucket, "start": "all", "n_positions": 256},
+            "buckets": [bucket, later], "growth": growth, "kld_is_lower_bound": False,
+            "verdict": {"status": status, "reasons": [f"growth: {growth['reason']}"] if status == "fail" else [],
+                        "notes": []}}
+
+
+def test_long_context_failure_fails_a_target_whose_seed_prompts_pass(artifacts, tmp_path):
+    artifacts["compare"][TARGET].write_text(json.dumps(
+        {**json.loads(artifacts["compare"][TARGET].read_text()), "verdict": {"status": "pass", "checks": [],
+                                                                            "reasons": [], "notes": []}}))
+    corpus = tmp_path / "results" / "m" / "compare" / f"{TARGET}.corpus.json"
+    for status, overall in (("pass", "✅ pass"), ("fail", "❌ fail")):
+        corpus.write_text(json.dumps(corpus_compare_json(status)))
+        text = render({**artifacts, "corpus_compare": {TARGET: corpus}}, tmp_path)
+        summary = section(text, "## 1. Summary")
+        assert f"**Overall: {overall}**" in summary
+        row = next(line for line in summary.splitlines() if line.startswith(f"| {TARGET} |"))
+        assert row_cells(row, 5) == f"{overall} (KLD growth 5x)"
+        long_context = section(text, "## 6. Long-context precision")
+        assert f"**Verdict: {overall}**" in long_context and "| 64-127 | 128 |" in long_context
+        assert f"/compare/{TARGET}.corpus.json (growth)*" in long_context.replace("\\_", "_")
+    assert "- growth: mean KLD past the first bucket grew \\| fivefold" in long_context
+    # Configured but not produced: no pass.
+    text = render({**artifacts, "corpus_compare": {}}, tmp_path)
+    assert "**Overall: ❔ unknown**" in section(text, "## 1. Summary")
+    long_context = section(text, "## 6. Long-context precision")
+    assert "Not run: no long-context comparison (compare/&lt;target&gt;.corpus.json) was given" in long_context
 
 
 def test_missing_compare_is_not_run_and_never_pass(artifacts, tmp_path):
@@ -351,7 +391,7 @@ def test_missing_compare_is_not_run_and_never_pass(artifacts, tmp_path):
 
 def test_missing_determinism_and_samples_show_not_run(artifacts, tmp_path):
     text = render(artifacts, tmp_path)
-    determinism = section(text, "## 7. Determinism")
+    determinism = section(text, "## 8. Determinism")
     target_part = determinism[determinism.index(f"### {TARGET}"):]
     assert "Not run: determinism is not configured for this target." in target_part
     reference_part = determinism[: determinism.index(f"### {TARGET}")]
@@ -359,7 +399,7 @@ def test_missing_determinism_and_samples_show_not_run(artifacts, tmp_path):
     assert "**83.33%**" in reference_part
     assert "prompt 1 alone vs in the batch: first differs at token 4" in reference_part
     summary_row = next(line for line in text.splitlines() if line.startswith(f"| {TARGET} |"))
-    assert row_cells(summary_row, 7) == "not run"
+    assert row_cells(summary_row, 8) == "not run"
 
 
 def test_absent_environment_items_say_absent(artifacts, tmp_path):
@@ -437,7 +477,7 @@ def test_model_table_separates_vocab_size_and_eos(artifacts, tmp_path):
 
 
 def test_predictions_side_by_side_and_differing_tokens_marked(artifacts, tmp_path):
-    predictions = section(render(artifacts, tmp_path), "## 6. Predicted tokens per prompt")
+    predictions = section(render(artifacts, tmp_path), "## 7. Predicted tokens per prompt")
     header = predictions.splitlines()[4]
     assert header.count("first token") == 2 and header.count("greedy continuation") == 2
     row = next(line for line in predictions.splitlines() if line.startswith("| 0 |"))
@@ -447,7 +487,7 @@ def test_predictions_side_by_side_and_differing_tokens_marked(artifacts, tmp_pat
 
 
 def test_samples_split_english_and_chinese(artifacts, tmp_path):
-    samples = section(render(artifacts, tmp_path), "## 8. Generation samples")
+    samples = section(render(artifacts, tmp_path), "## 9. Generation samples")
     english = samples[samples.index("English prompts:"): samples.index("Chinese (CJK) prompts:")]
     chinese = samples[samples.index("Chinese (CJK) prompts:"):]
     assert "法国的首都是" in chinese and "法国的首都是" not in english
@@ -457,7 +497,7 @@ def test_samples_split_english_and_chinese(artifacts, tmp_path):
 
 
 def test_theory_is_labelled_and_beside_measurements(artifacts, tmp_path):
-    theory = section(render(artifacts, tmp_path), "## 9.")
+    theory = section(render(artifacts, tmp_path), "## 10.")
     assert "> **Theory (not a measurement).**" in theory
     assert "2^-8 ≈ 3.9e-3 (0.39%)" in theory
     assert f"| {TARGET} | bf16 | 3.10e-02 | 41% | 1.23e-03 | 94.44% |" in theory
@@ -485,11 +525,11 @@ def add_bench(artifacts, tmp_path, checks: bool = True) -> None:
 
 def test_performance_not_run_with_reason_and_slots_in_when_present(artifacts, tmp_path):
     text = render(artifacts, tmp_path)
-    performance = section(text, "## 10. Performance")
+    performance = section(text, "## 11. Performance")
     assert "Offline benchmarks: not run — no bench.json was given to the report" in performance
     add_bench(artifacts, tmp_path)
     artifacts["targets"][TARGET]["serve"] = tmp_path / "missing-serve.json"
-    performance = section(render(artifacts, tmp_path), "## 10. Performance")
+    performance = section(render(artifacts, tmp_path), "## 11. Performance")
     assert "| 8 | 20 | 0.896 | 160 | 178.6 |" in performance  # the seed's batch-8 row
     assert "| Decode latency per step (8 prompts, TPOT p50) | 6.20 |" in performance
     assert "Serving check: not run — the serving check starts vllm serve: vllm targets only" in performance
@@ -501,7 +541,7 @@ def test_performance_not_run_with_reason_and_slots_in_when_present(artifacts, tm
 
 def test_missing_bench_checks_shows_not_run_in_the_roofline(artifacts, tmp_path):
     add_bench(artifacts, tmp_path, checks=False)
-    performance = section(render(artifacts, tmp_path), "## 10. Performance")
+    performance = section(render(artifacts, tmp_path), "## 11. Performance")
     assert "| 8 | 20 | 0.896 | 160 | 178.6 |" in performance  # the benchmarks themselves are shown
     roofline = section(performance, "### Roofline")
     assert f"| {TARGET} | not run | — |" in roofline and f"| {REFERENCE} | not run | — |" in roofline
@@ -512,7 +552,7 @@ def test_missing_bench_checks_shows_not_run_in_the_roofline(artifacts, tmp_path)
 
 def test_plot_links_resolve_next_to_report(artifacts, tmp_path):
     text = render(artifacts, tmp_path)
-    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", section(text, "## 11. Plots"))
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", section(text, "## 12. Plots"))
     assert links == ["kld_per_position.png", "kld_distribution.png"]
     for link in links:
         assert (tmp_path / "reports" / "m" / link).is_file()
@@ -520,7 +560,7 @@ def test_plot_links_resolve_next_to_report(artifacts, tmp_path):
 
 def test_missing_plot_is_not_linked(artifacts, tmp_path):
     (tmp_path / "reports" / "m" / "kld_distribution.png").unlink()
-    plots_section = section(render(artifacts, tmp_path), "## 11. Plots")
+    plots_section = section(render(artifacts, tmp_path), "## 12. Plots")
     assert "kld_distribution.png)" not in plots_section
     assert "- Distribution of per-position KLD: not run (kld\\_distribution.png absent)" in plots_section
 
@@ -529,7 +569,7 @@ def test_artifacts_list_hashes_versions_and_command(artifacts, tmp_path):
     from portcheck.hashing import sha256_file
 
     artifacts["configfile"] = "config/npu.yaml"
-    listing = section(render(artifacts, tmp_path), "## 12. Artifacts")
+    listing = section(render(artifacts, tmp_path), "## 13. Artifacts")
     dump = artifacts["targets"][TARGET]["logits"]
     row = next(line for line in listing.splitlines() if line.startswith(f"| {cell(str(dump))} |"))
     assert row_cells(row, 3) == sha256_file(dump)[:16]
@@ -569,7 +609,8 @@ def test_every_table_ends_with_a_source_line(artifacts, tmp_path):
 def test_every_anchor_link_resolves_to_a_heading(artifacts, tmp_path):
     text = full_report(artifacts, tmp_path)
     links = re.findall(r"\]\((#[^)]*)\)", text)
-    assert links == ["#12-artifacts", "#5-precision-comparison", "#5-precision-comparison"]
+    assert links == ["#13-artifacts", "#5-precision-comparison", "#6-long-context-precision",
+                     "#5-precision-comparison"]
     headings = {anchor(line.lstrip("#").strip()) for line in text.splitlines() if line.startswith("#")}
     assert set(links) <= headings
 
@@ -578,9 +619,9 @@ def test_section_headings_come_from_the_one_list(artifacts, tmp_path):
     text = full_report(artifacts, tmp_path)
     rendered = [line for line in text.splitlines() if line.startswith("## ")]
     assert rendered == [f"## {n}. {title}" for n, (_, title) in enumerate(SECTIONS, start=1)]
-    assert rendered[:-1] == HEADINGS  # the headings of before the split, unchanged
+    assert rendered[:-1] == HEADINGS
     headings = section_headings()
-    assert headings["artifacts"]["anchor"] == "#12-artifacts" and headings["history"]["heading"] == "13. History"
+    assert headings["artifacts"]["anchor"] == "#13-artifacts" and headings["history"]["heading"] == "14. History"
     assert anchor("9. bf16 vs fp32: Theory (not a measurement)") == "#9-bf16-vs-fp32-theory-not-a-measurement"
 
 

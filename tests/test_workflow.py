@@ -43,10 +43,26 @@ def test_report_is_produced_from_artifacts(workflow_run):
     assert compare["verdict"]["status"] in ("pass", "fail")
     assert (workflow_run / "reports" / MODEL / "kld_per_position.png").stat().st_size > 1000
     for target in ("cpu-hf-fp32", "cpu-hf-bf16", "cpu-vllm-bf16"):
-        for name in ("env.json", "logits.safetensors", "adaptation.json", "determinism.json", "samples.json"):
+        for name in ("env.json", "logits.safetensors", "adaptation.json", "determinism.json", "samples.json",
+                     "corpus.safetensors"):
             assert (results / target / name).is_file(), f"{target}/{name}"
         assert target in report
     assert f"{compare['kld_mean']:.3e}" in report or f"{compare['kld_mean']:.2e}" in report
+
+
+def test_long_context_precision_is_measured_on_every_engine(workflow_run):
+    results = workflow_run / "results" / MODEL
+    report = (workflow_run / "reports" / MODEL / "report.md").read_text()
+    for target in ("cpu-hf-bf16", "cpu-vllm-bf16"):
+        corpus = json.loads((results / "compare" / f"{target}.corpus.json").read_text())
+        assert corpus["overall"]["n_positions"] == 4 * 511 and len(corpus["buckets"]) == 8
+        assert corpus["growth"]["status"] in ("pass", "fail") and corpus["verdict"]["status"] in ("pass", "fail")
+        assert f"### {target} vs cpu-hf-fp32, by position" in report
+    # bf16 noise is spread evenly over positions: no growth past the first GDN chunk on the reference's engine.
+    bf16 = json.loads((results / "compare" / "cpu-hf-bf16.corpus.json").read_text())
+    assert bf16["growth"]["status"] == "pass" and 0.5 < bf16["growth"]["ratio"] < 2
+    assert (workflow_run / "reports" / MODEL / "kld_long_context.png").stat().st_size > 1000
+    assert "![Long context: KLD by position](kld_long_context.png)" in report
 
 
 def test_benchmarks_and_serving_are_measured_and_reported(workflow_run):
@@ -96,14 +112,15 @@ def test_template_edit_reruns_only_the_render(rerun_copy):
 
 def test_threshold_change_reruns_only_compare_and_render(rerun_copy):
     set_config(rerun_copy, lambda c: c["compare"]["thresholds"]["kld_mean_max"].update(value=0.123))
-    assert planned_jobs(rerun_copy) == {"compare_logits": 2, "plot_kld": 1, "render_report": 1, "render_html": 1, "report": 1}
+    assert planned_jobs(rerun_copy) == {"compare_logits": 2, "compare_corpus": 2, "plot_kld": 1, "render_report": 1,
+                                        "render_html": 1, "report": 1}
 
 
 def test_enabling_a_target_runs_only_that_target(rerun_copy):
     set_config(rerun_copy, lambda c: c["targets"].setdefault("cpu-hf-fp16", {}).update(enabled=True))
     assert planned_jobs(rerun_copy) == {
         "capture_env": 1, "dump_logits": 1, "run_benchmarks": 1, "check_benchmarks": 1, "compare_logits": 1,
-        "plot_kld": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
+        "compare_corpus": 1, "plot_kld": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
     }
 
 
@@ -118,7 +135,8 @@ def test_hardware_peak_change_reruns_only_the_derived_figures(rerun_copy):
 
 def test_package_edit_reruns_the_rules_that_use_it(rerun_copy):
     edit(rerun_copy / "src" / "portcheck" / "compare" / "metrics.py", lambda t: t + "\n# edited\n")
-    assert planned_jobs(rerun_copy) == {"compare_logits": 2, "plot_kld": 1, "render_report": 1, "render_html": 1, "report": 1}
+    assert planned_jobs(rerun_copy) == {"compare_logits": 2, "compare_corpus": 2, "plot_kld": 1, "render_report": 1,
+                                        "render_html": 1, "report": 1}
 
 
 @pytest.mark.parametrize("module", ["engine.py", "engine_args.py", "worker_extension.py"])
@@ -128,7 +146,7 @@ def test_engine_edit_reruns_only_that_engines_targets(rerun_copy, module):
     # the vllm target's dump and benchmarks; its serving check because the dump it checks against is redone
     assert planned_jobs(rerun_copy) == {
         "dump_logits": 1, "run_benchmarks": 1, "check_benchmarks": 1, "check_serving": 1, "compare_logits": 1,
-        "plot_kld": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
+        "compare_corpus": 1, "plot_kld": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
     }
 
 

@@ -20,6 +20,7 @@ TARGET_FILES = {
     "adaptation": "adaptation.json",
     "determinism": "determinism.json",
     "samples": "samples.json",
+    "corpus": "corpus.safetensors",
     "bench": "bench.json",
     "bench_csv": "bench.csv",
     "bench_checks": "bench_checks.json",
@@ -33,14 +34,17 @@ WRITTEN_BY = {
     "adaptation": "dump_logits",
     "determinism": "dump_logits",
     "samples": "dump_logits",
+    "corpus": "dump_logits",
     "bench": "run_benchmarks",
     "bench_csv": "run_benchmarks",
     "bench_checks": "check_benchmarks",
     "serve": "check_serving",
     "compare": "compare_logits",
+    "corpus_compare": "compare_corpus",
 }
-# What one dump_logits job writes (one engine start), in its output order.
+# What one dump_logits job writes (one engine start), in its output order; "corpus" too where corpus is enabled.
 DUMP_KINDS = ("logits", "adaptation", "determinism", "samples")
+CORPUS_KIND = "corpus"
 # Per-target kinds every report reads; bench_checks and serve are added by the report rule where they apply.
 REPORTED_KINDS = ("env", *DUMP_KINDS, "bench")
 
@@ -51,6 +55,10 @@ def target_path(results: str, target: str, kind: str) -> str:
 
 def compare_path(results: str, target: str) -> str:
     return f"{results}/compare/{target}.json"
+
+
+def corpus_compare_path(results: str, target: str) -> str:
+    return f"{results}/compare/{target}.corpus.json"
 
 
 def read_artifact(path: str | os.PathLike, kind: str) -> Any:

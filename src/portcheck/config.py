@@ -166,6 +166,7 @@ def _semantic_problems(config: dict, base_dir: Path) -> list[str]:
             problems.append("the prompt list is empty; give prompts under prompts.list or a prompts.file")
     except PortcheckError as exc:
         problems.append(str(exc))
+    problems.extend(corpus_problems(config, base_dir))
     model = config["model"]
     if model["source"] == "local":
         problems.extend(local_model_problems(model.get("path"), base_dir))
@@ -200,7 +201,65 @@ def load_prompts(config: dict, base_dir: str | Path = ".") -> list[str]:
     file = config["prompts"].get("file")
     if file:
         return read_prompt_file(Path(base_dir) / file)
-    return [p for p in config["prompts"]["list"] if p.strip()]
+    blank = [i for i, p in enumerate(config["prompts"]["list"]) if not p.strip()]
+    if blank:
+        raise PortcheckError(
+            f"prompts.list entries {', '.join(map(str, blank))} are empty or whitespace only (no tokens to score); "
+            "remove them"
+        )
+    return list(config["prompts"]["list"])
+
+
+# The held-out text scored when corpus.file is not set (English and Chinese, written for portcheck).
+DEFAULT_CORPUS = Path(__file__).resolve().parent / "dump" / "data" / "heldout_corpus.txt"
+
+
+def corpus_path(config: dict, base_dir: str | Path = ".") -> Path:
+    file = config["corpus"]["file"]
+    return Path(base_dir) / file if file else DEFAULT_CORPUS
+
+
+def read_corpus_text(path: Path) -> str:
+    """The corpus as text; PortcheckError naming the file when it is absent, empty or not UTF-8."""
+    if not path.is_file():
+        raise PortcheckError(f"corpus file {path} does not exist; fix corpus.file (null: the shipped held-out text)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PortcheckError(
+            f"corpus file {path} is not UTF-8 ({exc.reason} at byte {exc.start}); convert it, e.g. "
+            f"iconv -f <its encoding> -t UTF-8"
+        ) from exc
+    if not text.strip():
+        raise PortcheckError(
+            f"corpus file {path} is empty; give a text to cut into windows, or set corpus.enabled: false"
+        )
+    return text
+
+
+def corpus_problems(config: dict, base_dir: Path) -> list[str]:
+    """The corpus must be readable and its windows must fit every enabled target (an engine start costs minutes)."""
+    corpus = config["corpus"]
+    if not corpus["enabled"]:
+        return []
+    problems = []
+    try:
+        read_corpus_text(corpus_path(config, base_dir))
+    except PortcheckError as exc:
+        problems.append(str(exc))
+    length = corpus["window_length"]
+    if corpus["score_from"] >= length:
+        problems.append(f"corpus.score_from {corpus['score_from']} leaves nothing to score in windows of {length} "
+                        f"tokens; use a value below window_length (llama.cpp: {length // 2})")
+    for name, target in config["targets"].items():
+        limit = target["max_model_len"]
+        if target["enabled"] and limit and length + 1 > limit:
+            problems.append(
+                f"corpus windows of {length} tokens do not fit target {name}: scoring needs {length + 1} <= "
+                f"max_model_len {limit}; set corpus.window_length <= {limit - 1} or raise "
+                f"targets.{name}.max_model_len"
+            )
+    return problems
 
 
 def enabled_targets(config: dict) -> list[str]:

@@ -59,7 +59,7 @@ def compare_dumps(ref: Dump, tgt: Dump, thresholds: dict[str, Any], tie_toleranc
         raise PortcheckError(f"the reference {ref.name} ({ref.path}) must be a full-logits dump, not {ref.kind}")
     check_comparable(ref, tgt)
     basis = msprobe_basis(ref, tgt)
-    prompts = [_compare_prompt(ref, tgt, i, tie_tolerance, basis) for i in range(ref.num_prompts)]
+    prompts = [compare_prompt(ref, tgt, i, tie_tolerance, basis) for i in range(ref.num_prompts)]
     result = _summarize(prompts, tgt.kind == "topk")
     result.update(
         reference={"name": ref.name, "kind": ref.kind, "path": str(ref.path)},
@@ -137,7 +137,7 @@ class _PromptRows:
         }
 
 
-def _compare_prompt(ref: Dump, tgt: Dump, i: int, tie_tolerance: float, basis: str = "logits") -> _PromptRows:
+def compare_prompt(ref: Dump, tgt: Dump, i: int, tie_tolerance: float, basis: str = "logits") -> _PromptRows:
     ids = np.asarray(ref.input_ids[i])
     ref_logits = ref.logits[i]
     target = _FullTarget(tgt, i) if tgt.kind == "full" else _TopkTarget(tgt, i, ref.width)

@@ -11,6 +11,7 @@ from typing import Any
 
 from portcheck.atomic import write_json
 from portcheck.model.checkpoint import model_sha, tokenizer_sha
+from portcheck.dump.corpus import cut_windows
 from portcheck.dump.logits_file import first_difference, write_dump
 from portcheck.engines.factory import make_engine
 from portcheck.engines.outputs import Generation
@@ -98,16 +99,22 @@ def run_target(
     greedy_tokens: int = 8,
     determinism: dict | None = None,
     samples: dict | None = None,
+    corpus: dict | None = None,
 ) -> None:
-    """Write outputs["logits"], ["adaptation"], and where given ["determinism"], ["samples"]."""
+    """Write outputs["logits"], ["adaptation"], and where given ["determinism"], ["samples"], ["corpus"].
+    corpus: {"text", "path", "window_length", "windows"}: long-context windows scored in the same engine start."""
     target = parse_target(target_name)
     tokenizer = load_tokenizer(model_dir, settings.trust_remote_code)
     prompt_ids = tokenize(tokenizer, prompts)
     longest_generation = max(greedy_tokens, (determinism or {}).get("max_tokens", 0), (samples or {}).get("max_tokens", 0))
     check_prompt_lengths(prompt_ids, settings.max_model_len, prompts, new_tokens=longest_generation)
+    windows = corpus_windows(tokenizer, corpus, settings.max_model_len) if corpus else None
     started = time.perf_counter()
     with make_engine(target, model_dir, settings) as engine:
         scores = engine.score(prompt_ids)
+        corpus_started = time.perf_counter()
+        corpus_scores = engine.score(windows) if windows else None
+        corpus_seconds = time.perf_counter() - corpus_started
         greedy = [engine.generate([ids], greedy_tokens)[0] for ids in prompt_ids]
         adaptation = engine.adaptation()
         full_values = engine.full_values
@@ -127,6 +134,20 @@ def run_target(
         write_json(outputs["determinism"], {"target": target_name, **determinism_result})
     if samples:
         write_json(outputs["samples"], {"target": target_name, **samples_result})
+    if windows:
+        write_dump(outputs["corpus"], corpus_scores, None, {
+            **meta, "prompts": [], "prompts_sha": corpus["sha256"], "greedy_text": [],
+            "greedy_tokens": [], "run_seconds": round(corpus_seconds, 3),
+            "corpus": {"path": corpus["path"], "sha256": corpus["sha256"], "window_length": corpus["window_length"],
+                       "windows": corpus["windows"]},
+        })
+
+
+def corpus_windows(tokenizer, corpus: dict, max_model_len: int | None) -> list[list[int]]:
+    """The corpus windows as token ids, refused before the engine starts when one does not fit max_model_len."""
+    windows = cut_windows(list(tokenizer(corpus["text"])["input_ids"]), corpus["window_length"], corpus["windows"])
+    check_prompt_lengths(windows, max_model_len, [f"corpus window {i}" for i in range(len(windows))])
+    return windows
 
 
 def dump_meta(target, model_dir, prompts, settings, greedy: list[Generation], tokenizer, adaptation) -> dict:

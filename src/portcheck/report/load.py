@@ -13,6 +13,9 @@ from portcheck.errors import PortcheckError
 
 # Per-target JSON artifacts (the dump, logits, is read apart: it is safetensors).
 JSON_KINDS = ("env", "adaptation", "determinism", "samples", "bench", "bench_checks", "serve")
+# Artifacts that are not per-target files under results/<model>/<target>/.
+GIVEN_APART = {"compare": "comparison (compare/<target>.json)",
+               "corpus_compare": "long-context comparison (compare/<target>.corpus.json)"}
 NOT_GIVEN = "no {file} was given to the report (the rule that writes it did not run for this target)"
 
 
@@ -26,6 +29,7 @@ class TargetData:
     determinism: dict | None = None
     samples: dict | None = None
     compare: dict | None = None
+    corpus_compare: dict | None = None  # the long-context comparison (compare/<target>.corpus.json)
     bench: dict | None = None
     bench_checks: dict | None = None  # the roofline and consistency flags derived from bench
     serve: dict | None = None
@@ -44,7 +48,7 @@ class TargetData:
 def _read_present(data: TargetData, kind: str, paths: dict) -> Any:
     """The artifact of `kind` (None, with the reason in data.absent, when it was not given or is not there)."""
     if kind not in paths:
-        data.absent[kind] = NOT_GIVEN.format(file=TARGET_FILES[kind])
+        data.absent[kind] = NOT_GIVEN.format(file=TARGET_FILES.get(kind, GIVEN_APART.get(kind, kind)))
         return None
     path = paths[kind]
     if path is None:
@@ -57,15 +61,19 @@ def _read_present(data: TargetData, kind: str, paths: dict) -> Any:
     return read_dump_meta(path) if kind == "logits" else read_artifact(path, kind)
 
 
-def load_target(name: str, paths: dict, compare_path, reference: str) -> TargetData:
-    """paths: artifact kind -> file (None: not configured for this target; a kind left out: not produced)."""
+def load_target(name: str, paths: dict, compare_path, reference: str, corpus_compare_path=None) -> TargetData:
+    """paths: artifact kind -> file (None: not configured for this target; a kind left out: not produced).
+    corpus_compare_path: None where the corpus is disabled, "" where it was not produced."""
     data = TargetData(name, "reference" if name == reference else "target")
     given = {**paths, "compare": compare_path}
+    if corpus_compare_path != "":
+        given["corpus_compare"] = corpus_compare_path
     data.meta = _read_present(data, "logits", given)
     for kind in JSON_KINDS:
         setattr(data, kind, _read_present(data, kind, given))
     if data.role == "target":
         data.compare = _read_present(data, "compare", given)
+        data.corpus_compare = _read_present(data, "corpus_compare", given)
     return data
 
 
@@ -79,7 +87,9 @@ def load_targets(artifacts: dict) -> list[TargetData]:
         )
     names = sorted(artifacts["targets"], key=lambda n: (n != reference, list(artifacts["targets"]).index(n)))
     compare = artifacts.get("compare") or {}
-    return [load_target(n, artifacts["targets"][n], compare.get(n), reference) for n in names]
+    corpus = artifacts.get("corpus_compare")  # None: corpus disabled
+    return [load_target(n, artifacts["targets"][n], compare.get(n), reference,
+                        None if corpus is None else corpus.get(n, "")) for n in names]
 
 
 def prompts_of(targets: list[TargetData]) -> list[str]:

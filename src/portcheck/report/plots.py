@@ -112,6 +112,31 @@ def plot_kld_distribution(compare_paths: Mapping[str, str | os.PathLike], out_pn
     _save(fig, out_png)
 
 
+def plot_kld_long_context(corpus_paths: Mapping[str, str | os.PathLike], out_png: str | os.PathLike) -> None:
+    """Mean KLD over the corpus windows against position, one line per target, with the bucket (GDN chunk)
+    boundaries dotted: growth past the first chunk shows as a step or a slope."""
+    fig, ax = _figure()
+    curves = {t: read_artifact(p, "corpus_compare") for t, p in corpus_paths.items()}
+    values = pd.Series([k for c in curves.values() for _, k in c.get("kld_by_position") or []], dtype=float)
+    if values.notna().any():
+        floor = log_floor(values)
+        for index, (target, comparison) in enumerate(curves.items()):
+            points = pd.DataFrame(comparison.get("kld_by_position") or [], columns=["position", "kld"])
+            kld = points["kld"].where(points["kld"] > 0, floor) if floor else points["kld"]
+            ax.plot(points["position"], kld, linewidth=0.8, color=f"C{index}", label=target)
+        bucket = next(iter(curves.values())).get("bucket") or 64
+        last = max(c["kld_by_position"][-1][0] for c in curves.values() if c.get("kld_by_position"))
+        for boundary in range(bucket, last + 1, bucket):
+            ax.axvline(boundary, linestyle=":", linewidth=0.6, color="grey")
+        _set_kld_axis(ax, "y", floor)
+        ax.set_xlabel(f"position in the window (dotted: every {bucket} positions, one Gated DeltaNet chunk)")
+        ax.legend(fontsize="small")
+    else:
+        _no_data(ax)
+    ax.set_title("Long context: KLD(reference || target) by position, mean over the corpus windows")
+    _save(fig, out_png)
+
+
 def _set_kld_axis(ax, axis: str, floor: float | None) -> None:
     label = "KLD (nats)" + (f", zeros drawn at {floor:.0e}" if floor else "")
     if axis == "y":

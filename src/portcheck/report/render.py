@@ -21,6 +21,7 @@ from portcheck.report.sections.artifacts import artifacts_section
 from portcheck.report.sections.determinism import determinism_section
 from portcheck.report.sections.environment import environment_section
 from portcheck.report.sections.model import model_section
+from portcheck.report.sections.long_context import long_context_section
 from portcheck.report.sections.performance import performance_section
 from portcheck.report.sections.plots import plots_section
 from portcheck.report.sections.precision import precision_section
@@ -37,6 +38,7 @@ SECTIONS = (
     ("environment", "Environment"),
     ("adaptation", "Adaptation checklist"),
     ("precision", "Precision comparison"),
+    ("long_context", "Long-context precision"),
     ("predictions", "Predicted tokens per prompt"),
     ("determinism", "Determinism"),
     ("samples", "Generation samples"),
@@ -80,6 +82,7 @@ def build_context(artifacts: dict, config: dict) -> dict:
         "environment": environment_section(targets),
         "adaptation": adaptation_section(targets),
         "precision": precision_section(targets, prompts),
+        "long_context": long_context_section(targets),
         "predictions": predictions_section(targets, prompts),
         "determinism": determinism_section(targets),
         "samples": samples_section(targets),

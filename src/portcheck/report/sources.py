@@ -26,6 +26,6 @@ def every_target(targets: list[TargetData], kind: str) -> str:
 def _with_placeholder(path: Path, target: str) -> str:
     if path.parent.name == target:  # results/<model>/<target>/<file>
         return str(path.parent.parent / TARGET_PLACEHOLDER / path.name)
-    if path.stem == target:  # results/<model>/compare/<target>.json
-        return str(path.with_name(TARGET_PLACEHOLDER + path.suffix))
+    if path.name.startswith(target + "."):  # results/<model>/compare/<target>.json, <target>.corpus.json
+        return str(path.with_name(TARGET_PLACEHOLDER + path.name[len(target):]))
     return str(path)

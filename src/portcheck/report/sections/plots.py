@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-PLOT_TITLES = {"kld_per_position": "KLD per position", "kld_distribution": "Distribution of per-position KLD"}
+PLOT_TITLES = {"kld_per_position": "KLD per position", "kld_distribution": "Distribution of per-position KLD",
+               "kld_long_context": "Long context: KLD by position"}
 
 
 def plots_section(plots: dict) -> list[dict]:

@@ -1,0 +1,250 @@
+"""Long-context precision (issue 10): corpus windows, statistics by position bucket, the growth check, the bad
+inputs, and the proof: a recurrent-state fault past the first Gated DeltaNet chunk passes the seed-prompt check
+and fails this one, with the place named."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT
+from portcheck.compare.compare import compare_files
+from portcheck.compare.corpus import compare_corpus, compare_corpus_files, growth_check
+from portcheck.config import DEFAULT_CORPUS, load_schema, read_corpus_text, validate_config
+from portcheck.dump.corpus import cut_windows, window_starts
+from portcheck.dump.logits_file import read_dump, write_dump
+from portcheck.engines.outputs import PromptScores
+from portcheck.errors import PortcheckError
+
+SCHEMA = load_schema(ROOT / "config" / "schema.yaml")
+THRESHOLDS = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["compare"]["thresholds"]
+CORPUS = {"score_from": 0, "bucket": 4, "growth_max": 2.0, "growth_floor": 1e-6}
+META = {"model_sha": "m", "tokenizer_sha": "t", "prompts_sha": "corpus"}
+
+
+def save(tmp_path, name, ids, logits):
+    path = tmp_path / f"{name}.safetensors"
+    write_dump(path, [PromptScores(i, x) for i, x in zip(ids, logits)], None, {**META, "target": name})
+    return read_dump(path)
+
+
+# ---------------------------------------------------------------- windows
+
+
+def test_windows_spread_evenly_and_a_short_text_is_refused():
+    assert window_starts(100, 10, 4) == [0, 30, 60, 90]  # last window ends at the last token
+    assert window_starts(10, 10, 1) == [0]
+    assert cut_windows(list(range(20)), 5, 2) == [[0, 1, 2, 3, 4], [15, 16, 17, 18, 19]]
+    with pytest.raises(PortcheckError, match="the corpus has 30 tokens; 4 windows of 10 need 40"):
+        window_starts(30, 10, 4)
+
+
+# ---------------------------------------------------------------- statistics, hand-computed
+
+
+def test_bucket_statistics_by_hand(tmp_path):
+    # Vocabulary of 2; the reference always says p = (0.5, 0.5). The target agrees on rows 0-3 and says
+    # p = (0.8, 0.2) on rows 4-7: KLD = 0.5 ln(0.5/0.8) + 0.5 ln(0.5/0.2) = 0.22314 there.
+    ids = [np.array([0, 1, 0, 1, 0, 1, 0, 1])]
+    ref = [np.zeros((8, 2), np.float32)]
+    tgt = [np.zeros((8, 2), np.float32)]
+    tgt[0][4:, 0] = math.log(0.8 / 0.2)
+    result = compare_corpus(save(tmp_path, "cpu-hf-fp32", ids, ref), save(tmp_path, "cpu-hf-bf16", ids, tgt),
+                            THRESHOLDS, 0.04, CORPUS)
+    first, second = result["buckets"]
+    kld = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)
+    assert (first["start"], first["end"], first["n_positions"]) == (0, 3, 4)
+    assert first["kld_mean"] == 0 and first["status"] == "pass"
+    assert second["kld_mean"] == pytest.approx(kld) and second["kld_p99"] == pytest.approx(kld)
+    # The reference's top two tie (0.5 / 0.5): every top-1 choice counts as agreement.
+    assert second["top1_agreement_with_ties"] == 1.0
+    # Next tokens 1, 0, 1 on rows 4-6 (row 7 has none): target p = 0.2, 0.8, 0.2 vs reference 0.5.
+    assert second["ppl_ref"] == pytest.approx(2.0)
+    assert second["ppl_target"] == pytest.approx(math.exp(-(2 * math.log(0.2) + math.log(0.8)) / 3))
+    assert second["status"] == "fail" and any("kld_mean" in r for r in second["reasons"])
+    # An exact first bucket makes the ratio infinite: JSON has no infinity, so it says so.
+    assert result["growth"]["first_bucket_exact"] and result["growth"]["ratio"] is None
+    assert result["growth"]["status"] == "fail"
+    assert result["verdict"]["status"] == "fail"
+    assert any(r.startswith("positions 4-7: kld_mean") for r in result["verdict"]["reasons"])
+    assert result["kld_by_position"][5] == [5, pytest.approx(kld)]
+
+
+def test_long_context_plot_is_drawn_and_reproducible(tmp_path):
+    from portcheck.atomic import write_json
+    from portcheck.report.plots import plot_kld_long_context
+
+    ids = [np.arange(8) % 2] * 2
+    ref = [np.zeros((8, 2), np.float32)] * 2
+    tgt = [np.zeros((8, 2), np.float32), np.ones((8, 2), np.float32) * [[1.0, 0.0]]]
+    result = compare_corpus(save(tmp_path, "cpu-hf-fp32", ids, ref), save(tmp_path, "cpu-hf-bf16", ids, tgt),
+                            THRESHOLDS, 0.04, CORPUS)
+    write_json(tmp_path / "c.json", result)
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    plot_kld_long_context({"cpu-hf-bf16": tmp_path / "c.json"}, first)
+    plot_kld_long_context({"cpu-hf-bf16": tmp_path / "c.json"}, second)
+    assert first.stat().st_size > 1000 and first.read_bytes() == second.read_bytes()
+
+
+def test_score_from_leaves_the_first_rows_out(tmp_path):
+    ids = [np.arange(8) % 2]
+    ref, tgt = [np.zeros((8, 2), np.float32)], [np.zeros((8, 2), np.float32)]
+    tgt[0][:4, 0] = 3.0  # only rows 0-3 differ; llama.cpp's protocol scores the second half
+    result = compare_corpus(save(tmp_path, "cpu-hf-fp32", ids, ref), save(tmp_path, "cpu-hf-bf16", ids, tgt),
+                            THRESHOLDS, 0.04, {**CORPUS, "score_from": 4})
+    assert [b["start"] for b in result["buckets"]] == [4]
+    assert result["overall"]["n_positions"] == 4 and result["overall"]["kld_mean"] == 0
+    assert result["verdict"]["status"] == "pass"
+
+
+def test_growth_check_uses_the_lower_bound_and_the_floor():
+    def positions(first, later):
+        return {"position": np.arange(len(first) + len(later)), "kld": np.array(first + later, dtype=float)}
+
+    buckets = [{"start": 0, "end": 3, "kld_mean": 1.0}, {"start": 4, "end": 7, "kld_mean": 1.0}]
+    # Uniform noise: ratio 1, pass.
+    assert growth_check(positions([1e-4] * 4, [1e-4] * 4), buckets, 2.0, 1e-6)["status"] == "pass"
+    # Ratio 3 but so noisy that its 95% lower bound is below 2: not called growth.
+    noisy = growth_check(positions([0, 0, 0, 4e-4], [0, 0, 0, 12e-4]), buckets, 2.0, 1e-6)
+    assert noisy["ratio"] == pytest.approx(3.0) and noisy["ratio_lower95"] < 2 and noisy["status"] == "pass"
+    # Ratio 3, tight: fails, naming the bucket.
+    grown = growth_check(positions([1e-4] * 4, [3e-4] * 4), buckets, 2.0, 1e-6)
+    assert grown["status"] == "fail" and "positions 4-7" in grown["reason"]
+    # fp32 rounding noise: any ratio, below the floor: pass.
+    assert growth_check(positions([0] * 4, [1e-10] * 4), buckets, 2.0, 1e-6)["status"] == "pass"
+    assert growth_check(positions([0] * 4, [1e-4] * 4), buckets[:1], 2.0, 1e-6)["status"] == "not available"
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def config_with(**corpus) -> dict:
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["corpus"].update(corpus)
+    return config
+
+
+def problems(config, base_dir=ROOT) -> str:
+    with pytest.raises(PortcheckError) as excinfo:
+        validate_config(config, SCHEMA, base_dir)
+    return str(excinfo.value)
+
+
+def test_corpus_file_missing_empty_or_not_utf8(tmp_path):
+    assert "corpus file" in problems(config_with(file="nowhere.txt"), tmp_path)
+    assert "does not exist" in problems(config_with(file="nowhere.txt"), tmp_path)
+    (tmp_path / "empty.txt").write_text(" \n\n")
+    assert "is empty" in problems(config_with(file="empty.txt"), tmp_path)
+    (tmp_path / "latin1.txt").write_bytes("café crème".encode("latin-1"))
+    message = problems(config_with(file="latin1.txt"), tmp_path)
+    assert "is not UTF-8" in message and "iconv" in message
+    assert read_corpus_text(DEFAULT_CORPUS).strip()
+
+
+def test_window_longer_than_a_targets_context_is_refused_naming_both():
+    message = problems(config_with(window_length=600))
+    assert "corpus windows of 600 tokens do not fit target cpu-vllm-bf16" in message
+    assert "max_model_len 512" in message and "corpus.window_length <= 511" in message
+    assert "leaves nothing to score" in problems(config_with(score_from=511))
+    # Disabled: neither the text nor the windows are checked.
+    validate_config(config_with(enabled=False, window_length=600, file="nowhere.txt"), SCHEMA, ROOT)
+
+
+def test_whitespace_only_prompt_is_refused_not_dropped():
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["prompts"]["list"] = ["The capital of France is", "   ", ""]
+    message = problems(config)
+    assert "prompts.list entries 1, 2 are empty or whitespace only" in message
+
+
+def test_window_too_long_for_the_engine_is_refused_before_it_starts(tiny_model_dir, tmp_path, monkeypatch):
+    from portcheck.dump import run
+    from portcheck.engines.settings import EngineSettings
+
+    monkeypatch.setattr(run, "make_engine", lambda *a: pytest.fail("the engine must not start"))
+    corpus = {"text": read_corpus_text(DEFAULT_CORPUS), "path": "x", "sha256": "s", "window_length": 200,
+              "windows": 2}
+    with pytest.raises(PortcheckError, match=r"corpus window 0.*200 tokens.*max_model_len 128"):
+        run.run_target("cpu-hf-fp32", tiny_model_dir, ["a"], EngineSettings(max_model_len=128), {},
+                       greedy_tokens=1, corpus=corpus)
+
+
+# ---------------------------------------------------------------- the proof: a fault past the first chunk
+
+
+def drop_state_at_chunk_boundaries(original):
+    """A Gated DeltaNet prefill that forgets its recurrent state at every 64-token chunk boundary: the first chunk
+    is exact, every later chunk starts from zero (a wrong state hand-over, as a port's kernel could have)."""
+    import torch
+
+    def chunked(query, key, value, g, beta, chunk_size=64, initial_state=None, output_final_state=False, **kwargs):
+        outputs, state = [], initial_state
+        for start in range(0, query.shape[1], chunk_size):
+            part = slice(start, start + chunk_size)
+            out, final = original(query[:, part], key[:, part], value[:, part], g[:, part], beta[:, part],
+                                  chunk_size=chunk_size, initial_state=state if start == 0 else None,
+                                  output_final_state=True, **kwargs)
+            outputs.append(out)
+            state = final
+        return torch.cat(outputs, dim=1), state if output_final_state else None
+
+    return chunked
+
+
+@pytest.fixture(scope="module")
+def faulty_run(tiny_model_dir, tmp_path_factory):
+    """The reference and a target whose GDN state is dropped at chunk boundaries, dumped by the real dump code
+    (run_target on the hf engine) with the seed prompts and the shipped corpus."""
+    import transformers.models.qwen3_5.modeling_qwen3_5 as qwen3_5
+
+    from portcheck.dump.run import run_target
+    from portcheck.engines.settings import EngineSettings
+    from portcheck.hashing import sha256_text
+
+    out = tmp_path_factory.mktemp("faulty")
+    prompts = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["prompts"]["list"]
+    text = read_corpus_text(DEFAULT_CORPUS)
+    corpus = {"text": text, "path": DEFAULT_CORPUS.name, "sha256": sha256_text(text), "window_length": 300,
+              "windows": 2}
+
+    def dump(name):
+        paths = {kind: out / name / f"{kind}.x" for kind in ("logits", "adaptation", "corpus")}
+        paths["logits"] = out / name / "logits.safetensors"
+        paths["corpus"] = out / name / "corpus.safetensors"
+        paths["logits"].parent.mkdir()
+        run_target("cpu-hf-fp32", tiny_model_dir, prompts, EngineSettings(threads=1), paths, greedy_tokens=2,
+                   corpus=corpus)
+        return paths
+
+    reference = dump("reference")
+    original = qwen3_5.torch_chunk_gated_delta_rule
+    qwen3_5.torch_chunk_gated_delta_rule = drop_state_at_chunk_boundaries(original)
+    try:
+        faulty = dump("faulty")
+    finally:
+        qwen3_5.torch_chunk_gated_delta_rule = original
+    return reference, faulty
+
+
+def test_state_fault_past_the_first_chunk_passes_the_seed_check_and_fails_long_context(faulty_run):
+    reference, faulty = faulty_run
+    seed = compare_files(reference["logits"], faulty["logits"], THRESHOLDS, 0.04)
+    assert seed["verdict"]["status"] == "pass" and seed["kld_mean"] == 0  # the prompts never leave chunk 1
+    corpus = {"score_from": 0, "bucket": 64, "growth_max": 2.0, "growth_floor": 1e-6}
+    result = compare_corpus_files(reference["corpus"], faulty["corpus"], THRESHOLDS, 0.04, corpus)
+    first = result["buckets"][0]
+    assert (first["start"], first["kld_mean"]) == (0, 0)  # the first chunk is exact
+    assert all(b["kld_mean"] > 1e-6 for b in result["buckets"][1:])
+    assert result["verdict"]["status"] == "fail"
+    assert result["growth"]["status"] == "fail" and result["growth"]["first_bucket_exact"]
+    assert any(r.startswith("growth:") and "positions" in r for r in result["verdict"]["reasons"])
+
+
+def test_same_engine_without_the_fault_passes(faulty_run):
+    reference, _ = faulty_run
+    corpus = {"score_from": 0, "bucket": 64, "growth_max": 2.0, "growth_floor": 1e-6}
+    result = compare_corpus_files(reference["corpus"], reference["corpus"], THRESHOLDS, 0.04, corpus)
+    assert result["verdict"]["status"] == "pass" and result["overall"]["kld_mean"] == 0
