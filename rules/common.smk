@@ -18,11 +18,13 @@ from portcheck.config import (  # noqa: E402
 )
 from portcheck.artifacts import (  # noqa: E402
     CORPUS_KIND,
+    DECODE_KIND,
     DUMP_KINDS,
     REPORTED_KINDS,
     TARGET_FILES,
     compare_path,
     corpus_compare_path,
+    decode_compare_path,
     target_path,
 )
 from portcheck.errors import PortcheckError  # noqa: E402
@@ -70,7 +72,8 @@ SERVED = [t for t in TARGETS if parse_target(t).engine == "vllm"]  # the serving
 CORPUS = config["corpus"]["enabled"]
 # The corpus text, an input of every dump (another text redoes the dumps); local(): it stays on each host.
 CORPUS_TEXT = local(str(corpus_path(config, workflow.basedir)))
-DUMPED_KINDS = (*DUMP_KINDS, CORPUS_KIND) if CORPUS else DUMP_KINDS
+DECODE = config["decode"]["enabled"]
+DUMPED_KINDS = (*DUMP_KINDS, *((CORPUS_KIND,) if CORPUS else ()), *((DECODE_KIND,) if DECODE else ()))
 REPORT = f"{REPORTS}/report.md"
 HTML_REPORT = f"{REPORTS}/report.html"
 PLOTS = {
@@ -114,6 +117,15 @@ def corpus_compare_files():
     return [corpus_compare_file(t) for t in COMPARED] if CORPUS else []
 
 
+def decode_compare_file(target="{target}"):
+    return decode_compare_path(RESULTS, target)
+
+
+def decode_compare_files():
+    """The decode-path comparisons the report reads (none when decode is disabled)."""
+    return [decode_compare_file(t) for t in COMPARED] if DECODE else []
+
+
 def dump_inputs():
     """The dump reads the checkpoint, and the corpus text where corpus windows are scored."""
     return {"model": model_dir(), **({"corpus": CORPUS_TEXT} if CORPUS else {})}
@@ -129,7 +141,11 @@ def package_sources(*modules, exclude=()):
 
 def other_engines(wildcards):
     """The engine packages this target does not run: editing them must not rerun it."""
-    engine = parse_target(wildcards.target).engine
+    return engines_other_than(wildcards.target)
+
+
+def engines_other_than(target):
+    engine = parse_target(target).engine
     return tuple(module for name, module in ENGINE_MODULES.items() if name != engine)
 
 
@@ -169,6 +185,16 @@ def target_threads(wildcards):
 
 def target_settings(wildcards):
     return vars(engine_settings(config, wildcards.target))
+
+
+# score_decode runs the reference's engine on each target's decoded tokens: its device, threads and code.
+REFERENCE_DEVICE = parse_target(REFERENCE).device
+REFERENCE_THREADS = config["targets"][REFERENCE]["threads"] or workflow.cores
+
+
+def reference_decode_sources(wildcards):
+    """The reference's scoring of decoded tokens with the reference's one engine."""
+    return package_sources("dump.decode_reference", exclude=engines_other_than(REFERENCE))
 
 
 def target_hardware(wildcards):

@@ -1,5 +1,5 @@
 # Stage compare (portcheck/compare): each enabled non-reference target against the reference, on the seed prompts
-# and on the long-context corpus windows (by position bucket).
+# the long-context corpus windows and the decode steps (by bucket of positions).
 
 
 rule compare_logits:
@@ -22,7 +22,7 @@ rule compare_corpus:
     input:
         reference=target_file("corpus", REFERENCE),
         target=target_file("corpus"),
-        code=package_sources("compare.corpus"),
+        code=package_sources("compare.positions"),
     output:
         corpus_compare_file(),
     log:
@@ -30,6 +30,26 @@ rule compare_corpus:
     params:
         thresholds=config["compare"]["thresholds"],
         tie_tolerance=config["compare"]["tie_tolerance"],
-        corpus=config["corpus"],
+        positions=config["compare"]["positions"],
+        score_from=config["corpus"]["score_from"],
     script:
         "../workflow/scripts/compare_corpus.py"
+
+
+rule compare_decode:
+    input:
+        reference=target_file("decode_reference"),
+        target=target_file("decode"),
+        # The same target's prefill precision, for the decode-vs-prefill check.
+        prefill=corpus_compare_file() if CORPUS else compare_file(),
+        code=package_sources("compare.positions"),
+    output:
+        decode_compare_file(),
+    log:
+        f"logs/{MODEL}/compare_decode/{{target}}.log",
+    params:
+        thresholds=config["compare"]["thresholds"],
+        tie_tolerance=config["compare"]["tie_tolerance"],
+        positions=config["compare"]["positions"],
+    script:
+        "../workflow/scripts/compare_decode.py"

@@ -1,5 +1,6 @@
 # Stage dump (portcheck/dump): one engine start per target serves the logit dump, the adaptation checklist,
-# the determinism test, the generation samples and the long-context corpus windows.
+# the determinism test, the generation samples, the long-context corpus windows and the greedy decode with every
+# step's distribution; score_decode then has the reference's engine score each target's decoded tokens.
 
 
 rule dump_logits:
@@ -22,6 +23,29 @@ rule dump_logits:
         determinism=config["determinism"],
         samples=config["samples"],
         corpus=config["corpus"],
+        decode=config["decode"],
         stack=stack_params,
     script:
         "../workflow/scripts/dump_logits.py"
+
+
+rule score_decode:
+    input:
+        model=model_dir(),
+        decode=target_file("decode"),
+        code=reference_decode_sources,
+    output:
+        target_file("decode_reference"),
+    log:
+        main=f"logs/{MODEL}/score_decode/{{target}}.log",
+        engine=f"logs/{MODEL}/score_decode/{{target}}.engine.log",
+    threads: REFERENCE_THREADS
+    resources:
+        gpu=int(REFERENCE_DEVICE == "gpu"),
+        npu=int(REFERENCE_DEVICE == "npu"),
+    params:
+        reference=REFERENCE,
+        settings=vars(engine_settings(config, REFERENCE)),
+        stack=lambda wildcards: result_versions(REFERENCE),
+    script:
+        "../workflow/scripts/score_decode.py"

@@ -55,6 +55,7 @@ rule render_report:
         serve=target_files("serve", SERVED),
         compare=[compare_file(t) for t in COMPARED],
         corpus_compare=corpus_compare_files(),
+        decode_compare=decode_compare_files(),
         plots=REPORT_PLOTS.values(),
         code=package_sources("report.render", "report.history"),
     output:
@@ -68,6 +69,7 @@ rule render_report:
         compared=COMPARED,
         served=SERVED,
         corpus=CORPUS,
+        decode=DECODE,
         plots={name: Path(path).name for name, path in REPORT_PLOTS.items()},
         configfile=CONFIGFILE,
         config=config,

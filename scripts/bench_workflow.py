@@ -46,6 +46,7 @@ def main() -> None:
         trivial.mkdir()
         (trivial / "Snakefile").write_text(TRIVIAL)
         cold = timed(workdir)
+        stages = stage_costs(workdir)
         noop = statistics.median(timed(workdir) for _ in range(REPEATS))
         timed(trivial)
         trivial_noop = statistics.median(timed(trivial) for _ in range(REPEATS))
@@ -62,6 +63,32 @@ def main() -> None:
     print(f"no-op ratio:                    {noop / trivial_noop:7.2f}     goal <= 1.3")
     print(f"template-only rerun:            {render:7.2f} s")
     print(f"template rerun / no-op:         {render / noop:7.2f}     goal <= 2")
+    print("precision stages inside the cold run (seconds from each dump's metadata; bytes per scored position):")
+    for line in stages:
+        print("  " + line)
+
+
+def stage_costs(workdir: Path) -> list[str]:
+    """Per target: the corpus windows' and decode's share of the dump's engine start, the reference's scoring of
+    the decoded tokens, and the corpus dump's bytes per position (full vocabulary here)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from portcheck.dump.logits_file import read_dump, read_dump_meta
+
+    lines = []
+    for target_dir in sorted((workdir / "results").glob("*/*/")):
+        corpus, decode = target_dir / "corpus.safetensors", target_dir / "decode.safetensors"
+        if not corpus.is_file():
+            continue
+        meta = read_dump_meta(target_dir / "logits.safetensors")
+        positions = sum(len(ids) for ids in read_dump(corpus).input_ids)
+        reference = target_dir / "decode_reference.safetensors"
+        scored = f"{read_dump_meta(reference)['run_seconds']:.1f} s" if reference.is_file() else "—"
+        corpus_s, decode_s = (read_dump_meta(p)["run_seconds"] if p.is_file() else float("nan") for p in (corpus, decode))
+        lines.append(
+            f"{target_dir.name:15s} engine session {meta['run_seconds']:6.1f} s: corpus {corpus_s:5.1f} s, "
+            f"decode {decode_s:5.1f} s; reference scoring its decode {scored}; "
+            f"corpus {corpus.stat().st_size / positions:,.0f} B/position")
+    return lines
 
 
 if __name__ == "__main__":

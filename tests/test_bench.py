@@ -197,6 +197,9 @@ class FakeEngine(Engine):
     def score(self, prompts):
         raise NotImplementedError
 
+    def decode(self, prompts, max_new_tokens):
+        raise NotImplementedError
+
     def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, seed=None):
         raise NotImplementedError
 

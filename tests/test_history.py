@@ -84,7 +84,7 @@ def test_section_and_report_render_history(tmp_path):
     template.write_text(source[source.index("{% if history %}"):])
     render_report(template, tmp_path / "r.md", {"history": section, "plots": []})
     text = (tmp_path / "r.md").read_text()
-    assert "## 14. History" in text and "vllm\\_ascend 0.18.0 -&gt; 0.23.0" in text
+    assert "## 16. History" in text and "vllm\\_ascend 0.18.0 -&gt; 0.23.0" in text
     assert "set aside as h.corrupt" in text
 
 

@@ -34,12 +34,9 @@ HOSTILE = [
 # The validated config, schema defaults filled in, as the render rule passes it.
 CONFIG = validate_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()),
                          load_schema(REPO / "config" / "schema.yaml"), base_dir=REPO)
-HEADINGS = [
-    "## 1. Summary", "## 2. Model and configuration", "## 3. Environment", "## 4. Adaptation checklist",
-    "## 5. Precision comparison", "## 6. Long-context precision", "## 7. Predicted tokens per prompt",
-    "## 8. Determinism", "## 9. Generation samples", "## 10. bf16 vs fp32: Theory (not a measurement)",
-    "## 11. Performance", "## 12. Plots", "## 13. Artifacts",
-]
+# Every section's heading line, from the one list (portcheck.report.render.SECTIONS).
+H = {key: "## " + value["heading"] for key, value in section_headings().items()}
+HEADINGS = [H[key] for key, _ in SECTIONS if key != "history"]
 
 
 # ---------------------------------------------------------------- cell escaping
@@ -320,19 +317,19 @@ def test_every_table_has_consistent_columns_with_hostile_text(artifacts, tmp_pat
         counts = {unescaped_pipes(line) for line in block}
         assert len(counts) == 1, block
         assert re.fullmatch(r"\|(---\|)+", block[1]), block[1]
-    predictions = section(text, "## 7.")
+    predictions = section(text, H["predictions"])
     assert "a \\| b \\|\\| c" in predictions
     assert "line one↵line two↵three␍four⇥five" in predictions
     assert "&lt;script&gt;" in predictions and "<script>" not in text
 
 
 def test_verdict_row_shows_fail_when_compare_fails(artifacts, tmp_path):
-    summary = section(render(artifacts, tmp_path), "## 1. Summary")
+    summary = section(render(artifacts, tmp_path), H["summary"])
     row = next(line for line in summary.splitlines() if line.startswith(f"| {TARGET} |"))
     assert row_cells(row, 3) == "❌ fail"
     assert row_cells(row, 4) == "1.23e-03"
-    assert row_cells(row, 5) == "not configured"  # no corpus comparison given: the corpus is off
-    assert row_cells(row, 6) == "94.44%"
+    assert row_cells(row, 5) == row_cells(row, 6) == "not configured"  # none given: corpus and decode are off
+    assert row_cells(row, 7) == "94.44%"
     assert "**Overall: ❌ fail**" in summary
     reference_row = next(line for line in summary.splitlines() if line.startswith(f"| {REFERENCE} |"))
     assert row_cells(reference_row, 3) == "reference"
@@ -354,44 +351,48 @@ def corpus_compare_json(status: str) -> dict:
                         "notes": []}}
 
 
-def test_long_context_failure_fails_a_target_whose_seed_prompts_pass(artifacts, tmp_path):
+@pytest.mark.parametrize("kind, suffix, key, column, given", [
+    ("corpus_compare", "corpus", "long_context", 5, "long-context comparison (compare/&lt;target&gt;.corpus.json)"),
+    ("decode_compare", "decode", "decode", 6, "decode-path comparison (compare/&lt;target&gt;.decode.json)"),
+])
+def test_a_by_position_failure_fails_a_target_whose_seed_prompts_pass(artifacts, tmp_path, kind, suffix, key,
+                                                                       column, given):
     artifacts["compare"][TARGET].write_text(json.dumps(
         {**json.loads(artifacts["compare"][TARGET].read_text()), "verdict": {"status": "pass", "checks": [],
                                                                             "reasons": [], "notes": []}}))
-    corpus = tmp_path / "results" / "m" / "compare" / f"{TARGET}.corpus.json"
+    path = tmp_path / "results" / "m" / "compare" / f"{TARGET}.{suffix}.json"
     for status, overall in (("pass", "✅ pass"), ("fail", "❌ fail")):
-        corpus.write_text(json.dumps(corpus_compare_json(status)))
-        text = render({**artifacts, "corpus_compare": {TARGET: corpus}}, tmp_path)
-        summary = section(text, "## 1. Summary")
+        path.write_text(json.dumps(corpus_compare_json(status)))
+        text = render({**artifacts, kind: {TARGET: path}}, tmp_path)
+        summary = section(text, H["summary"])
         assert f"**Overall: {overall}**" in summary
         row = next(line for line in summary.splitlines() if line.startswith(f"| {TARGET} |"))
-        assert row_cells(row, 5) == f"{overall} (KLD growth 5x)"
-        long_context = section(text, "## 6. Long-context precision")
-        assert f"**Verdict: {overall}**" in long_context and "| 64-127 | 128 |" in long_context
-        assert f"/compare/{TARGET}.corpus.json (growth)*" in long_context.replace("\\_", "_")
-    assert "- growth: mean KLD past the first bucket grew \\| fivefold" in long_context
+        assert row_cells(row, column) == f"{overall} (KLD growth 5x)"
+        body = section(text, H[key])
+        assert f"**Verdict: {overall}**" in body and "| 64-127 | 128 |" in body
+        assert f"/compare/{TARGET}.{suffix}.json (growth)*" in body.replace("\\_", "_")
+    assert "- growth: mean KLD past the first bucket grew \\| fivefold" in body
     # Configured but not produced: no pass.
-    text = render({**artifacts, "corpus_compare": {}}, tmp_path)
-    assert "**Overall: ❔ unknown**" in section(text, "## 1. Summary")
-    long_context = section(text, "## 6. Long-context precision")
-    assert "Not run: no long-context comparison (compare/&lt;target&gt;.corpus.json) was given" in long_context
+    text = render({**artifacts, kind: {}}, tmp_path)
+    assert "**Overall: ❔ unknown**" in section(text, H["summary"])
+    assert f"Not run: no {given} was given" in section(text, H[key])
 
 
 def test_missing_compare_is_not_run_and_never_pass(artifacts, tmp_path):
     artifacts["compare"] = {}
     artifacts["plots"] = {}
     text = render(artifacts, tmp_path)
-    summary = section(text, "## 1. Summary")
+    summary = section(text, H["summary"])
     row = next(line for line in summary.splitlines() if line.startswith(f"| {TARGET} |"))
     assert row_cells(row, 3) == "⚪ not run"
     assert "**Overall: ❔ unknown**" in summary
     assert "pass" not in summary.lower().replace("batch-invariant", "")
-    assert "Not run: compare is not configured for this target." in section(text, "## 5.")
+    assert "Not run: compare is not configured for this target." in section(text, H["precision"])
 
 
 def test_missing_determinism_and_samples_show_not_run(artifacts, tmp_path):
     text = render(artifacts, tmp_path)
-    determinism = section(text, "## 8. Determinism")
+    determinism = section(text, H["determinism"])
     target_part = determinism[determinism.index(f"### {TARGET}"):]
     assert "Not run: determinism is not configured for this target." in target_part
     reference_part = determinism[: determinism.index(f"### {TARGET}")]
@@ -399,11 +400,11 @@ def test_missing_determinism_and_samples_show_not_run(artifacts, tmp_path):
     assert "**83.33%**" in reference_part
     assert "prompt 1 alone vs in the batch: first differs at token 4" in reference_part
     summary_row = next(line for line in text.splitlines() if line.startswith(f"| {TARGET} |"))
-    assert row_cells(summary_row, 8) == "not run"
+    assert row_cells(summary_row, 9) == "not run"
 
 
 def test_absent_environment_items_say_absent(artifacts, tmp_path):
-    environment = section(render(artifacts, tmp_path), "## 3. Environment")
+    environment = section(render(artifacts, tmp_path), H["environment"])
     rows = {row_cells(line, 0): line for line in environment.splitlines() if line.startswith("| ")}
     assert row_cells(rows["GPU"], 1) == "absent" and row_cells(rows["GPU"], 2) == "absent"
     assert row_cells(rows["vllm"], 1) == "absent"
@@ -414,7 +415,7 @@ def test_absent_environment_items_say_absent(artifacts, tmp_path):
 
 def test_missing_env_file_is_not_run_not_absent(artifacts, tmp_path):
     Path(artifacts["targets"][TARGET]["env"]).unlink()
-    environment = section(render(artifacts, tmp_path), "## 3. Environment")
+    environment = section(render(artifacts, tmp_path), H["environment"])
     python_row = next(line for line in environment.splitlines() if line.startswith("| Python |"))
     assert row_cells(python_row, 2) == "not run"
 
@@ -423,14 +424,14 @@ def test_npu_table_is_fenced_so_backticks_cannot_close_it(artifacts, tmp_path):
     env = json.loads(Path(artifacts["targets"][TARGET]["env"]).read_text())
     env["npu"] = "| NPU 910B | OK |\n``` not a fence end"
     write_json(Path(artifacts["targets"][TARGET]["env"]), env)
-    environment = section(render(artifacts, tmp_path), "## 3. Environment")
+    environment = section(render(artifacts, tmp_path), H["environment"])
     assert "````text\n| NPU 910B | OK |\n``` not a fence end\n````" in environment
     npu_row = next(line for line in environment.splitlines() if line.startswith("| NPU (npu-smi) |"))
     assert row_cells(npu_row, 1) == "absent" and row_cells(npu_row, 2) == "present (table below)"
 
 
 def test_adaptation_statuses_and_items_an_engine_does_not_measure(artifacts, tmp_path):
-    adaptation = section(render(artifacts, tmp_path), "## 4. Adaptation checklist")
+    adaptation = section(render(artifacts, tmp_path), H["adaptation"])
     target_part = adaptation[adaptation.index(f"### {TARGET}"):]
     assert "| ssm\\_state\\_dtype | ⚪ not run |" in target_part
     assert "| kv\\_cache\\_tokens | ❔ not determined |" in target_part
@@ -439,7 +440,7 @@ def test_adaptation_statuses_and_items_an_engine_does_not_measure(artifacts, tmp
 
 
 def test_precision_section_lists_metrics_checks_and_per_prompt(artifacts, tmp_path):
-    precision = section(render(artifacts, tmp_path), "## 5. Precision comparison")
+    precision = section(render(artifacts, tmp_path), H["precision"])
     assert "**Verdict: ❌ fail**" in precision
     assert "| KLD mean (nats) | 1.23e-03 |" in precision
     assert "| top-1 agreement (same top token) | 94.44% |" in precision
@@ -463,12 +464,12 @@ def test_precision_section_lists_metrics_checks_and_per_prompt(artifacts, tmp_pa
 def test_lower_bound_note_when_kld_from_topk(artifacts, tmp_path):
     path = Path(artifacts["compare"][TARGET])
     path.write_text(json.dumps(compare_json(len(HOSTILE), lower_bound=True)))
-    precision = section(render(artifacts, tmp_path), "## 5. Precision comparison")
+    precision = section(render(artifacts, tmp_path), H["precision"])
     assert "KLD here is a **lower bound**" in precision
 
 
 def test_model_table_separates_vocab_size_and_eos(artifacts, tmp_path):
-    model = section(render(artifacts, tmp_path), "## 2. Model and configuration")
+    model = section(render(artifacts, tmp_path), H["model"])
     vocab = next(line for line in model.splitlines() if line.startswith("| vocab\\_size |"))
     assert row_cells(vocab, 1) == "248320"
     assert "differs from eos\\_token\\_id 248044" in vocab
@@ -477,7 +478,7 @@ def test_model_table_separates_vocab_size_and_eos(artifacts, tmp_path):
 
 
 def test_predictions_side_by_side_and_differing_tokens_marked(artifacts, tmp_path):
-    predictions = section(render(artifacts, tmp_path), "## 7. Predicted tokens per prompt")
+    predictions = section(render(artifacts, tmp_path), H["predictions"])
     header = predictions.splitlines()[4]
     assert header.count("first token") == 2 and header.count("greedy continuation") == 2
     row = next(line for line in predictions.splitlines() if line.startswith("| 0 |"))
@@ -487,7 +488,7 @@ def test_predictions_side_by_side_and_differing_tokens_marked(artifacts, tmp_pat
 
 
 def test_samples_split_english_and_chinese(artifacts, tmp_path):
-    samples = section(render(artifacts, tmp_path), "## 9. Generation samples")
+    samples = section(render(artifacts, tmp_path), H["samples"])
     english = samples[samples.index("English prompts:"): samples.index("Chinese (CJK) prompts:")]
     chinese = samples[samples.index("Chinese (CJK) prompts:"):]
     assert "法国的首都是" in chinese and "法国的首都是" not in english
@@ -497,7 +498,7 @@ def test_samples_split_english_and_chinese(artifacts, tmp_path):
 
 
 def test_theory_is_labelled_and_beside_measurements(artifacts, tmp_path):
-    theory = section(render(artifacts, tmp_path), "## 10.")
+    theory = section(render(artifacts, tmp_path), H["theory"])
     assert "> **Theory (not a measurement).**" in theory
     assert "2^-8 ≈ 3.9e-3 (0.39%)" in theory
     assert f"| {TARGET} | bf16 | 3.10e-02 | 41% | 1.23e-03 | 94.44% |" in theory
@@ -525,11 +526,11 @@ def add_bench(artifacts, tmp_path, checks: bool = True) -> None:
 
 def test_performance_not_run_with_reason_and_slots_in_when_present(artifacts, tmp_path):
     text = render(artifacts, tmp_path)
-    performance = section(text, "## 11. Performance")
+    performance = section(text, H["performance"])
     assert "Offline benchmarks: not run — no bench.json was given to the report" in performance
     add_bench(artifacts, tmp_path)
     artifacts["targets"][TARGET]["serve"] = tmp_path / "missing-serve.json"
-    performance = section(render(artifacts, tmp_path), "## 11. Performance")
+    performance = section(render(artifacts, tmp_path), H["performance"])
     assert "| 8 | 20 | 0.896 | 160 | 178.6 |" in performance  # the seed's batch-8 row
     assert "| Decode latency per step (8 prompts, TPOT p50) | 6.20 |" in performance
     assert "Serving check: not run — the serving check starts vllm serve: vllm targets only" in performance
@@ -541,7 +542,7 @@ def test_performance_not_run_with_reason_and_slots_in_when_present(artifacts, tm
 
 def test_missing_bench_checks_shows_not_run_in_the_roofline(artifacts, tmp_path):
     add_bench(artifacts, tmp_path, checks=False)
-    performance = section(render(artifacts, tmp_path), "## 11. Performance")
+    performance = section(render(artifacts, tmp_path), H["performance"])
     assert "| 8 | 20 | 0.896 | 160 | 178.6 |" in performance  # the benchmarks themselves are shown
     roofline = section(performance, "### Roofline")
     assert f"| {TARGET} | not run | — |" in roofline and f"| {REFERENCE} | not run | — |" in roofline
@@ -552,7 +553,7 @@ def test_missing_bench_checks_shows_not_run_in_the_roofline(artifacts, tmp_path)
 
 def test_plot_links_resolve_next_to_report(artifacts, tmp_path):
     text = render(artifacts, tmp_path)
-    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", section(text, "## 12. Plots"))
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", section(text, H["plots"]))
     assert links == ["kld_per_position.png", "kld_distribution.png"]
     for link in links:
         assert (tmp_path / "reports" / "m" / link).is_file()
@@ -560,7 +561,7 @@ def test_plot_links_resolve_next_to_report(artifacts, tmp_path):
 
 def test_missing_plot_is_not_linked(artifacts, tmp_path):
     (tmp_path / "reports" / "m" / "kld_distribution.png").unlink()
-    plots_section = section(render(artifacts, tmp_path), "## 12. Plots")
+    plots_section = section(render(artifacts, tmp_path), H["plots"])
     assert "kld_distribution.png)" not in plots_section
     assert "- Distribution of per-position KLD: not run (kld\\_distribution.png absent)" in plots_section
 
@@ -569,7 +570,7 @@ def test_artifacts_list_hashes_versions_and_command(artifacts, tmp_path):
     from portcheck.hashing import sha256_file
 
     artifacts["configfile"] = "config/npu.yaml"
-    listing = section(render(artifacts, tmp_path), "## 13. Artifacts")
+    listing = section(render(artifacts, tmp_path), H["artifacts"])
     dump = artifacts["targets"][TARGET]["logits"]
     row = next(line for line in listing.splitlines() if line.startswith(f"| {cell(str(dump))} |"))
     assert row_cells(row, 3) == sha256_file(dump)[:16]
@@ -609,8 +610,8 @@ def test_every_table_ends_with_a_source_line(artifacts, tmp_path):
 def test_every_anchor_link_resolves_to_a_heading(artifacts, tmp_path):
     text = full_report(artifacts, tmp_path)
     links = re.findall(r"\]\((#[^)]*)\)", text)
-    assert links == ["#13-artifacts", "#5-precision-comparison", "#6-long-context-precision",
-                     "#5-precision-comparison"]
+    assert links == [H["artifacts"].replace("## ", "#").replace(". ", "-").lower(), "#5-precision-comparison",
+                     "#6-long-context-precision", "#7-decode-path-precision", "#5-precision-comparison"]
     headings = {anchor(line.lstrip("#").strip()) for line in text.splitlines() if line.startswith("#")}
     assert set(links) <= headings
 
@@ -621,7 +622,7 @@ def test_section_headings_come_from_the_one_list(artifacts, tmp_path):
     assert rendered == [f"## {n}. {title}" for n, (_, title) in enumerate(SECTIONS, start=1)]
     assert rendered[:-1] == HEADINGS
     headings = section_headings()
-    assert headings["artifacts"]["anchor"] == "#13-artifacts" and headings["history"]["heading"] == "14. History"
+    assert headings["artifacts"]["anchor"] == "#15-artifacts" and headings["history"]["heading"] == "16. History"
     assert anchor("9. bf16 vs fp32: Theory (not a measurement)") == "#9-bf16-vs-fp32-theory-not-a-measurement"
 
 
@@ -742,7 +743,7 @@ def test_report_from_real_dumps_and_comparison(artifacts, tmp_path):
     summary_row = next(line for line in text.splitlines() if line.startswith(f"| {TARGET} |"))
     assert row_cells(summary_row, 3) == VERDICT_WORDS[result["verdict"]["status"]]
     assert row_cells(summary_row, 4) == sci(result["kld_mean"])
-    precision = section(text, "## 5. Precision comparison")
+    precision = section(text, H["precision"])
     assert f"| KLD mean (nats) | {sci(result['kld_mean'])} |" in precision
     assert precision.count("❔ not available") == sum(c["passed"] is None for c in result["verdict"]["checks"])
     for block in table_blocks(text):
@@ -750,3 +751,26 @@ def test_report_from_real_dumps_and_comparison(artifacts, tmp_path):
 
 
 VERDICT_WORDS = {"pass": "✅ pass", "fail": "❌ fail"}
+
+
+def test_three_way_judges_a_candidate_against_a_benchmark_port(artifacts, tmp_path):
+    # Two CPU targets stand in for the NPU and the GPU port.
+    assert "Not run: it needs an npu and a gpu target" in section(render(artifacts, tmp_path), H["three_way"])
+    benchmark = "cpu-vllm-bf16"
+    compare = json.loads(artifacts["compare"][TARGET].read_text())
+    path = tmp_path / "results" / "m" / "compare" / f"{benchmark}.json"
+    path.write_text(json.dumps({**compare, "kld_mean": compare["kld_mean"] / 3, "kld_p99": compare["kld_p99"] / 1.5,
+                                "rms_delta_p": compare["rms_delta_p"], "max_rel_err": compare["max_rel_err"] / 5}))
+    artifacts["targets"][benchmark] = dict(artifacts["targets"][TARGET])
+    artifacts["compare"][benchmark] = path
+    config = json.loads(json.dumps(CONFIG))
+    config["compare"]["three_way"] = {"candidate": TARGET, "benchmark": benchmark}
+    text = render(artifacts, tmp_path, config)
+    three_way = section(text, H["three_way"])
+    rows = {line.split("|")[1].strip(): line for line in three_way.splitlines() if line.startswith("| ")}
+    assert row_cells(rows["KLD mean, seed prompts"], 3) == "3" and "❌ error" in rows["KLD mean, seed prompts"]
+    assert row_cells(rows["KLD p99, seed prompts"], 3) == "1.5" and "⚠️ warning" in rows["KLD p99, seed prompts"]
+    assert row_cells(rows["RMS Δp, seed prompts"], 3) == "1" and "✅ pass" in rows["RMS Δp, seed prompts"]
+    assert "⚠️ warning" in rows["MaxRelativeErr of logits"]  # 5x: an error for a mean, a warning for a max
+    assert "unknown (not measured on both)" in rows["KLD mean, long context"]
+    assert f"compare/{benchmark}.json (kld_mean)" in three_way.replace("\\_", "_")

@@ -100,7 +100,7 @@ def test_corrupted_history_is_set_aside_and_the_report_still_renders(finished_ru
     template.write_text(template.read_text() + "\n")
     snakemake(finished_run, "report", "--configfile", TEST_CONFIG)
     report = (finished_run / "reports" / MODEL / "report.md").read_text()
-    assert "## 14. History" in report and "corrupted" in report and "set aside as" in report
+    assert "## 16. History" in report and "corrupted" in report and "set aside as" in report
     aside = list(path.parent.glob("history.jsonl.corrupt-*"))
     assert len(aside) == 1 and "truncated by a full disk" in aside[0].read_text()
     assert len(path.read_text().splitlines()) == 1

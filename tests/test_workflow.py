@@ -50,6 +50,20 @@ def test_report_is_produced_from_artifacts(workflow_run):
     assert f"{compare['kld_mean']:.3e}" in report or f"{compare['kld_mean']:.2e}" in report
 
 
+def test_decode_path_is_compared_on_every_engine(workflow_run):
+    results = workflow_run / "results" / MODEL
+    report = (workflow_run / "reports" / MODEL / "report.md").read_text()
+    for target in ("cpu-hf-bf16", "cpu-vllm-bf16"):
+        decode = json.loads((results / "compare" / f"{target}.decode.json").read_text())
+        assert decode["overall"]["n_positions"] == 4 * 128 and decode["decode"]["steps"] == 128
+        assert decode["decode_vs_prefill"]["prefill"].endswith(f"{target}.corpus.json")
+        assert decode["verdict"]["status"] in ("pass", "fail")
+        assert f"### {target} vs cpu-hf-fp32, decode steps" in report
+    # The reference scored each target's own tokens: the hf bf16 decode is as close as its prefill.
+    bf16 = json.loads((results / "compare" / "cpu-hf-bf16.decode.json").read_text())
+    assert bf16["decode_vs_prefill"]["status"] == "pass" and bf16["verdict"]["status"] == "pass"
+
+
 def test_long_context_precision_is_measured_on_every_engine(workflow_run):
     results = workflow_run / "results" / MODEL
     report = (workflow_run / "reports" / MODEL / "report.md").read_text()
@@ -112,15 +126,16 @@ def test_template_edit_reruns_only_the_render(rerun_copy):
 
 def test_threshold_change_reruns_only_compare_and_render(rerun_copy):
     set_config(rerun_copy, lambda c: c["compare"]["thresholds"]["kld_mean_max"].update(value=0.123))
-    assert planned_jobs(rerun_copy) == {"compare_logits": 2, "compare_corpus": 2, "plot_kld": 1, "render_report": 1,
-                                        "render_html": 1, "report": 1}
+    assert planned_jobs(rerun_copy) == {"compare_logits": 2, "compare_corpus": 2, "compare_decode": 2, "plot_kld": 1,
+                                        "plot_long_context": 1, "render_report": 1, "render_html": 1, "report": 1}
 
 
 def test_enabling_a_target_runs_only_that_target(rerun_copy):
     set_config(rerun_copy, lambda c: c["targets"].setdefault("cpu-hf-fp16", {}).update(enabled=True))
     assert planned_jobs(rerun_copy) == {
         "capture_env": 1, "dump_logits": 1, "run_benchmarks": 1, "check_benchmarks": 1, "compare_logits": 1,
-        "compare_corpus": 1, "plot_kld": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
+        "compare_corpus": 1, "score_decode": 1, "compare_decode": 1, "plot_kld": 1, "plot_long_context": 1,
+        "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
     }
 
 
@@ -135,8 +150,8 @@ def test_hardware_peak_change_reruns_only_the_derived_figures(rerun_copy):
 
 def test_package_edit_reruns_the_rules_that_use_it(rerun_copy):
     edit(rerun_copy / "src" / "portcheck" / "compare" / "metrics.py", lambda t: t + "\n# edited\n")
-    assert planned_jobs(rerun_copy) == {"compare_logits": 2, "compare_corpus": 2, "plot_kld": 1, "render_report": 1,
-                                        "render_html": 1, "report": 1}
+    assert planned_jobs(rerun_copy) == {"compare_logits": 2, "compare_corpus": 2, "compare_decode": 2, "plot_kld": 1,
+                                        "plot_long_context": 1, "render_report": 1, "render_html": 1, "report": 1}
 
 
 @pytest.mark.parametrize("module", ["engine.py", "engine_args.py", "worker_extension.py"])
@@ -146,7 +161,8 @@ def test_engine_edit_reruns_only_that_engines_targets(rerun_copy, module):
     # the vllm target's dump and benchmarks; its serving check because the dump it checks against is redone
     assert planned_jobs(rerun_copy) == {
         "dump_logits": 1, "run_benchmarks": 1, "check_benchmarks": 1, "check_serving": 1, "compare_logits": 1,
-        "compare_corpus": 1, "plot_kld": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
+        "compare_corpus": 1, "score_decode": 1, "compare_decode": 1, "plot_kld": 1, "plot_long_context": 1,
+        "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
     }
 
 

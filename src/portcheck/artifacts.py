@@ -21,6 +21,8 @@ TARGET_FILES = {
     "determinism": "determinism.json",
     "samples": "samples.json",
     "corpus": "corpus.safetensors",
+    "decode": "decode.safetensors",
+    "decode_reference": "decode_reference.safetensors",
     "bench": "bench.json",
     "bench_csv": "bench.csv",
     "bench_checks": "bench_checks.json",
@@ -35,16 +37,20 @@ WRITTEN_BY = {
     "determinism": "dump_logits",
     "samples": "dump_logits",
     "corpus": "dump_logits",
+    "decode": "dump_logits",
+    "decode_reference": "score_decode",
     "bench": "run_benchmarks",
     "bench_csv": "run_benchmarks",
     "bench_checks": "check_benchmarks",
     "serve": "check_serving",
     "compare": "compare_logits",
     "corpus_compare": "compare_corpus",
+    "decode_compare": "compare_decode",
 }
-# What one dump_logits job writes (one engine start), in its output order; "corpus" too where corpus is enabled.
+# What one dump_logits job writes (one engine start), in its output order; then "corpus" and "decode" where
+# the config enables them.
 DUMP_KINDS = ("logits", "adaptation", "determinism", "samples")
-CORPUS_KIND = "corpus"
+CORPUS_KIND, DECODE_KIND = "corpus", "decode"
 # Per-target kinds every report reads; bench_checks and serve are added by the report rule where they apply.
 REPORTED_KINDS = ("env", *DUMP_KINDS, "bench")
 
@@ -59,6 +65,10 @@ def compare_path(results: str, target: str) -> str:
 
 def corpus_compare_path(results: str, target: str) -> str:
     return f"{results}/compare/{target}.corpus.json"
+
+
+def decode_compare_path(results: str, target: str) -> str:
+    return f"{results}/compare/{target}.decode.json"
 
 
 def read_artifact(path: str | os.PathLike, kind: str) -> Any:

@@ -167,6 +167,7 @@ def _semantic_problems(config: dict, base_dir: Path) -> list[str]:
     except PortcheckError as exc:
         problems.append(str(exc))
     problems.extend(corpus_problems(config, base_dir))
+    problems.extend(three_way_problems(config))
     model = config["model"]
     if model["source"] == "local":
         problems.extend(local_model_problems(model.get("path"), base_dir))
@@ -235,6 +236,19 @@ def read_corpus_text(path: Path) -> str:
             f"corpus file {path} is empty; give a text to cut into windows, or set corpus.enabled: false"
         )
     return text
+
+
+def three_way_problems(config: dict) -> list[str]:
+    """Targets named for msprobe's three-way comparison must be enabled and compared with the reference."""
+    problems = []
+    for role, name in config["compare"]["three_way"].items():
+        target = config["targets"].get(name) if name else None
+        if name and (target is None or not target["enabled"] or name == config["reference"]):
+            problems.append(
+                f"compare.three_way.{role} is {name!r}, which is not an enabled target other than the reference; "
+                "name an enabled target, or null for the first enabled npu (candidate) / gpu (benchmark) target"
+            )
+    return problems
 
 
 def corpus_problems(config: dict, base_dir: Path) -> list[str]:

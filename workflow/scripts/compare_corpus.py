@@ -1,13 +1,14 @@
-"""Snakemake adapter: rule compare_corpus -> portcheck.compare.corpus.compare_corpus_files."""
+"""Snakemake adapter: rule compare_corpus -> portcheck.compare.positions.compare_corpus_files."""
 
 from portcheck.atomic import write_json
-from portcheck.compare.corpus import compare_corpus_files
+from portcheck.compare.positions import compare_corpus_files
 from portcheck.workflow.script import run_script
 
 
 def main(smk):
-    result = compare_corpus_files(smk.input.reference, smk.input.target, dict(smk.params.thresholds),
-                                  smk.params.tie_tolerance, dict(smk.params.corpus))
+    p = smk.params
+    result = compare_corpus_files(smk.input.reference, smk.input.target, dict(p.thresholds), p.tie_tolerance,
+                                  dict(p.positions), p.score_from)
     write_json(smk.output[0], result)
 
 

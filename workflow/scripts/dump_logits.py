@@ -24,6 +24,7 @@ def main(smk):
         determinism=dict(smk.params.determinism),
         samples=dict(smk.params.samples),
         corpus=corpus_job(smk),
+        decode=dict(smk.params.decode) if smk.params.decode["enabled"] else None,
     )
 
 

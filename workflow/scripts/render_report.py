@@ -16,8 +16,9 @@ def main(smk):
         # The inputs, not paths rebuilt from params: with a storage plugin they are the local copies.
         "targets": {t: {kind: _input(smk.input.per_target, t, kind) for kind in REPORTED_KINDS} for t in p.targets},
         "compare": dict(zip(p.compared, smk.input.compare)),
-        # None: corpus disabled (the report says so); otherwise each compared target's long-context comparison.
+        # None: turned off in the config (the report says so); otherwise each compared target's comparison.
         "corpus_compare": dict(zip(p.compared, smk.input.corpus_compare)) if p.corpus else None,
+        "decode_compare": dict(zip(p.compared, smk.input.decode_compare)) if p.decode else None,
         "plots": dict(p.plots),
         "configfile": p.configfile,
     }

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from portcheck.atomic import write_json
-from portcheck.model.checkpoint import model_sha, tokenizer_sha
+from portcheck.model.checkpoint import config_summary, load_model_config, model_sha, tokenizer_sha
 from portcheck.dump.corpus import cut_windows
 from portcheck.dump.logits_file import first_difference, write_dump
 from portcheck.engines.factory import make_engine
-from portcheck.engines.outputs import Generation
+from portcheck.engines.outputs import DecodeScores, Generation
 from portcheck.engines.settings import EngineSettings
 from portcheck.engines.base import check_prompt_lengths
 from portcheck.env.versions import stack_versions
@@ -100,21 +100,31 @@ def run_target(
     determinism: dict | None = None,
     samples: dict | None = None,
     corpus: dict | None = None,
+    decode: dict | None = None,
 ) -> None:
-    """Write outputs["logits"], ["adaptation"], and where given ["determinism"], ["samples"], ["corpus"].
-    corpus: {"text", "path", "window_length", "windows"}: long-context windows scored in the same engine start."""
+    """Write outputs["logits"], ["adaptation"], and where given ["determinism"], ["samples"], ["corpus"],
+    ["decode"]. corpus: {"text", "path", "sha256", "window_length", "windows"}: long-context windows scored in
+    the same engine start. decode: {"prompts": N, "max_tokens": n}: the first N prompts decoded greedily."""
     target = parse_target(target_name)
     tokenizer = load_tokenizer(model_dir, settings.trust_remote_code)
     prompt_ids = tokenize(tokenizer, prompts)
     longest_generation = max(greedy_tokens, (determinism or {}).get("max_tokens", 0), (samples or {}).get("max_tokens", 0))
     check_prompt_lengths(prompt_ids, settings.max_model_len, prompts, new_tokens=longest_generation)
+    check_topk(target, settings, model_dir)
     windows = corpus_windows(tokenizer, corpus, settings.max_model_len) if corpus else None
+    decode_prompts = prompt_ids[: decode["prompts"]] if decode else None
+    if decode:
+        check_prompt_lengths(decode_prompts, settings.max_model_len, prompts[: decode["prompts"]],
+                             new_tokens=decode["max_tokens"])
     started = time.perf_counter()
     with make_engine(target, model_dir, settings) as engine:
         scores = engine.score(prompt_ids)
         corpus_started = time.perf_counter()
         corpus_scores = engine.score(windows) if windows else None
         corpus_seconds = time.perf_counter() - corpus_started
+        decode_started = time.perf_counter()
+        decoded = engine.decode(decode_prompts, decode["max_tokens"]) if decode else None
+        decode_seconds = time.perf_counter() - decode_started
         greedy = [engine.generate([ids], greedy_tokens)[0] for ids in prompt_ids]
         adaptation = engine.adaptation()
         full_values = engine.full_values
@@ -141,6 +151,31 @@ def run_target(
             "corpus": {"path": corpus["path"], "sha256": corpus["sha256"], "window_length": corpus["window_length"],
                        "windows": corpus["windows"]},
         })
+    if decoded:
+        write_decode_dump(outputs["decode"], decoded, {**meta, "run_seconds": round(decode_seconds, 3)},
+                          decode["max_tokens"])
+
+
+def write_decode_dump(path, decoded: list[DecodeScores], meta: dict, max_tokens: int) -> None:
+    """The decode steps as a dump: rows are steps, the greedy tokens ride along, and the prompts (token ids) are in
+    the metadata so that the reference can score prompt + tokens teacher-forced (rule score_decode)."""
+    prompts = [d.prompt for d in decoded]
+    write_dump(path, [d.scores for d in decoded], [Generation(d.tokens) for d in decoded], {
+        **meta, "prompts": [], "greedy_text": [], "greedy_tokens": [],
+        "prompts_sha": sha256_text(json.dumps([prompts, [d.tokens for d in decoded]])),
+        "decode": {"prompts": prompts, "max_tokens": max_tokens},
+    })
+
+
+def check_topk(target, settings: EngineSettings, model_dir) -> None:
+    """A top-k wider than the vocabulary is refused before the engine starts (vLLM would fail after it)."""
+    vocab = config_summary(load_model_config(model_dir)).get("vocab_size")
+    k = settings.logprobs_topk
+    if target.engine == "vllm" and vocab and k > vocab:
+        raise PortcheckError(
+            f"targets.{target.name}.logprobs_topk is {k} but the vocabulary has {vocab} ids; use at most {vocab}, "
+            "or -1 for the full vocabulary"
+        )
 
 
 def corpus_windows(tokenizer, corpus: dict, max_model_len: int | None) -> list[list[int]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from portcheck.errors import PortcheckError
-from portcheck.engines.outputs import Generation, PromptScores, TimedGeneration
+from portcheck.engines.outputs import DecodeScores, Generation, PromptScores, TimedGeneration
 from portcheck.engines.settings import EngineSettings
 
 
@@ -36,6 +36,11 @@ class Engine(abc.ABC):
         seed: int | None = None,
     ) -> list[Generation]:
         """Continuations of a batch of prompts; temperature 0 is greedy."""
+
+    @abc.abstractmethod
+    def decode(self, prompts: list[list[int]], max_new_tokens: int) -> list[DecodeScores]:
+        """Greedy continuations through the engine's decode path, with every step's distribution (what the decode
+        kernels computed), for the reference to score teacher-forced."""
 
     @abc.abstractmethod
     def adaptation(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import numpy as np
 from portcheck.engines import devices
 from portcheck.model.checkpoint import checkpoint_facts
 from portcheck.engines.base import Engine
-from portcheck.engines.outputs import Generation, PromptScores, TimedGeneration, item
+from portcheck.engines.outputs import DecodeScores, Generation, PromptScores, TimedGeneration, decode_row_ids, item
 
 # Functions transformers swaps for optimised kernels (flash-linear-attention, causal-conv1d) when installed.
 GDN_FUNCTIONS = (
@@ -59,6 +59,26 @@ class HFEngine(Engine):
 
     def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, seed=None) -> list[Generation]:
         """One left-padded batch, as a serving engine would batch them; greedy when temperature is 0."""
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else {"do_sample": False}
+        new_tokens, step_logits = self._generate_steps(prompts, max_new_tokens, sampling, seed)
+        logprobs = self.torch.stack([self.torch.log_softmax(step, dim=-1) for step in step_logits], dim=1)
+        chosen = logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        return [Generation(t.tolist(), c.tolist()) for t, c in zip(new_tokens, chosen)]
+
+    def decode(self, prompts, max_new_tokens) -> list[DecodeScores]:
+        """Each prompt alone (no padding), greedy, with the raw logits of every step: the recurrent GDN update and
+        the KV-cached attention, not the chunked prefill."""
+        results = []
+        for ids in prompts:
+            new_tokens, step_logits = self._generate_steps([ids], max_new_tokens, {"do_sample": False}, None)
+            tokens = new_tokens[0].tolist()
+            logits = self.torch.stack([step[0] for step in step_logits]).numpy()
+            results.append(DecodeScores(list(ids), tokens, PromptScores(
+                input_ids=np.asarray(decode_row_ids(ids, tokens), dtype=np.int64), logits=logits)))
+        return results
+
+    def _generate_steps(self, prompts, max_new_tokens, sampling: dict, seed):
+        """(new tokens [B, n], per-step raw logits: n tensors [B, V] float32 on cpu) of one left-padded batch."""
         torch = self.torch
         pad = self.model.generation_config.pad_token_id
         if pad is None:
@@ -67,7 +87,6 @@ class HFEngine(Engine):
         width = max(len(p) for p in prompts)
         input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=self.device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else {"do_sample": False}
         if seed is not None:
             torch.manual_seed(seed)
         with torch.inference_mode():
@@ -81,10 +100,7 @@ class HFEngine(Engine):
                 return_dict_in_generate=True,
                 **sampling,
             )
-        new_tokens = out.sequences[:, width:].cpu()
-        logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in out.logits], dim=1).cpu()
-        chosen = logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
-        return [Generation(t.tolist(), c.tolist()) for t, c in zip(new_tokens, chosen)]
+        return out.sequences[:, width:].cpu(), [step.float().cpu() for step in out.logits]
 
     def adaptation(self) -> dict[str, Any]:
         facts = checkpoint_facts(self.model_dir)

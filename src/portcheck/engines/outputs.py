@@ -22,6 +22,21 @@ class PromptScores:
 
 
 @dataclass
+class DecodeScores:
+    """A greedy decode with the distribution of every step. scores.input_ids are the tokens each step follows
+    ([last prompt token] + tokens[:-1]) so that, as in teacher-forced scores, row t's next token is tokens[t]."""
+
+    prompt: list[int]
+    tokens: list[int]
+    scores: PromptScores
+
+
+def decode_row_ids(prompt: list[int], tokens: list[int]) -> list[int]:
+    """The token each decode step follows: the last prompt token, then every decoded token but the last."""
+    return [int(prompt[-1]), *(int(t) for t in tokens[:-1])]
+
+
+@dataclass
 class Generation:
     token_ids: list[int]
     logprobs: list[float] | None = None  # log-prob of each chosen token, where the engine gives it

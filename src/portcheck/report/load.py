@@ -15,7 +15,10 @@ from portcheck.errors import PortcheckError
 JSON_KINDS = ("env", "adaptation", "determinism", "samples", "bench", "bench_checks", "serve")
 # Artifacts that are not per-target files under results/<model>/<target>/.
 GIVEN_APART = {"compare": "comparison (compare/<target>.json)",
-               "corpus_compare": "long-context comparison (compare/<target>.corpus.json)"}
+               "corpus_compare": "long-context comparison (compare/<target>.corpus.json)",
+               "decode_compare": "decode-path comparison (compare/<target>.decode.json)"}
+# The comparisons by position the config can turn off: artifacts key -> TargetData attribute.
+BY_POSITION = ("corpus_compare", "decode_compare")
 NOT_GIVEN = "no {file} was given to the report (the rule that writes it did not run for this target)"
 
 
@@ -30,6 +33,7 @@ class TargetData:
     samples: dict | None = None
     compare: dict | None = None
     corpus_compare: dict | None = None  # the long-context comparison (compare/<target>.corpus.json)
+    decode_compare: dict | None = None  # the decode-path comparison (compare/<target>.decode.json)
     bench: dict | None = None
     bench_checks: dict | None = None  # the roofline and consistency flags derived from bench
     serve: dict | None = None
@@ -61,19 +65,19 @@ def _read_present(data: TargetData, kind: str, paths: dict) -> Any:
     return read_dump_meta(path) if kind == "logits" else read_artifact(path, kind)
 
 
-def load_target(name: str, paths: dict, compare_path, reference: str, corpus_compare_path=None) -> TargetData:
+def load_target(name: str, paths: dict, compare_path, reference: str, by_position: dict | None = None) -> TargetData:
     """paths: artifact kind -> file (None: not configured for this target; a kind left out: not produced).
-    corpus_compare_path: None where the corpus is disabled, "" where it was not produced."""
+    by_position: corpus_compare / decode_compare -> file, None where the config turns it off; a kind left out:
+    not produced."""
     data = TargetData(name, "reference" if name == reference else "target")
-    given = {**paths, "compare": compare_path}
-    if corpus_compare_path != "":
-        given["corpus_compare"] = corpus_compare_path
+    given = {**paths, "compare": compare_path, **(by_position or {})}
     data.meta = _read_present(data, "logits", given)
     for kind in JSON_KINDS:
         setattr(data, kind, _read_present(data, kind, given))
     if data.role == "target":
         data.compare = _read_present(data, "compare", given)
-        data.corpus_compare = _read_present(data, "corpus_compare", given)
+        for kind in BY_POSITION:
+            setattr(data, kind, _read_present(data, kind, given))
     return data
 
 
@@ -87,9 +91,18 @@ def load_targets(artifacts: dict) -> list[TargetData]:
         )
     names = sorted(artifacts["targets"], key=lambda n: (n != reference, list(artifacts["targets"]).index(n)))
     compare = artifacts.get("compare") or {}
-    corpus = artifacts.get("corpus_compare")  # None: corpus disabled
-    return [load_target(n, artifacts["targets"][n], compare.get(n), reference,
-                        None if corpus is None else corpus.get(n, "")) for n in names]
+    return [load_target(n, artifacts["targets"][n], compare.get(n), reference, _by_position(artifacts, n))
+            for n in names]
+
+
+def _by_position(artifacts: dict, target: str) -> dict:
+    """{kind: file, or None where the config turns it off}; a kind the run did not produce is left out."""
+    found = {}
+    for kind in BY_POSITION:
+        files = artifacts.get(kind)  # None: turned off in the config
+        if files is None or target in files:
+            found[kind] = None if files is None else files[target]
+    return found
 
 
 def prompts_of(targets: list[TargetData]) -> list[str]:

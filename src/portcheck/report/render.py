@@ -21,7 +21,7 @@ from portcheck.report.sections.artifacts import artifacts_section
 from portcheck.report.sections.determinism import determinism_section
 from portcheck.report.sections.environment import environment_section
 from portcheck.report.sections.model import model_section
-from portcheck.report.sections.long_context import long_context_section
+from portcheck.report.sections.positions import decode_section, long_context_section
 from portcheck.report.sections.performance import performance_section
 from portcheck.report.sections.plots import plots_section
 from portcheck.report.sections.precision import precision_section
@@ -29,6 +29,7 @@ from portcheck.report.sections.predictions import predictions_section
 from portcheck.report.sections.samples import samples_section
 from portcheck.report.sections.summary import summary_section
 from portcheck.report.sections.theory import theory_section
+from portcheck.report.sections.three_way import three_way_section
 
 # The report's sections in order: (key, title). Their numbers, headings and anchors are made from this list only;
 # the template refers to them by key. History comes last: it is shown only when the render rule records one.
@@ -39,6 +40,8 @@ SECTIONS = (
     ("adaptation", "Adaptation checklist"),
     ("precision", "Precision comparison"),
     ("long_context", "Long-context precision"),
+    ("decode", "Decode-path precision"),
+    ("three_way", "No worse than the GPU port (msprobe three-way)"),
     ("predictions", "Predicted tokens per prompt"),
     ("determinism", "Determinism"),
     ("samples", "Generation samples"),
@@ -83,6 +86,8 @@ def build_context(artifacts: dict, config: dict) -> dict:
         "adaptation": adaptation_section(targets),
         "precision": precision_section(targets, prompts),
         "long_context": long_context_section(targets),
+        "decode": decode_section(targets),
+        "three_way": three_way_section(targets, config["compare"]["three_way"]),
         "predictions": predictions_section(targets, prompts),
         "determinism": determinism_section(targets),
         "samples": samples_section(targets),

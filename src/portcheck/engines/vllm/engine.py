@@ -25,7 +25,7 @@ import numpy as np
 
 from portcheck.errors import PortcheckError
 from portcheck.engines.base import DTYPE_BYTES, Engine, check_prompt_lengths
-from portcheck.engines.outputs import Generation, PromptScores, TimedGeneration
+from portcheck.engines.outputs import DecodeScores, Generation, PromptScores, TimedGeneration, decode_row_ids
 from portcheck.engines.settings import EngineSettings
 from portcheck.engines.vllm import process
 from portcheck.engines.vllm.adaptation import adaptation_items, kv_items
@@ -209,8 +209,14 @@ class VLLMEngine(Engine):
                 f"vLLM returned {None if prompt_lp is None else len(prompt_lp)} prompt-logprob positions for a "
                 f"{T}-token prompt (and {'no' if not sample_lp else 'some'} sample logprobs); expected {T}"
             )
-        token_logprobs = np.full(T, np.nan, dtype=np.float32)
         rows = [_position(prompt_lp, t + 1) for t in range(T - 1)] + [_position(sample_lp, 0)]
+        return self._scores_from_rows(ids, rows, k, full)
+
+    def _scores_from_rows(self, ids: list[int], rows: list, k: int, full: bool) -> PromptScores:
+        """PromptScores from vLLM's logprobs rows: row t is the distribution of ids[t + 1] (the last row's token
+        is not in ids); top-k rows are sorted by descending log-prob, ties by vLLM's rank."""
+        T = len(ids)
+        token_logprobs = np.full(T, np.nan, dtype=np.float32)
         if full:
             logits = np.full((T, self.vocab_size), -np.inf, dtype=np.float32)
         else:
@@ -221,7 +227,7 @@ class VLLMEngine(Engine):
                 actual = int(ids[t + 1])
                 hits = [lp for tid, lp in zip(tok, lps) if tid == actual]
                 if not hits:
-                    raise PortcheckError(f"vLLM's prompt logprobs at position {t + 1} lack the prompt token {actual}")
+                    raise PortcheckError(f"vLLM's logprobs at row {t} lack the token {actual} that follows it")
                 token_logprobs[t] = hits[0]
             if full:
                 logits[t, np.asarray(tok, dtype=np.int64)] = np.asarray(lps, dtype=np.float32)
@@ -242,6 +248,27 @@ class VLLMEngine(Engine):
             return PromptScores(input_ids=input_ids, logits=logits, token_logprobs=token_logprobs)
         return PromptScores(input_ids=input_ids, topk_ids=topk_ids, topk_logprobs=topk_logprobs,
                             token_logprobs=token_logprobs)
+
+    def decode(self, prompts: list[list[int]], max_new_tokens: int) -> list[DecodeScores]:
+        """Greedy decoding through the engine's decode path (one batch, as served), with each step's log-probs
+        (top-k, or the full vocabulary one prompt at a time to bound vLLM's Python objects)."""
+        check_prompt_lengths(prompts, self.max_model_len, new_tokens=max_new_tokens)
+        k = self.settings.logprobs_topk
+        full = k == -1
+        params = _sampling_params(
+            max_tokens=int(max_new_tokens), temperature=0.0, logprobs=k, detokenize=False, flat_logprobs=True,
+            ignore_eos=True,
+        )
+        batches = [[ids] for ids in prompts] if full else [prompts]
+        results = []
+        for batch in batches:
+            for ids, output in zip(batch, self._generate("decoding", batch, params)):
+                completion = output.outputs[0]
+                tokens = [int(t) for t in completion.token_ids]
+                rows = [_position(completion.logprobs, j) for j in range(len(tokens))]
+                results.append(DecodeScores(list(ids), tokens,
+                                            self._scores_from_rows(decode_row_ids(ids, tokens), rows, k, full)))
+        return results
 
     def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, seed=None) -> list[Generation]:
         """Exactly max_new_tokens per prompt (ignore_eos, like the hf engine's min_new_tokens; extra.ignore_eos

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from portcheck.report.format import DASH, NO, NOT_RUN, UNKNOWN, VERDICT_LABEL, YES, num, pct, sci, table
 from portcheck.report.load import TargetData
-from portcheck.report.sections.long_context import corpus_status
+from portcheck.report.sections.positions import growth_summary, position_status
 from portcheck.report.sources import cite, every_target
 
 
@@ -22,19 +22,21 @@ def summary_table(targets: list[TargetData]) -> dict:
         rows.append([
             t.name, t.role, run_label(t), VERDICT_LABEL.get(status, status),
             sci(c.get("kld_mean")) if t.compare else DASH,
-            long_context_summary(t),
+            by_position_summary(t, "corpus_compare"),
+            by_position_summary(t, "decode_compare"),
             pct(c.get("top1_agreement")) if t.compare else DASH,
             num(c.get("delta_ppl")) if t.compare else DASH,
             determinism_summary(t), adaptation_counts(t),
         ])
-    header = ["Target", "Role", "Does it run", "Agrees with reference", "KLD mean", "Long context", "Top-1 agreement",
-              "ΔPPL",
+    header = ["Target", "Role", "Does it run", "Agrees with reference", "KLD mean", "Long context", "Decode path",
+              "Top-1 agreement", "ΔPPL",
               "Determinism", "Adaptation checks"]
     source = "; ".join([
         cite(every_target(targets, "logits"), "metadata"),
         cite(every_target(targets, "compare"), "verdict.status", "kld_mean", "top1_agreement", "delta_ppl",
              "nonfinite"),
         cite(every_target(targets, "corpus_compare"), "verdict.status", "growth.ratio"),
+        cite(every_target(targets, "decode_compare"), "verdict.status", "growth.ratio"),
         cite(every_target(targets, "determinism"), "repeat_identical_rate", "batch_invariant_rate"),
         cite(every_target(targets, "adaptation"), "items.*.status"),
     ])
@@ -56,35 +58,23 @@ def target_nonfinite_count(compare: dict) -> int:
 
 
 def agreement_status(data: TargetData) -> str:
-    """The seed-prompt verdict combined with the long-context one (where the corpus is configured): a failure of
-    either fails; a missing one leaves the target without a pass."""
+    """The seed-prompt verdict combined with the long-context and decode-path ones (where configured): a failure
+    of any fails; a missing one leaves the target without a pass."""
     if data.role == "reference":
         return "reference"
     if data.compare is None:
         return NOT_RUN
     status = (data.compare.get("verdict") or {}).get("status")
     statuses = [status if status in ("pass", "fail") else UNKNOWN]
-    long_context = corpus_status(data)
-    if long_context is not None:
-        statuses.append(long_context)
+    statuses += [s for s in (position_status(data, k) for k in ("corpus_compare", "decode_compare")) if s]
     if "fail" in statuses:
         return "fail"
     return "pass" if all(s == "pass" for s in statuses) else UNKNOWN
 
 
-def long_context_summary(data: TargetData) -> str:
-    """The long-context verdict and KLD growth past the first chunk ('—' for the reference)."""
-    if data.role == "reference":
-        return DASH
-    status = corpus_status(data)
-    if status is None:
-        return "not configured"
-    growth = (data.corpus_compare or {}).get("growth") or {}
-    label = VERDICT_LABEL.get(status, status)
-    if growth.get("ratio") is not None:
-        return f"{label} (KLD growth {num(growth['ratio'])}x)"
-    return f"{label} (KLD growth ∞: first chunk exact)" if growth.get("first_bucket_exact") and growth.get(
-        "kld_later") else label
+def by_position_summary(data: TargetData, kind: str) -> str:
+    """A comparison by position (long context, decode) in one cell: '—' for the reference."""
+    return DASH if data.role == "reference" else growth_summary(data, kind)
 
 
 def adaptation_counts(data: TargetData) -> str:

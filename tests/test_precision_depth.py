@@ -1,6 +1,7 @@
-"""Long-context precision (issue 10): corpus windows, statistics by position bucket, the growth check, the bad
-inputs, and the proof: a recurrent-state fault past the first Gated DeltaNet chunk passes the seed-prompt check
-and fails this one, with the place named."""
+"""Precision where ports break (issue 10): long-context corpus windows and decode steps compared by bucket of
+positions, the growth and decode-vs-prefill checks, msprobe's three-way settings, the bad inputs, and the proof:
+a Gated DeltaNet state fault past the first chunk, and one between decode steps, both pass the seed-prompt check
+and each fails the comparison that looks where it acts, with the place named."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import yaml
 
 from conftest import ROOT
 from portcheck.compare.compare import compare_files
-from portcheck.compare.corpus import compare_corpus, compare_corpus_files, growth_check
+from portcheck.compare.positions import compare_by_position, compare_corpus_files, growth_check
 from portcheck.config import DEFAULT_CORPUS, load_schema, read_corpus_text, validate_config
 from portcheck.dump.corpus import cut_windows, window_starts
 from portcheck.dump.logits_file import read_dump, write_dump
@@ -21,7 +22,8 @@ from portcheck.errors import PortcheckError
 
 SCHEMA = load_schema(ROOT / "config" / "schema.yaml")
 THRESHOLDS = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["compare"]["thresholds"]
-CORPUS = {"score_from": 0, "bucket": 4, "growth_max": 2.0, "growth_floor": 1e-6}
+POSITIONS = {"bucket": 4, "growth_max": 2.0, "growth_floor": 1e-6}
+CHUNKS = {"bucket": 64, "growth_max": 2.0, "growth_floor": 1e-6}  # the defaults: one GDN chunk per bucket
 META = {"model_sha": "m", "tokenizer_sha": "t", "prompts_sha": "corpus"}
 
 
@@ -52,8 +54,8 @@ def test_bucket_statistics_by_hand(tmp_path):
     ref = [np.zeros((8, 2), np.float32)]
     tgt = [np.zeros((8, 2), np.float32)]
     tgt[0][4:, 0] = math.log(0.8 / 0.2)
-    result = compare_corpus(save(tmp_path, "cpu-hf-fp32", ids, ref), save(tmp_path, "cpu-hf-bf16", ids, tgt),
-                            THRESHOLDS, 0.04, CORPUS)
+    result = compare_by_position(save(tmp_path, "cpu-hf-fp32", ids, ref), save(tmp_path, "cpu-hf-bf16", ids, tgt),
+                            THRESHOLDS, 0.04, POSITIONS)
     first, second = result["buckets"]
     kld = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)
     assert (first["start"], first["end"], first["n_positions"]) == (0, 3, 4)
@@ -80,8 +82,8 @@ def test_long_context_plot_is_drawn_and_reproducible(tmp_path):
     ids = [np.arange(8) % 2] * 2
     ref = [np.zeros((8, 2), np.float32)] * 2
     tgt = [np.zeros((8, 2), np.float32), np.ones((8, 2), np.float32) * [[1.0, 0.0]]]
-    result = compare_corpus(save(tmp_path, "cpu-hf-fp32", ids, ref), save(tmp_path, "cpu-hf-bf16", ids, tgt),
-                            THRESHOLDS, 0.04, CORPUS)
+    result = compare_by_position(save(tmp_path, "cpu-hf-fp32", ids, ref), save(tmp_path, "cpu-hf-bf16", ids, tgt),
+                            THRESHOLDS, 0.04, POSITIONS)
     write_json(tmp_path / "c.json", result)
     first, second = tmp_path / "a.png", tmp_path / "b.png"
     plot_kld_long_context({"cpu-hf-bf16": tmp_path / "c.json"}, first)
@@ -93,8 +95,8 @@ def test_score_from_leaves_the_first_rows_out(tmp_path):
     ids = [np.arange(8) % 2]
     ref, tgt = [np.zeros((8, 2), np.float32)], [np.zeros((8, 2), np.float32)]
     tgt[0][:4, 0] = 3.0  # only rows 0-3 differ; llama.cpp's protocol scores the second half
-    result = compare_corpus(save(tmp_path, "cpu-hf-fp32", ids, ref), save(tmp_path, "cpu-hf-bf16", ids, tgt),
-                            THRESHOLDS, 0.04, {**CORPUS, "score_from": 4})
+    result = compare_by_position(save(tmp_path, "cpu-hf-fp32", ids, ref), save(tmp_path, "cpu-hf-bf16", ids, tgt),
+                            THRESHOLDS, 0.04, POSITIONS, score_from=4)
     assert [b["start"] for b in result["buckets"]] == [4]
     assert result["overall"]["n_positions"] == 4 and result["overall"]["kld_mean"] == 0
     assert result["verdict"]["status"] == "pass"
@@ -153,6 +155,14 @@ def test_window_longer_than_a_targets_context_is_refused_naming_both():
     validate_config(config_with(enabled=False, window_length=600, file="nowhere.txt"), SCHEMA, ROOT)
 
 
+def test_three_way_names_must_be_enabled_targets():
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["compare"]["three_way"] = {"candidate": "npu-vllm-bf16", "benchmark": "cpu-hf-fp32"}
+    message = problems(config)
+    assert "compare.three_way.candidate is 'npu-vllm-bf16', which is not an enabled target" in message
+    assert "compare.three_way.benchmark is 'cpu-hf-fp32'" in message
+
+
 def test_whitespace_only_prompt_is_refused_not_dropped():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config["prompts"]["list"] = ["The capital of France is", "   ", ""]
@@ -170,6 +180,16 @@ def test_window_too_long_for_the_engine_is_refused_before_it_starts(tiny_model_d
     with pytest.raises(PortcheckError, match=r"corpus window 0.*200 tokens.*max_model_len 128"):
         run.run_target("cpu-hf-fp32", tiny_model_dir, ["a"], EngineSettings(max_model_len=128), {},
                        greedy_tokens=1, corpus=corpus)
+
+
+def test_topk_wider_than_the_vocabulary_is_refused_before_the_engine_starts(tiny_model_dir, monkeypatch):
+    from portcheck.dump import run
+    from portcheck.engines.settings import EngineSettings
+
+    monkeypatch.setattr(run, "make_engine", lambda *a: pytest.fail("the engine must not start"))
+    with pytest.raises(PortcheckError, match=r"targets.cpu-vllm-bf16.logprobs_topk is 5000 but the vocabulary has"):
+        run.run_target("cpu-vllm-bf16", tiny_model_dir, ["a"], EngineSettings(logprobs_topk=5000), {},
+                       greedy_tokens=1)
 
 
 # ---------------------------------------------------------------- the proof: a fault past the first chunk
@@ -194,12 +214,25 @@ def drop_state_at_chunk_boundaries(original):
     return chunked
 
 
+def drop_state_between_decode_steps(original):
+    """A Gated DeltaNet decode step that starts from a zero state instead of the cached one (a state not written
+    back or not read in a decode kernel, as in graph replay): prefill is untouched."""
+    def step(query, key, value, g, beta, initial_state=None, output_final_state=False, **kwargs):
+        state = None if initial_state is None else initial_state * 0
+        return original(query, key, value, g, beta, initial_state=state, output_final_state=output_final_state,
+                        **kwargs)
+
+    return step
+
+
 @pytest.fixture(scope="module")
-def faulty_run(tiny_model_dir, tmp_path_factory):
-    """The reference and a target whose GDN state is dropped at chunk boundaries, dumped by the real dump code
-    (run_target on the hf engine) with the seed prompts and the shipped corpus."""
+def faulty_runs(tiny_model_dir, tmp_path_factory):
+    """Dumps made by the real dump code (run_target on the hf engine) with the seed prompts, the shipped corpus and
+    the decode path: the reference, a target whose GDN prefill drops its state at chunk boundaries, and one whose
+    decode steps drop it. Each target's decode tokens are scored by the reference's engine (score_decode)."""
     import transformers.models.qwen3_5.modeling_qwen3_5 as qwen3_5
 
+    from portcheck.dump.decode_reference import score_decode
     from portcheck.dump.run import run_target
     from portcheck.engines.settings import EngineSettings
     from portcheck.hashing import sha256_text
@@ -209,32 +242,47 @@ def faulty_run(tiny_model_dir, tmp_path_factory):
     text = read_corpus_text(DEFAULT_CORPUS)
     corpus = {"text": text, "path": DEFAULT_CORPUS.name, "sha256": sha256_text(text), "window_length": 300,
               "windows": 2}
-
-    def dump(name):
-        paths = {kind: out / name / f"{kind}.x" for kind in ("logits", "adaptation", "corpus")}
-        paths["logits"] = out / name / "logits.safetensors"
-        paths["corpus"] = out / name / "corpus.safetensors"
+    faults = {"reference": None,
+              "chunk_fault": ("torch_chunk_gated_delta_rule", drop_state_at_chunk_boundaries),
+              "decode_fault": ("torch_recurrent_gated_delta_rule", drop_state_between_decode_steps)}
+    runs = {}
+    for name, fault in faults.items():
+        paths = {kind: out / name / f"{kind}.{'json' if kind == 'adaptation' else 'safetensors'}"
+                 for kind in ("logits", "adaptation", "corpus", "decode")}
         paths["logits"].parent.mkdir()
-        run_target("cpu-hf-fp32", tiny_model_dir, prompts, EngineSettings(threads=1), paths, greedy_tokens=2,
-                   corpus=corpus)
-        return paths
+        function = fault and getattr(qwen3_5, fault[0])
+        if fault:
+            setattr(qwen3_5, fault[0], fault[1](function))
+        try:
+            run_target("cpu-hf-fp32", tiny_model_dir, prompts, EngineSettings(threads=1), paths, greedy_tokens=2,
+                       corpus=corpus, decode={"prompts": 3, "max_tokens": 128})
+        finally:
+            if fault:
+                setattr(qwen3_5, fault[0], function)
+        paths["decode_reference"] = out / name / "decode_reference.safetensors"
+        score_decode("cpu-hf-fp32", tiny_model_dir, EngineSettings(threads=1), paths["decode"],
+                     paths["decode_reference"])
+        runs[name] = paths
+    return runs
 
-    reference = dump("reference")
-    original = qwen3_5.torch_chunk_gated_delta_rule
-    qwen3_5.torch_chunk_gated_delta_rule = drop_state_at_chunk_boundaries(original)
-    try:
-        faulty = dump("faulty")
-    finally:
-        qwen3_5.torch_chunk_gated_delta_rule = original
-    return reference, faulty
+
+def compare_all(runs, name, tmp_path):
+    """The seed-prompt, long-context and decode-path comparisons of one run against the reference."""
+    from portcheck.atomic import write_json
+    from portcheck.compare.positions import compare_decode_files
+
+    reference, target = runs["reference"], runs[name]
+    seed = compare_files(reference["logits"], target["logits"], THRESHOLDS, 0.04)
+    corpus = compare_corpus_files(reference["corpus"], target["corpus"], THRESHOLDS, 0.04, CHUNKS)
+    write_json(tmp_path / "corpus.json", corpus)
+    decode = compare_decode_files(target["decode_reference"], target["decode"], THRESHOLDS, 0.04, CHUNKS,
+                                  tmp_path / "corpus.json")
+    return seed, corpus, decode
 
 
-def test_state_fault_past_the_first_chunk_passes_the_seed_check_and_fails_long_context(faulty_run):
-    reference, faulty = faulty_run
-    seed = compare_files(reference["logits"], faulty["logits"], THRESHOLDS, 0.04)
+def test_state_fault_past_the_first_chunk_passes_the_seed_check_and_fails_long_context(faulty_runs, tmp_path):
+    seed, result, _ = compare_all(faulty_runs, "chunk_fault", tmp_path)
     assert seed["verdict"]["status"] == "pass" and seed["kld_mean"] == 0  # the prompts never leave chunk 1
-    corpus = {"score_from": 0, "bucket": 64, "growth_max": 2.0, "growth_floor": 1e-6}
-    result = compare_corpus_files(reference["corpus"], faulty["corpus"], THRESHOLDS, 0.04, corpus)
     first = result["buckets"][0]
     assert (first["start"], first["kld_mean"]) == (0, 0)  # the first chunk is exact
     assert all(b["kld_mean"] > 1e-6 for b in result["buckets"][1:])
@@ -243,8 +291,20 @@ def test_state_fault_past_the_first_chunk_passes_the_seed_check_and_fails_long_c
     assert any(r.startswith("growth:") and "positions" in r for r in result["verdict"]["reasons"])
 
 
-def test_same_engine_without_the_fault_passes(faulty_run):
-    reference, _ = faulty_run
-    corpus = {"score_from": 0, "bucket": 64, "growth_max": 2.0, "growth_floor": 1e-6}
-    result = compare_corpus_files(reference["corpus"], reference["corpus"], THRESHOLDS, 0.04, corpus)
-    assert result["verdict"]["status"] == "pass" and result["overall"]["kld_mean"] == 0
+def test_decode_state_fault_passes_both_prefill_checks_and_fails_the_decode_path(faulty_runs, tmp_path):
+    seed, corpus, decode = compare_all(faulty_runs, "decode_fault", tmp_path)
+    assert seed["verdict"]["status"] == "pass" and corpus["verdict"]["status"] == "pass"
+    assert corpus["overall"]["kld_mean"] == 0  # prefill never runs the decode kernel
+    assert decode["overall"]["kld_mean"] > 1e-5
+    assert decode["decode_vs_prefill"]["status"] == "fail" and decode["decode_vs_prefill"]["base_exact"]
+    assert decode["verdict"]["status"] == "fail"
+    assert any(r.startswith("decode vs prefill: mean KLD over the decode steps") for r in decode["verdict"]["reasons"])
+
+
+def test_same_engine_without_a_fault_passes_every_check(faulty_runs, tmp_path):
+    seed, corpus, decode = compare_all(faulty_runs, "reference", tmp_path)
+    assert seed["verdict"]["status"] == corpus["verdict"]["status"] == decode["verdict"]["status"] == "pass"
+    assert corpus["overall"]["kld_mean"] == 0
+    # fp32 decode against fp32 teacher-forced prefill: rounding only, under the growth floor.
+    assert decode["overall"]["kld_mean"] < 1e-9 and decode["decode"]["steps"] == 128
+    assert decode["overall"]["n_positions"] == 3 * 128

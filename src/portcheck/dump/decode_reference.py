@@ -1,0 +1,55 @@
+"""The reference side of the decode-path comparison: the reference's engine scores a target's greedy tokens
+teacher-forced (prompt + tokens in one prefill), so each decode step of the target has the reference's distribution
+for the same context. Rows are cut to the decode steps and written in the target's decode-dump layout."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from portcheck.dump.logits_file import read_dump, write_dump
+from portcheck.engines.base import check_prompt_lengths
+from portcheck.engines.factory import make_engine
+from portcheck.engines.outputs import Generation, PromptScores
+from portcheck.engines.settings import EngineSettings
+from portcheck.env.versions import stack_versions
+from portcheck.errors import PortcheckError
+from portcheck.model.checkpoint import model_sha, tokenizer_sha
+from portcheck.targets import parse_target
+
+ROW_FIELDS = ("logits", "topk_ids", "topk_logprobs", "token_logprobs")
+
+
+def score_decode(reference: str, model_dir: str | Path, settings: EngineSettings, decode_path: str | Path,
+                 out_path: str | Path) -> None:
+    decoded = read_dump(decode_path)
+    spec = decoded.meta.get("decode") or {}
+    prompts, tokens = spec.get("prompts"), [list(map(int, g)) for g in decoded.greedy_ids or []]
+    if not prompts or len(prompts) != len(tokens):
+        raise PortcheckError(f"{decode_path} is not a decode dump (no decode prompts and tokens in it); "
+                             "rerun the dump rule (dump_logits) of its target")
+    # The last decoded token is never input: step t's distribution needs prompt + tokens[:t].
+    sequences = [[*p, *t[:-1]] for p, t in zip(prompts, tokens)]
+    check_prompt_lengths(sequences, settings.max_model_len, [f"decoded sequence {i}" for i in range(len(prompts))])
+    started = time.perf_counter()
+    with make_engine(parse_target(reference), model_dir, settings) as engine:
+        scores = engine.score(sequences)
+    steps = [_decode_rows(s, len(p)) for s, p in zip(scores, prompts)]
+    for i, (step, row_ids) in enumerate(zip(steps, decoded.input_ids)):
+        if list(step.input_ids) != list(row_ids):
+            raise PortcheckError(f"decoded sequence {i}: the reference's rows follow other tokens than {decode_path}")
+    target = parse_target(reference)
+    write_dump(out_path, steps, [Generation(t) for t in tokens], {
+        "target": reference, "device": target.device, "engine": target.engine, "dtype": target.dtype,
+        "model_sha": model_sha(model_dir), "tokenizer_sha": tokenizer_sha(model_dir),
+        "prompts_sha": decoded.meta["prompts_sha"], "prompts": [], "decode": spec,
+        "scored_for": decoded.meta.get("target"), "full_values": engine.full_values,
+        "versions": stack_versions(), "run_seconds": round(time.perf_counter() - started, 3),
+    })
+
+
+def _decode_rows(scores: PromptScores, prompt_length: int) -> PromptScores:
+    """Rows prompt_length - 1 onwards: the distributions of the decoded tokens."""
+    start = prompt_length - 1
+    rows = {name: getattr(scores, name)[start:] for name in ROW_FIELDS if getattr(scores, name) is not None}
+    return PromptScores(input_ids=scores.input_ids[start:], **rows)

@@ -1,0 +1,136 @@
+"""Sections Long-context precision and Decode-path precision: each target against the reference by bucket of
+positions (corpus windows: compare/<target>.corpus.json; decode steps: compare/<target>.decode.json), the growth of
+KLD past the first bucket (one Gated DeltaNet chunk), and the bf16 noise floor (cpu-hf-bf16's KLD in the same
+bucket) where that target ran."""
+
+from __future__ import annotations
+
+from portcheck.report.format import NOT_RUN, UNKNOWN, VERDICT_LABEL, num, pct, sci, table
+from portcheck.report.load import TargetData
+from portcheck.report.sources import cite
+
+# The bf16 noise floor: the same model in bf16 on the reference's own engine and device.
+FLOOR_TARGET = "cpu-hf-bf16"
+# The comparisons by position: artifact kind -> (what a position is, the config key that turns it off).
+KINDS = {"corpus_compare": ("Positions", "corpus.enabled"), "decode_compare": ("Decode steps", "decode.enabled")}
+COLUMNS = ("n", "KLD mean ± stderr", "KLD p99", "× bf16 floor", "Top-1 (ties as agreement)", "RMS Δp", "PPL ref",
+           "PPL target", "Status")
+
+
+def long_context_section(targets: list[TargetData]) -> dict:
+    section = by_position_section(targets, "corpus_compare")
+    return {**section, "method": _corpus_method(section["first"])}
+
+
+def decode_section(targets: list[TargetData]) -> dict:
+    section = by_position_section(targets, "decode_compare")
+    decode = (section["first"] or {}).get("decode")
+    method = {"sequences": decode.get("sequences"), "steps": decode.get("steps"),
+              "prompt_tokens": decode.get("prompt_tokens") or []} if decode else {}
+    return {**section, "method": method}
+
+
+def by_position_section(targets: list[TargetData], kind: str) -> dict:
+    compared = [t for t in targets if t.role == "target"]
+    disabled = bool(compared) and all(position_status(t, kind) is None for t in compared)
+    floor = next((t for t in compared if t.name == FLOOR_TARGET and getattr(t, kind)), None)
+    return {"enabled": not disabled, "switch": KINDS[kind][1], "floor_target": FLOOR_TARGET if floor else None,
+            "targets": [] if disabled else [_target(t, kind, floor) for t in compared],
+            "first": next((getattr(t, kind) for t in compared if getattr(t, kind)), None)}
+
+
+def position_status(data: TargetData, kind: str) -> str | None:
+    """pass / fail / unknown / not run for a compared target; None where the config turns the comparison off."""
+    if "not configured" in data.absent.get(kind, ""):
+        return None
+    comparison = getattr(data, kind)
+    if comparison is None:
+        return NOT_RUN
+    status = (comparison.get("verdict") or {}).get("status")
+    return status if status in ("pass", "fail") else UNKNOWN
+
+
+def growth_summary(data: TargetData, kind: str) -> str:
+    """The verdict with the KLD growth past the first bucket, for the summary table."""
+    status = position_status(data, kind)
+    if status is None:
+        return "not configured"
+    growth = (getattr(data, kind) or {}).get("growth") or {}
+    label = VERDICT_LABEL.get(status, status)
+    if growth.get("ratio") is not None:
+        return f"{label} (KLD growth {num(growth['ratio'])}x)"
+    if growth.get("first_bucket_exact") and growth.get("status") == "fail":
+        return f"{label} (KLD growth ∞: first bucket exact)"
+    return label
+
+
+def _target(data: TargetData, kind: str, floor_data: TargetData | None) -> dict:
+    comparison = getattr(data, kind)
+    if comparison is None:
+        return {"target": data.name, "available": False, "reason": data.absent.get(kind, NOT_RUN)}
+    path = data.paths[kind]
+    verdict = comparison.get("verdict") or {}
+    floor = getattr(floor_data, kind) if floor_data else None
+    floor_by_start = {b["start"]: b.get("kld_mean") for b in (floor or {}).get("buckets") or []}
+    is_floor = data.name == FLOOR_TARGET
+    bucket_rows = [_bucket_row(b, floor_by_start.get(b["start"]), is_floor) for b in comparison.get("buckets") or []]
+    overall = comparison.get("overall") or {}
+    bucket_rows.append(_bucket_row({**overall, "start": "all", "end": None, "status": verdict.get("status")},
+                            ((floor or {}).get("overall") or {}).get("kld_mean"), is_floor))
+    source = cite(path, "buckets", "overall", "verdict")
+    if floor_data and not is_floor:
+        source += f"; × bf16 floor: {cite(floor_data.paths[kind], 'buckets.kld_mean', 'overall.kld_mean')}"
+    growth = comparison.get("growth") or {}
+    rows = [_ratio_row(f"growth past the first bucket ({growth.get('first_bucket', '—')})", growth,
+                       growth.get("kld_first"), growth.get("kld_later"))]
+    keys = ["growth"]
+    paths = comparison.get("decode_vs_prefill")
+    if paths:
+        rows.append(_ratio_row(f"decode vs prefill ({paths.get('prefill', '—')})", paths, paths.get("kld_prefill"),
+                               paths.get("kld_decode")))
+        keys.append("decode_vs_prefill")
+    return {
+        "target": data.name, "available": True,
+        "verdict": VERDICT_LABEL.get(position_status(data, kind), UNKNOWN),
+        "reasons": list(verdict.get("reasons") or []), "notes": list(verdict.get("notes") or []),
+        "lower_bound": bool(comparison.get("kld_is_lower_bound")),
+        "buckets": table([KINDS[kind][0], *COLUMNS], bucket_rows, source),
+        "growth": table(["Check", "KLD base", "KLD compared", "Ratio", "95% lower bound", "Allowed", "Status"], rows,
+                        cite(path, *keys)),
+        "growth_reason": growth.get("reason", ""),
+    }
+
+
+def _ratio_row(label: str, check: dict, base, grown) -> list[str]:
+    return [label, sci(base), sci(grown), _ratio(check.get("ratio"), check), _ratio(check.get("ratio_lower95"), check),
+            f"{num(check.get('growth_max'))}x above {sci(check.get('growth_floor'))}",
+            VERDICT_LABEL.get(check.get("status"), UNKNOWN)]
+
+
+def _bucket_row(bucket: dict, floor_kld: float | None, is_floor: bool) -> list[str]:
+    start, end = bucket.get("start"), bucket.get("end")
+    kld = bucket.get("kld_mean")
+    stderr = bucket.get("kld_mean_stderr")
+    times_floor = "the floor" if is_floor else "—" if not floor_kld or kld is None else f"{kld / floor_kld:.2f}"
+    return [
+        "all" if start == "all" else f"{start}-{end}", str(bucket.get("n_positions", "—")),
+        f"{sci(kld)} ± {sci(stderr)}" if stderr is not None else sci(kld), sci(bucket.get("kld_p99")), times_floor,
+        pct(bucket.get("top1_agreement_with_ties")), pct(bucket.get("rms_delta_p")), num(bucket.get("ppl_ref")),
+        num(bucket.get("ppl_target")), VERDICT_LABEL.get(bucket.get("status"), UNKNOWN),
+    ]
+
+
+def _ratio(value, check: dict) -> str:
+    if value is None:
+        return "∞ (base exact)" if check.get("base_exact") and check.get("status") == "fail" else "—"
+    return f"{value:.3g}x"
+
+
+def _corpus_method(comparison: dict | None) -> dict:
+    if not comparison:
+        return {}
+    corpus = comparison.get("corpus") or {}
+    return {"text": corpus.get("path", UNKNOWN), "sha256": (corpus.get("sha256") or "")[:12],
+            "windows": comparison.get("windows"), "window_length": comparison.get("window_length"),
+            "score_from": comparison.get("score_from"), "bucket": comparison.get("bucket"),
+            "positions": (comparison.get("overall") or {}).get("n_positions")}
