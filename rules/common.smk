@@ -1,5 +1,6 @@
 # Config validation, and every name and input function the stage rule files share (no rule file defines a
 # name another one uses, so include order does not matter).
+import os
 import sys
 from pathlib import Path
 
@@ -20,11 +21,13 @@ from portcheck.artifacts import (  # noqa: E402
     CORPUS_KIND,
     DECODE_KIND,
     DUMP_KINDS,
+    LAYERS_KIND,
     REPORTED_KINDS,
     TARGET_FILES,
     compare_path,
     corpus_compare_path,
     decode_compare_path,
+    layers_compare_path,
     target_path,
 )
 from portcheck.errors import PortcheckError  # noqa: E402
@@ -71,9 +74,11 @@ PROMPTS = load_prompts(config, workflow.basedir)
 SERVED = [t for t in TARGETS if parse_target(t).engine == "vllm"]  # the serving check starts `vllm serve`
 CORPUS = config["corpus"]["enabled"]
 # The corpus text, an input of every dump (another text redoes the dumps); local(): it stays on each host.
-CORPUS_TEXT = local(str(corpus_path(config, workflow.basedir)))
+CORPUS_TEXT = local(os.path.relpath(corpus_path(config, workflow.basedir)))
 DECODE = config["decode"]["enabled"]
-DUMPED_KINDS = (*DUMP_KINDS, *((CORPUS_KIND,) if CORPUS else ()), *((DECODE_KIND,) if DECODE else ()))
+LAYERS = config["layers"]["enabled"]
+DUMPED_KINDS = (*DUMP_KINDS, *((CORPUS_KIND,) if CORPUS else ()), *((DECODE_KIND,) if DECODE else ()),
+                *((LAYERS_KIND,) if LAYERS else ()))
 REPORT = f"{REPORTS}/report.md"
 HTML_REPORT = f"{REPORTS}/report.html"
 PLOTS = {
@@ -124,6 +129,15 @@ def decode_compare_file(target="{target}"):
 def decode_compare_files():
     """The decode-path comparisons the report reads (none when decode is disabled)."""
     return [decode_compare_file(t) for t in COMPARED] if DECODE else []
+
+
+def layers_compare_file(target="{target}"):
+    return layers_compare_path(RESULTS, target)
+
+
+def layers_compare_files():
+    """The per-layer comparisons the report reads (none when layers is disabled)."""
+    return [layers_compare_file(t) for t in COMPARED] if LAYERS else []
 
 
 def dump_inputs():

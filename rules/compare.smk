@@ -1,5 +1,5 @@
 # Stage compare (portcheck/compare): each enabled non-reference target against the reference, on the seed prompts
-# the long-context corpus windows and the decode steps (by bucket of positions).
+# the long-context corpus windows and the decode steps (by bucket of positions), and layer by layer.
 
 
 rule compare_logits:
@@ -53,3 +53,19 @@ rule compare_decode:
         positions=config["compare"]["positions"],
     script:
         "../workflow/scripts/compare_decode.py"
+
+
+rule compare_layers:
+    input:
+        reference=target_file("layers", REFERENCE),
+        target=target_file("layers"),
+        code=package_sources("compare.layers"),
+    output:
+        layers_compare_file(),
+    log:
+        f"logs/{MODEL}/compare_layers/{{target}}.log",
+    params:
+        layers=config["layers"],
+        bucket=config["compare"]["positions"]["bucket"],
+    script:
+        "../workflow/scripts/compare_layers.py"

@@ -24,6 +24,7 @@ rule dump_logits:
         samples=config["samples"],
         corpus=config["corpus"],
         decode=config["decode"],
+        layers=config["layers"],
         stack=stack_params,
     script:
         "../workflow/scripts/dump_logits.py"

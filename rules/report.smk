@@ -56,6 +56,7 @@ rule render_report:
         compare=[compare_file(t) for t in COMPARED],
         corpus_compare=corpus_compare_files(),
         decode_compare=decode_compare_files(),
+        layers_compare=layers_compare_files(),
         plots=REPORT_PLOTS.values(),
         code=package_sources("report.render", "report.history"),
     output:
@@ -70,6 +71,7 @@ rule render_report:
         served=SERVED,
         corpus=CORPUS,
         decode=DECODE,
+        layers=LAYERS,
         plots={name: Path(path).name for name, path in REPORT_PLOTS.items()},
         configfile=CONFIGFILE,
         config=config,

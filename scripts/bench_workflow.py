@@ -83,7 +83,8 @@ def stage_costs(workdir: Path) -> list[str]:
         positions = sum(len(ids) for ids in read_dump(corpus).input_ids)
         reference = target_dir / "decode_reference.safetensors"
         scored = f"{read_dump_meta(reference)['run_seconds']:.1f} s" if reference.is_file() else "—"
-        corpus_s, decode_s = (read_dump_meta(p)["run_seconds"] if p.is_file() else float("nan") for p in (corpus, decode))
+        corpus_s, decode_s = (read_dump_meta(path)["run_seconds"] if path.is_file() else float("nan")
+                              for path in (corpus, decode))
         lines.append(
             f"{target_dir.name:15s} engine session {meta['run_seconds']:6.1f} s: corpus {corpus_s:5.1f} s, "
             f"decode {decode_s:5.1f} s; reference scoring its decode {scored}; "

@@ -11,6 +11,9 @@ import yaml
 from conftest import ROOT
 from portcheck.config import load_schema, validate_config
 from portcheck.report import history
+from portcheck.report.render import section_headings
+
+HISTORY_HEADING = "## " + section_headings()["history"]["heading"]
 
 # The schema's defaults, as a validated config carries them.
 TOLERANCES = validate_config(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()),
@@ -84,7 +87,7 @@ def test_section_and_report_render_history(tmp_path):
     template.write_text(source[source.index("{% if history %}"):])
     render_report(template, tmp_path / "r.md", {"history": section, "plots": []})
     text = (tmp_path / "r.md").read_text()
-    assert "## 16. History" in text and "vllm\\_ascend 0.18.0 -&gt; 0.23.0" in text
+    assert HISTORY_HEADING in text and "vllm\\_ascend 0.18.0 -&gt; 0.23.0" in text
     assert "set aside as h.corrupt" in text
 
 

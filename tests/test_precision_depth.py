@@ -308,3 +308,68 @@ def test_same_engine_without_a_fault_passes_every_check(faulty_runs, tmp_path):
     # fp32 decode against fp32 teacher-forced prefill: rounding only, under the growth floor.
     assert decode["overall"]["kld_mean"] < 1e-9 and decode["decode"]["steps"] == 128
     assert decode["overall"]["n_positions"] == 3 * 128
+
+
+# ---------------------------------------------------------------- where it diverges (issue 11, hf engine)
+
+
+def layer_run(tiny_model_dir, out, monkeypatch, noisy_layer=None, scale=0.2):
+    """The prompts' per-layer states from run_target on the hf engine; with noisy_layer, that decoder layer's
+    output gets Gaussian noise (scale x its own standard deviation), as a broken kernel in one layer would."""
+    import torch
+
+    from portcheck.dump.run import run_target
+    from portcheck.engines import hf
+    from portcheck.engines.settings import EngineSettings
+
+    if noisy_layer is not None:
+        original = hf.HFEngine.__init__
+
+        def faulty_init(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            layers, _norm = hf.decoder_layers(self.model)
+
+            def add_noise(_module, _inputs, output):
+                hidden = output[0] if isinstance(output, tuple) else output
+                noise = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(0)) * hidden.std() * scale
+                return (hidden + noise, *output[1:]) if isinstance(output, tuple) else hidden + noise
+
+            layers[noisy_layer].register_forward_hook(add_noise)
+
+        monkeypatch.setattr(hf.HFEngine, "__init__", faulty_init)
+    out.mkdir()
+    paths = {"logits": out / "logits.safetensors", "adaptation": out / "adaptation.json",
+             "layers": out / "layers.safetensors"}
+    prompts = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["prompts"]["list"]
+    run_target("cpu-hf-fp32", tiny_model_dir, prompts, EngineSettings(threads=1), paths, greedy_tokens=1,
+               layers={"windows": 0})
+    monkeypatch.undo()
+    return paths["layers"]
+
+
+def test_a_fault_in_one_layer_is_named_as_the_first_divergent(tiny_model_dir, tmp_path, monkeypatch):
+    from portcheck.compare.layers import compare_layers_files
+
+    settings = {"cosine_min": 0.99, "rel_l2_max": 0.05}
+    reference = layer_run(tiny_model_dir, tmp_path / "reference", monkeypatch)
+    faulty = layer_run(tiny_model_dir, tmp_path / "faulty", monkeypatch, noisy_layer=5)
+    result = compare_layers_files(reference, faulty, settings)
+    assert result["first_divergent"] == {"index": 5, "name": "layer 5", "type": "Gated DeltaNet"}
+    assert [row["rel_l2_mean"] for row in result["layers"][:5]] == [0, 0, 0, 0, 0]  # exact before the fault
+    assert result["finding"].startswith("first over the thresholds: layer 5 (Gated DeltaNet)")
+    assert result["error_growth_by_type"]["Gated DeltaNet"] == 1.0
+    clean = compare_layers_files(reference, reference, settings)
+    assert clean["first_divergent"] is None and clean["finding"].startswith("no layer is over the thresholds")
+
+
+def test_an_engine_that_cannot_capture_layers_says_not_run(tmp_path):
+    from portcheck.compare.layers import compare_layers_files
+    from portcheck.dump.layers_file import write_layers
+
+    write_layers(tmp_path / "ref.safetensors", [np.ones((3, 4, 2), np.float32)],
+                 {"target": "cpu-hf-fp32", "model_sha": "m", "sequences_sha": "s", "not_captured": ""})
+    write_layers(tmp_path / "vllm.safetensors", None, {"target": "cpu-vllm-bf16", "model_sha": "m",
+                                                        "sequences_sha": "s", "not_captured": "no hooks in vLLM"})
+    result = compare_layers_files(tmp_path / "ref.safetensors", tmp_path / "vllm.safetensors",
+                                  {"cosine_min": 0.99, "rel_l2_max": 0.05})
+    assert result["status"] == "not run" and "cpu-vllm-bf16: no hooks in vLLM" in result["reason"]

@@ -622,7 +622,7 @@ def test_section_headings_come_from_the_one_list(artifacts, tmp_path):
     assert rendered == [f"## {n}. {title}" for n, (_, title) in enumerate(SECTIONS, start=1)]
     assert rendered[:-1] == HEADINGS
     headings = section_headings()
-    assert headings["artifacts"]["anchor"] == "#15-artifacts" and headings["history"]["heading"] == "16. History"
+    assert headings["artifacts"]["anchor"] == "#16-artifacts" and headings["history"]["heading"] == "17. History"
     assert anchor("9. bf16 vs fp32: Theory (not a measurement)") == "#9-bf16-vs-fp32-theory-not-a-measurement"
 
 
@@ -774,3 +774,22 @@ def test_three_way_judges_a_candidate_against_a_benchmark_port(artifacts, tmp_pa
     assert "⚠️ warning" in rows["MaxRelativeErr of logits"]  # 5x: an error for a mean, a warning for a max
     assert "unknown (not measured on both)" in rows["KLD mean, long context"]
     assert f"compare/{benchmark}.json (kld_mean)" in three_way.replace("\\_", "_")
+
+
+def test_layers_section_names_the_first_divergent_layer(artifacts, tmp_path):
+    assert "Not run: `layers.enabled` is false" in section(render(artifacts, tmp_path), H["layers"])
+    rows = [{"index": i, "name": f"layer {i}", "type": "Gated DeltaNet", "cosine_min": 1.0 if i < 1 else 0.95,
+             "rel_l2_mean": 0.0 if i < 1 else 0.08, "rel_l2_max": 0.1, "max_abs_err": 0.5,
+             "added_rel_l2": 0.0 if i < 1 else 0.08 / i, "over": i >= 1} for i in range(2)]
+    comparison = {"status": "diverges", "layers": rows, "finding": "first over the thresholds: layer 1 (Gated DeltaNet)",
+                  "thresholds": {"cosine_min": 0.99, "rel_l2_max": 0.05}, "sequences": 3, "positions": 20}
+    path = tmp_path / "results" / "m" / "compare" / f"{TARGET}.layers.json"
+    path.write_text(json.dumps(comparison))
+    layers = section(render({**artifacts, "layers_compare": {TARGET: path}}, tmp_path), H["layers"])
+    assert "**first over the thresholds: layer 1 (Gated DeltaNet)**" in layers
+    assert "| layer 1 | Gated DeltaNet | 0.95 | 8% | 10% | 5.00e-01 | 8% | ❌ yes |" in layers
+    assert f"compare/{TARGET}.layers.json (layers, first\\_divergent" in layers
+    not_run = {"status": "not run", "reason": "cpu-hf-bf16: the engine does not capture them"}
+    path.write_text(json.dumps(not_run))
+    layers = section(render({**artifacts, "layers_compare": {TARGET: path}}, tmp_path), H["layers"])
+    assert "Not run: cpu-hf-bf16: the engine does not capture them." in layers

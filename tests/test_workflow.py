@@ -64,6 +64,17 @@ def test_decode_path_is_compared_on_every_engine(workflow_run):
     assert bf16["decode_vs_prefill"]["status"] == "pass" and bf16["verdict"]["status"] == "pass"
 
 
+def test_layers_are_compared_where_the_engine_captures_them(workflow_run):
+    results = workflow_run / "results" / MODEL
+    report = (workflow_run / "reports" / MODEL / "report.md").read_text()
+    hf = json.loads((results / "compare" / "cpu-hf-bf16.layers.json").read_text())
+    assert len(hf["layers"]) == 8 + 1 and hf["first_divergent"] is None  # bf16 stays within the thresholds
+    assert hf["finding"] in report
+    vllm = json.loads((results / "compare" / "cpu-vllm-bf16.layers.json").read_text())
+    assert vllm["status"] == "not run" and "does not capture per-layer hidden states" in vllm["reason"]
+    assert "### cpu-vllm-bf16 vs cpu-hf-fp32, per layer\n\nNot run: cpu-vllm-bf16: the vllm engine" in report
+
+
 def test_long_context_precision_is_measured_on_every_engine(workflow_run):
     results = workflow_run / "results" / MODEL
     report = (workflow_run / "reports" / MODEL / "report.md").read_text()
@@ -134,8 +145,8 @@ def test_enabling_a_target_runs_only_that_target(rerun_copy):
     set_config(rerun_copy, lambda c: c["targets"].setdefault("cpu-hf-fp16", {}).update(enabled=True))
     assert planned_jobs(rerun_copy) == {
         "capture_env": 1, "dump_logits": 1, "run_benchmarks": 1, "check_benchmarks": 1, "compare_logits": 1,
-        "compare_corpus": 1, "score_decode": 1, "compare_decode": 1, "plot_kld": 1, "plot_long_context": 1,
-        "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
+        "compare_corpus": 1, "score_decode": 1, "compare_decode": 1, "compare_layers": 1, "plot_kld": 1,
+        "plot_long_context": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
     }
 
 
@@ -150,8 +161,9 @@ def test_hardware_peak_change_reruns_only_the_derived_figures(rerun_copy):
 
 def test_package_edit_reruns_the_rules_that_use_it(rerun_copy):
     edit(rerun_copy / "src" / "portcheck" / "compare" / "metrics.py", lambda t: t + "\n# edited\n")
-    assert planned_jobs(rerun_copy) == {"compare_logits": 2, "compare_corpus": 2, "compare_decode": 2, "plot_kld": 1,
-                                        "plot_long_context": 1, "render_report": 1, "render_html": 1, "report": 1}
+    assert planned_jobs(rerun_copy) == {"compare_logits": 2, "compare_corpus": 2, "compare_decode": 2,
+                                        "compare_layers": 2, "plot_kld": 1, "plot_long_context": 1,
+                                        "render_report": 1, "render_html": 1, "report": 1}
 
 
 @pytest.mark.parametrize("module", ["engine.py", "engine_args.py", "worker_extension.py"])
@@ -161,8 +173,8 @@ def test_engine_edit_reruns_only_that_engines_targets(rerun_copy, module):
     # the vllm target's dump and benchmarks; its serving check because the dump it checks against is redone
     assert planned_jobs(rerun_copy) == {
         "dump_logits": 1, "run_benchmarks": 1, "check_benchmarks": 1, "check_serving": 1, "compare_logits": 1,
-        "compare_corpus": 1, "score_decode": 1, "compare_decode": 1, "plot_kld": 1, "plot_long_context": 1,
-        "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
+        "compare_corpus": 1, "score_decode": 1, "compare_decode": 1, "compare_layers": 1, "plot_kld": 1,
+        "plot_long_context": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
     }
 
 

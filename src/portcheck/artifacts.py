@@ -23,6 +23,7 @@ TARGET_FILES = {
     "corpus": "corpus.safetensors",
     "decode": "decode.safetensors",
     "decode_reference": "decode_reference.safetensors",
+    "layers": "layers.safetensors",
     "bench": "bench.json",
     "bench_csv": "bench.csv",
     "bench_checks": "bench_checks.json",
@@ -39,6 +40,7 @@ WRITTEN_BY = {
     "corpus": "dump_logits",
     "decode": "dump_logits",
     "decode_reference": "score_decode",
+    "layers": "dump_logits",
     "bench": "run_benchmarks",
     "bench_csv": "run_benchmarks",
     "bench_checks": "check_benchmarks",
@@ -46,11 +48,12 @@ WRITTEN_BY = {
     "compare": "compare_logits",
     "corpus_compare": "compare_corpus",
     "decode_compare": "compare_decode",
+    "layers_compare": "compare_layers",
 }
 # What one dump_logits job writes (one engine start), in its output order; then "corpus" and "decode" where
 # the config enables them.
 DUMP_KINDS = ("logits", "adaptation", "determinism", "samples")
-CORPUS_KIND, DECODE_KIND = "corpus", "decode"
+CORPUS_KIND, DECODE_KIND, LAYERS_KIND = "corpus", "decode", "layers"
 # Per-target kinds every report reads; bench_checks and serve are added by the report rule where they apply.
 REPORTED_KINDS = ("env", *DUMP_KINDS, "bench")
 
@@ -69,6 +72,10 @@ def corpus_compare_path(results: str, target: str) -> str:
 
 def decode_compare_path(results: str, target: str) -> str:
     return f"{results}/compare/{target}.decode.json"
+
+
+def layers_compare_path(results: str, target: str) -> str:
+    return f"{results}/compare/{target}.layers.json"
 
 
 def read_artifact(path: str | os.PathLike, kind: str) -> Any:

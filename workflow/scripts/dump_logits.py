@@ -25,6 +25,7 @@ def main(smk):
         samples=dict(smk.params.samples),
         corpus=corpus_job(smk),
         decode=dict(smk.params.decode) if smk.params.decode["enabled"] else None,
+        layers=dict(smk.params.layers) if smk.params.layers["enabled"] else None,
     )
 
 

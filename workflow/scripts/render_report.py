@@ -19,6 +19,7 @@ def main(smk):
         # None: turned off in the config (the report says so); otherwise each compared target's comparison.
         "corpus_compare": dict(zip(p.compared, smk.input.corpus_compare)) if p.corpus else None,
         "decode_compare": dict(zip(p.compared, smk.input.decode_compare)) if p.decode else None,
+        "layers_compare": dict(zip(p.compared, smk.input.layers_compare)) if p.layers else None,
         "plots": dict(p.plots),
         "configfile": p.configfile,
     }

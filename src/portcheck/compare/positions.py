@@ -2,8 +2,8 @@
 bucket of positions.
 
 Qwen3.5's Gated DeltaNet layers prefill in 64-token chunks and carry a recurrent state from chunk to chunk, and
-decode with another kernel (a recurrent update, step by step); the seed prompts never leave the first chunk and
-never exercise decode. Two checks look there:
+decode with another kernel (a recurrent update, step by step); the seed-prompt comparison never leaves the first
+chunk and never looks at decode. Two checks look there:
 - every bucket (default 64 positions, one chunk) is held to the same thresholds as the seed prompts
   (kld_mean_max, kld_p99_max, top1_agreement_min, ppl_rel_delta_max); a failure names the bucket;
 - growth: the mean KLD past the first scored bucket as a multiple of the first bucket's. A wrong chunk-boundary
@@ -51,7 +51,8 @@ def compare_decode_files(ref_path, tgt_path, thresholds: dict, tie_tolerance: fl
     decode = tgt.meta.get("decode") or {}
     result["decode"] = {"sequences": tgt.num_prompts, "steps": decode.get("max_tokens"),
                         "prompt_tokens": [len(p) for p in decode.get("prompts") or []]}
-    result["decode_vs_prefill"] = decode_vs_prefill(result["overall"], read_artifact(prefill_path, "compare"),
+    prefill_kind = "corpus_compare" if str(prefill_path).endswith(".corpus.json") else "compare"
+    result["decode_vs_prefill"] = decode_vs_prefill(result["overall"], read_artifact(prefill_path, prefill_kind),
                                                     str(prefill_path), positions)
     result["verdict"] = position_verdict(result["buckets"], result["growth"], result["nonfinite"],
                                          result["decode_vs_prefill"])

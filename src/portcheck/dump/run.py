@@ -12,6 +12,7 @@ from typing import Any
 from portcheck.atomic import write_json
 from portcheck.model.checkpoint import config_summary, load_model_config, model_sha, tokenizer_sha
 from portcheck.dump.corpus import cut_windows
+from portcheck.dump.layers_file import write_layers
 from portcheck.dump.logits_file import first_difference, write_dump
 from portcheck.engines.factory import make_engine
 from portcheck.engines.outputs import DecodeScores, Generation
@@ -101,10 +102,12 @@ def run_target(
     samples: dict | None = None,
     corpus: dict | None = None,
     decode: dict | None = None,
+    layers: dict | None = None,
 ) -> None:
     """Write outputs["logits"], ["adaptation"], and where given ["determinism"], ["samples"], ["corpus"],
     ["decode"]. corpus: {"text", "path", "sha256", "window_length", "windows"}: long-context windows scored in
-    the same engine start. decode: {"prompts": N, "max_tokens": n}: the first N prompts decoded greedily."""
+    the same engine start. decode: {"prompts": N, "max_tokens": n}: the first N prompts decoded greedily.
+    layers: {"windows": N}: every decoder layer's output on the prompts and the first N corpus windows."""
     target = parse_target(target_name)
     tokenizer = load_tokenizer(model_dir, settings.trust_remote_code)
     prompt_ids = tokenize(tokenizer, prompts)
@@ -119,12 +122,6 @@ def run_target(
     started = time.perf_counter()
     with make_engine(target, model_dir, settings) as engine:
         scores = engine.score(prompt_ids)
-        corpus_started = time.perf_counter()
-        corpus_scores = engine.score(windows) if windows else None
-        corpus_seconds = time.perf_counter() - corpus_started
-        decode_started = time.perf_counter()
-        decoded = engine.decode(decode_prompts, decode["max_tokens"]) if decode else None
-        decode_seconds = time.perf_counter() - decode_started
         greedy = [engine.generate([ids], greedy_tokens)[0] for ids in prompt_ids]
         adaptation = engine.adaptation()
         full_values = engine.full_values
@@ -135,6 +132,18 @@ def run_target(
             )
         if samples:
             samples_result = generate_samples(engine, prompt_ids, prompts, tokenizer, samples)
+        # Last, so the artifacts above (and the adaptation's kernel call counts) are what they were without them.
+        corpus_started = time.perf_counter()
+        corpus_scores = engine.score(windows) if windows else None
+        corpus_seconds = time.perf_counter() - corpus_started
+        decode_started = time.perf_counter()
+        decoded = engine.decode(decode_prompts, decode["max_tokens"]) if decode else None
+        decode_seconds = time.perf_counter() - decode_started
+        if layers:
+            layer_sequences = prompt_ids + (windows or [])[: layers["windows"]]
+            layers_started = time.perf_counter()
+            states, not_captured = engine.layer_states(layer_sequences)
+            layers_seconds = time.perf_counter() - layers_started
     meta = dump_meta(target, model_dir, prompts, settings, greedy, tokenizer, adaptation)
     meta["run_seconds"] = round(time.perf_counter() - started, 3)
     meta["full_values"] = full_values
@@ -151,6 +160,12 @@ def run_target(
             "corpus": {"path": corpus["path"], "sha256": corpus["sha256"], "window_length": corpus["window_length"],
                        "windows": corpus["windows"]},
         })
+    if layers:
+        write_layers(outputs["layers"], states, {
+            "target": target_name, "model_sha": meta["model_sha"], "not_captured": not_captured,
+            "sequences_sha": sha256_text(json.dumps(layer_sequences)), "prompts": len(prompt_ids),
+            "layer_types": layer_types(model_dir), "run_seconds": round(layers_seconds, 3),
+        })
     if decoded:
         write_decode_dump(outputs["decode"], decoded, {**meta, "run_seconds": round(decode_seconds, 3)},
                           decode["max_tokens"])
@@ -165,6 +180,12 @@ def write_decode_dump(path, decoded: list[DecodeScores], meta: dict, max_tokens:
         "prompts_sha": sha256_text(json.dumps([prompts, [d.tokens for d in decoded]])),
         "decode": {"prompts": prompts, "max_tokens": max_tokens},
     })
+
+
+def layer_types(model_dir) -> list[str]:
+    """The decoder layers' kinds from config.json (linear_attention / full_attention), for the per-layer tables."""
+    config = load_model_config(model_dir)
+    return list({**config, **config.get("text_config", {})}.get("layer_types") or [])
 
 
 def check_topk(target, settings: EngineSettings, model_dir) -> None:

@@ -42,6 +42,11 @@ class Engine(abc.ABC):
         """Greedy continuations through the engine's decode path, with every step's distribution (what the decode
         kernels computed), for the reference to score teacher-forced."""
 
+    def layer_states(self, prompts: list[list[int]]) -> tuple[list | None, str]:
+        """Per prompt the output of every decoder layer and of the final norm, [L + 1, T, H] float32; or (None,
+        why not). Engines that cannot capture them say so."""
+        return None, f"the {self.target.engine} engine does not capture per-layer hidden states yet"
+
     @abc.abstractmethod
     def adaptation(self) -> dict[str, Any]:
         """Measured adaptation facts: each item {"value": ..., "status": "ok"|"failed"|"not determined", "note": str}."""

@@ -77,6 +77,29 @@ class HFEngine(Engine):
                 input_ids=np.asarray(decode_row_ids(ids, tokens), dtype=np.int64), logits=logits)))
         return results
 
+    def layer_states(self, prompts):
+        """Forward hooks on the decoder layers and the final norm of the model transformers built."""
+        found = decoder_layers(self.model)
+        if found is None:
+            return None, f"no decoder layer list and final norm found in {type(self.model).__name__}"
+        layers, norm = found
+        captured: list = []
+
+        def keep(_module, _inputs, output):
+            captured.append((output[0] if isinstance(output, tuple) else output)[0].float().cpu().numpy())
+
+        handles = [module.register_forward_hook(keep) for module in (*layers, norm)]
+        states = []
+        try:
+            for ids in prompts:
+                captured.clear()
+                self._forward_logits(ids)
+                states.append(np.stack(captured))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return states, ""
+
     def _generate_steps(self, prompts, max_new_tokens, sampling: dict, seed):
         """(new tokens [B, n], per-step raw logits: n tensors [B, V] float32 on cpu) of one left-padded batch."""
         torch = self.torch
@@ -213,6 +236,18 @@ class HFEngine(Engine):
 
     def close(self):
         self.model = None
+
+
+def decoder_layers(model):
+    """(the decoder layers, the final norm) of a causal LM: the ModuleList `layers` with the config's layer count
+    and its sibling `norm`; None where the model is laid out otherwise."""
+    config = getattr(model.config, "text_config", model.config)
+    count = getattr(config, "num_hidden_layers", None)
+    for _name, module in model.named_modules():
+        layers, norm = getattr(module, "layers", None), getattr(module, "norm", None)
+        if layers is not None and norm is not None and len(layers) == count:
+            return list(layers), norm
+    return None
 
 
 def _layer_kinds(model) -> list[str]:

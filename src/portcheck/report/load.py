@@ -16,9 +16,10 @@ JSON_KINDS = ("env", "adaptation", "determinism", "samples", "bench", "bench_che
 # Artifacts that are not per-target files under results/<model>/<target>/.
 GIVEN_APART = {"compare": "comparison (compare/<target>.json)",
                "corpus_compare": "long-context comparison (compare/<target>.corpus.json)",
-               "decode_compare": "decode-path comparison (compare/<target>.decode.json)"}
-# The comparisons by position the config can turn off: artifacts key -> TargetData attribute.
-BY_POSITION = ("corpus_compare", "decode_compare")
+               "decode_compare": "decode-path comparison (compare/<target>.decode.json)",
+               "layers_compare": "per-layer comparison (compare/<target>.layers.json)"}
+# The comparisons the config can turn off (artifacts key = TargetData attribute).
+BY_POSITION = ("corpus_compare", "decode_compare", "layers_compare")
 NOT_GIVEN = "no {file} was given to the report (the rule that writes it did not run for this target)"
 
 
@@ -34,6 +35,7 @@ class TargetData:
     compare: dict | None = None
     corpus_compare: dict | None = None  # the long-context comparison (compare/<target>.corpus.json)
     decode_compare: dict | None = None  # the decode-path comparison (compare/<target>.decode.json)
+    layers_compare: dict | None = None  # the per-layer comparison (compare/<target>.layers.json)
     bench: dict | None = None
     bench_checks: dict | None = None  # the roofline and consistency flags derived from bench
     serve: dict | None = None

@@ -21,6 +21,7 @@ from portcheck.report.sections.artifacts import artifacts_section
 from portcheck.report.sections.determinism import determinism_section
 from portcheck.report.sections.environment import environment_section
 from portcheck.report.sections.model import model_section
+from portcheck.report.sections.layers import layers_section
 from portcheck.report.sections.positions import decode_section, long_context_section
 from portcheck.report.sections.performance import performance_section
 from portcheck.report.sections.plots import plots_section
@@ -41,6 +42,7 @@ SECTIONS = (
     ("precision", "Precision comparison"),
     ("long_context", "Long-context precision"),
     ("decode", "Decode-path precision"),
+    ("layers", "Where it diverges (per layer)"),
     ("three_way", "No worse than the GPU port (msprobe three-way)"),
     ("predictions", "Predicted tokens per prompt"),
     ("determinism", "Determinism"),
@@ -87,6 +89,7 @@ def build_context(artifacts: dict, config: dict) -> dict:
         "precision": precision_section(targets, prompts),
         "long_context": long_context_section(targets),
         "decode": decode_section(targets),
+        "layers": layers_section(targets),
         "three_way": three_way_section(targets, config["compare"]["three_way"]),
         "predictions": predictions_section(targets, prompts),
         "determinism": determinism_section(targets),

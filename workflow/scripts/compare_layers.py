@@ -1,0 +1,14 @@
+"""Snakemake adapter: rule compare_layers -> portcheck.compare.layers.compare_layers_files."""
+
+from portcheck.atomic import write_json
+from portcheck.compare.layers import compare_layers_files
+from portcheck.workflow.script import run_script
+
+
+def main(smk):
+    write_json(smk.output[0], compare_layers_files(smk.input.reference, smk.input.target, dict(smk.params.layers),
+                                                   smk.params.bucket))
+
+
+if __name__ == "__main__":
+    run_script(snakemake, main)  # noqa: F821 - injected by Snakemake
