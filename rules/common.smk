@@ -77,8 +77,12 @@ CORPUS = config["corpus"]["enabled"]
 CORPUS_TEXT = local(os.path.relpath(corpus_path(config, workflow.basedir)))
 DECODE = config["decode"]["enabled"]
 LAYERS = config["layers"]["enabled"]
-DUMPED_KINDS = (*DUMP_KINDS, *((CORPUS_KIND,) if CORPUS else ()), *((DECODE_KIND,) if DECODE else ()),
-                *((LAYERS_KIND,) if LAYERS else ()))
+DUMPED_KINDS = (
+    *DUMP_KINDS,
+    *((CORPUS_KIND,) if CORPUS else ()),
+    *((DECODE_KIND,) if DECODE else ()),
+    *((LAYERS_KIND,) if LAYERS else ()),
+)
 REPORT = f"{REPORTS}/report.md"
 HTML_REPORT = f"{REPORTS}/report.html"
 PLOTS = {
