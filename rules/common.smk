@@ -14,6 +14,7 @@ from portcheck.config import (  # noqa: E402
     engine_settings,
     load_prompts,
     load_schema,
+    load_yaml,
     override_problems,
     validate_config,
 )
@@ -38,10 +39,8 @@ from portcheck.workflow.version_params import result_versions  # noqa: E402
 
 def _config_file_targets():
     """Targets the config files define (the Snakefile's and any --configfile), before CLI/profile overrides."""
-    import yaml
-
     files = [*workflow.configfiles, *(workflow.overwrite_configfiles or [])]
-    loaded = [yaml.safe_load(Path(f).read_text(encoding="utf-8")) or {} for f in files if Path(f).is_file()]
+    loaded = [load_yaml(f) or {} for f in files if Path(f).is_file()]
     return list(dict.fromkeys(t for c in loaded for t in (c.get("targets") or {})))
 
 

@@ -27,8 +27,16 @@ ENGINE_SETTING_KEYS = (
 )
 
 
+# libyaml's safe loader where PyYAML was built with it: the pure-Python one was a tenth of a no-op run.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_yaml(path: str | Path):
+    return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=SAFE_LOADER)
+
+
 def load_schema(path: str | Path) -> dict:
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    return load_yaml(path)
 
 
 def validate_config(config: dict, schema: dict, base_dir: str | Path = ".") -> dict:
