@@ -23,12 +23,10 @@ from portcheck.artifacts import (  # noqa: E402
     DECODE_KIND,
     DUMP_KINDS,
     LAYERS_KIND,
+    OPTIONAL_COMPARISONS,
     REPORTED_KINDS,
     TARGET_FILES,
     compare_path,
-    corpus_compare_path,
-    decode_compare_path,
-    layers_compare_path,
     target_path,
 )
 from portcheck.errors import PortcheckError  # noqa: E402
@@ -74,14 +72,8 @@ SERVED = [t for t in TARGETS if parse_target(t).engine == "vllm"]  # the serving
 CORPUS = config["corpus"]["enabled"]
 # The corpus text, an input of every dump (another text redoes the dumps); local(): it stays on each host.
 CORPUS_TEXT = local(os.path.relpath(corpus_path(config, workflow.basedir)))
-DECODE = config["decode"]["enabled"]
-LAYERS = config["layers"]["enabled"]
-DUMPED_KINDS = (
-    *DUMP_KINDS,
-    *((CORPUS_KIND,) if CORPUS else ()),
-    *((DECODE_KIND,) if DECODE else ()),
-    *((LAYERS_KIND,) if LAYERS else ()),
-)
+# What a dump job writes: the optional kinds are named like the config sections that turn them on.
+DUMPED_KINDS = (*DUMP_KINDS, *(kind for kind in (CORPUS_KIND, DECODE_KIND, LAYERS_KIND) if config[kind]["enabled"]))
 REPORT = f"{REPORTS}/report.md"
 HTML_REPORT = f"{REPORTS}/report.html"
 PLOTS = {
@@ -112,35 +104,15 @@ def target_files(kind, targets):
     return [target_file(kind, t) for t in targets]
 
 
-def compare_file(target="{target}"):
-    return compare_path(RESULTS, target)
+def compare_file(target="{target}", kind="compare"):
+    """results/<model>/compare/<target><suffix> of a comparison kind (portcheck.artifacts.COMPARE_SUFFIXES)."""
+    return compare_path(RESULTS, target, kind)
 
 
-def corpus_compare_file(target="{target}"):
-    return corpus_compare_path(RESULTS, target)
-
-
-def corpus_compare_files():
-    """The long-context comparisons the report reads (none when corpus is disabled)."""
-    return [corpus_compare_file(t) for t in COMPARED] if CORPUS else []
-
-
-def decode_compare_file(target="{target}"):
-    return decode_compare_path(RESULTS, target)
-
-
-def decode_compare_files():
-    """The decode-path comparisons the report reads (none when decode is disabled)."""
-    return [decode_compare_file(t) for t in COMPARED] if DECODE else []
-
-
-def layers_compare_file(target="{target}"):
-    return layers_compare_path(RESULTS, target)
-
-
-def layers_compare_files():
-    """The per-layer comparisons the report reads (none when layers is disabled)."""
-    return [layers_compare_file(t) for t in COMPARED] if LAYERS else []
+def compare_files(kind):
+    """Every compared target's comparison of `kind`; none where the config turns that comparison off."""
+    enabled = config[OPTIONAL_COMPARISONS[kind]]["enabled"] if kind in OPTIONAL_COMPARISONS else True
+    return [compare_file(t, kind) for t in COMPARED] if enabled else []
 
 
 def dump_inputs():

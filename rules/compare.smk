@@ -24,7 +24,7 @@ rule compare_corpus:
         target=target_file("corpus"),
         code=package_sources("compare.positions"),
     output:
-        corpus_compare_file(),
+        compare_file(kind="corpus_compare"),
     log:
         f"logs/{MODEL}/compare_corpus/{{target}}.log",
     params:
@@ -41,10 +41,10 @@ rule compare_decode:
         reference=target_file("decode_reference"),
         target=target_file("decode"),
         # The same target's prefill precision, for the decode-vs-prefill check.
-        prefill=corpus_compare_file() if CORPUS else compare_file(),
+        prefill=compare_file(kind="corpus_compare" if CORPUS else "compare"),
         code=package_sources("compare.positions"),
     output:
-        decode_compare_file(),
+        compare_file(kind="decode_compare"),
     log:
         f"logs/{MODEL}/compare_decode/{{target}}.log",
     params:
@@ -61,7 +61,7 @@ rule compare_layers:
         target=target_file("layers"),
         code=package_sources("compare.layers"),
     output:
-        layers_compare_file(),
+        compare_file(kind="layers_compare"),
     log:
         f"logs/{MODEL}/compare_layers/{{target}}.log",
     params:

@@ -4,7 +4,7 @@
 
 rule plot_kld:
     input:
-        compare=[compare_file(t) for t in COMPARED],
+        compare=compare_files("compare"),
         code=package_sources("report.plots"),
     output:
         per_position=report(PLOTS["kld_per_position"], category="Precision"),
@@ -19,7 +19,7 @@ rule plot_kld:
 
 rule plot_long_context:
     input:
-        corpus=corpus_compare_files(),
+        corpus=compare_files("corpus_compare"),
         code=package_sources("report.plots"),
     output:
         LONG_CONTEXT_PLOT,
@@ -48,15 +48,13 @@ rule plot_bench:
 
 rule render_report:
     input:
+        **{kind: compare_files(kind) for kind in OPTIONAL_COMPARISONS},
         template=local("reports/templates/report.md.j2"),
         manifest=f"{RESULTS}/manifest.json",
         per_target=[target_file(kind, t) for t in TARGETS for kind in REPORTED_KINDS],
         bench_checks=target_files("bench_checks", TARGETS),
         serve=target_files("serve", SERVED),
-        compare=[compare_file(t) for t in COMPARED],
-        corpus_compare=corpus_compare_files(),
-        decode_compare=decode_compare_files(),
-        layers_compare=layers_compare_files(),
+        compare=compare_files("compare"),
         plots=REPORT_PLOTS.values(),
         code=package_sources("report.render", "report.history"),
     output:
@@ -69,9 +67,8 @@ rule render_report:
         targets=TARGETS,
         compared=COMPARED,
         served=SERVED,
-        corpus=CORPUS,
-        decode=DECODE,
-        layers=LAYERS,
+        # The comparisons the config turned off (the report says so instead of waiting for them).
+        turned_off=[kind for kind, section in OPTIONAL_COMPARISONS.items() if not config[section]["enabled"]],
         plots={name: Path(path).name for name, path in REPORT_PLOTS.items()},
         configfile=CONFIGFILE,
         config=config,

@@ -62,20 +62,19 @@ def target_path(results: str, target: str, kind: str) -> str:
     return f"{results}/{target}/{TARGET_FILES[kind]}"
 
 
-def compare_path(results: str, target: str) -> str:
-    return f"{results}/compare/{target}.json"
+# Each target's comparisons with the reference: kind -> the end of its file name (results/<model>/compare/<target>...).
+COMPARE_SUFFIXES = {
+    "compare": ".json",
+    "corpus_compare": ".corpus.json",
+    "decode_compare": ".decode.json",
+    "layers_compare": ".layers.json",
+}
+# The comparisons the config can turn off: kind -> the config section whose `enabled` does.
+OPTIONAL_COMPARISONS = {"corpus_compare": "corpus", "decode_compare": "decode", "layers_compare": "layers"}
 
 
-def corpus_compare_path(results: str, target: str) -> str:
-    return f"{results}/compare/{target}.corpus.json"
-
-
-def decode_compare_path(results: str, target: str) -> str:
-    return f"{results}/compare/{target}.decode.json"
-
-
-def layers_compare_path(results: str, target: str) -> str:
-    return f"{results}/compare/{target}.layers.json"
+def compare_path(results: str, target: str, kind: str = "compare") -> str:
+    return f"{results}/compare/{target}{COMPARE_SUFFIXES[kind]}"
 
 
 def read_artifact(path: str | os.PathLike, kind: str) -> Any:

@@ -1,7 +1,7 @@
 """Snakemake adapter: rule render_report -> portcheck.report.render (paths stay workdir-relative: the report
 lists them)."""
 
-from portcheck.artifacts import REPORTED_KINDS, TARGET_FILES
+from portcheck.artifacts import OPTIONAL_COMPARISONS, REPORTED_KINDS, TARGET_FILES
 from portcheck.report.history import record_and_section
 from portcheck.report.render import build_context, render_report
 from portcheck.workflow.script import run_script
@@ -16,10 +16,9 @@ def main(smk):
         # The inputs, not paths rebuilt from params: with a storage plugin they are the local copies.
         "targets": {t: {kind: _input(smk.input.per_target, t, kind) for kind in REPORTED_KINDS} for t in p.targets},
         "compare": dict(zip(p.compared, smk.input.compare)),
-        # None: turned off in the config (the report says so); otherwise each compared target's comparison.
-        "corpus_compare": dict(zip(p.compared, smk.input.corpus_compare)) if p.corpus else None,
-        "decode_compare": dict(zip(p.compared, smk.input.decode_compare)) if p.decode else None,
-        "layers_compare": dict(zip(p.compared, smk.input.layers_compare)) if p.layers else None,
+        # The optional comparisons: None where the config turned one off (the report says so).
+        **{kind: None if kind in p.turned_off else dict(zip(p.compared, getattr(smk.input, kind)))
+           for kind in OPTIONAL_COMPARISONS},
         "plots": dict(p.plots),
         "configfile": p.configfile,
     }

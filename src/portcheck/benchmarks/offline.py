@@ -23,6 +23,7 @@ from portcheck.benchmarks import statistics as perf
 from portcheck.atomic import atomic_path, write_json
 from portcheck.errors import PortcheckError
 from portcheck.benchmarks.workload import random_prompts
+from portcheck.model.checkpoint import text_settings
 from portcheck.targets import parse_target
 
 log = logging.getLogger("portcheck.bench")
@@ -58,7 +59,7 @@ def grid_cells(plan: dict) -> list[tuple[int, int]]:
 
 def engine_limits(engine: str, settings, model_config: dict) -> dict[str, Any]:
     """max_model_len and max_num_seqs the engine will enforce, known before it starts."""
-    text = {**model_config, **(model_config.get("text_config") or {})}
+    text = text_settings(model_config)
     max_len = settings.max_model_len or text.get("max_position_embeddings")
     seqs = settings.max_num_seqs or (VLLM_DEFAULT_MAX_NUM_SEQS if engine == "vllm" else None)
     return {"max_model_len": max_len, "max_num_seqs": seqs}

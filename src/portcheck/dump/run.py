@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from portcheck.atomic import write_json
-from portcheck.model.checkpoint import config_summary, load_model_config, model_sha, tokenizer_sha
+from portcheck.model.checkpoint import load_model_config, model_sha, text_settings, tokenizer_sha
 from portcheck.dump.corpus import cut_windows
 from portcheck.dump.layers_file import write_layers
 from portcheck.dump.logits_file import first_difference, write_dump
@@ -113,7 +113,8 @@ def run_target(
     prompt_ids = tokenize(tokenizer, prompts)
     longest_generation = max(greedy_tokens, (determinism or {}).get("max_tokens", 0), (samples or {}).get("max_tokens", 0))
     check_prompt_lengths(prompt_ids, settings.max_model_len, prompts, new_tokens=longest_generation)
-    check_topk(target, settings, model_dir)
+    model_text = text_settings(load_model_config(model_dir))
+    check_topk(target, settings, model_text.get("vocab_size"))
     windows = corpus_windows(tokenizer, corpus, settings.max_model_len) if corpus else None
     decode_prompts = prompt_ids[: decode["prompts"]] if decode else None
     if decode:
@@ -164,7 +165,7 @@ def run_target(
         write_layers(outputs["layers"], states, {
             "target": target_name, "model_sha": meta["model_sha"], "not_captured": not_captured,
             "sequences_sha": sha256_text(json.dumps(layer_sequences)), "prompts": len(prompt_ids),
-            "layer_types": layer_types(model_dir), "run_seconds": round(layers_seconds, 3),
+            "layer_types": list(model_text.get("layer_types") or []), "run_seconds": round(layers_seconds, 3),
         })
     if decoded:
         write_decode_dump(outputs["decode"], decoded, {**meta, "run_seconds": round(decode_seconds, 3)},
@@ -182,15 +183,8 @@ def write_decode_dump(path, decoded: list[DecodeScores], meta: dict, max_tokens:
     })
 
 
-def layer_types(model_dir) -> list[str]:
-    """The decoder layers' kinds from config.json (linear_attention / full_attention), for the per-layer tables."""
-    config = load_model_config(model_dir)
-    return list({**config, **config.get("text_config", {})}.get("layer_types") or [])
-
-
-def check_topk(target, settings: EngineSettings, model_dir) -> None:
+def check_topk(target, settings: EngineSettings, vocab: int | None) -> None:
     """A top-k wider than the vocabulary is refused before the engine starts (vLLM would fail after it)."""
-    vocab = config_summary(load_model_config(model_dir)).get("vocab_size")
     k = settings.logprobs_topk
     if target.engine == "vllm" and vocab and k > vocab:
         raise PortcheckError(

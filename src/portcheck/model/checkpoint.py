@@ -78,9 +78,14 @@ def load_model_config(model_dir: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def text_settings(config: dict) -> dict[str, Any]:
+    """config.json's settings of the language model: a multimodal checkpoint keeps them under text_config."""
+    return {**config, **(config.get("text_config") or {})}
+
+
 def config_summary(config: dict) -> dict[str, Any]:
     """The seed report's model table, from config.json (text settings may sit under text_config)."""
-    text = {**config, **config.get("text_config", {})}
+    text = text_settings(config)
     layer_types = list(text.get("layer_types") or [])
     return {
         "architectures": config.get("architectures"),

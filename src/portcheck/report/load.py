@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from portcheck.artifacts import TARGET_FILES, read_artifact
+from portcheck.artifacts import OPTIONAL_COMPARISONS, TARGET_FILES, read_artifact
 from portcheck.dump.logits_file import read_dump_meta
 from portcheck.errors import PortcheckError
 
@@ -18,8 +18,6 @@ GIVEN_APART = {"compare": "comparison (compare/<target>.json)",
                "corpus_compare": "long-context comparison (compare/<target>.corpus.json)",
                "decode_compare": "decode-path comparison (compare/<target>.decode.json)",
                "layers_compare": "per-layer comparison (compare/<target>.layers.json)"}
-# The comparisons the config can turn off (artifacts key = TargetData attribute).
-BY_POSITION = ("corpus_compare", "decode_compare", "layers_compare")
 NOT_GIVEN = "no {file} was given to the report (the rule that writes it did not run for this target)"
 
 
@@ -41,6 +39,7 @@ class TargetData:
     serve: dict | None = None
     paths: dict[str, str] = field(default_factory=dict)  # artifact kind -> the file it was read from
     absent: dict[str, str] = field(default_factory=dict)  # artifact kind -> why it is missing
+    turned_off: set[str] = field(default_factory=set)  # artifact kinds the config does not ask for
 
     @property
     def ran(self) -> bool:
@@ -59,6 +58,7 @@ def _read_present(data: TargetData, kind: str, paths: dict) -> Any:
     path = paths[kind]
     if path is None:
         data.absent[kind] = f"{kind} is not configured for this target"
+        data.turned_off.add(kind)
         return None
     if not Path(path).is_file():
         data.absent[kind] = f"{path} is absent"
@@ -67,18 +67,18 @@ def _read_present(data: TargetData, kind: str, paths: dict) -> Any:
     return read_dump_meta(path) if kind == "logits" else read_artifact(path, kind)
 
 
-def load_target(name: str, paths: dict, compare_path, reference: str, by_position: dict | None = None) -> TargetData:
+def load_target(name: str, paths: dict, compare_path, reference: str, optional: dict | None = None) -> TargetData:
     """paths: artifact kind -> file (None: not configured for this target; a kind left out: not produced).
-    by_position: corpus_compare / decode_compare -> file, None where the config turns it off; a kind left out:
-    not produced."""
+    optional: the optional comparisons (artifacts.OPTIONAL_COMPARISONS) -> file, None where the config turns one
+    off; a kind left out: not produced."""
     data = TargetData(name, "reference" if name == reference else "target")
-    given = {**paths, "compare": compare_path, **(by_position or {})}
+    given = {**paths, "compare": compare_path, **(optional or {})}
     data.meta = _read_present(data, "logits", given)
     for kind in JSON_KINDS:
         setattr(data, kind, _read_present(data, kind, given))
     if data.role == "target":
         data.compare = _read_present(data, "compare", given)
-        for kind in BY_POSITION:
+        for kind in OPTIONAL_COMPARISONS:
             setattr(data, kind, _read_present(data, kind, given))
     return data
 
@@ -93,14 +93,14 @@ def load_targets(artifacts: dict) -> list[TargetData]:
         )
     names = sorted(artifacts["targets"], key=lambda n: (n != reference, list(artifacts["targets"]).index(n)))
     compare = artifacts.get("compare") or {}
-    return [load_target(n, artifacts["targets"][n], compare.get(n), reference, _by_position(artifacts, n))
+    return [load_target(n, artifacts["targets"][n], compare.get(n), reference, _optional_comparisons(artifacts, n))
             for n in names]
 
 
-def _by_position(artifacts: dict, target: str) -> dict:
+def _optional_comparisons(artifacts: dict, target: str) -> dict:
     """{kind: file, or None where the config turns it off}; a kind the run did not produce is left out."""
     found = {}
-    for kind in BY_POSITION:
+    for kind in OPTIONAL_COMPARISONS:
         files = artifacts.get(kind)  # None: turned off in the config
         if files is None or target in files:
             found[kind] = None if files is None else files[target]

@@ -14,6 +14,7 @@ from portcheck.env.versions import distribution_version
 from portcheck.engines.outputs import item
 from portcheck.engines.vllm.logs import logged_figures, read_log
 from portcheck.engines.vllm.preflight import importable
+from portcheck.model.checkpoint import text_settings
 
 if TYPE_CHECKING:
     from portcheck.engines.vllm.engine import VLLMEngine
@@ -34,7 +35,7 @@ def adaptation_items(engine: VLLMEngine) -> dict[str, Any]:
     logged = logged_figures(read_log(engine.log_path))
     no_log = "vLLM's log is not captured (user logging config)" if engine.log_path is None else "not in vLLM's log"
     checkpoint_config = engine.model_config_json
-    text_config = {**checkpoint_config, **checkpoint_config.get("text_config", {})}
+    text_config = text_settings(checkpoint_config)
 
     items: dict[str, Any] = {}
     items["vllm_version"] = item(engine.vllm_version, "ok" if engine.vllm_version else "not determined",

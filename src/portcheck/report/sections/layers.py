@@ -13,7 +13,7 @@ HEADER = ["Layer", "Type", "Cosine min", "Rel. L2 mean", "Rel. L2 max", "MaxAbsE
 
 def layers_section(targets: list[TargetData]) -> dict:
     compared = [t for t in targets if t.role == "target"]
-    disabled = bool(compared) and all("not configured" in t.absent.get("layers_compare", "") for t in compared)
+    disabled = bool(compared) and all("layers_compare" in t.turned_off for t in compared)
     first = next((t.layers_compare for t in compared if t.layers_compare and t.layers_compare.get("layers")), None)
     return {"enabled": not disabled, "targets": [] if disabled else [_target(t) for t in compared],
             "thresholds": (first or {}).get("thresholds") or {}, "sequences": (first or {}).get("sequences"),

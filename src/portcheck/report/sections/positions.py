@@ -41,7 +41,7 @@ def by_position_section(targets: list[TargetData], kind: str) -> dict:
 
 def position_status(data: TargetData, kind: str) -> str | None:
     """pass / fail / unknown / not run for a compared target; None where the config turns the comparison off."""
-    if "not configured" in data.absent.get(kind, ""):
+    if kind in data.turned_off:
         return None
     comparison = getattr(data, kind)
     if comparison is None:

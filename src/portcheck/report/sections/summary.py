@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from portcheck.report.format import DASH, NO, NOT_RUN, UNKNOWN, VERDICT_LABEL, YES, num, pct, sci, table
 from portcheck.report.load import TargetData
-from portcheck.report.sections.positions import growth_summary, position_status
+from portcheck.report.sections.positions import KINDS as POSITION_KINDS, growth_summary, position_status
 from portcheck.report.sources import cite, every_target
 
 
@@ -66,7 +66,7 @@ def agreement_status(data: TargetData) -> str:
         return NOT_RUN
     status = (data.compare.get("verdict") or {}).get("status")
     statuses = [status if status in ("pass", "fail") else UNKNOWN]
-    statuses += [s for s in (position_status(data, k) for k in ("corpus_compare", "decode_compare")) if s]
+    statuses += [s for s in (position_status(data, kind) for kind in POSITION_KINDS) if s]
     if "fail" in statuses:
         return "fail"
     return "pass" if all(s == "pass" for s in statuses) else UNKNOWN
