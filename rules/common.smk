@@ -74,6 +74,8 @@ CORPUS = config["corpus"]["enabled"]
 CORPUS_TEXT = local(os.path.relpath(corpus_path(config, workflow.basedir)))
 # What a dump job writes: the optional kinds are named like the config sections that turn them on.
 DUMPED_KINDS = (*DUMP_KINDS, *(kind for kind in (CORPUS_KIND, DECODE_KIND, LAYERS_KIND) if config[kind]["enabled"]))
+# What the dump job captures per layer (the thresholds are the comparison's: changing them redoes no dump).
+LAYER_CAPTURE = {key: config["layers"][key] for key in ("enabled", "windows", "indices")}
 REPORT = f"{REPORTS}/report.md"
 HTML_REPORT = f"{REPORTS}/report.html"
 PLOTS = {
@@ -85,8 +87,14 @@ BENCH_PLOTS = {
     "latency_percentiles": f"{REPORTS}/latency_percentiles.png",
 }
 LONG_CONTEXT_PLOT = f"{REPORTS}/kld_long_context.png"
-# Every plot the report links, in its order; the long-context one only where the corpus is scored.
-REPORT_PLOTS = {**PLOTS, **({"kld_long_context": LONG_CONTEXT_PLOT} if CORPUS else {}), **BENCH_PLOTS}
+LAYERS_PLOT = f"{REPORTS}/layer_errors.png"
+# Every plot the report links, in its order; the long-context and per-layer ones only where they are measured.
+REPORT_PLOTS = {
+    **PLOTS,
+    **({"kld_long_context": LONG_CONTEXT_PLOT} if CORPUS else {}),
+    **({"layer_errors": LAYERS_PLOT} if config["layers"]["enabled"] else {}),
+    **BENCH_PLOTS,
+}
 # The config file the run used, for the report's "regenerate" command (None: the default one).
 CONFIGFILE = workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else None
 

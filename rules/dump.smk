@@ -24,7 +24,7 @@ rule dump_logits:
         samples=config["samples"],
         corpus=config["corpus"],
         decode=config["decode"],
-        layers=config["layers"],
+        layers=LAYER_CAPTURE,
         stack=stack_params,
     script:
         "../workflow/scripts/dump_logits.py"

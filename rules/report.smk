@@ -31,6 +31,20 @@ rule plot_long_context:
         "../workflow/scripts/plot_long_context.py"
 
 
+rule plot_layers:
+    input:
+        layers=compare_files("layers_compare"),
+        code=package_sources("report.plots"),
+    output:
+        LAYERS_PLOT,
+    log:
+        f"logs/{MODEL}/plot_layers.log",
+    params:
+        targets=COMPARED,
+    script:
+        "../workflow/scripts/plot_layers.py"
+
+
 rule plot_bench:
     input:
         bench=target_files("bench", TARGETS),

@@ -17,6 +17,7 @@ from portcheck.compare.positions import compare_by_position, compare_corpus_file
 from portcheck.config import DEFAULT_CORPUS, load_schema, read_corpus_text, validate_config
 from portcheck.dump.corpus import cut_windows, window_starts
 from portcheck.dump.logits_file import read_dump, write_dump
+from portcheck.engines.layer_hooks import find_decoder_layers
 from portcheck.engines.outputs import PromptScores
 from portcheck.errors import PortcheckError
 
@@ -327,7 +328,7 @@ def layer_run(tiny_model_dir, out, monkeypatch, noisy_layer=None, scale=0.2):
 
         def faulty_init(self, *args, **kwargs):
             original(self, *args, **kwargs)
-            layers, _norm = hf.decoder_layers(self.model)
+            layers, _norm = find_decoder_layers(self.model, None)
 
             def add_noise(_module, _inputs, output):
                 hidden = output[0] if isinstance(output, tuple) else output
@@ -358,18 +359,68 @@ def test_a_fault_in_one_layer_is_named_as_the_first_divergent(tiny_model_dir, tm
     assert [row["rel_l2_mean"] for row in result["layers"][:5]] == [0, 0, 0, 0, 0]  # exact before the fault
     assert result["finding"].startswith("first over the thresholds: layer 5 (Gated DeltaNet)")
     assert result["error_growth_by_type"]["Gated DeltaNet"] == 1.0
+    # The noise is added to layer 5's output: the states of layers 0-5 are computed before it, layer 6's after.
+    states = {row["index"]: row for row in result["gdn_states"]["layers"]}
+    assert result["gdn_states"]["state_dtype"] == {"reference": "float32", "target": "float32"}
+    assert [states[i]["rel_l2_max"] for i in (0, 1, 2, 4, 5)] == [0, 0, 0, 0, 0] and states[6]["rel_l2_max"] > 0.05
+    assert result["gdn_states"]["first_divergent"] == "layer 6"
     clean = compare_layers_files(reference, reference, settings)
     assert clean["first_divergent"] is None and clean["finding"].startswith("no layer is over the thresholds")
 
 
-def test_an_engine_that_cannot_capture_layers_says_not_run(tmp_path):
+def test_an_engine_that_cannot_capture_layers_says_why(tmp_path):
     from portcheck.compare.layers import compare_layers_files
     from portcheck.dump.layers_file import write_layers
+    from portcheck.engines.outputs import LayerStates
 
-    write_layers(tmp_path / "ref.safetensors", [np.ones((3, 4, 2), np.float32)],
-                 {"target": "cpu-hf-fp32", "model_sha": "m", "sequences_sha": "s", "not_captured": ""})
-    write_layers(tmp_path / "vllm.safetensors", None, {"target": "cpu-vllm-bf16", "model_sha": "m",
-                                                        "sequences_sha": "s", "not_captured": "no hooks in vLLM"})
+    meta = {"model_sha": "m", "sequences_sha": "s"}
+    write_layers(tmp_path / "ref.safetensors", LayerStates([np.ones((3, 4, 2), np.float32)], indices=[0, 1]),
+                 {**meta, "target": "cpu-hf-fp32"})
+    write_layers(tmp_path / "vllm.safetensors", LayerStates(None, status="not determined",
+                                                            reason="no decoder layer list found in X"),
+                 {**meta, "target": "cpu-vllm-bf16"})
     result = compare_layers_files(tmp_path / "ref.safetensors", tmp_path / "vllm.safetensors",
                                   {"cosine_min": 0.99, "rel_l2_max": 0.05})
-    assert result["status"] == "not run" and "cpu-vllm-bf16: no hooks in vLLM" in result["reason"]
+    assert result["status"] == "not determined" and "cpu-vllm-bf16: no decoder layer list found" in result["reason"]
+
+def test_a_layer_index_outside_the_model_is_refused_before_the_engine_starts(tiny_model_dir, tmp_path, monkeypatch):
+    from portcheck.dump import run
+    from portcheck.engines.settings import EngineSettings
+
+    def no_engine(*_args, **_kwargs):
+        raise AssertionError("the engine must not start")
+
+    monkeypatch.setattr(run, "make_engine", no_engine)
+    paths = {"logits": tmp_path / "logits.safetensors", "adaptation": tmp_path / "adaptation.json",
+             "layers": tmp_path / "layers.safetensors"}
+    with pytest.raises(PortcheckError) as error:
+        run.run_target("cpu-hf-fp32", tiny_model_dir, ["Hello"], EngineSettings(threads=1), paths,
+                       layers={"windows": 0, "indices": [2, 8, 40]})
+    assert "layers.indices [8, 40] outside the model" in str(error.value)
+    assert "8 decoder layers (0-7)" in str(error.value) and "null for every layer" in str(error.value)
+    assert not any(path.exists() for path in paths.values())
+
+
+def test_a_model_whose_decoder_layers_are_not_found_is_not_determined(tiny_model_dir):
+    from portcheck.engines.factory import make_engine
+    from portcheck.engines.settings import EngineSettings
+    from portcheck.targets import parse_target
+
+    with make_engine(parse_target("cpu-hf-fp32"), tiny_model_dir, EngineSettings(threads=1)) as engine:
+        decoder = engine.model.model
+        decoder.blocks = decoder.layers  # laid out otherwise: no `layers` beside the final norm
+        del decoder.layers
+        captured = engine.layer_states([[1, 2, 3]])
+    assert captured.hidden is None and captured.status == "not determined"
+    assert captured.reason == "no decoder layer list and final norm found in Qwen3_5ForCausalLM"
+
+
+def test_selected_layers_are_captured_and_named(tiny_model_dir):
+    from portcheck.engines.factory import make_engine
+    from portcheck.engines.settings import EngineSettings
+    from portcheck.targets import parse_target
+
+    with make_engine(parse_target("cpu-hf-fp32"), tiny_model_dir, EngineSettings(threads=1)) as engine:
+        captured = engine.layer_states([list(range(5, 25))], indices=[6, 1, 3])
+    assert captured.indices == [1, 3, 6] and captured.hidden[0].shape[:2] == (3 + 1, 20)
+    assert captured.gdn_layers == [1, 6] and captured.gdn_states[0].shape == (2, 2, 64, 64)

@@ -74,7 +74,7 @@ def test_second_host_runs_only_its_target_and_reports_both(two_hosts):
     assert not (two_hosts["b"] / "results" / MODEL / "cpu-hf-bf16" / "logits.safetensors").exists()
     # Run again: the report stage reads the store afresh (profiles/shared-fs forcerun); no target is redone.
     again = planned_jobs(two_hosts["b"], *shared(store, two_hosts["config_b"]))
-    assert set(again) == {"plot_kld", "plot_long_context", "plot_bench", "render_report", "render_html", "report"}, again
+    assert set(again) == {"plot_kld", "plot_long_context", "plot_layers", "plot_bench", "render_report", "render_html", "report"}, again
 
 
 def test_second_host_refuses_to_overwrite_complete_artifacts(two_hosts):

@@ -4,7 +4,9 @@ vLLM's class, swapping a module-level kernel), and the checklist must name the p
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,7 +51,9 @@ def test_checklist_names_vllms_own_gdn_functions_and_counts_their_calls(tiny_mod
     assert items["attention_backend"]["value"]["backend_class"].startswith("vllm.")
 
 
-def test_checklist_names_a_plugins_rebound_forward_and_swapped_kernel(tiny_model_dir, tmp_path):
+@contextlib.contextmanager
+def test_plugin(**env):
+    """The test plugin active in this process and the engine's (env: more of its switches)."""
     import vllm.plugins
 
     with pytest.MonkeyPatch.context() as mp:
@@ -60,14 +64,19 @@ def test_checklist_names_a_plugins_rebound_forward_and_swapped_kernel(tiny_model
         mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(PLUGINS), os.environ.get("PYTHONPATH")) if p))
         mp.setenv("VLLM_PLUGINS", PLUGIN)
         mp.setenv("PORTCHECK_GDN_TEST_PLUGIN", "1")
+        for name, value in env.items():
+            mp.setenv(name, value)
         mp.setattr(vllm.plugins, "plugins_loaded", False)
         try:
-            items = run_engine(tiny_model_dir, tmp_path)
+            yield
         finally:
-            import sys
-
             if PLUGIN in sys.modules:
                 sys.modules[PLUGIN].unpatch()
+
+
+def test_checklist_names_a_plugins_rebound_forward_and_swapped_kernel(tiny_model_dir, tmp_path):
+    with test_plugin():
+        items = run_engine(tiny_model_dir, tmp_path)
     gdn = items["gdn_implementation"]
     value = gdn["value"]
     print(gdn, items["vllm_ascend_patches"])
@@ -111,3 +120,57 @@ def test_gdn_item_says_what_ran_what_is_bound_or_that_layers_differ():
     assert idle["status"] == "ok" and "not what ran" in idle["note"]
     differ = gdn_item(_info({"installed": True, "counts": {"p.k": 1}}, ("m.C.forward_cpu", "p.forward")), "cpu", "")
     assert differ["status"] == "failed"
+
+
+# -- where it diverges: the worker's hooks name the layer a broken kernel sits in ---------------------------------
+
+
+def test_a_broken_gdn_kernel_in_one_layer_is_named_on_the_vllm_engine(tiny_model_dir, tmp_path):
+    """The plugin's GDN forward adds noise in layer 5 only: the hooks in vLLM's worker see layers 0-4 within the
+    bf16 thresholds of the hf fp32 reference and layer 5 over them; the GDN states, read from vLLM's state cache,
+    stay close up to layer 5 (its state is computed before its output is spoiled) and not in layer 6."""
+    from portcheck.compare.layers import compare_layers_files
+    from portcheck.dump.layers_file import write_layers
+
+    sequences = [list(range(10, 40)), [(7 * i) % 1900 + 20 for i in range(150)]]  # the second crosses two chunks
+    meta = {"model_sha": "m", "sequences_sha": "s", "layer_types": TINY_LAYER_TYPES}
+    reference = make_engine(parse_target("cpu-hf-fp32"), tiny_model_dir, EngineSettings(threads=1))
+    try:
+        write_layers(tmp_path / "ref.safetensors", reference.layer_states(sequences), {**meta, "target": "ref"})
+    finally:
+        reference.close()
+    settings = EngineSettings(max_model_len=256, max_num_seqs=2, extra={"log_file": str(tmp_path / "engine.log")})
+    with test_plugin(PORTCHECK_GDN_TEST_NOISE_LAYER="5"):
+        engine = make_engine(parse_target("cpu-vllm-bf16"), tiny_model_dir, settings)
+        try:
+            captured = engine.layer_states(sequences)
+        finally:
+            engine.close()
+    print(captured.status, captured.reason, captured.gdn_reason, captured.gdn_state_dtype)
+    assert captured.status == "ok" and [h.shape[:2] for h in captured.hidden] == [(9, 30), (9, 150)]
+    write_layers(tmp_path / "vllm.safetensors", captured, {**meta, "target": "cpu-vllm-bf16"})
+    result = compare_layers_files(tmp_path / "ref.safetensors", tmp_path / "vllm.safetensors",
+                                  {"cosine_min": 0.99, "rel_l2_max": 0.05})
+    print(result["finding"], [round(r["rel_l2_mean"], 4) for r in result["layers"]], result["gdn_states"])
+    assert result["first_divergent"] == {"index": 5, "name": "layer 5", "type": "Gated DeltaNet"}
+    assert 0 < result["layers"][4]["rel_l2_mean"] < 0.02  # bf16 rounding before the fault, not zero
+    states = result["gdn_states"]
+    assert states["state_dtype"] == {"reference": "float32", "target": "float32"}
+    assert states["first_divergent"] == "layer 6"
+
+
+TINY_LAYER_TYPES = ["linear_attention"] * 3 + ["full_attention"] + ["linear_attention"] * 3 + ["full_attention"]
+
+
+class _Config:
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def test_graph_mode_reports_the_capture_not_run():
+    from portcheck.engines.vllm import worker_layers
+
+    graph = _Config(vllm_config=_Config(model_config=_Config(enforce_eager=False)))
+    started = worker_layers.start(graph, None)
+    assert started == {"ok": False, "status": "not run", "reason": started["reason"]}
+    assert started["reason"].startswith("graph mode (enforce_eager off)") and "enforce_eager: true" in started["reason"]

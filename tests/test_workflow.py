@@ -71,8 +71,14 @@ def test_layers_are_compared_where_the_engine_captures_them(workflow_run):
     assert len(hf["layers"]) == 8 + 1 and hf["first_divergent"] is None  # bf16 stays within the thresholds
     assert hf["finding"] in report
     vllm = json.loads((results / "compare" / "cpu-vllm-bf16.layers.json").read_text())
-    assert vllm["status"] == "not run" and "does not capture per-layer hidden states" in vllm["reason"]
-    assert "### cpu-vllm-bf16 vs cpu-hf-fp32, per layer\n\nNot run: cpu-vllm-bf16: the vllm engine" in report
+    assert len(vllm["layers"]) == 8 + 1 and vllm["first_divergent"] is None  # hooks in vLLM's worker
+    assert f"### cpu-vllm-bf16 vs cpu-hf-fp32, per layer\n\n**{vllm['finding']}**" in report
+    for comparison in (hf, vllm):  # each GDN layer's state after every sequence, read from each engine's cache
+        states = comparison["gdn_states"]
+        assert [row["index"] for row in states["layers"]] == [0, 1, 2, 4, 5, 6]
+        assert states["state_dtype"] == {"reference": "float32", "target": "float32"}
+    assert (workflow_run / "reports" / MODEL / "layer_errors.png").stat().st_size > 10_000
+    assert "![Where it diverges: error by layer](layer_errors.png)" in report
 
 
 def test_long_context_precision_is_measured_on_every_engine(workflow_run):
@@ -146,7 +152,7 @@ def test_enabling_a_target_runs_only_that_target(rerun_copy):
     assert planned_jobs(rerun_copy) == {
         "capture_env": 1, "dump_logits": 1, "run_benchmarks": 1, "check_benchmarks": 1, "compare_logits": 1,
         "compare_corpus": 1, "score_decode": 1, "compare_decode": 1, "compare_layers": 1, "plot_kld": 1,
-        "plot_long_context": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
+        "plot_long_context": 1, "plot_layers": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
     }
 
 
@@ -163,7 +169,7 @@ def test_package_edit_reruns_the_rules_that_use_it(rerun_copy):
     edit(rerun_copy / "src" / "portcheck" / "compare" / "metrics.py", lambda t: t + "\n# edited\n")
     assert planned_jobs(rerun_copy) == {"compare_logits": 2, "compare_corpus": 2, "compare_decode": 2,
                                         "compare_layers": 2, "plot_kld": 1, "plot_long_context": 1,
-                                        "render_report": 1, "render_html": 1, "report": 1}
+                                        "plot_layers": 1, "render_report": 1, "render_html": 1, "report": 1}
 
 
 @pytest.mark.parametrize("module", ["engine.py", "engine_args.py", "worker_extension.py"])
@@ -174,7 +180,7 @@ def test_engine_edit_reruns_only_that_engines_targets(rerun_copy, module):
     assert planned_jobs(rerun_copy) == {
         "dump_logits": 1, "run_benchmarks": 1, "check_benchmarks": 1, "check_serving": 1, "compare_logits": 1,
         "compare_corpus": 1, "score_decode": 1, "compare_decode": 1, "compare_layers": 1, "plot_kld": 1,
-        "plot_long_context": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
+        "plot_long_context": 1, "plot_layers": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
     }
 
 

@@ -13,6 +13,7 @@ from portcheck.atomic import write_json
 from portcheck.model.checkpoint import load_model_config, model_sha, text_settings, tokenizer_sha
 from portcheck.dump.corpus import cut_windows
 from portcheck.dump.layers_file import write_layers
+from portcheck.engines.layer_hooks import check_layer_indices
 from portcheck.dump.logits_file import first_difference, write_dump
 from portcheck.engines.factory import make_engine
 from portcheck.engines.outputs import DecodeScores, Generation
@@ -107,7 +108,8 @@ def run_target(
     """Write outputs["logits"], ["adaptation"], and where given ["determinism"], ["samples"], ["corpus"],
     ["decode"]. corpus: {"text", "path", "sha256", "window_length", "windows"}: long-context windows scored in
     the same engine start. decode: {"prompts": N, "max_tokens": n}: the first N prompts decoded greedily.
-    layers: {"windows": N}: every decoder layer's output on the prompts and the first N corpus windows."""
+    layers: {"windows": N, "indices": [...] | None}: the decoder layers' outputs on the prompts and the first N
+    corpus windows."""
     target = parse_target(target_name)
     tokenizer = load_tokenizer(model_dir, settings.trust_remote_code)
     prompt_ids = tokenize(tokenizer, prompts)
@@ -116,6 +118,8 @@ def run_target(
     model_text = text_settings(load_model_config(model_dir))
     check_topk(target, settings, model_text.get("vocab_size"))
     windows = corpus_windows(tokenizer, corpus, settings.max_model_len) if corpus else None
+    if layers:
+        check_layers(layers.get("indices"), model_text, model_dir)
     decode_prompts = prompt_ids[: decode["prompts"]] if decode else None
     if decode:
         check_prompt_lengths(decode_prompts, settings.max_model_len, prompts[: decode["prompts"]],
@@ -143,7 +147,7 @@ def run_target(
         if layers:
             layer_sequences = prompt_ids + (windows or [])[: layers["windows"]]
             layers_started = time.perf_counter()
-            states, not_captured = engine.layer_states(layer_sequences)
+            captured = engine.layer_states(layer_sequences, layers.get("indices"))
             layers_seconds = time.perf_counter() - layers_started
     meta = dump_meta(target, model_dir, prompts, settings, greedy, tokenizer, adaptation)
     meta["run_seconds"] = round(time.perf_counter() - started, 3)
@@ -162,8 +166,8 @@ def run_target(
                        "windows": corpus["windows"]},
         })
     if layers:
-        write_layers(outputs["layers"], states, {
-            "target": target_name, "model_sha": meta["model_sha"], "not_captured": not_captured,
+        write_layers(outputs["layers"], captured, {
+            "target": target_name, "model_sha": meta["model_sha"],
             "sequences_sha": sha256_text(json.dumps(layer_sequences)), "prompts": len(prompt_ids),
             "layer_types": list(model_text.get("layer_types") or []), "run_seconds": round(layers_seconds, 3),
         })
@@ -191,6 +195,16 @@ def check_topk(target, settings: EngineSettings, vocab: int | None) -> None:
             f"targets.{target.name}.logprobs_topk is {k} but the vocabulary has {vocab} ids; use at most {vocab}, "
             "or -1 for the full vocabulary"
         )
+
+
+def check_layers(indices: list[int] | None, model_text: dict, model_dir) -> None:
+    """layers.indices outside the model are refused before the engine starts."""
+    count = model_text.get("num_hidden_layers")
+    if indices is not None and count is not None:
+        try:
+            check_layer_indices(indices, int(count), f"the model in {model_dir}")
+        except ValueError as exc:
+            raise PortcheckError(str(exc)) from None
 
 
 def corpus_windows(tokenizer, corpus: dict, max_model_len: int | None) -> list[list[int]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from portcheck.errors import PortcheckError
-from portcheck.engines.outputs import DecodeScores, Generation, PromptScores, TimedGeneration
+from portcheck.engines.outputs import DecodeScores, Generation, LayerStates, PromptScores, TimedGeneration
 from portcheck.engines.settings import EngineSettings
 
 
@@ -42,10 +42,12 @@ class Engine(abc.ABC):
         """Greedy continuations through the engine's decode path, with every step's distribution (what the decode
         kernels computed), for the reference to score teacher-forced."""
 
-    def layer_states(self, prompts: list[list[int]]) -> tuple[list | None, str]:
-        """Per prompt the output of every decoder layer and of the final norm, [L + 1, T, H] float32; or (None,
-        why not). Engines that cannot capture them say so."""
-        return None, f"the {self.target.engine} engine does not capture per-layer hidden states yet"
+    def layer_states(self, prompts: list[list[int]], indices: list[int] | None = None) -> LayerStates:
+        """Per prompt the output of each decoder layer in `indices` (None: all) and of the final norm, and each
+        captured Gated DeltaNet layer's recurrent state after the prompt (outputs.LayerStates). Engines that
+        cannot capture them say so."""
+        return LayerStates(None, status="not run",
+                           reason=f"the {self.target.engine} engine does not capture per-layer hidden states")
 
     @abc.abstractmethod
     def adaptation(self) -> dict[str, Any]:

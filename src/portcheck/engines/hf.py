@@ -12,7 +12,9 @@ import numpy as np
 from portcheck.engines import devices
 from portcheck.model.checkpoint import checkpoint_facts
 from portcheck.engines.base import Engine
-from portcheck.engines.outputs import DecodeScores, Generation, PromptScores, TimedGeneration, decode_row_ids, item
+from portcheck.engines.layer_hooks import LayerCapture, check_layer_indices, find_decoder_layers
+from portcheck.engines.outputs import (DecodeScores, Generation, LayerStates, PromptScores, TimedGeneration,
+                                       decode_row_ids, item)
 
 # Functions transformers swaps for optimised kernels (flash-linear-attention, causal-conv1d) when installed.
 GDN_FUNCTIONS = (
@@ -77,28 +79,34 @@ class HFEngine(Engine):
                 input_ids=np.asarray(decode_row_ids(ids, tokens), dtype=np.int64), logits=logits)))
         return results
 
-    def layer_states(self, prompts):
-        """Forward hooks on the decoder layers and the final norm of the model transformers built."""
-        found = decoder_layers(self.model)
+    def layer_states(self, prompts, indices=None) -> LayerStates:
+        """Forward hooks on the decoder layers and the final norm of the model transformers built; each GDN
+        layer's recurrent state read from the cache the forward pass filled."""
+        config = getattr(self.model.config, "text_config", self.model.config)
+        found = find_decoder_layers(self.model, getattr(config, "num_hidden_layers", None))
         if found is None:
-            return None, f"no decoder layer list and final norm found in {type(self.model).__name__}"
+            return LayerStates(None, status="not determined",
+                               reason=f"no decoder layer list and final norm found in {type(self.model).__name__}")
         layers, norm = found
-        captured: list = []
-
-        def keep(_module, _inputs, output):
-            captured.append((output[0] if isinstance(output, tuple) else output)[0].float().cpu().numpy())
-
-        handles = [module.register_forward_hook(keep) for module in (*layers, norm)]
-        states = []
+        chosen = check_layer_indices(indices, len(layers), type(self.model).__name__)
+        gdn = [i for i in chosen if hasattr(layers[i], "linear_attn")]
+        capture = LayerCapture(layers, norm, chosen, residual_pair=False)
+        hidden, states, dtypes = [], [], set()
         try:
-            for ids in prompts:
-                captured.clear()
-                self._forward_logits(ids)
-                states.append(np.stack(captured))
+            with self.torch.inference_mode():
+                for ids in prompts:
+                    out = self.model(input_ids=self.torch.tensor([ids], device=self.device), use_cache=True)
+                    hidden.append(capture.take())
+                    found_states = [recurrent_state(out.past_key_values, i) for i in gdn]
+                    if gdn and all(s is not None for s in found_states):
+                        dtypes |= {str(s.dtype).replace("torch.", "") for s in found_states}
+                        states.append(np.stack([s[0].float().cpu().numpy() for s in found_states]))
         finally:
-            for handle in handles:
-                handle.remove()
-        return states, ""
+            capture.remove()
+        reason = "" if len(states) == len(prompts) else (
+            "no Gated DeltaNet layer among those captured" if not gdn else "no recurrent state found in the cache")
+        return LayerStates(hidden, indices=chosen, gdn_states=None if reason else states, gdn_layers=gdn,
+                           gdn_state_dtype=", ".join(sorted(dtypes)) or None, gdn_reason=reason)
 
     def _generate_steps(self, prompts, max_new_tokens, sampling: dict, seed):
         """(new tokens [B, n], per-step raw logits: n tensors [B, V] float32 on cpu) of one left-padded batch."""
@@ -165,10 +173,10 @@ class HFEngine(Engine):
             with torch.inference_mode():
                 out = self.model(input_ids=torch.tensor([[1, 2, 3]], device=self.device), use_cache=True)
             cache = out.past_key_values
-            for layer in cache.layers:
-                states = getattr(layer, "recurrent_states", None)
-                if states:
-                    return item(str(states[0].dtype).replace("torch.", ""), "ok", "read from the cache after a forward")
+            for index in range(len(_layer_kinds(self.model))):
+                state = recurrent_state(cache, index)
+                if state is not None:
+                    return item(str(state.dtype).replace("torch.", ""), "ok", "read from the cache after a forward")
         except Exception as exc:  # noqa: BLE001 - an adaptation fact, not a failure of the run
             return item(None, "not determined", f"could not read the cache: {exc}")
         return item(None, "not determined", "no recurrent state found in the cache")
@@ -238,16 +246,17 @@ class HFEngine(Engine):
         self.model = None
 
 
-def decoder_layers(model):
-    """(the decoder layers, the final norm) of a causal LM: the ModuleList `layers` with the config's layer count
-    and its sibling `norm`; None where the model is laid out otherwise."""
-    config = getattr(model.config, "text_config", model.config)
-    count = getattr(config, "num_hidden_layers", None)
-    for _name, module in model.named_modules():
-        layers, norm = getattr(module, "layers", None), getattr(module, "norm", None)
-        if layers is not None and norm is not None and len(layers) == count:
-            return list(layers), norm
-    return None
+def recurrent_state(cache, index: int):
+    """The recurrent state [batch, heads, key dim, value dim] a GDN layer left in transformers' cache (5.x: a
+    dict per cache layer; 4.x: a list on the cache), or None."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        states = getattr(layers[index], "recurrent_states", None)
+        if isinstance(states, dict):
+            states = states.get(0, next(iter(states.values()), None))
+        return states
+    states = getattr(cache, "recurrent_states", None)
+    return states[index] if states is not None and index < len(states) else None
 
 
 def _layer_kinds(model) -> list[str]:

@@ -51,3 +51,21 @@ def item(value: Any, status: str, note: str = "") -> dict[str, Any]:
 class TimedGeneration:
     token_ids: list[int]
     token_times: list[float]  # seconds since the batch was submitted, one per output token
+
+
+@dataclass
+class LayerStates:
+    """Per-layer capture of a few sequences (where a target diverges). hidden: per sequence [L + 1, T, H] float32,
+    the output of each captured decoder layer (`indices`) and, last, of the final norm; None with `status` ("not
+    run" / "not determined") and `reason`. gdn_states: per sequence [G, heads, key dim, value dim] float32, the
+    recurrent state each Gated DeltaNet layer of `gdn_layers` holds after the sequence, where the engine exposes
+    it (`gdn_reason` says why not), with the dtype the engine keeps it in."""
+
+    hidden: list[np.ndarray] | None
+    indices: list[int] | None = None
+    status: str = "ok"
+    reason: str = ""
+    gdn_states: list[np.ndarray] | None = None
+    gdn_layers: list[int] | None = None
+    gdn_state_dtype: str | None = None
+    gdn_reason: str = ""

@@ -137,6 +137,44 @@ def plot_kld_long_context(corpus_paths: Mapping[str, str | os.PathLike], out_png
     _save(fig, out_png)
 
 
+LAYER_MARKERS = {"Gated DeltaNet": "o", "full attention": "s", "final norm": "*"}
+
+
+def plot_layer_errors(layer_paths: Mapping[str, str | os.PathLike], out_png: str | os.PathLike) -> None:
+    """Mean relative L2 error of every layer's output against the reference's, one line per target, the marker
+    telling the layer type and filled where the layer is over the thresholds: the first filled marker is where
+    a divergence starts."""
+    fig, ax = _figure()
+    curves = {t: read_artifact(p, "layers_compare") for t, p in layer_paths.items()}
+    curves = {t: c for t, c in curves.items() if c.get("layers")}
+    if curves:
+        values = pd.Series([row["rel_l2_mean"] for c in curves.values() for row in c["layers"]], dtype=float)
+        floor = log_floor(values)
+        names = []
+        for index, (target, comparison) in enumerate(curves.items()):
+            rows = comparison["layers"]
+            names = [row["name"] for row in rows]
+            errors = [row["rel_l2_mean"] if row["rel_l2_mean"] > 0 or not floor else floor for row in rows]
+            ax.plot(range(len(rows)), errors, linewidth=0.8, color=f"C{index}", label=target)
+            for slot, (row, error) in enumerate(zip(rows, errors)):
+                ax.plot(slot, error, LAYER_MARKERS.get(row["type"], "x"), color=f"C{index}",
+                        markerfacecolor=f"C{index}" if row["over"] else "none")
+        limit = next(iter(curves.values()))["thresholds"]["rel_l2_max"]
+        ax.axhline(limit, linestyle="--", linewidth=0.6, color="grey", label=f"threshold {limit:g}")
+        ax.set_xticks(range(len(names)), [n.replace("layer ", "") for n in names], fontsize="small")
+        ax.set_xlabel("decoder layer (o Gated DeltaNet, s full attention, * final norm; filled: over the thresholds)")
+        ax.set_ylabel("relative L2 error, mean" + (f" (zeros drawn at {floor:.0e})" if floor else ""))
+        ax.set_yscale("log" if floor else "linear")
+        ax.grid(True, which="major", linewidth=0.3)
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no per-layer data: no target's layers were captured and compared", ha="center",
+                va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    ax.set_title("Where it diverges: each layer's output against the reference's")
+    _save(fig, out_png)
+
+
 def _set_kld_axis(ax, axis: str, floor: float | None) -> None:
     label = "KLD (nats)" + (f", zeros drawn at {floor:.0e}" if floor else "")
     if axis == "y":

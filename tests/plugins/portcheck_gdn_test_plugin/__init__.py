@@ -1,7 +1,10 @@
 """A vLLM general plugin for the tests: patches vLLM's GDN layer the way vllm-ascend does, without replacing its
 class: it rebinds a forward-family method of QwenGatedDeltaNetAttention and swaps a module-level GDN kernel, each
 to a function of this module that calls the original. Active only with PORTCHECK_GDN_TEST_PLUGIN=1 (vLLM loads
-every general plugin it finds unless VLLM_PLUGINS says otherwise); unpatch() restores vLLM."""
+every general plugin it finds unless VLLM_PLUGINS says otherwise); unpatch() restores vLLM.
+
+With PORTCHECK_GDN_TEST_NOISE_LAYER=N the rebound forward is also a broken kernel in decoder layer N: it adds
+seeded Gaussian noise (the output's own standard deviation) to that GDN layer's output."""
 
 from __future__ import annotations
 
@@ -11,7 +14,14 @@ _ORIGINALS: dict = {}
 
 
 def forward_cpu(self, hidden_states):
-    return _ORIGINALS["forward_cpu"](self, hidden_states)
+    output = _ORIGINALS["forward_cpu"](self, hidden_states)
+    noisy = os.environ.get("PORTCHECK_GDN_TEST_NOISE_LAYER")
+    if noisy is None or f"layers.{noisy}." not in f"{self.prefix}.":
+        return output
+    import torch
+
+    noise = torch.randn(output.shape, generator=torch.Generator().manual_seed(0))
+    return output + (noise * output.float().std()).to(output.dtype)
 
 
 def gdn_attention_nonspec(*args, **kwargs):

@@ -17,15 +17,18 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+from safetensors import safe_open
 
 from portcheck.errors import PortcheckError
 from portcheck.engines.base import DTYPE_BYTES, Engine, check_prompt_lengths
-from portcheck.engines.outputs import DecodeScores, Generation, PromptScores, TimedGeneration, decode_row_ids
+from portcheck.engines.outputs import (DecodeScores, Generation, LayerStates, PromptScores, TimedGeneration,
+                                       decode_row_ids)
 from portcheck.engines.settings import EngineSettings
 from portcheck.engines.vllm import process
 from portcheck.engines.vllm.adaptation import adaptation_items, kv_items
@@ -269,6 +272,40 @@ class VLLMEngine(Engine):
                 results.append(DecodeScores(list(ids), tokens,
                                             self._scores_from_rows(decode_row_ids(ids, tokens), rows, k, full)))
         return results
+
+    def layer_states(self, prompts: list[list[int]], indices: list[int] | None = None) -> LayerStates:
+        """Hooks in the worker (worker_layers): one sequence per step, with prompt log-probs so that vLLM's prefix
+        cache cannot skip positions; a step that captured fewer positions than its sequence stops the capture."""
+        check_prompt_lengths(prompts, self.max_model_len, new_tokens=1)
+        started = self._rpc("per-layer capture", "portcheck_layers_start", indices)
+        if not started.get("ok"):
+            return LayerStates(None, status=started.get("status", "not run"), reason=started.get("reason", ""))
+        params = _sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        problem = ""
+        for ids in prompts:
+            self._generate("per-layer capture", [ids], params)
+            taken = self._rpc("per-layer capture", "portcheck_layers_take")
+            if taken.get("tokens") != len(ids):
+                problem = taken.get("reason") or (
+                    f"the worker's hooks saw {taken.get('tokens')} positions of a {len(ids)}-token sequence "
+                    "(positions served from a cache, or padded graphs)")
+                break
+        with tempfile.TemporaryDirectory(prefix="portcheck-layers-") as folder:
+            path = str(Path(folder) / "layers.safetensors")
+            facts = self._rpc("per-layer capture", "portcheck_layers_write", path)  # also removes the hooks
+            if problem:
+                return LayerStates(None, status="not determined", reason=problem)
+            with safe_open(path, framework="np") as f:
+                hidden = [f.get_tensor(f"hidden.{i}") for i in range(facts["sequences"])]
+                states = None if facts["gdn_reason"] else [f.get_tensor(f"state.{i}") for i in range(len(hidden))]
+        return LayerStates(hidden, indices=started["indices"], gdn_states=states, gdn_layers=facts["gdn_layers"],
+                           gdn_state_dtype=facts["gdn_state_dtype"], gdn_reason=facts["gdn_reason"])
+
+    def _rpc(self, what: str, method: str, *args) -> dict:
+        results = self._call(what, lambda: self.llm.collective_rpc(method, args=args, timeout=120))
+        if not results:
+            raise PortcheckError(f"vLLM's collective_rpc({method}) returned no result during {what}")
+        return results[0]
 
     def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, seed=None) -> list[Generation]:
         """Exactly max_new_tokens per prompt (ignore_eos, like the hf engine's min_new_tokens; extra.ignore_eos

@@ -28,6 +28,22 @@ class PortcheckWorkerExtension:
         """Calls counted since portcheck_install_gdn_counters, by the called function's own module.qualname."""
         return gdn_counts()
 
+    def portcheck_layers_start(self, indices: list[int] | None = None) -> dict:
+        """Hooks on the decoder layers, final norm and GDN states (where it diverges); eager mode only."""
+        from portcheck.engines.vllm import worker_layers
+
+        return worker_layers.start(self, indices)
+
+    def portcheck_layers_take(self) -> dict:
+        from portcheck.engines.vllm import worker_layers
+
+        return worker_layers.take()
+
+    def portcheck_layers_write(self, path: str) -> dict:
+        from portcheck.engines.vllm import worker_layers
+
+        return worker_layers.write(path)
+
     def portcheck_peak_memory(self) -> dict:
         """Peak memory of this worker's device (torch's counters on cuda/npu, the worker process's peak RSS on cpu)."""
         from vllm.platforms import current_platform
@@ -74,10 +90,10 @@ def introspect_worker(worker) -> dict:
         except Exception as exc:  # noqa: BLE001 - one missing fact must not hide the others
             info["errors"].append(f"{key}: {type(exc).__name__}: {exc}")
 
+    from portcheck.engines.vllm.worker_layers import worker_model
+
     runner = getattr(worker, "model_runner", None)
-    model = runner.get_model() if hasattr(runner, "get_model") else getattr(runner, "model", None)
-    if hasattr(model, "unwrap"):  # CUDA/ACL graph wrappers
-        model = model.unwrap()
+    model = worker_model(worker)
     if model is None:
         info["errors"].append("no model found on the worker's model runner")
         return info
@@ -365,17 +381,14 @@ def install_gdn_counters(worker) -> dict:
 
     if _INSTALLED["state"] is not None:
         return _INSTALLED["state"]
-    config = getattr(worker, "vllm_config", None)
-    eager = getattr(getattr(config, "model_config", None), "enforce_eager", None)
-    if not eager:
-        reason = ("graph mode (enforce_eager off): Python counters would be traced, not called" if eager is False
-                  else "the worker's vllm_config.model_config.enforce_eager is not readable: eager mode unknown")
-        _INSTALLED["state"] = {"installed": False, "reason": reason + "; calls are not counted"}
+    from portcheck.engines.vllm.worker_layers import graph_mode_reason, worker_model
+
+    reason = graph_mode_reason(worker)
+    if reason:
+        _INSTALLED["state"] = {"installed": False,
+                               "reason": f"{reason}: Python counters would be traced, not called; calls are not counted"}
         return _INSTALLED["state"]
-    runner = getattr(worker, "model_runner", None)
-    model = runner.get_model() if hasattr(runner, "get_model") else getattr(runner, "model", None)
-    if hasattr(model, "unwrap"):
-        model = model.unwrap()
+    model = worker_model(worker)
     mixers = [m.linear_attn for _, m in model.named_modules()
               if isinstance(getattr(m, "linear_attn", None), torch.nn.Module)]
     wrapped = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 PLOT_TITLES = {"kld_per_position": "KLD per position", "kld_distribution": "Distribution of per-position KLD",
-               "kld_long_context": "Long context: KLD by position"}
+               "kld_long_context": "Long context: KLD by position", "layer_errors": "Where it diverges: error by layer"}
 
 
 def plots_section(plots: dict) -> list[dict]:
