@@ -1,6 +1,7 @@
 # Config validation, and every name and input function the stage rule files share (no rule file defines a
 # name another one uses, so include order does not matter).
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -23,12 +24,16 @@ from portcheck.artifacts import (  # noqa: E402
     DECODE_KIND,
     DUMP_KINDS,
     LAYERS_KIND,
+    MODES_KIND,
     OPTIONAL_COMPARISONS,
     REPORTED_KINDS,
     TARGET_FILES,
     compare_path,
+    mode_compare_path,
+    mode_path,
     target_path,
 )
+from portcheck.modes.catalog import MODES, active_runs  # noqa: E402
 from portcheck.errors import PortcheckError  # noqa: E402
 from portcheck.targets import ENGINE_MODULES, TARGET_PATTERN, parse_target  # noqa: E402
 from portcheck.workflow.code_inputs import PACKAGE_DIR, module_closure  # noqa: E402
@@ -73,7 +78,20 @@ CORPUS = config["corpus"]["enabled"]
 # The corpus text, an input of every dump (another text redoes the dumps); local(): it stays on each host.
 CORPUS_TEXT = local(os.path.relpath(corpus_path(config, workflow.basedir)))
 # What a dump job writes: the optional kinds are named like the config sections that turn them on.
-DUMPED_KINDS = (*DUMP_KINDS, *(kind for kind in (CORPUS_KIND, DECODE_KIND, LAYERS_KIND) if config[kind]["enabled"]))
+# Engine-mode runs (<target>+<mode>) of enabled targets, and those whose target is not enabled (reported not run).
+MODE_RUNS, MODE_RUNS_NOT_RUN = active_runs(config)
+MODE_PATTERN = "|".join(re.escape(mode) for mode in MODES)
+# What a dump job writes: the optional kinds are named like the config sections that turn them on; the base
+# configuration's decode of the mode workload where any mode run is configured.
+DUMPED_KINDS = (
+    *DUMP_KINDS,
+    *(kind for kind in (CORPUS_KIND, DECODE_KIND, LAYERS_KIND) if config[kind]["enabled"]),
+    *((MODES_KIND,) if MODE_RUNS else ()),
+)
+# What run_mode and the dump's base run read of the modes section (the run list itself is not a setting of theirs).
+MODE_SETTINGS = {key: value for key, value in config["modes"].items() if key not in ("enabled", "runs")}
+# What a mode run reads of the corpus section: the windows it scores (not how they are compared).
+CORPUS_WINDOWS = {key: config["corpus"][key] for key in ("enabled", "window_length", "windows")}
 # What the dump job captures per layer (the thresholds are the comparison's: changing them redoes no dump).
 LAYER_CAPTURE = {key: config["layers"][key] for key in ("enabled", "windows", "indices")}
 REPORT = f"{REPORTS}/report.md"
@@ -124,8 +142,36 @@ def compare_files(kind):
 
 
 def dump_inputs():
-    """The dump reads the checkpoint, and the corpus text where corpus windows are scored."""
-    return {"model": model_dir(), **({"corpus": CORPUS_TEXT} if CORPUS else {})}
+    """The dump reads the checkpoint, and the corpus text where corpus windows are scored or the mode workload
+    (a prefix cut from it) is decoded."""
+    return {"model": model_dir(), **({"corpus": CORPUS_TEXT} if CORPUS or MODE_RUNS else {})}
+
+
+def mode_file(kind, mode="{mode}", target="{target}"):
+    """results/<model>/<target>/modes/<mode>...: a mode run's decode dump, proof or reference scores (mode "base":
+    the target's own base-configuration run, written by dump_logits)."""
+    return mode_path(RESULTS, target, mode, kind)
+
+
+def mode_compare_file(run="{target}+{mode}"):
+    return mode_compare_path(RESULTS, run)
+
+
+def mode_corpus_inputs():
+    """compare_mode's prefill inputs where the corpus is scored: the run's windows, the reference's and the base
+    configuration's comparison of its own windows."""
+    if not CORPUS:
+        return {}
+    return {
+        "corpus": mode_file("mode_corpus"),
+        "corpus_reference": target_file("corpus", REFERENCE),
+        "base_corpus": compare_file(kind="corpus_compare"),
+    }
+
+
+def mode_sources(wildcards):
+    """A mode run with the one engine its target runs (always vllm)."""
+    return package_sources("modes.run", exclude=other_engines(wildcards))
 
 
 def package_sources(*modules, exclude=()):

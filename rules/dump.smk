@@ -25,6 +25,7 @@ rule dump_logits:
         corpus=config["corpus"],
         decode=config["decode"],
         layers=LAYER_CAPTURE,
+        modes=MODE_SETTINGS if MODE_RUNS else None,
         stack=stack_params,
     script:
         "../workflow/scripts/dump_logits.py"

@@ -69,6 +69,7 @@ rule render_report:
         bench_checks=target_files("bench_checks", TARGETS),
         serve=target_files("serve", SERVED),
         compare=compare_files("compare"),
+        modes=[mode_compare_file(run) for run in MODE_RUNS],
         plots=REPORT_PLOTS.values(),
         code=package_sources("report.render", "report.history"),
     output:
@@ -81,6 +82,8 @@ rule render_report:
         targets=TARGETS,
         compared=COMPARED,
         served=SERVED,
+        mode_runs=MODE_RUNS,
+        mode_runs_not_run=MODE_RUNS_NOT_RUN,
         # The comparisons the config turned off (the report says so instead of waiting for them).
         turned_off=[kind for kind, section in OPTIONAL_COMPARISONS.items() if not config[section]["enabled"]],
         plots={name: Path(path).name for name, path in REPORT_PLOTS.items()},

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 import subprocess
@@ -92,6 +93,23 @@ def stage_costs(workdir: Path) -> list[str]:
             f"{target_dir.name:15s} engine session {meta['run_seconds']:6.1f} s: corpus {corpus_s:5.1f} s, "
             f"decode {decode_s:5.1f} s, layers {layers_s:4.1f} s; reference scoring its decode {scored}; "
             f"corpus {corpus.stat().st_size / positions:,.0f} B/position")
+        lines += mode_costs(target_dir, read_dump_meta)
+    return lines
+
+
+def mode_costs(target_dir: Path, read_dump_meta) -> list[str]:
+    """Each engine-mode run of the target: its whole job (engine start included) and its measured decode, the base
+    configuration's decode of the same workload (inside the dump's session), and the reference's scoring."""
+    lines = []
+    base = target_dir / "modes" / "base.safetensors"
+    for proof_path in sorted((target_dir / "modes").glob("*.json")):
+        proof = json.loads(proof_path.read_text())
+        reference = proof_path.with_suffix(".reference.safetensors")
+        scored = f"{read_dump_meta(reference)['run_seconds']:.1f} s" if reference.is_file() else "—"
+        base_s = f"{read_dump_meta(base)['run_seconds']:.1f} s" if base.is_file() else "—"
+        lines.append(f"  {proof['run']}: {proof['status']}, job {proof['job_seconds']:.1f} s (engine start "
+                     f"{proof['timings'].get('engine_start_s', float('nan')):.1f} s), decode {proof['decode_seconds']:.1f} s "
+                     f"vs base {base_s}; reference scoring {scored}")
     return lines
 
 

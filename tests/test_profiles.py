@@ -67,7 +67,8 @@ def job_blocks(out: str) -> list[str]:
 
 def planned_targets(workdir: Path, *args: str) -> set[str]:
     out = snakemake(workdir, "report", "--dry-run", *args).stdout
-    return {line.split("=", 1)[1].strip() for line in out.splitlines() if "wildcards: target=" in line}
+    return {line.split("target=", 1)[1].split(",")[0].strip() for line in out.splitlines()
+            if "wildcards: target=" in line}
 
 
 @pytest.fixture(scope="module")

@@ -400,7 +400,7 @@ def test_missing_determinism_and_samples_show_not_run(artifacts, tmp_path):
     assert "**83.33%**" in reference_part
     assert "prompt 1 alone vs in the batch: first differs at token 4" in reference_part
     summary_row = next(line for line in text.splitlines() if line.startswith(f"| {TARGET} |"))
-    assert row_cells(summary_row, 9) == "not run"
+    assert row_cells(summary_row, 10) == "not run"
 
 
 def test_absent_environment_items_say_absent(artifacts, tmp_path):
@@ -611,7 +611,8 @@ def test_every_anchor_link_resolves_to_a_heading(artifacts, tmp_path):
     text = full_report(artifacts, tmp_path)
     links = re.findall(r"\]\((#[^)]*)\)", text)
     assert links == [H["artifacts"].replace("## ", "#").replace(". ", "-").lower(), "#5-precision-comparison",
-                     "#6-long-context-precision", "#7-decode-path-precision", "#5-precision-comparison"]
+                     "#6-long-context-precision", "#7-decode-path-precision", "#8-engine-modes",
+                     "#5-precision-comparison"]
     headings = {anchor(line.lstrip("#").strip()) for line in text.splitlines() if line.startswith("#")}
     assert set(links) <= headings
 
@@ -622,7 +623,7 @@ def test_section_headings_come_from_the_one_list(artifacts, tmp_path):
     assert rendered == [f"## {n}. {title}" for n, (_, title) in enumerate(SECTIONS, start=1)]
     assert rendered[:-1] == HEADINGS
     headings = section_headings()
-    assert headings["artifacts"]["anchor"] == "#16-artifacts" and headings["history"]["heading"] == "17. History"
+    assert headings["artifacts"]["anchor"] == "#17-artifacts" and headings["history"]["heading"] == "18. History"
     assert anchor("9. bf16 vs fp32: Theory (not a measurement)") == "#9-bf16-vs-fp32-theory-not-a-measurement"
 
 

@@ -81,6 +81,21 @@ def test_layers_are_compared_where_the_engine_captures_them(workflow_run):
     assert "![Where it diverges: error by layer](layer_errors.png)" in report
 
 
+def test_engine_modes_run_with_proof_and_are_judged_against_the_base(workflow_run):
+    results = workflow_run / "results" / MODEL
+    report = (workflow_run / "reports" / MODEL / "report.md").read_text()
+    prefix = json.loads((results / "compare" / "cpu-vllm-bf16+prefix-cache.mode.json").read_text())
+    assert prefix["proof"].startswith("the measured pass read ") and "from the prefix cache" in prefix["proof"]
+    chunked = json.loads((results / "compare" / "cpu-vllm-bf16+chunked.mode.json").read_text())
+    assert "forward passes of at most 64 tokens" in chunked["proof"]
+    for result in (prefix, chunked):
+        assert result["status"] == "pass", result["verdict"]
+        assert result["vs_reference"]["overall"]["n_positions"] == 4 * 128 and result["vs_base"]["sequences"] == 4
+        assert result["base_vs_reference"]["verdict"]["status"] == "pass"
+        assert f"| {result['run']} | {result['proof']}" in report.replace("\\_", "_")
+    assert "| cpu-vllm-bf16 | target |" in report and "chunked ✅ pass, prefix-cache ✅ pass" in report
+
+
 def test_long_context_precision_is_measured_on_every_engine(workflow_run):
     results = workflow_run / "results" / MODEL
     report = (workflow_run / "reports" / MODEL / "report.md").read_text()
@@ -143,8 +158,9 @@ def test_template_edit_reruns_only_the_render(rerun_copy):
 
 def test_threshold_change_reruns_only_compare_and_render(rerun_copy):
     set_config(rerun_copy, lambda c: c["compare"]["thresholds"]["kld_mean_max"].update(value=0.123))
-    assert planned_jobs(rerun_copy) == {"compare_logits": 2, "compare_corpus": 2, "compare_decode": 2, "plot_kld": 1,
-                                        "plot_long_context": 1, "render_report": 1, "render_html": 1, "report": 1}
+    assert planned_jobs(rerun_copy) == {"compare_logits": 2, "compare_corpus": 2, "compare_decode": 2,
+                                        "compare_mode": 2, "plot_kld": 1, "plot_long_context": 1,
+                                        "render_report": 1, "render_html": 1, "report": 1}
 
 
 def test_enabling_a_target_runs_only_that_target(rerun_copy):
@@ -168,7 +184,7 @@ def test_hardware_peak_change_reruns_only_the_derived_figures(rerun_copy):
 def test_package_edit_reruns_the_rules_that_use_it(rerun_copy):
     edit(rerun_copy / "src" / "portcheck" / "compare" / "metrics.py", lambda t: t + "\n# edited\n")
     assert planned_jobs(rerun_copy) == {"compare_logits": 2, "compare_corpus": 2, "compare_decode": 2,
-                                        "compare_layers": 2, "plot_kld": 1, "plot_long_context": 1,
+                                        "compare_layers": 2, "compare_mode": 2, "plot_kld": 1, "plot_long_context": 1,
                                         "plot_layers": 1, "render_report": 1, "render_html": 1, "report": 1}
 
 
@@ -176,11 +192,13 @@ def test_package_edit_reruns_the_rules_that_use_it(rerun_copy):
 def test_engine_edit_reruns_only_that_engines_targets(rerun_copy, module):
     # Any module of the vllm engine package, matched by module path (not file stem)
     edit(rerun_copy / "src" / "portcheck" / "engines" / "vllm" / module, lambda t: t + "\n# edited\n")
-    # the vllm target's dump and benchmarks; its serving check because the dump it checks against is redone
+    # the vllm target's dump and benchmarks; its serving check because the dump it checks against is redone; its
+    # mode runs, and the reference's scoring of them and of its base run
     assert planned_jobs(rerun_copy) == {
         "dump_logits": 1, "run_benchmarks": 1, "check_benchmarks": 1, "check_serving": 1, "compare_logits": 1,
         "compare_corpus": 1, "score_decode": 1, "compare_decode": 1, "compare_layers": 1, "plot_kld": 1,
         "plot_long_context": 1, "plot_layers": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
+        "run_mode": 2, "score_mode": 3, "compare_mode": 2,
     }
 
 

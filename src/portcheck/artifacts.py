@@ -24,6 +24,7 @@ TARGET_FILES = {
     "decode": "decode.safetensors",
     "decode_reference": "decode_reference.safetensors",
     "layers": "layers.safetensors",
+    "modes_base": "modes/base.safetensors",
     "bench": "bench.json",
     "bench_csv": "bench.csv",
     "bench_checks": "bench_checks.json",
@@ -41,6 +42,12 @@ WRITTEN_BY = {
     "decode": "dump_logits",
     "decode_reference": "score_decode",
     "layers": "dump_logits",
+    "modes_base": "dump_logits",
+    "mode_decode": "run_mode",
+    "mode_proof": "run_mode",
+    "mode_reference": "score_mode",
+    "mode_corpus": "run_mode",
+    "mode_compare": "compare_mode",
     "bench": "run_benchmarks",
     "bench_csv": "run_benchmarks",
     "bench_checks": "check_benchmarks",
@@ -53,7 +60,7 @@ WRITTEN_BY = {
 # What one dump_logits job writes (one engine start), in its output order; then "corpus" and "decode" where
 # the config enables them.
 DUMP_KINDS = ("logits", "adaptation", "determinism", "samples")
-CORPUS_KIND, DECODE_KIND, LAYERS_KIND = "corpus", "decode", "layers"
+CORPUS_KIND, DECODE_KIND, LAYERS_KIND, MODES_KIND = "corpus", "decode", "layers", "modes_base"
 # Per-target kinds every report reads; bench_checks and serve are added by the report rule where they apply.
 REPORTED_KINDS = ("env", *DUMP_KINDS, "bench")
 
@@ -75,6 +82,20 @@ OPTIONAL_COMPARISONS = {"corpus_compare": "corpus", "decode_compare": "decode", 
 
 def compare_path(results: str, target: str, kind: str = "compare") -> str:
     return f"{results}/compare/{target}{COMPARE_SUFFIXES[kind]}"
+
+
+# A mode run's files (<target>+<mode>): its decode dump and proof under the target's modes/, the reference's
+# scores of its tokens beside them (mode "base": the target's own base-configuration run, from dump_logits).
+MODE_FILES = {"mode_decode": "{mode}.safetensors", "mode_proof": "{mode}.json",
+              "mode_reference": "{mode}.reference.safetensors", "mode_corpus": "{mode}.corpus.safetensors"}
+
+
+def mode_path(results: str, target: str, mode: str, kind: str) -> str:
+    return f"{results}/{target}/modes/{MODE_FILES[kind].format(mode=mode)}"
+
+
+def mode_compare_path(results: str, run: str) -> str:
+    return f"{results}/compare/{run}.mode.json"
 
 
 def read_artifact(path: str | os.PathLike, kind: str) -> Any:

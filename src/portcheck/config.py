@@ -12,6 +12,8 @@ import yaml
 
 from portcheck.engines.settings import EngineSettings
 from portcheck.errors import PortcheckError
+from portcheck.model.checkpoint import local_model_problems
+from portcheck.modes.catalog import run_problems
 from portcheck.targets import DEVICES, DTYPES, ENGINES, parse_target
 
 ENGINE_SETTING_KEYS = (
@@ -176,26 +178,10 @@ def _semantic_problems(config: dict, base_dir: Path) -> list[str]:
         problems.append(str(exc))
     problems.extend(corpus_problems(config, base_dir))
     problems.extend(three_way_problems(config))
+    problems.extend(run_problems(config))
     model = config["model"]
     if model["source"] == "local":
         problems.extend(local_model_problems(model.get("path"), base_dir))
-    return problems
-
-
-def local_model_problems(path: str | None, base_dir: Path = Path(".")) -> list[str]:
-    if not path:
-        return ["model.source is local but model.path is not set; set it to the model directory"]
-    model_dir = (base_dir / path) if not Path(path).is_absolute() else Path(path)
-    if not model_dir.is_dir():
-        return [f"model directory {model_dir} does not exist; fix model.path or use source: hf / modelscope"]
-    problems = []
-    if not (model_dir / "config.json").is_file():
-        problems.append(f"model directory {model_dir} has no config.json; point model.path at the checkpoint folder")
-    if not list(model_dir.glob("*.safetensors")):
-        problems.append(
-            f"model directory {model_dir} has no *.safetensors weights (portcheck never loads pickled .bin files); "
-            "download the safetensors checkpoint"
-        )
     return problems
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from portcheck.config import read_corpus_text
 from portcheck.engines.settings import EngineSettings
-from portcheck.hashing import sha256_text
+from portcheck.dump.corpus import corpus_job
 from portcheck.dump.run import run_target
 from portcheck.workflow.script import run_script
 from portcheck.targets import parse_target
@@ -23,21 +23,25 @@ def main(smk):
         greedy_tokens=smk.params.greedy_tokens,
         determinism=dict(smk.params.determinism),
         samples=dict(smk.params.samples),
-        corpus=corpus_job(smk),
+        corpus=corpus_for(smk),
         decode=dict(smk.params.decode) if smk.params.decode["enabled"] else None,
         layers=dict(smk.params.layers) if smk.params.layers["enabled"] else None,
+        modes=modes_job(smk),
     )
 
 
-def corpus_job(smk):
-    """The corpus windows to score in this engine start (None: corpus disabled)."""
-    corpus = dict(smk.params.corpus)
-    if not corpus["enabled"]:
+def modes_job(smk):
+    """The mode workload to decode in this (base) configuration (None: no mode run is configured)."""
+    if smk.params.modes is None:
         return None
-    path = Path(smk.input.corpus)
-    text = read_corpus_text(path)
-    return {"text": text, "path": path.name, "sha256": sha256_text(text),
-            "window_length": corpus["window_length"], "windows": corpus["windows"]}
+    return {**smk.params.modes, "corpus_text": read_corpus_text(Path(smk.input.corpus))}
+
+
+def corpus_for(smk):
+    """The corpus windows to score in this engine start (None: corpus disabled)."""
+    if not smk.params.corpus["enabled"]:
+        return None
+    return corpus_job(smk.input.corpus, smk.params.corpus, read_corpus_text(Path(smk.input.corpus)))
 
 
 # vLLM's engine spawns processes that re-import this module: only the main process may run the job.

@@ -19,6 +19,8 @@ def main(smk):
         # The optional comparisons: None where the config turned one off (the report says so).
         **{kind: None if kind in p.turned_off else dict(zip(p.compared, getattr(smk.input, kind)))
            for kind in OPTIONAL_COMPARISONS},
+        "modes": {"runs": dict(zip(p.mode_runs, smk.input.modes)), "not_run": list(p.mode_runs_not_run),
+                  "enabled": bool(p.config["modes"]["enabled"])},
         "plots": dict(p.plots),
         "configfile": p.configfile,
     }

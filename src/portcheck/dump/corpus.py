@@ -3,9 +3,11 @@ spread evenly over the text so that every part of it (the shipped corpus ends in
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 from portcheck.errors import PortcheckError
+from portcheck.hashing import sha256_text
 
 
 def window_starts(n_tokens: int, window_length: int, windows: int) -> list[int]:
@@ -23,3 +25,10 @@ def window_starts(n_tokens: int, window_length: int, windows: int) -> list[int]:
 
 def cut_windows(token_ids: Sequence[int], window_length: int, windows: int) -> list[list[int]]:
     return [list(token_ids[s : s + window_length]) for s in window_starts(len(token_ids), window_length, windows)]
+
+
+def corpus_job(path: str | Path, corpus: dict, text: str) -> dict:
+    """What an engine session needs to score the corpus windows: the text, its file name and sha256 (the dump's
+    identity) and the window settings of the config's `corpus`."""
+    return {"text": text, "path": Path(path).name, "sha256": sha256_text(text),
+            "window_length": corpus["window_length"], "windows": corpus["windows"]}

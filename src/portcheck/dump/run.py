@@ -16,12 +16,13 @@ from portcheck.dump.layers_file import write_layers
 from portcheck.engines.layer_hooks import check_layer_indices
 from portcheck.dump.logits_file import first_difference, write_dump
 from portcheck.engines.factory import make_engine
-from portcheck.engines.outputs import DecodeScores, Generation
+from portcheck.engines.outputs import DecodeScores, Generation, PromptScores
 from portcheck.engines.settings import EngineSettings
 from portcheck.engines.base import check_prompt_lengths
 from portcheck.env.versions import stack_versions
 from portcheck.errors import PortcheckError
 from portcheck.hashing import sha256_text
+from portcheck.modes.workload import mode_workload
 from portcheck.targets import parse_target
 
 
@@ -104,12 +105,14 @@ def run_target(
     corpus: dict | None = None,
     decode: dict | None = None,
     layers: dict | None = None,
+    modes: dict | None = None,
 ) -> None:
     """Write outputs["logits"], ["adaptation"], and where given ["determinism"], ["samples"], ["corpus"],
     ["decode"]. corpus: {"text", "path", "sha256", "window_length", "windows"}: long-context windows scored in
     the same engine start. decode: {"prompts": N, "max_tokens": n}: the first N prompts decoded greedily.
     layers: {"windows": N, "indices": [...] | None}: the decoder layers' outputs on the prompts and the first N
-    corpus windows."""
+    corpus windows. modes: the config's `modes` plus "corpus_text": the mode workload decoded in this (base)
+    configuration, outputs["modes_base"], for the mode runs to be set against."""
     target = parse_target(target_name)
     tokenizer = load_tokenizer(model_dir, settings.trust_remote_code)
     prompt_ids = tokenize(tokenizer, prompts)
@@ -120,6 +123,10 @@ def run_target(
     windows = corpus_windows(tokenizer, corpus, settings.max_model_len) if corpus else None
     if layers:
         check_layers(layers.get("indices"), model_text, model_dir)
+    if modes:
+        workload = mode_workload(list(tokenizer(modes["corpus_text"])["input_ids"]), prompt_ids, modes)
+        check_prompt_lengths(workload, settings.max_model_len, [f"mode workload prompt {i}" for i in range(len(workload))],
+                             new_tokens=int(modes["max_tokens"]))
     decode_prompts = prompt_ids[: decode["prompts"]] if decode else None
     if decode:
         check_prompt_lengths(decode_prompts, settings.max_model_len, prompts[: decode["prompts"]],
@@ -144,6 +151,10 @@ def run_target(
         decode_started = time.perf_counter()
         decoded = engine.decode(decode_prompts, decode["max_tokens"]) if decode else None
         decode_seconds = time.perf_counter() - decode_started
+        if modes:
+            modes_started = time.perf_counter()
+            modes_base = engine.decode(workload, int(modes["max_tokens"]))
+            modes_seconds = time.perf_counter() - modes_started
         if layers:
             layer_sequences = prompt_ids + (windows or [])[: layers["windows"]]
             layers_started = time.perf_counter()
@@ -159,12 +170,7 @@ def run_target(
     if samples:
         write_json(outputs["samples"], {"target": target_name, **samples_result})
     if windows:
-        write_dump(outputs["corpus"], corpus_scores, None, {
-            **meta, "prompts": [], "prompts_sha": corpus["sha256"], "greedy_text": [],
-            "greedy_tokens": [], "run_seconds": round(corpus_seconds, 3),
-            "corpus": {"path": corpus["path"], "sha256": corpus["sha256"], "window_length": corpus["window_length"],
-                       "windows": corpus["windows"]},
-        })
+        write_corpus_dump(outputs["corpus"], corpus_scores, {**meta, "run_seconds": round(corpus_seconds, 3)}, corpus)
     if layers:
         write_layers(outputs["layers"], captured, {
             "target": target_name, "model_sha": meta["model_sha"],
@@ -174,6 +180,19 @@ def run_target(
     if decoded:
         write_decode_dump(outputs["decode"], decoded, {**meta, "run_seconds": round(decode_seconds, 3)},
                           decode["max_tokens"])
+    if modes:
+        write_decode_dump(outputs["modes_base"], modes_base, {**meta, "mode": "base", "run": f"{target_name}+base",
+                                                              "run_seconds": round(modes_seconds, 3)},
+                          int(modes["max_tokens"]))
+
+
+def write_corpus_dump(path, scores: list[PromptScores], meta: dict, corpus: dict) -> None:
+    """The corpus windows' scores as a dump identified by the corpus text (its sha256 is the prompts_sha)."""
+    write_dump(path, scores, None, {
+        **meta, "prompts": [], "prompts_sha": corpus["sha256"], "greedy_text": [], "greedy_tokens": [],
+        "corpus": {"path": corpus["path"], "sha256": corpus["sha256"], "window_length": corpus["window_length"],
+                   "windows": corpus["windows"]},
+    })
 
 
 def write_decode_dump(path, decoded: list[DecodeScores], meta: dict, max_tokens: int) -> None:

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 from portcheck.atomic import atomic_dir
-from portcheck.config import local_model_problems
 from portcheck.errors import PortcheckError
+from portcheck.model.checkpoint import local_model_problems
 
 # Only what inference needs: safetensors weights (never pickled .bin), configs and tokenizer files.
 ALLOW_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.txt", "*.model", "*.jinja"]

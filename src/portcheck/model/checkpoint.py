@@ -144,3 +144,20 @@ def build_manifest(model_dir: str | Path, source: dict) -> dict[str, Any]:
         **checkpoint_facts(model_dir),
         "config": config_summary(load_model_config(model_dir)),
     }
+
+
+def local_model_problems(path: str | None, base_dir: Path = Path(".")) -> list[str]:
+    if not path:
+        return ["model.source is local but model.path is not set; set it to the model directory"]
+    model_dir = (base_dir / path) if not Path(path).is_absolute() else Path(path)
+    if not model_dir.is_dir():
+        return [f"model directory {model_dir} does not exist; fix model.path or use source: hf / modelscope"]
+    problems = []
+    if not (model_dir / "config.json").is_file():
+        problems.append(f"model directory {model_dir} has no config.json; point model.path at the checkpoint folder")
+    if not list(model_dir.glob("*.safetensors")):
+        problems.append(
+            f"model directory {model_dir} has no *.safetensors weights (portcheck never loads pickled .bin files); "
+            "download the safetensors checkpoint"
+        )
+    return problems

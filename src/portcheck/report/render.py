@@ -22,6 +22,7 @@ from portcheck.report.sections.determinism import determinism_section
 from portcheck.report.sections.environment import environment_section
 from portcheck.report.sections.model import model_section
 from portcheck.report.sections.layers import layers_section
+from portcheck.report.sections.modes import modes_section
 from portcheck.report.sections.positions import decode_section, long_context_section
 from portcheck.report.sections.performance import performance_section
 from portcheck.report.sections.plots import plots_section
@@ -42,6 +43,7 @@ SECTIONS = (
     ("precision", "Precision comparison"),
     ("long_context", "Long-context precision"),
     ("decode", "Decode-path precision"),
+    ("modes", "Engine modes"),
     ("layers", "Where it diverges (per layer)"),
     ("three_way", "No worse than the GPU port (msprobe three-way)"),
     ("predictions", "Predicted tokens per prompt"),
@@ -77,18 +79,20 @@ def build_context(artifacts: dict, config: dict) -> dict:
     manifest = read_artifact(manifest_path, "manifest") if manifest_path else None
     prompts = prompts_of(targets)
     model_name = artifacts["model"]
+    modes = modes_section(artifacts.get("modes"))
     return {
         "title": config["report"]["title"] or f"{model_name} port check",
         "model_name": model_name,
         "reference": artifacts["reference"],
         "targets": [t.name for t in targets],
-        "summary": summary_section(targets, manifest, manifest_path, prompts),
+        "summary": summary_section(targets, manifest, manifest_path, prompts, modes.get("by_target") or {}),
         "model": model_section(manifest, manifest_path, targets),
         "environment": environment_section(targets),
         "adaptation": adaptation_section(targets),
         "precision": precision_section(targets, prompts),
         "long_context": long_context_section(targets),
         "decode": decode_section(targets),
+        "modes": modes,
         "layers": layers_section(targets),
         "three_way": three_way_section(targets, config["compare"]["three_way"]),
         "predictions": predictions_section(targets, prompts),

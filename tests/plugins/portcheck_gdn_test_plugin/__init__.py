@@ -4,7 +4,10 @@ to a function of this module that calls the original. Active only with PORTCHECK
 every general plugin it finds unless VLLM_PLUGINS says otherwise); unpatch() restores vLLM.
 
 With PORTCHECK_GDN_TEST_NOISE_LAYER=N the rebound forward is also a broken kernel in decoder layer N: it adds
-seeded Gaussian noise (the output's own standard deviation) to that GDN layer's output."""
+seeded Gaussian noise (the output's own standard deviation) to that GDN layer's output. With
+PORTCHECK_GDN_TEST_DROP_INITIAL_STATE=1 the swapped kernel is a prefill that ignores the state it should start
+from (the class of bug vllm-ascend had in its fused prefill): a prefill split into chunks, or one that starts from
+a prefix-cache hit, loses everything before its chunk; a prefill in one piece and the decode steps are exact."""
 
 from __future__ import annotations
 
@@ -24,8 +27,10 @@ def forward_cpu(self, hidden_states):
     return output + (noise * output.float().std()).to(output.dtype)
 
 
-def gdn_attention_nonspec(*args, **kwargs):
-    return _ORIGINALS["_cpu_gdn_attention_nonspec"](*args, **kwargs)
+def gdn_attention_nonspec(layer, attn_metadata, *args, **kwargs):
+    if os.environ.get("PORTCHECK_GDN_TEST_DROP_INITIAL_STATE") == "1" and attn_metadata.num_prefills > 0:
+        attn_metadata.has_initial_state[:] = False
+    return _ORIGINALS["_cpu_gdn_attention_nonspec"](layer, attn_metadata, *args, **kwargs)
 
 
 def register() -> None:

@@ -58,6 +58,7 @@ class VLLMEngine(Engine):
         self._children: dict[int, Any] = {}
         self._closed = False
         self._worker_info: dict | None = None
+        self.cached_tokens: list[int | None] = []
         self.log_path: Path | None = None
         self.device = target.device
         check_vllm_stack(target.device)
@@ -264,8 +265,10 @@ class VLLMEngine(Engine):
         )
         batches = [[ids] for ids in prompts] if full else [prompts]
         results = []
+        self.cached_tokens = []  # per request: prompt tokens vLLM served from its prefix cache
         for batch in batches:
             for ids, output in zip(batch, self._generate("decoding", batch, params)):
+                self.cached_tokens.append(getattr(output, "num_cached_tokens", None))
                 completion = output.outputs[0]
                 tokens = [int(t) for t in completion.token_ids]
                 rows = [_position(completion.logprobs, j) for j in range(len(tokens))]
@@ -300,6 +303,33 @@ class VLLMEngine(Engine):
                 states = None if facts["gdn_reason"] else [f.get_tensor(f"state.{i}") for i in range(len(hidden))]
         return LayerStates(hidden, indices=started["indices"], gdn_states=states, gdn_layers=facts["gdn_layers"],
                            gdn_state_dtype=facts["gdn_state_dtype"], gdn_reason=facts["gdn_reason"])
+
+    # -- engine-mode proof: the engine's own counters (modes/run.py) --------------------------------------------
+
+    def counters(self) -> dict[str, float]:
+        """vLLM's counters (prefix-cache hits, spec-decode drafts and acceptances, ...), name -> value; empty
+        where this vLLM has no LLM.get_metrics or runs without stats (disable_log_stats)."""
+        get_metrics = getattr(self.llm, "get_metrics", None)
+        if get_metrics is None:
+            return {}
+        found: dict[str, float] = {}
+        for metric in self._call("metrics", get_metrics):
+            value = getattr(metric, "value", None)
+            if isinstance(value, (int, float)):
+                found[metric.name] = found.get(metric.name, 0) + value  # labelled series of one counter summed
+            elif isinstance(getattr(metric, "values", None), list):  # per draft position
+                previous = found.get(metric.name) or [0] * len(metric.values)
+                found[metric.name] = [a + b for a, b in zip(previous, metric.values)]
+        return found
+
+    def count_passes(self) -> dict:
+        return self._rpc("forward-pass counter", "portcheck_count_passes")
+
+    def pass_counts(self) -> dict:
+        return self._rpc("forward-pass counter", "portcheck_pass_counts")
+
+    def compilation(self) -> dict:
+        return self._rpc("compilation facts", "portcheck_compilation")
 
     def _rpc(self, what: str, method: str, *args) -> dict:
         results = self._call(what, lambda: self.llm.collective_rpc(method, args=args, timeout=120))

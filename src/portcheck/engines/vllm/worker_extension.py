@@ -44,6 +44,22 @@ class PortcheckWorkerExtension:
 
         return worker_layers.write(path)
 
+    def portcheck_count_passes(self) -> dict:
+        """Count the model's forward passes and their tokens from now on (engine-mode proof; eager only)."""
+        from portcheck.engines.vllm import worker_counters
+
+        return worker_counters.start_pass_counter(self)
+
+    def portcheck_pass_counts(self) -> dict:
+        from portcheck.engines.vllm import worker_counters
+
+        return worker_counters.pass_counts()
+
+    def portcheck_compilation(self) -> dict:
+        from portcheck.engines.vllm import worker_counters
+
+        return worker_counters.compilation_facts(self)
+
     def portcheck_peak_memory(self) -> dict:
         """Peak memory of this worker's device (torch's counters on cuda/npu, the worker process's peak RSS on cpu)."""
         from vllm.platforms import current_platform

@@ -9,15 +9,18 @@ from portcheck.report.sources import cite, every_target
 
 
 def summary_section(targets: list[TargetData], manifest: dict | None, manifest_path: str | None,
-                    prompts: list[str]) -> dict:
-    return {"overall": overall_verdict(targets), "table": summary_table(targets),
+                    prompts: list[str], modes: dict[str, dict[str, str]] | None = None) -> dict:
+    """modes: target -> {mode: status} of its engine-mode runs (section Engine modes)."""
+    modes = modes or {}
+    return {"overall": overall_verdict(targets, modes), "table": summary_table(targets, modes),
             "consistency": consistency_table(targets, manifest, manifest_path, prompts)}
 
 
-def summary_table(targets: list[TargetData]) -> dict:
+def summary_table(targets: list[TargetData], modes: dict[str, dict[str, str]] | None = None) -> dict:
     rows = []
+    modes = modes or {}
     for t in targets:
-        status = agreement_status(t)
+        status = agreement_status(t, modes.get(t.name))
         c = t.compare or {}
         rows.append([
             t.name, t.role, run_label(t), VERDICT_LABEL.get(status, status),
@@ -26,17 +29,17 @@ def summary_table(targets: list[TargetData]) -> dict:
             by_position_summary(t, "decode_compare"),
             pct(c.get("top1_agreement")) if t.compare else DASH,
             num(c.get("delta_ppl")) if t.compare else DASH,
-            determinism_summary(t), adaptation_counts(t),
+            modes_summary(modes.get(t.name)), determinism_summary(t), adaptation_counts(t),
         ])
     header = ["Target", "Role", "Does it run", "Agrees with reference", "KLD mean", "Long context", "Decode path",
-              "Top-1 agreement", "ΔPPL",
-              "Determinism", "Adaptation checks"]
+              "Top-1 agreement", "ΔPPL", "Engine modes", "Determinism", "Adaptation checks"]
     source = "; ".join([
         cite(every_target(targets, "logits"), "metadata"),
         cite(every_target(targets, "compare"), "verdict.status", "kld_mean", "top1_agreement", "delta_ppl",
              "nonfinite"),
         cite(every_target(targets, "corpus_compare"), "verdict.status", "growth.ratio"),
         cite(every_target(targets, "decode_compare"), "verdict.status", "growth.ratio"),
+        "engine modes: results/<model>/compare/<target>+<mode>.mode.json (status)",
         cite(every_target(targets, "determinism"), "repeat_identical_rate", "batch_invariant_rate"),
         cite(every_target(targets, "adaptation"), "items.*.status"),
     ])
@@ -57,9 +60,15 @@ def target_nonfinite_count(compare: dict) -> int:
     return sum(1 for entry in compare.get("nonfinite") or [] if entry.get("side") == "target")
 
 
-def agreement_status(data: TargetData) -> str:
-    """The seed-prompt verdict combined with the long-context and decode-path ones (where configured): a failure
-    of any fails; a missing one leaves the target without a pass."""
+def modes_summary(modes: dict[str, str] | None) -> str:
+    if not modes:
+        return DASH
+    return ", ".join(f"{mode} {VERDICT_LABEL.get(status, status)}" for mode, status in modes.items())
+
+
+def agreement_status(data: TargetData, modes: dict[str, str] | None = None) -> str:
+    """The seed-prompt verdict combined with the long-context, decode-path and engine-mode ones (where
+    configured): a failure of any fails; a missing or unproven one leaves the target without a pass."""
     if data.role == "reference":
         return "reference"
     if data.compare is None:
@@ -67,6 +76,7 @@ def agreement_status(data: TargetData) -> str:
     status = (data.compare.get("verdict") or {}).get("status")
     statuses = [status if status in ("pass", "fail") else UNKNOWN]
     statuses += [s for s in (position_status(data, kind) for kind in POSITION_KINDS) if s]
+    statuses += [s if s in ("pass", "fail") else UNKNOWN for s in (modes or {}).values()]
     if "fail" in statuses:
         return "fail"
     return "pass" if all(s == "pass" for s in statuses) else UNKNOWN
@@ -92,9 +102,9 @@ def determinism_summary(data: TargetData) -> str:
     return f"{pct(d.get('repeat_identical_rate'))} identical, {pct(d.get('batch_invariant_rate'))} batch-invariant"
 
 
-def overall_verdict(targets: list[TargetData]) -> dict:
+def overall_verdict(targets: list[TargetData], modes: dict[str, dict[str, str]] | None = None) -> dict:
     compared = [t for t in targets if t.role == "target"]
-    statuses = {t.name: agreement_status(t) for t in compared}
+    statuses = {t.name: agreement_status(t, (modes or {}).get(t.name)) for t in compared}
     failing = [n for n, s in statuses.items() if s == "fail"]
     open_ = [n for n, s in statuses.items() if s != "pass"]
     not_running = [t.name for t in targets if not t.ran]

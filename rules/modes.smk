@@ -1,0 +1,80 @@
+# Stage modes (portcheck/modes): each configured <target>+<mode> run starts its target's engine with the mode on,
+# decodes the mode workload, scores the corpus windows and records the engine's counters as proof (run_mode); the
+# reference scores the decoded tokens (score_mode, also those of the target's base-configuration run, written by
+# dump_logits); compare_mode sets the mode against the reference and against the base, on the decode path and on
+# the prefill path.
+
+
+rule run_mode:
+    input:
+        model=model_dir(),
+        corpus=CORPUS_TEXT,
+        code=mode_sources,
+    output:
+        **({"corpus": mode_file("mode_corpus")} if CORPUS else {}),
+        decode=mode_file("mode_decode"),
+        proof=mode_file("mode_proof"),
+    log:
+        main=f"logs/{MODEL}/run_mode/{{target}}+{{mode}}.log",
+        engine=f"logs/{MODEL}/run_mode/{{target}}+{{mode}}.engine.log",
+    wildcard_constraints:
+        mode=MODE_PATTERN,
+    threads: target_threads
+    resources:
+        gpu=device_resources("gpu"),
+        npu=device_resources("npu"),
+    params:
+        prompts=PROMPTS,
+        settings=target_settings,
+        modes=MODE_SETTINGS,
+        corpus=CORPUS_WINDOWS,
+        stack=stack_params,
+    script:
+        "../workflow/scripts/run_mode.py"
+
+
+rule score_mode:
+    input:
+        model=model_dir(),
+        decode=mode_file("mode_decode"),
+        code=reference_decode_sources,
+    output:
+        mode_file("mode_reference"),
+    log:
+        main=f"logs/{MODEL}/score_mode/{{target}}+{{mode}}.log",
+        engine=f"logs/{MODEL}/score_mode/{{target}}+{{mode}}.engine.log",
+    threads: REFERENCE_THREADS
+    resources:
+        gpu=int(REFERENCE_DEVICE == "gpu"),
+        npu=int(REFERENCE_DEVICE == "npu"),
+    params:
+        reference=REFERENCE,
+        settings=vars(engine_settings(config, REFERENCE)),
+        stack=lambda wildcards: result_versions(REFERENCE),
+    script:
+        "../workflow/scripts/score_decode.py"
+
+
+rule compare_mode:
+    input:
+        **mode_corpus_inputs(),
+        proof=mode_file("mode_proof"),
+        mode=mode_file("mode_decode"),
+        mode_reference=mode_file("mode_reference"),
+        base=mode_file("mode_decode", mode="base"),
+        base_reference=mode_file("mode_reference", mode="base"),
+        # The prefill path: the corpus windows scored in the mode, the reference's, the base's comparison.
+        code=package_sources("modes.compare"),
+    output:
+        mode_compare_file(),
+    log:
+        f"logs/{MODEL}/compare_mode/{{target}}+{{mode}}.log",
+    wildcard_constraints:
+        mode=MODE_PATTERN,
+    params:
+        thresholds=config["compare"]["thresholds"],
+        tie_tolerance=config["compare"]["tie_tolerance"],
+        positions=config["compare"]["positions"],
+        score_from=config["corpus"]["score_from"],
+    script:
+        "../workflow/scripts/compare_mode.py"

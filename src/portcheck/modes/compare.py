@@ -1,0 +1,98 @@
+"""Rule compare_mode: one mode run judged where it acts. On the decode path, with the mode workload:
+- against the reference (its teacher-forced scores of the run's own tokens, rule score_mode), by bucket of
+  decode steps with the growth check, as the decode-path comparison does;
+- against the same target in its base configuration on the same workload (decoded in the dump's engine start):
+  the mode's KLD against the base's (the ratio rule of compare.positions: a mode may not be worse than the
+  base beyond growth_max), and directly, step by step while the greedy tokens agree (KLD(base || mode), top-1
+  agreement, the first step whose token differs).
+On the prefill path (chunked prefill and compiled graphs change it; vLLM does not read the prefix cache for prompt
+log-probs), where the corpus is scored: the run's corpus windows against the reference's, by bucket with the growth
+check, and against the base configuration's corpus KLD.
+A run whose counters did not prove the mode is "not run", never a pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from portcheck.artifacts import read_artifact
+from portcheck.compare import metrics as m
+from portcheck.compare.compare import json_ready
+from portcheck.compare.positions import compare_by_position, position_verdict, ratio_check
+from portcheck.dump.logits_file import Dump, read_dump
+
+
+def compare_mode_files(paths: dict, thresholds: dict, tie_tolerance: float, positions: dict,
+                       score_from: int = 0) -> dict[str, Any]:
+    """paths: proof (<mode>.json), mode and base (decode dumps), mode_reference and base_reference (score_mode);
+    where the corpus is scored also corpus (the run's windows), corpus_reference (the reference's) and base_corpus
+    (the base configuration's corpus comparison, compare/<target>.corpus.json)."""
+    proof = read_artifact(paths["proof"], "mode_proof")
+    head = {key: proof.get(key) for key in ("run", "target", "mode", "description", "proof", "acceptance_rate",
+                                            "mean_accepted_length", "decode_seconds")}
+    if proof.get("status") != "ran":
+        return {**head, "status": "not run", "reason": proof.get("proof")}
+    mode, base = read_dump(paths["mode"]), read_dump(paths["base"])
+    mode_vs_ref = compare_by_position(read_dump(paths["mode_reference"]), mode, thresholds, tie_tolerance, positions)
+    base_vs_ref = compare_by_position(read_dump(paths["base_reference"]), base, thresholds, tie_tolerance, positions)
+    versus_base = ratio_check(*(_mean(c) for c in (mode_vs_ref, base_vs_ref)), positions["growth_max"],
+                              positions["growth_floor"], "in the mode", "the base configuration's")
+    direct = against_base(base, mode)
+    verdict = position_verdict(mode_vs_ref["buckets"], mode_vs_ref["growth"], mode_vs_ref["nonfinite"])
+    verdict["reasons"] = [f"decode: {reason}" for reason in verdict["reasons"]]
+    if versus_base["status"] == "fail":
+        verdict["reasons"].append(f"decode, mode vs base: {versus_base['reason']}")
+    prefill = prefill_check(paths, thresholds, tie_tolerance, positions, score_from) if "corpus" in paths else None
+    if prefill:
+        verdict["reasons"] += [f"prefill: {reason}" for reason in prefill["verdict"]["reasons"]]
+        if prefill["vs_base"]["status"] == "fail":
+            verdict["reasons"].append(f"prefill, mode vs base: {prefill['vs_base']['reason']}")
+    verdict["status"] = "fail" if verdict["reasons"] else "pass"
+    return json_ready({
+        **head, "status": verdict["status"], "verdict": verdict, "vs_reference": mode_vs_ref, "prefill": prefill,
+        "base_vs_reference": {key: base_vs_ref[key] for key in ("overall", "growth", "verdict")},
+        "vs_base": {**versus_base, **direct}, "base_decode_seconds": base.meta.get("run_seconds"),
+        "paths": {key: str(value) for key, value in paths.items()},
+    })
+
+
+def prefill_check(paths: dict, thresholds: dict, tie_tolerance: float, positions: dict,
+                  score_from: int) -> dict[str, Any]:
+    """The corpus windows scored in the mode against the reference's, by bucket with the growth check (a state
+    lost between prefill chunks grows past the first chunk), and against the base configuration's KLD."""
+    result = compare_by_position(read_dump(paths["corpus_reference"]), read_dump(paths["corpus"]), thresholds,
+                                 tie_tolerance, positions, score_from)
+    base = read_artifact(paths["base_corpus"], "corpus_compare")
+    versus_base = ratio_check(_mean(result), _mean(base), positions["growth_max"], positions["growth_floor"],
+                              "in the mode", "the base configuration's")
+    return {**{key: result[key] for key in ("overall", "buckets", "growth", "verdict", "windows", "window_length")},
+            "vs_base": versus_base, "base": str(paths["base_corpus"])}
+
+
+def _mean(comparison: dict) -> tuple[float, float]:
+    overall = comparison["overall"]
+    return overall["kld_mean"], overall.get("kld_mean_stderr") or 0.0
+
+
+def against_base(base: Dump, mode: Dump) -> dict[str, Any]:
+    """The mode's steps against the base's, each sequence up to and including the first step whose greedy token
+    differs (later steps follow other tokens): KLD(base || mode) and top-1 agreement; KLD only where both dumps
+    hold full distributions."""
+    first_differences, klds, agree = [], [], []
+    for i in range(base.num_prompts):
+        base_tokens, mode_tokens = list(map(int, base.greedy_ids[i])), list(map(int, mode.greedy_ids[i]))
+        differ = next((t for t, (b, x) in enumerate(zip(base_tokens, mode_tokens)) if b != x), None)
+        first_differences.append(differ)
+        rows = len(base_tokens) if differ is None else differ + 1
+        if base.kind == mode.kind == "full":
+            base_lp, mode_lp = m.log_softmax(base.logits[i][:rows]), m.log_softmax(mode.logits[i][:rows])
+            klds.append(m.kld_rows(base_lp, mode_lp))
+            agree.append(base_lp.argmax(axis=1) == mode_lp.argmax(axis=1))
+    kld = np.concatenate(klds) if klds else np.zeros(0)
+    return {"tokens_equal": sum(d is None for d in first_differences), "sequences": base.num_prompts,
+            "first_difference": first_differences,
+            "kld_vs_base_mean": float(kld.mean()) if kld.size else None,
+            "kld_vs_base_max": float(kld.max()) if kld.size else None,
+            "top1_vs_base": float(np.concatenate(agree).mean()) if agree else None,
+            "steps_compared": int(kld.size)}

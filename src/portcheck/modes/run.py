@@ -1,0 +1,124 @@
+"""Rule run_mode: one engine start of a vLLM target with one mode on, the mode workload decoded greedily with
+every step's log-probs (the dump format of the decode path, so score_mode and the comparisons read it like any
+decode dump), and the proof that the mode ran, from the engine's own counters: <target>/modes/<mode>.safetensors
+and <target>/modes/<mode>.json. A mode whose counters show nothing says "not run" with what they showed."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from portcheck.atomic import write_json
+from portcheck.dump.run import (corpus_windows, dump_meta, load_tokenizer, tokenize, write_corpus_dump,
+                                write_decode_dump)
+from portcheck.engines.base import check_prompt_lengths
+from portcheck.engines.factory import make_engine
+from portcheck.engines.settings import EngineSettings
+from portcheck.model.checkpoint import load_model_config, text_settings
+from portcheck.modes.catalog import MODES, check_mode_model, mode_settings, parse_run
+from portcheck.modes.workload import mode_workload
+from portcheck.targets import parse_target
+
+
+def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings: EngineSettings, corpus_text: str,
+             modes: dict, outputs: dict[str, str | Path], corpus: dict | None = None) -> None:
+    """outputs: {"decode": <target>/modes/<mode>.safetensors, "proof": <target>/modes/<mode>.json, and with
+    `corpus` (as dump.run.run_target takes it) "corpus": the corpus windows scored teacher-forced in the mode: the
+    prefill path, which chunked prefill and compiled graphs change too (the prefix cache is not read there)}."""
+    run = parse_run(run_name)
+    target = parse_target(run.target)
+    tokenizer = load_tokenizer(model_dir, settings.trust_remote_code)
+    workload = mode_workload(list(tokenizer(corpus_text)["input_ids"]), tokenize(tokenizer, prompts), modes)
+    check_prompt_lengths(workload, settings.max_model_len, [f"mode workload prompt {i}" for i in range(len(workload))],
+                         new_tokens=int(modes["max_tokens"]))
+    check_mode_model(run.mode, text_settings(load_model_config(model_dir)), model_dir)
+    windows = corpus_windows(tokenizer, corpus, settings.max_model_len) if corpus else None
+    engine_settings = mode_settings(settings, run.mode, modes)
+    started = time.perf_counter()
+    with make_engine(target, model_dir, engine_settings) as engine:
+        passes = engine.count_passes() if run.mode == "chunked" else None
+        if run.mode == "prefix-cache":
+            engine.decode(workload, int(modes["max_tokens"]))  # fills the cache; the second pass reads it
+        decode_started = time.perf_counter()
+        decoded = engine.decode(workload, int(modes["max_tokens"]))
+        decode_seconds = time.perf_counter() - decode_started
+        corpus_started = time.perf_counter()
+        corpus_scores = engine.score(windows) if windows else None
+        corpus_seconds = time.perf_counter() - corpus_started
+        evidence = {"cached_tokens": list(engine.cached_tokens), "counters": engine.counters(),
+                    "passes": engine.pass_counts() if passes and passes.get("installed") else passes,
+                    "compilation": engine.compilation() if run.mode == "graph" else None}
+        adaptation = engine.adaptation()
+        timings = dict(engine.timings)
+    meta = dump_meta(target, model_dir, prompts, engine_settings, [], tokenizer, adaptation)
+    meta.update(target=run.target, mode=run.mode, run=run.name, run_seconds=round(decode_seconds, 3))
+    write_decode_dump(outputs["decode"], decoded, meta, int(modes["max_tokens"]))
+    if windows:
+        write_corpus_dump(outputs["corpus"], corpus_scores, {**meta, "run_seconds": round(corpus_seconds, 3)}, corpus)
+    proof = mode_proof(run.mode, evidence, workload, modes)
+    write_json(outputs["proof"], {
+        "run": run.name, "target": run.target, "mode": run.mode, "description": MODES[run.mode], **proof,
+        "evidence": evidence, "engine": {k: v for k, v in vars(engine_settings).items() if k != "extra"}
+        | {"vllm_kwargs": engine_settings.extra.get("vllm_kwargs")},
+        "decode_seconds": round(decode_seconds, 3), "timings": timings,
+        "job_seconds": round(time.perf_counter() - started, 3),
+        "workload": {"prompts": len(workload), "prompt_tokens": [len(w) for w in workload],
+                     "prefix_tokens": int(modes["prefix_tokens"]), "max_tokens": int(modes["max_tokens"])},
+    })
+
+
+def mode_proof(mode: str, evidence: dict, workload: list[list[int]], modes: dict) -> dict[str, Any]:
+    """{"status": "ran" | "not run", "proof": what the engine's counters say}."""
+    counters = evidence.get("counters") or {}
+    if mode == "prefix-cache":
+        cached = [c for c in evidence.get("cached_tokens") or [] if c is not None]
+        hits = counters.get("vllm:prefix_cache_hits")
+        if cached and sum(cached) > 0:
+            return ran(f"the measured pass read {sum(cached)} prompt tokens from the prefix cache "
+                       f"({', '.join(map(str, cached))} per request; vllm:prefix_cache_hits {_int(hits)})")
+        per_request = cached or "not reported"
+        return not_run(f"no prompt token came from the prefix cache (cached tokens per request: {per_request}, "
+                       f"vllm:prefix_cache_hits {_int(hits)})")
+    if mode == "chunked":
+        passes = evidence.get("passes") or {}
+        if not passes.get("installed"):
+            return not_run(f"forward passes not counted: {passes.get('reason', 'no counter')}")
+        longest = max(len(w) for w in workload)
+        if 0 < passes["max_tokens"] <= int(modes["chunk_tokens"]) < longest:
+            return ran(f"{passes['passes']} forward passes of at most {passes['max_tokens']} tokens for prompts of "
+                       f"up to {longest} tokens: every prefill crossed passes")
+        return not_run(f"the longest forward pass held {passes['max_tokens']} tokens for prompts of up to {longest}: "
+                       "the prefill was not split")
+    if mode == "mtp":
+        drafts, draft_tokens = counters.get("vllm:spec_decode_num_drafts"), counters.get(
+            "vllm:spec_decode_num_draft_tokens")
+        accepted = counters.get("vllm:spec_decode_num_accepted_tokens")
+        if not drafts:
+            return not_run(f"vLLM's spec-decode counters show no draft (vllm:spec_decode_num_drafts {_int(drafts)})")
+        rate = accepted / draft_tokens if draft_tokens else None
+        return ran(f"{_int(drafts)} drafts of {_int(draft_tokens)} tokens, {_int(accepted)} accepted",
+                   acceptance_rate=rate, mean_accepted_length=1 + accepted / drafts)
+    if mode == "graph":
+        facts = evidence.get("compilation") or {}
+        counter = facts.get("counter") or {}
+        seen = {k: counter.get(k, 0) for k in ("num_graphs_seen", "num_backend_compilations", "num_cudagraph_captured")}
+        mode_name = facts.get("mode") or facts.get("level")
+        if any(seen.values()) and str(mode_name) not in ("NONE", "0", "None"):
+            return ran(f"compilation mode {mode_name}, CUDA-graph mode {facts.get('cudagraph_mode')}; the worker's "
+                       "compilation counter: " + ", ".join(f"{k} {v}" for k, v in seen.items()))
+        return not_run(f"compilation mode {mode_name}; the worker's compilation counter saw no graph "
+                       f"({facts.get('counter_error') or seen})")
+    return not_run(f"no proof defined for mode {mode}")
+
+
+def ran(proof: str, **figures) -> dict[str, Any]:
+    return {"status": "ran", "proof": proof, **figures}
+
+
+def not_run(proof: str) -> dict[str, Any]:
+    return {"status": "not run", "proof": proof}
+
+
+def _int(value) -> str:
+    return "not reported" if value is None else f"{int(value)}"

@@ -1,0 +1,18 @@
+"""The decode workload every mode is judged on (vLLM does not read the prefix cache for requests with prompt
+log-probs, so modes act on the decode path and on generated-token log-probs): the first modes.prompts prompts,
+each after the same shared prefix cut from the corpus text (modes.prefix_tokens: several 64-token Gated DeltaNet
+chunks, so a prefix cache has whole blocks to hit and a chunked prefill has chunks to cross), decoded greedily for
+modes.max_tokens steps. The base run of a target decodes the same workload in its dump's engine start."""
+
+from __future__ import annotations
+
+from portcheck.errors import PortcheckError
+
+
+def mode_workload(corpus_ids: list[int], prompt_ids: list[list[int]], modes: dict) -> list[list[int]]:
+    length = int(modes["prefix_tokens"])
+    if len(corpus_ids) < length:
+        raise PortcheckError(f"modes.prefix_tokens is {length} but the corpus text has {len(corpus_ids)} tokens; "
+                             "lower modes.prefix_tokens or give a longer corpus.file")
+    prefix = list(map(int, corpus_ids[:length]))
+    return [prefix + list(map(int, ids)) for ids in prompt_ids[: int(modes["prompts"])]]

@@ -1,0 +1,231 @@
+"""Engine modes (issue 10 section 4): naming and bad input, what each mode changes in vLLM's arguments, the proof
+rules on the engine's counters, the comparison against the reference and the base with an injected fault, and a
+real chunked-prefill run on vLLM CPU whose prefill drops its initial state (a test plugin's kernel)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT
+from portcheck.config import DEFAULT_CORPUS, load_schema, read_corpus_text, validate_config
+from portcheck.dump.logits_file import write_dump
+from portcheck.engines.outputs import Generation, PromptScores
+from portcheck.engines.settings import EngineSettings
+from portcheck.errors import PortcheckError
+from portcheck.modes.catalog import MODES, active_runs, check_mode_model, mode_settings, parse_run
+from portcheck.modes.compare import compare_mode_files
+from portcheck.modes.run import mode_proof
+
+MODES_CONFIG = {"prompts": 4, "prefix_tokens": 192, "max_tokens": 64, "chunk_tokens": 64, "spec_tokens": 1}
+POSITIONS = {"bucket": 16, "growth_max": 2.0, "growth_floor": 1e-6}
+
+
+def default_config() -> dict:
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def validate(config: dict) -> dict:
+    return validate_config(config, load_schema(ROOT / "config" / "schema.yaml"), base_dir=ROOT)
+
+
+# ---------------------------------------------------------------- naming and bad input
+
+
+def test_a_run_is_a_target_plus_a_mode():
+    run = parse_run("npu-vllm-bf16+graph")
+    assert (run.name, run.target, run.mode) == ("npu-vllm-bf16+graph", "npu-vllm-bf16", "graph")
+    with pytest.raises(PortcheckError, match=r"unknown mode 'turbo'; known modes: graph, prefix-cache, chunked, mtp"):
+        parse_run("cpu-vllm-bf16+turbo")
+    with pytest.raises(PortcheckError, match=r"is not <target>\+<mode>"):
+        parse_run("cpu-vllm-bf16")
+    with pytest.raises(PortcheckError, match="is not <device>-<engine>-<dtype>"):
+        parse_run("tpu-vllm-bf16+graph")
+
+
+def test_config_refuses_unknown_modes_and_hf_targets_and_skips_disabled_targets():
+    config = default_config()
+    config["modes"] = {"runs": ["cpu-vllm-bf16+turbo", "cpu-hf-bf16+graph", "npu-vllm-bf16+graph"]}
+    with pytest.raises(PortcheckError) as error:
+        validate(copy.deepcopy(config))
+    text = str(error.value)
+    assert "modes.runs: mode run 'cpu-vllm-bf16+turbo': unknown mode 'turbo'" in text
+    assert "cpu-hf-bf16+graph: modes are vLLM engine modes and cpu-hf-bf16 runs the hf engine" in text
+    config["modes"]["runs"] = ["cpu-vllm-bf16+chunked", "npu-vllm-bf16+graph"]
+    assert active_runs(validate(config)) == (["cpu-vllm-bf16+chunked"], ["npu-vllm-bf16+graph"])
+
+
+def test_mtp_without_mtp_weights_is_refused_before_the_engine_starts():
+    with pytest.raises(PortcheckError, match="mode mtp needs MTP weights, and the model in m has none"):
+        check_mode_model("mtp", {"mtp_num_hidden_layers": 0}, "m")
+    check_mode_model("mtp", {"mtp_num_hidden_layers": 1}, "m")
+    check_mode_model("chunked", {}, "m")
+
+
+def test_each_mode_reaches_vllm_through_the_one_mapping():
+    from portcheck.engines.vllm.engine_args import engine_arguments
+    from portcheck.targets import parse_target
+
+    target = parse_target("cpu-vllm-bf16")
+    base = EngineSettings(max_model_len=512, max_num_batched_tokens=512, extra={"vllm_kwargs": {"seed": 3}})
+
+    def arguments(mode):
+        return engine_arguments(target, "m", mode_settings(base, mode, MODES_CONFIG))
+
+    assert arguments("graph")["enforce_eager"] is False
+    assert arguments("prefix-cache")["enable_prefix_caching"] is True  # over the base's False
+    chunked = arguments("chunked")
+    assert chunked["enable_chunked_prefill"] is True and chunked["max_num_batched_tokens"] == 64
+    assert arguments("mtp")["speculative_config"] == {"method": "mtp", "num_speculative_tokens": 1}
+    for mode in MODES:
+        assert arguments(mode)["disable_log_stats"] is False and arguments(mode)["seed"] == 3
+    assert engine_arguments(target, "m", base)["enable_prefix_caching"] is False
+
+
+# ---------------------------------------------------------------- proof from the engine's counters
+
+WORKLOAD = [[1] * 195, [2] * 196]
+
+
+@pytest.mark.parametrize("mode, evidence, status, says", [
+    ("prefix-cache", {"cached_tokens": [128, 128], "counters": {"vllm:prefix_cache_hits": 640}}, "ran",
+     "read 256 prompt tokens from the prefix cache (128, 128 per request; vllm:prefix_cache_hits 640)"),
+    ("prefix-cache", {"cached_tokens": [0, 0], "counters": {}}, "not run", "no prompt token came from the prefix"),
+    ("chunked", {"passes": {"installed": True, "passes": 70, "max_tokens": 64}}, "ran",
+     "70 forward passes of at most 64 tokens for prompts of up to 196 tokens"),
+    ("chunked", {"passes": {"installed": True, "passes": 66, "max_tokens": 391}}, "not run",
+     "the longest forward pass held 391 tokens"),
+    ("chunked", {"passes": {"installed": False, "reason": "graph mode"}}, "not run", "not counted: graph mode"),
+    ("mtp", {"counters": {"vllm:spec_decode_num_drafts": 0}}, "not run", "show no draft"),
+    ("graph", {"compilation": {"mode": "NONE", "counter": {"num_graphs_seen": 0}}}, "not run", "saw no graph"),
+    ("graph", {"compilation": {"mode": "VLLM_COMPILE", "cudagraph_mode": "NONE",
+                               "counter": {"num_graphs_seen": 1, "num_backend_compilations": 2}}}, "ran",
+     "compilation mode VLLM_COMPILE"),
+])
+def test_a_mode_counts_as_run_only_when_the_counters_show_it(mode, evidence, status, says):
+    proof = mode_proof(mode, evidence, WORKLOAD, MODES_CONFIG)
+    assert proof["status"] == status and says in proof["proof"], proof
+
+
+def test_mtp_acceptance_from_the_spec_decode_counters():
+    counters = {"vllm:spec_decode_num_drafts": 40, "vllm:spec_decode_num_draft_tokens": 40,
+                "vllm:spec_decode_num_accepted_tokens": 10}
+    proof = mode_proof("mtp", {"counters": counters}, WORKLOAD, MODES_CONFIG)
+    assert proof["status"] == "ran" and proof["acceptance_rate"] == 0.25 and proof["mean_accepted_length"] == 1.25
+
+
+# ---------------------------------------------------------------- the comparison, with an injected fault
+
+STEPS, VOCAB = 48, 32
+
+
+def decode_dump(path, logits: list[np.ndarray], tokens: list[list[int]], target: str) -> None:
+    scores = [PromptScores(input_ids=np.asarray([5, *t[:-1]]), logits=x.astype(np.float32))
+              for x, t in zip(logits, tokens)]
+    write_dump(path, scores, [Generation(t) for t in tokens], {
+        "target": target, "device": "cpu", "engine": "hf", "dtype": "fp32", "model_sha": "m", "tokenizer_sha": "t",
+        "prompts_sha": f"workload:{tokens}", "prompts": [], "decode": {"prompts": [[5]] * len(tokens),
+                                                                        "max_tokens": STEPS}})
+
+
+def mode_files(tmp_path, mode_noise: np.ndarray, proof_status="ran") -> dict:
+    """Reference logits; the base run off them by bf16-like noise at every step, the mode by `mode_noise`."""
+    rng = np.random.default_rng(0)
+    reference = [rng.normal(size=(STEPS, VOCAB)) * 3 for _ in range(3)]
+    tokens = [list(map(int, r.argmax(axis=1))) for r in reference]
+    base = [r + rng.normal(size=r.shape) * 0.01 for r in reference]
+    mode = [r + rng.normal(size=r.shape) * mode_noise[:, None] for r in reference]
+    paths = {name: tmp_path / f"{name}.safetensors" for name in ("base", "base_reference", "mode", "mode_reference")}
+    decode_dump(paths["base_reference"], reference, tokens, "cpu-hf-fp32")
+    decode_dump(paths["mode_reference"], reference, tokens, "cpu-hf-fp32")
+    decode_dump(paths["base"], base, tokens, "cpu-vllm-bf16")
+    decode_dump(paths["mode"], mode, tokens, "cpu-vllm-bf16")
+    paths["proof"] = tmp_path / "proof.json"
+    paths["proof"].write_text(json.dumps({"run": "cpu-vllm-bf16+chunked", "mode": "chunked",
+                                          "status": proof_status, "proof": "counted"}))
+    return paths
+
+
+def test_a_mode_that_spoils_the_state_after_the_first_chunk_fails_against_the_base(tmp_path):
+    noise = np.where(np.arange(STEPS) < 16, 0.01, 0.2)  # exact as the base in the first bucket, then far worse
+    result = compare_mode_files(mode_files(tmp_path, noise), {}, 0.04, POSITIONS)
+    assert result["status"] == "fail", result["verdict"]
+    assert any(r.startswith("decode, mode vs base: mean KLD in the mode") for r in result["verdict"]["reasons"])
+    assert any(r.startswith("decode: growth: ") for r in result["verdict"]["reasons"])
+    assert result["vs_base"]["ratio"] > 100 and result["vs_base"]["kld_vs_base_mean"] > 1e-3
+
+
+def test_a_mode_as_precise_as_the_base_passes_and_an_unproven_one_is_not_run(tmp_path):
+    same = compare_mode_files(mode_files(tmp_path, np.full(STEPS, 0.01)), {}, 0.04, POSITIONS)
+    assert same["status"] == "pass", same["verdict"]
+    assert 0.5 < same["vs_base"]["ratio"] < 2 and same["vs_base"]["tokens_equal"] == 3
+    assert same["vs_base"]["steps_compared"] == 3 * STEPS and same["vs_base"]["top1_vs_base"] > 0.95
+    unproven = compare_mode_files(mode_files(tmp_path, np.full(STEPS, 0.5), "not run"), {}, 0.04, POSITIONS)
+    assert unproven["status"] == "not run" and unproven["reason"] == "counted"
+
+
+# ---------------------------------------------------------------- for real, on vLLM CPU
+
+
+@pytest.mark.vllm
+def test_chunked_prefill_that_drops_its_initial_state_is_caught(tiny_model_dir, tmp_path):
+    """A prefill kernel that ignores the state it should start from (test plugin) leaves a prefill in one piece
+    exact: the base configuration passes. The chunked mode proves from the worker's pass counter that prefills
+    were split, and fails: its corpus windows' KLD is many times the base configuration's."""
+    from test_vllm_introspection import test_plugin
+
+    from portcheck.compare.positions import compare_corpus_files
+    from portcheck.dump.corpus import corpus_job
+    from portcheck.dump.decode_reference import score_decode
+    from portcheck.dump.run import corpus_windows, load_tokenizer, tokenize, write_corpus_dump, write_decode_dump
+    from portcheck.engines.factory import make_engine
+    from portcheck.model.checkpoint import model_sha, tokenizer_sha
+    from portcheck.modes.run import run_mode
+    from portcheck.modes.workload import mode_workload
+    from portcheck.targets import parse_target
+
+    prompts = default_config()["prompts"]["list"][:2]
+    modes = {**MODES_CONFIG, "prompts": 2, "max_tokens": 16}
+    text = read_corpus_text(DEFAULT_CORPUS)
+    corpus = corpus_job(DEFAULT_CORPUS, {"window_length": 511, "windows": 2}, text)
+    tokenizer = load_tokenizer(tiny_model_dir)
+    workload = mode_workload(list(tokenizer(text)["input_ids"]), tokenize(tokenizer, prompts), modes)
+    windows = corpus_windows(tokenizer, corpus, 512)
+    meta = {"device": "cpu", "model_sha": model_sha(tiny_model_dir), "tokenizer_sha": tokenizer_sha(tiny_model_dir)}
+    paths = {name: tmp_path / f"{name}.safetensors" for name in ("base", "mode", "corpus", "corpus_reference",
+                                                                  "base_corpus_dump")}
+    paths.update(proof=tmp_path / "proof.json", base_corpus=tmp_path / "base.corpus.json")
+    with make_engine(parse_target("cpu-hf-fp32"), tiny_model_dir, EngineSettings(threads=1)) as reference:
+        write_corpus_dump(paths["corpus_reference"], reference.score(windows), {
+            **meta, "target": "cpu-hf-fp32", "engine": "hf", "dtype": "fp32"}, corpus)
+    settings = EngineSettings(max_model_len=512, max_num_seqs=2, logprobs_topk=-1,
+                              extra={"log_file": str(tmp_path / "engine.log")})
+    vllm_meta = {**meta, "target": "cpu-vllm-bf16", "engine": "vllm", "dtype": "bf16"}
+    with make_engine(parse_target("cpu-vllm-bf16"), tiny_model_dir, settings) as engine:
+        write_decode_dump(paths["base"], engine.decode(workload, modes["max_tokens"]), vllm_meta, modes["max_tokens"])
+        write_corpus_dump(paths["base_corpus_dump"], engine.score(windows), vllm_meta, corpus)
+    base_corpus = compare_corpus_files(paths["corpus_reference"], paths["base_corpus_dump"], {}, 0.04, POSITIONS_64)
+    paths["base_corpus"].write_text(json.dumps(base_corpus))
+    with test_plugin(PORTCHECK_GDN_TEST_DROP_INITIAL_STATE="1"):
+        run_mode("cpu-vllm-bf16+chunked", tiny_model_dir, prompts, settings, text, modes,
+                 {"decode": paths["mode"], "proof": paths["proof"], "corpus": paths["corpus"]}, corpus=corpus)
+    for name in ("base", "mode"):
+        paths[f"{name}_reference"] = tmp_path / f"{name}.reference.safetensors"
+        score_decode("cpu-hf-fp32", tiny_model_dir, EngineSettings(threads=1), paths[name],
+                     paths[f"{name}_reference"])
+    result = compare_mode_files(paths, {}, 0.04, POSITIONS_64)
+    print(result["proof"], result["verdict"], result["prefill"]["growth"], result["prefill"]["vs_base"])
+    assert "forward passes of at most 64 tokens" in result["proof"]
+    assert base_corpus["verdict"]["status"] == "pass" and base_corpus["growth"]["ratio"] < 2
+    # Two windows share each 64-token pass, so a window's chunks do not start at its bucket boundaries: every
+    # bucket is spoiled and the growth check alone is too noisy; the same target's base configuration is not.
+    assert result["status"] == "fail"
+    assert result["prefill"]["overall"]["kld_mean"] > 20 * base_corpus["overall"]["kld_mean"]
+    assert [r for r in result["verdict"]["reasons"] if r.startswith("prefill, mode vs base: mean KLD in the mode")]
+
+
+POSITIONS_64 = {"bucket": 64, "growth_max": 2.0, "growth_floor": 1e-6}
