@@ -93,7 +93,7 @@ MODE_SETTINGS = {key: value for key, value in config["modes"].items() if key not
 # What a mode run reads of the corpus section: the windows it scores (not how they are compared).
 CORPUS_WINDOWS = {key: config["corpus"][key] for key in ("enabled", "window_length", "windows")}
 # What the dump job captures per layer (the thresholds are the comparison's: changing them redoes no dump).
-LAYER_CAPTURE = {key: config["layers"][key] for key in ("enabled", "windows", "indices")}
+LAYER_CAPTURE = {key: config["layers"][key] for key in ("enabled", "windows", "indices", "state_sequences")}
 REPORT = f"{REPORTS}/report.md"
 HTML_REPORT = f"{REPORTS}/report.html"
 PLOTS = {

@@ -107,9 +107,10 @@ def mode_costs(target_dir: Path, read_dump_meta) -> list[str]:
         reference = proof_path.with_suffix(".reference.safetensors")
         scored = f"{read_dump_meta(reference)['run_seconds']:.1f} s" if reference.is_file() else "—"
         base_s = f"{read_dump_meta(base)['run_seconds']:.1f} s" if base.is_file() else "—"
+        start = proof["timings"].get("engine_start_s", float("nan"))
         lines.append(f"  {proof['run']}: {proof['status']}, job {proof['job_seconds']:.1f} s (engine start "
-                     f"{proof['timings'].get('engine_start_s', float('nan')):.1f} s), decode {proof['decode_seconds']:.1f} s "
-                     f"vs base {base_s}; reference scoring {scored}")
+                     f"{start:.1f} s), decode {proof['decode_seconds']:.1f} s vs base {base_s}; "
+                     f"reference scoring {scored}")
     return lines
 
 

@@ -364,6 +364,7 @@ def test_a_fault_in_one_layer_is_named_as_the_first_divergent(tiny_model_dir, tm
     assert result["gdn_states"]["state_dtype"] == {"reference": "float32", "target": "float32"}
     assert [states[i]["rel_l2_max"] for i in (0, 1, 2, 4, 5)] == [0, 0, 0, 0, 0] and states[6]["rel_l2_max"] > 0.05
     assert result["gdn_states"]["first_divergent"] == "layer 6"
+    assert result["gdn_states"]["sequences"] == 1  # layers.state_sequences: the last sequence's states only
     clean = compare_layers_files(reference, reference, settings)
     assert clean["first_divergent"] is None and clean["finding"].startswith("no layer is over the thresholds")
 

@@ -53,6 +53,9 @@ def compare_gdn_states(ref_meta, ref_states, tgt_meta, tgt_states, settings: dic
         if not meta["gdn"].get("sequences"):
             return {"status": "not determined", "state_dtype": dtypes,
                     "reason": f"{meta.get('target')}: {meta['gdn'].get('not_captured') or 'no state captured'}"}
+    if ref_meta["gdn"].get("sequence_indices") != tgt_meta["gdn"].get("sequence_indices"):
+        return {"status": "not determined", "state_dtype": dtypes, "reason": "the two files keep the states of other "
+                "sequences (layers.state_sequences differs); rerun both dumps with the same config"}
     rows = []
     for slot, index in enumerate(ref_meta["gdn"]["layers"]):
         ref = np.stack([s[slot] for s in ref_states]).astype(np.float64)

@@ -22,14 +22,18 @@ from portcheck.errors import PortcheckError
 FORMAT_NAME = "portcheck-layers"
 
 
-def write_layers(path: str | Path, captured: LayerStates, meta: dict[str, Any]) -> None:
-    hidden, states = captured.hidden or [], captured.gdn_states or []
+def write_layers(path: str | Path, captured: LayerStates, meta: dict[str, Any], state_sequences: int = 1) -> None:
+    """The GDN states of the last `state_sequences` sequences only (the corpus windows come last): at Qwen3.5-0.8B's
+    shape one sequence's states are 18.9 MB in float32."""
+    hidden, all_states = captured.hidden or [], captured.gdn_states or []
+    states = all_states[len(all_states) - state_sequences:] if state_sequences else []
+    kept = list(range(len(hidden) - len(states), len(hidden)))
     tensors = {f"hidden.{i}": np.ascontiguousarray(h, dtype=np.float32) for i, h in enumerate(hidden)}
     tensors.update({f"state.{i}": np.ascontiguousarray(s, dtype=np.float32) for i, s in enumerate(states)})
     meta = {**meta, "sequences": len(hidden), "status": captured.status, "not_captured": captured.reason,
             "layer_indices": captured.indices, "gdn": {
-                "layers": captured.gdn_layers, "state_dtype": captured.gdn_state_dtype,
-                "sequences": len(states), "not_captured": captured.gdn_reason if hidden else captured.reason}}
+                "layers": captured.gdn_layers, "state_dtype": captured.gdn_state_dtype, "sequences": len(states),
+                "sequence_indices": kept, "not_captured": captured.gdn_reason if hidden else captured.reason}}
     header = {"format": FORMAT_NAME, "meta": json.dumps(meta, sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file(tensors or {"empty": np.zeros(0, np.float32)}, str(tmp), metadata=header)

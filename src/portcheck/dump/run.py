@@ -172,7 +172,7 @@ def run_target(
     if windows:
         write_corpus_dump(outputs["corpus"], corpus_scores, {**meta, "run_seconds": round(corpus_seconds, 3)}, corpus)
     if layers:
-        write_layers(outputs["layers"], captured, {
+        write_layers(outputs["layers"], captured, state_sequences=int(layers.get("state_sequences", 1)), meta={
             "target": target_name, "model_sha": meta["model_sha"],
             "sequences_sha": sha256_text(json.dumps(layer_sequences)), "prompts": len(prompt_ids),
             "layer_types": list(model_text.get("layer_types") or []), "run_seconds": round(layers_seconds, 3),
