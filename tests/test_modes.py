@@ -176,7 +176,7 @@ def test_chunked_prefill_that_drops_its_initial_state_is_caught(tiny_model_dir, 
     """A prefill kernel that ignores the state it should start from (test plugin) leaves a prefill in one piece
     exact: the base configuration passes. The chunked mode proves from the worker's pass counter that prefills
     were split, and fails: its corpus windows' KLD is many times the base configuration's."""
-    from test_vllm_introspection import test_plugin
+    from test_vllm_introspection import plugin_active
 
     from portcheck.compare.positions import compare_corpus_files
     from portcheck.dump.corpus import corpus_job
@@ -210,7 +210,7 @@ def test_chunked_prefill_that_drops_its_initial_state_is_caught(tiny_model_dir, 
         write_corpus_dump(paths["base_corpus_dump"], engine.score(windows), vllm_meta, corpus)
     base_corpus = compare_corpus_files(paths["corpus_reference"], paths["base_corpus_dump"], {}, 0.04, POSITIONS_64)
     paths["base_corpus"].write_text(json.dumps(base_corpus))
-    with test_plugin(PORTCHECK_GDN_TEST_DROP_INITIAL_STATE="1"):
+    with plugin_active(PORTCHECK_GDN_TEST_DROP_INITIAL_STATE="1"):
         run_mode("cpu-vllm-bf16+chunked", tiny_model_dir, prompts, settings, text, modes,
                  {"decode": paths["mode"], "proof": paths["proof"], "corpus": paths["corpus"]}, corpus=corpus)
     for name in ("base", "mode"):

@@ -52,7 +52,7 @@ def test_checklist_names_vllms_own_gdn_functions_and_counts_their_calls(tiny_mod
 
 
 @contextlib.contextmanager
-def test_plugin(**env):
+def plugin_active(**env):
     """The test plugin active in this process and the engine's (env: more of its switches)."""
     import vllm.plugins
 
@@ -75,7 +75,7 @@ def test_plugin(**env):
 
 
 def test_checklist_names_a_plugins_rebound_forward_and_swapped_kernel(tiny_model_dir, tmp_path):
-    with test_plugin():
+    with plugin_active():
         items = run_engine(tiny_model_dir, tmp_path)
     gdn = items["gdn_implementation"]
     value = gdn["value"]
@@ -140,7 +140,7 @@ def test_a_broken_gdn_kernel_in_one_layer_is_named_on_the_vllm_engine(tiny_model
     finally:
         reference.close()
     settings = EngineSettings(max_model_len=256, max_num_seqs=2, extra={"log_file": str(tmp_path / "engine.log")})
-    with test_plugin(PORTCHECK_GDN_TEST_NOISE_LAYER="5"):
+    with plugin_active(PORTCHECK_GDN_TEST_NOISE_LAYER="5"):
         engine = make_engine(parse_target("cpu-vllm-bf16"), tiny_model_dir, settings)
         try:
             captured = engine.layer_states(sequences)
