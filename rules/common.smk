@@ -1,7 +1,6 @@
 # Config validation, and every name and input function the stage rule files share (no rule file defines a
 # name another one uses, so include order does not matter).
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from portcheck.artifacts import (  # noqa: E402
     mode_path,
     target_path,
 )
-from portcheck.modes.catalog import MODES, active_runs  # noqa: E402
+from portcheck.modes.catalog import MODE_PATTERN, active_runs  # noqa: E402
 from portcheck.errors import PortcheckError  # noqa: E402
 from portcheck.targets import ENGINE_MODULES, TARGET_PATTERN, parse_target  # noqa: E402
 from portcheck.workflow.code_inputs import PACKAGE_DIR, module_closure  # noqa: E402
@@ -80,7 +79,6 @@ CORPUS_TEXT = local(os.path.relpath(corpus_path(config, workflow.basedir)))
 # What a dump job writes: the optional kinds are named like the config sections that turn them on.
 # Engine-mode runs (<target>+<mode>) of enabled targets, and those whose target is not enabled (reported not run).
 MODE_RUNS, MODE_RUNS_NOT_RUN = active_runs(config)
-MODE_PATTERN = "|".join(re.escape(mode) for mode in MODES)
 # What a dump job writes: the optional kinds are named like the config sections that turn them on; the base
 # configuration's decode of the mode workload where any mode run is configured.
 DUMPED_KINDS = (

@@ -193,7 +193,7 @@ def test_chunked_prefill_that_drops_its_initial_state_is_caught(tiny_model_dir, 
     text = read_corpus_text(DEFAULT_CORPUS)
     corpus = corpus_job(DEFAULT_CORPUS, {"window_length": 511, "windows": 2}, text)
     tokenizer = load_tokenizer(tiny_model_dir)
-    workload = mode_workload(list(tokenizer(text)["input_ids"]), tokenize(tokenizer, prompts), modes)
+    workload = mode_workload(tokenizer, text, tokenize(tokenizer, prompts), modes, 512)
     windows = corpus_windows(tokenizer, corpus, 512)
     meta = {"device": "cpu", "model_sha": model_sha(tiny_model_dir), "tokenizer_sha": tokenizer_sha(tiny_model_dir)}
     paths = {name: tmp_path / f"{name}.safetensors" for name in ("base", "mode", "corpus", "corpus_reference",

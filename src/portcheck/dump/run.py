@@ -124,9 +124,7 @@ def run_target(
     if layers:
         check_layers(layers.get("indices"), model_text, model_dir)
     if modes:
-        workload = mode_workload(list(tokenizer(modes["corpus_text"])["input_ids"]), prompt_ids, modes)
-        check_prompt_lengths(workload, settings.max_model_len, [f"mode workload prompt {i}" for i in range(len(workload))],
-                             new_tokens=int(modes["max_tokens"]))
+        workload = mode_workload(tokenizer, modes["corpus_text"], prompt_ids, modes, settings.max_model_len)
     decode_prompts = prompt_ids[: decode["prompts"]] if decode else None
     if decode:
         check_prompt_lengths(decode_prompts, settings.max_model_len, prompts[: decode["prompts"]],

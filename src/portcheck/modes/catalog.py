@@ -10,7 +10,7 @@ import re
 
 from portcheck.engines.settings import EngineSettings
 from portcheck.errors import PortcheckError
-from portcheck.targets import TARGET_PATTERN, parse_target
+from portcheck.targets import parse_target
 
 # mode -> what it is and which engine counter proves it (the report's method note).
 MODES = {
@@ -24,7 +24,8 @@ MODES = {
     "mtp": "speculative decoding with the model's MTP head (modes.spec_tokens draft tokens). Proof: vLLM's "
            "spec-decode counters (drafts, accepted tokens)",
 }
-RUN_PATTERN = rf"{TARGET_PATTERN}\+({'|'.join(re.escape(m) for m in MODES)})"
+# The {mode} wildcard of the mode rules (the base run, "base", is dump_logits' and never matches).
+MODE_PATTERN = "|".join(re.escape(mode) for mode in MODES)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,7 @@ def compare_mode_files(paths: dict, thresholds: dict, tie_tolerance: float, posi
     (the base configuration's corpus comparison, compare/<target>.corpus.json)."""
     proof = read_artifact(paths["proof"], "mode_proof")
     head = {key: proof.get(key) for key in ("run", "target", "mode", "description", "proof", "acceptance_rate",
-                                            "mean_accepted_length", "decode_seconds")}
+                                            "mean_accepted_length", "decode_seconds", "workload")}
     if proof.get("status") != "ran":
         return {**head, "status": "not run", "reason": proof.get("proof")}
     mode, base = read_dump(paths["mode"]), read_dump(paths["base"])

@@ -12,7 +12,6 @@ from typing import Any
 from portcheck.atomic import write_json
 from portcheck.dump.run import (corpus_windows, dump_meta, load_tokenizer, tokenize, write_corpus_dump,
                                 write_decode_dump)
-from portcheck.engines.base import check_prompt_lengths
 from portcheck.engines.factory import make_engine
 from portcheck.engines.settings import EngineSettings
 from portcheck.model.checkpoint import load_model_config, text_settings
@@ -29,9 +28,7 @@ def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings:
     run = parse_run(run_name)
     target = parse_target(run.target)
     tokenizer = load_tokenizer(model_dir, settings.trust_remote_code)
-    workload = mode_workload(list(tokenizer(corpus_text)["input_ids"]), tokenize(tokenizer, prompts), modes)
-    check_prompt_lengths(workload, settings.max_model_len, [f"mode workload prompt {i}" for i in range(len(workload))],
-                         new_tokens=int(modes["max_tokens"]))
+    workload = mode_workload(tokenizer, corpus_text, tokenize(tokenizer, prompts), modes, settings.max_model_len)
     check_mode_model(run.mode, text_settings(load_model_config(model_dir)), model_dir)
     windows = corpus_windows(tokenizer, corpus, settings.max_model_len) if corpus else None
     engine_settings = mode_settings(settings, run.mode, modes)

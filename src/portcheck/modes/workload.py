@@ -6,13 +6,20 @@ modes.max_tokens steps. The base run of a target decodes the same workload in it
 
 from __future__ import annotations
 
+from portcheck.engines.base import check_prompt_lengths
 from portcheck.errors import PortcheckError
 
 
-def mode_workload(corpus_ids: list[int], prompt_ids: list[list[int]], modes: dict) -> list[list[int]]:
+def mode_workload(tokenizer, corpus_text: str, prompt_ids: list[list[int]], modes: dict,
+                  max_model_len: int | None) -> list[list[int]]:
+    """The workload's token ids, refused before the engine starts when prompt + steps do not fit max_model_len."""
+    corpus_ids = list(tokenizer(corpus_text)["input_ids"])
     length = int(modes["prefix_tokens"])
     if len(corpus_ids) < length:
         raise PortcheckError(f"modes.prefix_tokens is {length} but the corpus text has {len(corpus_ids)} tokens; "
                              "lower modes.prefix_tokens or give a longer corpus.file")
     prefix = list(map(int, corpus_ids[:length]))
-    return [prefix + list(map(int, ids)) for ids in prompt_ids[: int(modes["prompts"])]]
+    workload = [prefix + list(map(int, ids)) for ids in prompt_ids[: int(modes["prompts"])]]
+    check_prompt_lengths(workload, max_model_len, [f"mode workload prompt {i}" for i in range(len(workload))],
+                         new_tokens=int(modes["max_tokens"]))
+    return workload

@@ -54,24 +54,26 @@ def start(worker, indices: list[int] | None) -> dict:
     except ValueError as exc:
         return {"ok": False, "status": "not run", "reason": str(exc)}
     gdn = [i for i in chosen if getattr(layers[i], "linear_attn", None) is not None]
+    value_major, layout_reason = _state_layout()
     _STATE.update(capture=LayerCapture(layers, norm, chosen, residual_pair=True), hidden=[], states=[], latest={},
-                  gdn=gdn, handles=[], gdn_reason=_layout_reason(), gdn_dtype=None)
+                  gdn=gdn, handles=[], value_major=value_major, gdn_reason=layout_reason, gdn_dtype=None)
     for index in gdn:
         _STATE["handles"].append(layers[index].linear_attn.register_forward_hook(_state_keeper(index)))
     return {"ok": True, "indices": chosen, "gdn_layers": gdn}
 
 
-def _layout_reason() -> str:
-    """"" when vLLM's GDN state layout is known: portcheck stores [heads, key dim, value dim] like transformers.
-    Asked of vLLM's own shape calculator with distinct key (2) and value (3) sizes, not assumed per version."""
+def _state_layout() -> tuple[bool, str]:
+    """(whether vLLM keeps the GDN state as [heads, value dim, key dim], why it cannot be compared: "" when the
+    layout is known). portcheck stores [heads, key dim, value dim] like transformers. Asked of vLLM's own shape
+    calculator with distinct key (2) and value (3) sizes, not assumed per version."""
     try:
         from vllm.model_executor.layers.mamba.mamba_utils import MambaStateShapeCalculator
 
         _conv, temporal = MambaStateShapeCalculator.gated_delta_net_state_shape(1, 1, 1, 2, 3, 4)[:2]
     except Exception as exc:  # noqa: BLE001 - another vLLM line: the state is not compared, the layers still are
-        return f"vLLM's GDN state layout is not readable ({type(exc).__name__}: {exc})"
-    _STATE["value_major"] = tuple(temporal[-2:]) == (3, 2)
-    return "" if tuple(temporal[-2:]) in ((3, 2), (2, 3)) else f"unknown GDN state layout {tuple(temporal)}"
+        return False, f"vLLM's GDN state layout is not readable ({type(exc).__name__}: {exc})"
+    layout = tuple(temporal[-2:])
+    return layout == (3, 2), "" if layout in ((3, 2), (2, 3)) else f"unknown GDN state layout {tuple(temporal)}"
 
 
 def _state_keeper(index: int):
@@ -102,7 +104,7 @@ def _read_state(module):
         cache = cache[getattr(context, "virtual_engine", 0)]
     state = cache[1][int(slots[0])]
     _STATE["gdn_dtype"] = str(state.dtype).replace("torch.", "")
-    state = state.transpose(-1, -2) if _STATE.get("value_major") else state
+    state = state.transpose(-1, -2) if _STATE["value_major"] else state
     return state.detach().float().cpu().numpy()
 
 

@@ -23,8 +23,7 @@ def modes_section(modes: dict | None) -> dict:
     rows += [[run, "target not enabled", *["—"] * 7, VERDICT_LABEL[NOT_RUN]] for run in modes["not_run"]]
     failures = [f"{run}: {reason}" for run, c in compared.items()
                 for reason in (c.get("verdict") or {}).get("reasons", [])]
-    first = next(iter(compared.values()), {})
-    workload = (read_artifact(first["paths"]["proof"], "mode_proof").get("workload") if first.get("paths") else None)
+    workload = next((c["workload"] for c in compared.values() if c.get("workload")), None)
     sources = ", ".join(cite(path, "proof", "vs_reference", "base_vs_reference", "vs_base", "prefill")
                         for path in modes["runs"].values())
     by_target: dict[str, dict[str, str]] = {}
