@@ -86,11 +86,15 @@ DUMPED_KINDS = (
     *(kind for kind in (CORPUS_KIND, DECODE_KIND, LAYERS_KIND) if config[kind]["enabled"]),
     *((MODES_KIND,) if MODE_RUNS else ()),
 )
-# What run_mode and the dump's base run read of the modes section (the run list itself is not a setting of theirs).
+# What run_mode reads of the modes section (the run list itself is not one of its settings).
 MODE_SETTINGS = {key: value for key, value in config["modes"].items() if key not in ("enabled", "runs")}
+# What the dump's base run reads of it: the workload only (a mode's own knobs redo no dump).
+MODE_WORKLOAD = {key: config["modes"][key] for key in ("prompts", "prefix_tokens", "max_tokens")}
 # What a mode run reads of the corpus section: the windows it scores (not how they are compared).
 CORPUS_WINDOWS = {key: config["corpus"][key] for key in ("enabled", "window_length", "windows")}
 # What the dump job captures per layer (the thresholds are the comparison's: changing them redoes no dump).
+# How the corpus, decode and mode dumps store each position (dump/compact.py): whole rows or compact records.
+STORAGE = {key: config["logits"][key] for key in ("storage", "full_max_vocab", "compact_topk", "compact_sample")}
 LAYER_CAPTURE = {key: config["layers"][key] for key in ("enabled", "windows", "indices", "state_sequences")}
 REPORT = f"{REPORTS}/report.md"
 HTML_REPORT = f"{REPORTS}/report.html"

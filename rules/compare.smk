@@ -32,6 +32,7 @@ rule compare_corpus:
         tie_tolerance=config["compare"]["tie_tolerance"],
         positions=config["compare"]["positions"],
         score_from=config["corpus"]["score_from"],
+        storage=STORAGE,
     script:
         "../workflow/scripts/compare_corpus.py"
 

@@ -25,7 +25,8 @@ rule dump_logits:
         corpus=config["corpus"],
         decode=config["decode"],
         layers=LAYER_CAPTURE,
-        modes=MODE_SETTINGS if MODE_RUNS else None,
+        modes=MODE_WORKLOAD if MODE_RUNS else None,
+        storage=STORAGE,
         stack=stack_params,
     script:
         "../workflow/scripts/dump_logits.py"
@@ -48,6 +49,7 @@ rule score_decode:
     params:
         reference=REFERENCE,
         settings=vars(engine_settings(config, REFERENCE)),
+        storage=STORAGE,
         stack=lambda wildcards: result_versions(REFERENCE),
     script:
         "../workflow/scripts/score_decode.py"

@@ -28,6 +28,7 @@ rule run_mode:
         settings=target_settings,
         modes=MODE_SETTINGS,
         corpus=CORPUS_WINDOWS,
+        storage=STORAGE,
         stack=stack_params,
     script:
         "../workflow/scripts/run_mode.py"
@@ -50,6 +51,7 @@ rule score_mode:
     params:
         reference=REFERENCE,
         settings=vars(engine_settings(config, REFERENCE)),
+        storage=STORAGE,
         stack=lambda wildcards: result_versions(REFERENCE),
     script:
         "../workflow/scripts/score_decode.py"

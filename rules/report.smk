@@ -64,6 +64,8 @@ rule render_report:
     input:
         **{kind: compare_files(kind) for kind in OPTIONAL_COMPARISONS},
         template=local("reports/templates/report.md.j2"),
+        # make bench-compact's record of compact storage at the real vocabulary (the method note cites it)
+        compact_record=local("src/portcheck/dump/data/compact_error_real_shape.json"),
         manifest=f"{RESULTS}/manifest.json",
         per_target=[target_file(kind, t) for t in TARGETS for kind in REPORTED_KINDS],
         bench_checks=target_files("bench_checks", TARGETS),

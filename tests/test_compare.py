@@ -224,7 +224,7 @@ def test_compare_files_refuses_other_model(tmp_path):
 def test_topk_reference_is_refused(tmp_path):
     ids, logits = logits_for()
     topk = save_topk(tmp_path, "cpu-vllm-bf16", ids, logits, k=5)
-    with pytest.raises(PortcheckError, match="must be a full-logits dump"):
+    with pytest.raises(PortcheckError, match="must be a full-logits or compact dump, not top-k"):
         compare_dumps(topk, save(tmp_path, "cpu-hf-fp32", ids, logits), {}, 0.01)
 
 

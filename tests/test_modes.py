@@ -21,7 +21,8 @@ from portcheck.modes.catalog import MODES, active_runs, check_mode_model, mode_s
 from portcheck.modes.compare import compare_mode_files
 from portcheck.modes.run import mode_proof
 
-MODES_CONFIG = {"prompts": 4, "prefix_tokens": 192, "max_tokens": 64, "chunk_tokens": 64, "spec_tokens": 1}
+MODES_CONFIG = {"prompts": 4, "prefix_tokens": 192, "max_tokens": 64, "chunk_tokens": 64, "spec_tokens": 1,
+                "batch_size": 8}
 POSITIONS = {"bucket": 16, "growth_max": 2.0, "growth_floor": 1e-6}
 
 
@@ -81,6 +82,9 @@ def test_each_mode_reaches_vllm_through_the_one_mapping():
     chunked = arguments("chunked")
     assert chunked["enable_chunked_prefill"] is True and chunked["max_num_batched_tokens"] == 64
     assert arguments("mtp")["speculative_config"] == {"method": "mtp", "num_speculative_tokens": 1}
+    assert "max_num_seqs" not in arguments("batch")  # vLLM's default holds a batch of 8
+    small = engine_arguments(target, "m", mode_settings(EngineSettings(max_num_seqs=2), "batch", MODES_CONFIG))
+    assert small["max_num_seqs"] == 8  # else vLLM would split the batch
     for mode in MODES:
         assert arguments(mode)["disable_log_stats"] is False and arguments(mode)["seed"] == 3
     assert engine_arguments(target, "m", base)["enable_prefix_caching"] is False
@@ -105,6 +109,14 @@ WORKLOAD = [[1] * 195, [2] * 196]
     ("graph", {"compilation": {"mode": "VLLM_COMPILE", "cudagraph_mode": "NONE",
                                "counter": {"num_graphs_seen": 1, "num_backend_compilations": 2}}}, "ran",
      "compilation mode VLLM_COMPILE"),
+    ("batch", {"batch_size": 8, "passes": {"installed": True, "passes_by_tokens": {"1200": 1, "8": 63}},
+               "alone_passes": {"installed": True, "passes_by_tokens": {"150": 2, "1": 126}},
+               "alone_vs_batch": {"sequences": 2, "tokens_equal": 2, "max_abs_logprob_delta": 2e-6}}, "ran",
+     "63 decode passes held 8 tokens (a step of all 8 sequences), 126 passes held 1 alone; alone vs in the batch: "
+     "greedy tokens equal in 2 of 2 sequences, chosen-token log-probs apart by at most 2e-06"),
+    ("batch", {"batch_size": 8, "passes": {"installed": True, "passes_by_tokens": {"1200": 1, "4": 63}},
+               "alone_passes": {"installed": True, "passes_by_tokens": {"1": 126}}}, "not run",
+     "no decode pass held all 8 sequences"),
 ])
 def test_a_mode_counts_as_run_only_when_the_counters_show_it(mode, evidence, status, says):
     proof = mode_proof(mode, evidence, WORKLOAD, MODES_CONFIG)
@@ -181,7 +193,9 @@ def test_chunked_prefill_that_drops_its_initial_state_is_caught(tiny_model_dir, 
     from portcheck.compare.positions import compare_corpus_files
     from portcheck.dump.corpus import corpus_job
     from portcheck.dump.decode_reference import score_decode
-    from portcheck.dump.run import corpus_windows, load_tokenizer, tokenize, write_corpus_dump, write_decode_dump
+    from portcheck.dump.compact import Storage
+    from portcheck.dump.run import (corpus_windows, load_tokenizer, score_windows, tokenize, write_corpus_dump,
+                                    write_decode_dump)
     from portcheck.engines.factory import make_engine
     from portcheck.model.checkpoint import model_sha, tokenizer_sha
     from portcheck.modes.run import run_mode
@@ -200,14 +214,14 @@ def test_chunked_prefill_that_drops_its_initial_state_is_caught(tiny_model_dir, 
                                                                   "base_corpus_dump")}
     paths.update(proof=tmp_path / "proof.json", base_corpus=tmp_path / "base.corpus.json")
     with make_engine(parse_target("cpu-hf-fp32"), tiny_model_dir, EngineSettings(threads=1)) as reference:
-        write_corpus_dump(paths["corpus_reference"], reference.score(windows), {
+        write_corpus_dump(score_windows(reference, windows, paths["corpus_reference"], Storage()), {
             **meta, "target": "cpu-hf-fp32", "engine": "hf", "dtype": "fp32"}, corpus)
     settings = EngineSettings(max_model_len=512, max_num_seqs=2, logprobs_topk=-1,
                               extra={"log_file": str(tmp_path / "engine.log")})
     vllm_meta = {**meta, "target": "cpu-vllm-bf16", "engine": "vllm", "dtype": "bf16"}
     with make_engine(parse_target("cpu-vllm-bf16"), tiny_model_dir, settings) as engine:
         write_decode_dump(paths["base"], engine.decode(workload, modes["max_tokens"]), vllm_meta, modes["max_tokens"])
-        write_corpus_dump(paths["base_corpus_dump"], engine.score(windows), vllm_meta, corpus)
+        write_corpus_dump(score_windows(engine, windows, paths["base_corpus_dump"], Storage()), vllm_meta, corpus)
     base_corpus = compare_corpus_files(paths["corpus_reference"], paths["base_corpus_dump"], {}, 0.04, POSITIONS_64)
     paths["base_corpus"].write_text(json.dumps(base_corpus))
     with plugin_active(PORTCHECK_GDN_TEST_DROP_INITIAL_STATE="1"):
@@ -229,3 +243,63 @@ def test_chunked_prefill_that_drops_its_initial_state_is_caught(tiny_model_dir, 
 
 
 POSITIONS_64 = {"bucket": 64, "growth_max": 2.0, "growth_floor": 1e-6}
+
+
+def test_the_batch_mode_decodes_the_workload_first_in_a_batch_of_the_other_prompts():
+    from portcheck.modes.workload import batch_workload, mode_workload
+
+    class Tokenizer:
+        def __call__(self, text):
+            return {"input_ids": [ord(ch) % 50 for ch in text]}
+
+    prompts = [[1, 2], [3], [4, 5, 6]]
+    modes = {**MODES_CONFIG, "prompts": 2, "prefix_tokens": 4, "batch_size": 5}
+    batch = batch_workload(Tokenizer(), "abcdefgh", prompts, modes, None)
+    assert batch[:2] == mode_workload(Tokenizer(), "abcdefgh", prompts, modes, None)
+    assert [b[4:] for b in batch] == [[1, 2], [3], [4, 5, 6], [1, 2], [3]]
+
+
+@pytest.mark.vllm
+def test_a_kernel_wrong_only_in_batches_is_caught_by_the_batch_mode(tiny_model_dir, tmp_path):
+    """A GDN kernel that is wrong only when 3 or more sequences share a decode step (test plugin): the base
+    configuration decodes each sequence alone and passes; the batch mode proves from the worker's pass counter that
+    its steps held the whole batch, sees the workload's log-probs move against the same sequences alone, and fails
+    against the base."""
+    from test_vllm_introspection import plugin_active
+
+    from portcheck.dump.decode_reference import score_decode
+    from portcheck.dump.run import load_tokenizer, tokenize, write_decode_dump
+    from portcheck.engines.factory import make_engine
+    from portcheck.model.checkpoint import model_sha, tokenizer_sha
+    from portcheck.modes.run import run_mode
+    from portcheck.modes.workload import mode_workload
+    from portcheck.targets import parse_target
+
+    prompts = default_config()["prompts"]["list"][:4]
+    modes = {**MODES_CONFIG, "prompts": 2, "max_tokens": 32, "batch_size": 4}
+    text = read_corpus_text(DEFAULT_CORPUS)
+    tokenizer = load_tokenizer(tiny_model_dir)
+    workload = mode_workload(tokenizer, text, tokenize(tokenizer, prompts), modes, 512)
+    paths = {name: tmp_path / f"{name}.safetensors" for name in ("base", "mode")}
+    paths["proof"] = tmp_path / "proof.json"
+    settings = EngineSettings(max_model_len=512, max_num_seqs=2, logprobs_topk=-1,
+                              extra={"log_file": str(tmp_path / "engine.log")})
+    meta = {"device": "cpu", "model_sha": model_sha(tiny_model_dir), "tokenizer_sha": tokenizer_sha(tiny_model_dir),
+            "target": "cpu-vllm-bf16", "engine": "vllm", "dtype": "bf16"}
+    with plugin_active(PORTCHECK_GDN_TEST_BATCH_NOISE="64"):
+        with make_engine(parse_target("cpu-vllm-bf16"), tiny_model_dir, settings) as engine:
+            # full-vocabulary log-probs: the base decodes each sequence alone
+            write_decode_dump(paths["base"], engine.decode(workload, modes["max_tokens"]), meta, modes["max_tokens"])
+        run_mode("cpu-vllm-bf16+batch", tiny_model_dir, prompts, settings, text, modes,
+                 {"decode": paths["mode"], "proof": paths["proof"]})
+    for name in ("base", "mode"):
+        paths[f"{name}_reference"] = tmp_path / f"{name}.reference.safetensors"
+        score_decode("cpu-hf-fp32", tiny_model_dir, EngineSettings(threads=1), paths[name],
+                     paths[f"{name}_reference"])
+    result = compare_mode_files(paths, {}, 0.04, POSITIONS)
+    print(result["proof"], result["verdict"], result["vs_base"])
+    assert "decode passes held 4 tokens (a step of all 4 sequences)" in result["proof"]
+    assert result["alone_vs_batch"]["max_abs_logprob_delta"] > 1e-2
+    assert result["base_vs_reference"]["verdict"]["status"] == "pass"
+    assert result["status"] == "fail"
+    assert [r for r in result["verdict"]["reasons"] if r.startswith("decode, mode vs base: mean KLD in the mode")]

@@ -425,3 +425,42 @@ def test_selected_layers_are_captured_and_named(tiny_model_dir):
         captured = engine.layer_states([list(range(5, 25))], indices=[6, 1, 3])
     assert captured.indices == [1, 3, 6] and captured.hidden[0].shape[:2] == (3 + 1, 20)
     assert captured.gdn_layers == [1, 6] and captured.gdn_states[0].shape == (2, 2, 64, 64)
+
+
+def as_compact(path, out):
+    """A whole-row dump rewritten as compact records (the storage Qwen3.5's real vocabulary gets by default)."""
+    from portcheck.dump.compact import Storage
+    from portcheck.engines.outputs import Generation
+
+    dump = read_dump(path)
+    rows = [PromptScores(dump.input_ids[i], dump.logits[i]) for i in range(dump.num_prompts)]
+    greedy = [Generation(list(g)) for g in dump.greedy_ids] if dump.greedy_ids is not None else None
+    meta = {k: v for k, v in dump.meta.items() if k not in ("format", "format_version", "kind", "num_prompts",
+                                                            "json_keys")}
+    write_dump(out, rows, greedy, meta, Storage(compact=True, topk=128, sample=128))
+    return out
+
+
+def test_the_faults_are_caught_from_compact_dumps_too(faulty_runs, tmp_path):
+    """The chunk-boundary and decode-state faults, with both sides stored compact: the same checks fail, the KLD
+    is an estimate, and the fault-free run passes."""
+    from portcheck.atomic import write_json
+    from portcheck.compare.positions import compare_decode_files
+
+    compact = {name: {kind: as_compact(path, tmp_path / f"{name}.{kind}.safetensors") for kind, path in paths.items()
+                      if kind in ("corpus", "decode", "decode_reference")}
+               for name, paths in faulty_runs.items()}
+    chunk = compare_corpus_files(compact["reference"]["corpus"], compact["chunk_fault"]["corpus"], THRESHOLDS, 0.04,
+                                 CHUNKS)
+    assert chunk["kld_basis"] == "estimate" and chunk["buckets"][0]["kld_mean"] == 0
+    assert chunk["growth"]["status"] == "fail" and chunk["verdict"]["status"] == "fail"
+    exact = compare_corpus_files(faulty_runs["reference"]["corpus"], faulty_runs["chunk_fault"]["corpus"], THRESHOLDS,
+                                 0.04, CHUNKS)
+    assert chunk["overall"]["kld_mean"] == pytest.approx(exact["overall"]["kld_mean"], rel=0.05)
+    clean = compare_corpus_files(compact["reference"]["corpus"], compact["reference"]["corpus"], THRESHOLDS, 0.04,
+                                 CHUNKS)
+    write_json(tmp_path / "corpus.json", clean)
+    assert clean["verdict"]["status"] == "pass"
+    decode = compare_decode_files(compact["decode_fault"]["decode_reference"], compact["decode_fault"]["decode"],
+                                  THRESHOLDS, 0.04, CHUNKS, tmp_path / "corpus.json")
+    assert decode["kld_basis"] == "estimate" and decode["decode_vs_prefill"]["status"] == "fail"

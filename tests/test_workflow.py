@@ -163,6 +163,13 @@ def test_threshold_change_reruns_only_compare_and_render(rerun_copy):
                                         "render_report": 1, "render_html": 1, "report": 1}
 
 
+def test_a_mode_knob_redoes_no_dump(rerun_copy):
+    # The dump's base run reads only the workload (prompts, prefix, steps) of the modes section.
+    set_config(rerun_copy, lambda c: c["modes"].update(chunk_tokens=32))
+    assert planned_jobs(rerun_copy) == {"run_mode": 2, "score_mode": 2, "compare_mode": 2, "render_report": 1,
+                                        "render_html": 1, "report": 1}
+
+
 def test_enabling_a_target_runs_only_that_target(rerun_copy):
     set_config(rerun_copy, lambda c: c["targets"].setdefault("cpu-hf-fp16", {}).update(enabled=True))
     assert planned_jobs(rerun_copy) == {

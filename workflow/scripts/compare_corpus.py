@@ -8,7 +8,7 @@ from portcheck.workflow.script import run_script
 def main(smk):
     p = smk.params
     result = compare_corpus_files(smk.input.reference, smk.input.target, dict(p.thresholds), p.tie_tolerance,
-                                  dict(p.positions), p.score_from)
+                                  dict(p.positions), p.score_from, dict(p.storage))
     write_json(smk.output[0], result)
 
 

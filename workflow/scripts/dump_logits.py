@@ -27,6 +27,7 @@ def main(smk):
         decode=dict(smk.params.decode) if smk.params.decode["enabled"] else None,
         layers=dict(smk.params.layers) if smk.params.layers["enabled"] else None,
         modes=modes_job(smk),
+        storage=dict(smk.params.storage),
     )
 
 

@@ -17,7 +17,7 @@ def main(smk):
     corpus = corpus_job(smk.input.corpus, smk.params.corpus, text) if smk.params.corpus["enabled"] else None
     run_mode(f"{smk.wildcards.target}+{smk.wildcards.mode}", smk.input.model, list(smk.params.prompts),
              EngineSettings(**settings), text, dict(smk.params.modes), outputs=dict(smk.output.items()),
-             corpus=corpus)
+             corpus=corpus, storage=dict(smk.params.storage))
 
 
 # vLLM's engine spawns processes that re-import this module: only the main process may run the job.

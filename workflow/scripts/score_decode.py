@@ -11,7 +11,8 @@ def main(smk):
     settings = dict(smk.params.settings)
     settings["threads"] = settings["threads"] or smk.threads
     settings["extra"] = {"log_file": smk.log.engine} if parse_target(smk.params.reference).engine == "vllm" else {}
-    score_decode(smk.params.reference, smk.input.model, EngineSettings(**settings), smk.input.decode, smk.output[0])
+    score_decode(smk.params.reference, smk.input.model, EngineSettings(**settings), smk.input.decode, smk.output[0],
+                 dict(smk.params.storage))
 
 
 # vLLM's engine spawns processes that re-import this module: only the main process may run the job.

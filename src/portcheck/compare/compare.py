@@ -1,7 +1,9 @@
 """Compare a target's logit dump with the reference's: metrics per position, per prompt, overall, and a verdict.
 
-The reference must be a full-logits dump. A top-k target (vLLM prompt logprobs) gets exact top-1, top-5
-(k >= 5), Δp and PPL, a lower bound of the KLD, and no msprobe tensor metrics (there is no full tensor).
+The reference must be a full-logits or a compact dump. A top-k target (vLLM prompt logprobs) gets exact top-1,
+top-5 (k >= 5), Δp and PPL, a lower bound of the KLD, and no msprobe tensor metrics (there is no full tensor).
+Where either side is compact (dump/compact.py), both are compared as compact records (compare/compact.py): the
+KLD is an estimate when both have the same sample ids' log-probs, else a lower bound (`kld_basis`).
 Rows holding NaN/inf on either side are listed, left out of every metric, and fail the verdict.
 """
 
@@ -14,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from portcheck.compare import compact as c
 from portcheck.compare import metrics as m
 from portcheck.dump.logits_file import Dump, check_comparable, first_difference, read_dump
 from portcheck.errors import PortcheckError
@@ -34,7 +37,8 @@ CHECKS = {
     "ppl_rel_delta_max": ("ppl_rel_delta", "<=", "|ppl_target / ppl_reference - 1|"),
     "msprobe_rule": ("msprobe_failed_prompts", "<=", "prompt logit tensors failing msprobe's pass rule"),
 }
-LOWER_BOUND_KEYS = ("kld_mean", "kld_p99")
+# What the KLD statistics are, by how they were computed: the statistics that are only lower bounds.
+LOWER_BOUND_KEYS = {"exact": (), "estimate": (), "lower bound": ("kld_mean", "kld_p99")}
 MSPROBE_KEYS = (
     "cosine_min",
     "cosine_mean",
@@ -55,21 +59,35 @@ def compare_files(
 def compare_dumps(ref: Dump, tgt: Dump, thresholds: dict[str, Any], tie_tolerance: float) -> dict[str, Any]:
     """JSON-ready comparison (no NaN: None where a metric is unavailable)."""
     checks = parse_thresholds(thresholds)
-    if ref.kind != "full":
-        raise PortcheckError(f"the reference {ref.name} ({ref.path}) must be a full-logits dump, not {ref.kind}")
+    check_reference(ref)
     check_comparable(ref, tgt)
     basis = msprobe_basis(ref, tgt)
     prompts = [compare_prompt(ref, tgt, i, tie_tolerance, basis) for i in range(ref.num_prompts)]
-    result = _summarize(prompts, tgt.kind == "topk")
+    result = _summarize(prompts, kld_basis(ref, tgt))
     result.update(
         reference={"name": ref.name, "kind": ref.kind, "path": str(ref.path)},
         target={"name": tgt.name, "kind": tgt.kind, "path": str(tgt.path)},
         tie_tolerance=tie_tolerance,
-        msprobe_basis=None if tgt.kind == "topk" else basis,
+        msprobe_basis=basis if ref.kind == tgt.kind == "full" else None,
         per_prompt=[p.as_dict() for p in prompts],
     )
     result["verdict"] = verdict(result, checks)
     return json_ready(result)
+
+
+def check_reference(ref: Dump) -> None:
+    if ref.kind == "topk":
+        raise PortcheckError(f"the reference {ref.name} ({ref.path}) must be a full-logits or compact dump, not top-k "
+                             "log-probs: dump the reference with an engine that gives whole rows (hf)")
+
+
+def kld_basis(ref: Dump, tgt: Dump) -> str:
+    """exact (both whole rows), estimate (compact records with sample log-probs on both sides), or lower bound."""
+    if ref.kind == tgt.kind == "full":
+        return "exact"
+    samples = [d.sample_ids for d in (ref, tgt) if d.kind != "full"]
+    shared = all(s is not None and np.array_equal(s, samples[0]) for s in samples)
+    return "estimate" if shared and "topk" not in (ref.kind, tgt.kind) else "lower bound"
 
 
 def msprobe_basis(ref: Dump, tgt: Dump) -> str:
@@ -99,6 +117,11 @@ class _PromptRows:
     nan_inf_mismatch: bool
     greedy_prefix: int | None = None
     greedy_first_agrees: bool | None = None
+    kld_lower: np.ndarray | None = None  # [T] per-row lower bound where `kld` is an estimate
+
+    @property
+    def kld_bound(self) -> np.ndarray:
+        return self.kld if self.kld_lower is None else self.kld_lower
 
     @property
     def next_valid(self) -> np.ndarray:
@@ -138,6 +161,8 @@ class _PromptRows:
 
 
 def compare_prompt(ref: Dump, tgt: Dump, i: int, tie_tolerance: float, basis: str = "logits") -> _PromptRows:
+    if "compact" in (ref.kind, tgt.kind):
+        return _compact_prompt(ref, tgt, i, tie_tolerance)
     ids = np.asarray(ref.input_ids[i])
     ref_logits = ref.logits[i]
     target = _FullTarget(tgt, i) if tgt.kind == "full" else _TopkTarget(tgt, i, ref.width)
@@ -232,6 +257,42 @@ class _TopkTarget:
         }
 
 
+def _compact_prompt(ref: Dump, tgt: Dump, i: int, tie_tolerance: float) -> _PromptRows:
+    """Both sides as compact records (compare/compact.py): estimated or bounded KLD, top-1 from the top-k lists,
+    next-token log-probs as stored; no msprobe tensor metrics."""
+    a, b = c.paired_records(ref, tgt, i)
+    if ref.kind == "full" and b.topk_ids.size and (b.topk_ids.min() < 0 or b.topk_ids.max() >= ref.width):
+        raise PortcheckError(f"{tgt.path}: prompt {i} has top-k ids outside the reference vocabulary [0, {ref.width}); "
+                             "dump the target with the reference's model and tokenizer")
+    lower, estimate = c.kld_compact(a, b)
+    ref_bad, tgt_bad = c.nonfinite(a), c.nonfinite(b)
+    ref_next, tgt_next = _next_logprobs(ref, i), _next_logprobs(tgt, i)
+    tgt_bad[: len(tgt_next)] |= ~np.isfinite(tgt_next)
+    finite = ~ref_bad & ~tgt_bad
+    agree, tie = c.top1_and_tie(a, b, tie_tolerance)
+    shown = estimate if estimate is not None else lower
+    overlap = m.top_n_overlap_rows(a.topk_ids[:, : m.TOP_N], b.topk_ids[:, : m.TOP_N]) \
+        if min(a.topk_ids.shape[1], b.topk_ids.shape[1]) >= m.TOP_N else None
+    next_finite = finite[: len(ref_next)]
+    prompt = _PromptRows(
+        index=i, finite=finite, kld=np.where(finite, shown, np.nan), agree=agree & finite, tie=tie & finite,
+        overlap=None if overlap is None else np.where(finite, overlap, np.nan),
+        ref_next=np.where(next_finite, ref_next, np.nan), tgt_next=np.where(next_finite, tgt_next, np.nan),
+        nonfinite=_nonfinite_list(i, ref_bad, tgt_bad), stats=None, nan_inf_mismatch=False,
+        kld_lower=None if estimate is None else np.where(finite, lower, np.nan),
+    )
+    _add_greedy(prompt, ref, tgt, i)
+    return prompt
+
+
+def _next_logprobs(dump: Dump, i: int) -> np.ndarray:
+    """The log-prob of the actual next token at every row but the last."""
+    ids = np.asarray(dump.input_ids[i])
+    if dump.kind == "full":
+        return m.next_token_logprobs(m.log_softmax(dump.logits[i]), ids[1:])
+    return np.asarray(dump.token_logprobs[i], dtype=np.float64)[: len(ids) - 1]
+
+
 def _add_greedy(prompt: _PromptRows, ref: Dump, tgt: Dump, i: int) -> None:
     if ref.greedy_ids is None or tgt.greedy_ids is None:
         return
@@ -261,17 +322,21 @@ def _share(flags: np.ndarray) -> float | None:
 # ---------------------------------------------------------------- over all prompts
 
 
-def _summarize(prompts: list[_PromptRows], topk: bool) -> dict[str, Any]:
+def _summarize(prompts: list[_PromptRows], basis: str) -> dict[str, Any]:
     finite = np.concatenate([p.finite for p in prompts])
-    result = {f"kld_{k}": v for k, v in m.kld_summary(np.concatenate([p.kld[p.finite] for p in prompts])).items()}
+    kld = np.concatenate([p.kld[p.finite] for p in prompts])
+    bound = np.concatenate([p.kld_bound[p.finite] for p in prompts])
+    result = {f"kld_{k}": v for k, v in m.kld_summary(kld).items()}
     result.update(
-        kld_is_lower_bound=topk,
+        kld_basis=basis,
+        kld_is_lower_bound=basis == "lower bound",
+        kld_mean_lower_bound=float(bound.mean()) if bound.size else None,
         n_prompts=len(prompts),
         n_rows=int(finite.size),
         n_positions=int(finite.sum()),
         **_top_n_summary(prompts),
         **_next_token_summary(prompts),
-        **_msprobe_summary(prompts, topk),
+        **_msprobe_summary(prompts),
         **_greedy_summary(prompts),
     )
     nonfinite = [entry for p in prompts for entry in p.nonfinite]
@@ -309,8 +374,8 @@ def _next_token_summary(prompts: list[_PromptRows]) -> dict[str, Any]:
     }
 
 
-def _msprobe_summary(prompts: list[_PromptRows], topk: bool) -> dict[str, Any]:
-    if topk:
+def _msprobe_summary(prompts: list[_PromptRows]) -> dict[str, Any]:
+    if any(p.stats is None for p in prompts):
         return dict.fromkeys(MSPROBE_KEYS)
     cosines = [p.stats.cosine for p in prompts if p.stats.cosine is not None]
     total = sum((p.stats for p in prompts), m.TensorStats()).as_dict()
@@ -370,6 +435,9 @@ def verdict(summary: dict[str, Any], checks: list[dict[str, Any]]) -> dict[str, 
         for r in results
         if r["passed"] and r["lower_bound"]
     ]
+    if summary.get("kld_basis") == "estimate":
+        notes.append("KLD is estimated from compact records (top-k, rest mass, shared sample of ids: see the method "
+                     "note); kld_mean_lower_bound is the bound it cannot fall below")
     return {"status": "fail" if reasons else "pass", "checks": results, "reasons": reasons, "notes": notes}
 
 
@@ -388,8 +456,13 @@ def _evaluate(check: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         "op": op,
         "passed": passed,
         "status": {True: "pass", False: "fail", None: "not available"}[passed],
-        "lower_bound": bool(summary.get("kld_is_lower_bound")) and metric in LOWER_BOUND_KEYS,
+        "lower_bound": metric in LOWER_BOUND_KEYS[_basis(summary)],
     }
+
+
+def _basis(summary: dict[str, Any]) -> str:
+    """The summary's KLD basis (older artifacts and bucket summaries carry only kld_is_lower_bound)."""
+    return summary.get("kld_basis") or ("lower bound" if summary.get("kld_is_lower_bound") else "exact")
 
 
 def _failure_text(result: dict[str, Any]) -> str:

@@ -17,22 +17,15 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+# Row primitives shared with the dump stage's compact records, re-exported for the metrics' users.
+from portcheck.logprobs import (REST_MASS_FLOOR, TOP_N, log_rest_mass, log_softmax,  # noqa: F401
+                                next_token_logprobs, sort_topk, top_n_ids)
+
 # msprobe Const.FLOAT_EPSILON = np.finfo(float).eps, added to both sides where the bench value is 0.
 MSPROBE_EPSILON = float(np.finfo(np.float64).eps)
 THOUSANDTH, FIVE_THOUSANDTHS = 0.001, 0.005
 # msprobe CompareConst: COS_THRESHOLD, MAX_ABS_ERR_THRESHOLD, COS_MAX_THRESHOLD, MAX_ABS_ERR_MAX_THRESHOLD
 MSPROBE_COS, MSPROBE_ABS, MSPROBE_COS_HARD, MSPROBE_ABS_HARD = 0.99, 0.001, 0.9, 1.0
-# A top-k dump's rest mass 1 - sum(exp(topk_logprobs)) is resolved only to about one float32 ulp of 1.
-REST_MASS_FLOOR = float(np.finfo(np.float32).eps)
-TOP_N = 5
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise log-probabilities in float64 (max-shifted, so large logits do not overflow)."""
-    x = np.asarray(logits, dtype=np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        shifted = x - x.max(axis=-1, keepdims=True)
-        return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def nonfinite_rows(values: np.ndarray) -> np.ndarray:
@@ -65,27 +58,10 @@ def kld_rows_topk(ref_logprobs: np.ndarray, topk_ids: np.ndarray, topk_logprobs:
     topk_logprobs = np.asarray(topk_logprobs, dtype=np.float64)
     ref_in = np.take_along_axis(ref_logprobs, topk_ids, axis=1)
     inside = _p_log_ratio(np.exp(ref_in), ref_in, topk_logprobs).sum(axis=1)
-    log_p_rest = _log_rest_mass(ref_logprobs, topk_ids)
+    log_p_rest = log_rest_mass(ref_logprobs, topk_ids)
     q_rest = np.maximum(1.0 - np.exp(topk_logprobs).sum(axis=1), REST_MASS_FLOOR)
     rest = _p_log_ratio(np.exp(log_p_rest), log_p_rest, np.log(q_rest))
     return np.maximum(inside + rest, 0.0)
-
-
-def _log_rest_mass(logprobs: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """log of the probability mass outside `ids`, per row; summed directly, not as 1 - sum, to keep tiny
-    rest masses exact. -inf when the ids cover the row."""
-    outside = logprobs.copy()
-    np.put_along_axis(outside, ids, -np.inf, axis=1)
-    top = outside.max(axis=1, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        return (top + np.log(np.exp(outside - top).sum(axis=1, keepdims=True)))[:, 0]
-
-
-def sort_topk(topk_ids: np.ndarray, topk_logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k ids and log-probs sorted by decreasing log-prob (engines need not return them sorted)."""
-    order = np.argsort(-np.asarray(topk_logprobs, dtype=np.float64), axis=1, kind="stable")
-    return np.take_along_axis(topk_ids, order, axis=1), np.take_along_axis(topk_logprobs, order, axis=1)
 
 
 def top1_agreement_rows(
@@ -101,22 +77,10 @@ def top1_agreement_rows(
     return agree, ~agree & (gap <= tie_tolerance)
 
 
-def top_n_ids(logprobs: np.ndarray, n: int = TOP_N) -> np.ndarray:
-    """The n (at most V) most likely ids of each row, in no particular order."""
-    n = min(n, logprobs.shape[1])
-    return np.argpartition(-logprobs, n - 1, axis=1)[:, :n]
-
-
 def top_n_overlap_rows(ref_ids: np.ndarray, tgt_ids: np.ndarray) -> np.ndarray:
     """|top_n_ref ∩ top_n_tgt| / n per row (ids distinct within a row)."""
     shared = (ref_ids[:, :, None] == tgt_ids[:, None, :]).any(axis=2)
     return shared.sum(axis=1) / ref_ids.shape[1]
-
-
-def next_token_logprobs(logprobs: np.ndarray, next_ids: np.ndarray) -> np.ndarray:
-    """Log-prob of the actual next token for the first len(next_ids) rows (next_ids[t] = input_ids[t+1])."""
-    rows = np.arange(len(next_ids))
-    return logprobs[rows, next_ids]
 
 
 def delta_p(ref_next_logprobs: np.ndarray, tgt_next_logprobs: np.ndarray) -> np.ndarray:

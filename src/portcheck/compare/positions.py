@@ -24,9 +24,9 @@ import numpy as np
 
 from portcheck.artifacts import read_artifact
 from portcheck.compare import metrics as m
-from portcheck.compare.compare import compare_prompt, json_ready, parse_thresholds, verdict
+from portcheck.compare.compact import estimator_error
+from portcheck.compare.compare import check_reference, compare_prompt, json_ready, kld_basis, parse_thresholds, verdict
 from portcheck.dump.logits_file import Dump, check_comparable, read_dump
-from portcheck.errors import PortcheckError
 
 # The seed-prompt thresholds that apply per bucket (the msprobe tensor checks are per prompt, not per position).
 BUCKET_CHECKS = ("kld_mean_max", "kld_p99_max", "top1_agreement_min", "ppl_rel_delta_max")
@@ -34,11 +34,16 @@ Z95 = 1.96
 
 
 def compare_corpus_files(ref_path, tgt_path, thresholds: dict, tie_tolerance: float, positions: dict,
-                         score_from: int = 0) -> dict[str, Any]:
-    """The corpus windows (prefill): rows are positions in a window."""
+                         score_from: int = 0, storage: dict | None = None) -> dict[str, Any]:
+    """The corpus windows (prefill): rows are positions in a window. storage: the config's compact_topk and
+    compact_sample; where both dumps hold whole rows, the compact records' KLD error is measured on them."""
     ref, tgt = read_dump(ref_path), read_dump(tgt_path)
     result = compare_by_position(ref, tgt, thresholds, tie_tolerance, positions, score_from)
-    return {**result, "corpus": tgt.meta.get("corpus")}
+    storage = storage or {}
+    error = estimator_error(ref, tgt, int(storage.get("compact_topk", 256)), int(storage.get("compact_sample", 128)))
+    return json_ready({**result, "corpus": tgt.meta.get("corpus"), "storage": {
+        "reference": ref.kind, "target": tgt.kind, "reference_bytes": ref.path.stat().st_size,
+        "target_bytes": tgt.path.stat().st_size, "compact_error": error}})
 
 
 def compare_decode_files(ref_path, tgt_path, thresholds: dict, tie_tolerance: float, positions: dict,
@@ -79,15 +84,14 @@ def compare_by_position(ref: Dump, tgt: Dump, thresholds: dict, tie_tolerance: f
                         score_from: int = 0) -> dict[str, Any]:
     """positions: the config's compare.positions (bucket, growth_max, growth_floor); rows before score_from in
     each sequence are left out."""
-    if ref.kind != "full":
-        raise PortcheckError(f"the reference {ref.name} ({ref.path}) must be a full-logits dump, not {ref.kind}")
+    check_reference(ref)
     check_comparable(ref, tgt)
     rows = [compare_prompt(ref, tgt, i, tie_tolerance) for i in range(ref.num_prompts)]
     scored = _scored_positions(rows, score_from)
     checks = [c for c in parse_thresholds(thresholds) if c["name"] in BUCKET_CHECKS]
-    topk = tgt.kind == "topk"
+    basis = kld_basis(ref, tgt)
     width = positions["bucket"]
-    buckets = [_bucket(scored, start, start + width, checks, topk)
+    buckets = [_bucket(scored, start, start + width, checks, basis)
                for start in range(score_from // width * width, max(len(r.kld) for r in rows), width)]
     buckets = [b for b in buckets if b["n_positions"]]
     growth = growth_check(scored, buckets, positions["growth_max"], positions["growth_floor"])
@@ -99,7 +103,8 @@ def compare_by_position(ref: Dump, tgt: Dump, thresholds: dict, tie_tolerance: f
         "window_length": max(len(ids) for ids in ref.input_ids),
         "score_from": score_from,
         "bucket": width,
-        "kld_is_lower_bound": topk,
+        "kld_basis": basis,
+        "kld_is_lower_bound": basis == "lower bound",
         "overall": _statistics(scored, np.ones(len(scored["kld"]), bool)),
         "buckets": buckets,
         "growth": growth,
@@ -114,12 +119,14 @@ def compare_by_position(ref: Dump, tgt: Dump, thresholds: dict, tie_tolerance: f
 def _scored_positions(rows, score_from: int) -> dict[str, np.ndarray]:
     """Flat arrays over every scored, finite position of every window: position, kld, agree, tie, and the
     reference / target log-prob of the actual next token (NaN at a window's last row, which has none)."""
-    parts: dict[str, list] = {k: [] for k in ("position", "kld", "agree", "tie", "ref_next", "tgt_next")}
+    parts: dict[str, list] = {k: [] for k in ("position", "kld", "kld_bound", "agree", "tie", "ref_next",
+                                              "tgt_next")}
     for r in rows:
         n = len(r.kld)
         keep = r.finite & (np.arange(n) >= score_from)
         parts["position"].append(np.arange(n)[keep])
         parts["kld"].append(r.kld[keep])
+        parts["kld_bound"].append(r.kld_bound[keep])
         parts["agree"].append(r.agree[keep])
         parts["tie"].append(r.tie[keep])
         for side, values in (("ref_next", r.ref_next), ("tgt_next", r.tgt_next)):
@@ -134,6 +141,7 @@ def _statistics(positions: dict, mask: np.ndarray) -> dict[str, Any]:
     has_next = np.isfinite(ref_next) & np.isfinite(tgt_next)
     ppl_ref, ppl_tgt = m.perplexity(ref_next[has_next]), m.perplexity(tgt_next[has_next])
     summary = {f"kld_{k}": v for k, v in m.kld_summary(kld).items()}
+    summary["kld_mean_lower_bound"] = float(positions["kld_bound"][mask].mean()) if kld.size else None
     summary.update(
         n_positions=int(kld.size),
         top1_agreement=float(agree.mean()) if kld.size else None,
@@ -147,10 +155,11 @@ def _statistics(positions: dict, mask: np.ndarray) -> dict[str, Any]:
     return summary
 
 
-def _bucket(positions: dict, start: int, end: int, checks: list, topk: bool) -> dict[str, Any]:
+def _bucket(positions: dict, start: int, end: int, checks: list, basis: str) -> dict[str, Any]:
     mask = (positions["position"] >= start) & (positions["position"] < end)
     last = int(positions["position"][mask].max()) if mask.any() else end - 1
-    summary = {"start": start, "end": last, **_statistics(positions, mask), "kld_is_lower_bound": topk}
+    summary = {"start": start, "end": last, **_statistics(positions, mask), "kld_basis": basis,
+               "kld_is_lower_bound": basis == "lower bound"}
     result = verdict({**summary, "nonfinite": []}, checks)
     summary.update(status=result["status"] if summary["n_positions"] else "not available",
                    reasons=result["reasons"], notes=result["notes"])

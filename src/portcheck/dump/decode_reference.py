@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from portcheck.dump.compact import Storage
 from portcheck.dump.logits_file import read_dump, write_dump
 from portcheck.engines.base import check_prompt_lengths
 from portcheck.engines.factory import make_engine
@@ -14,14 +15,15 @@ from portcheck.engines.outputs import Generation, PromptScores
 from portcheck.engines.settings import EngineSettings
 from portcheck.env.versions import stack_versions
 from portcheck.errors import PortcheckError
-from portcheck.model.checkpoint import model_sha, tokenizer_sha
+from portcheck.model.checkpoint import load_model_config, model_sha, text_settings, tokenizer_sha
 from portcheck.targets import parse_target
 
 ROW_FIELDS = ("logits", "topk_ids", "topk_logprobs", "token_logprobs")
 
 
 def score_decode(reference: str, model_dir: str | Path, settings: EngineSettings, decode_path: str | Path,
-                 out_path: str | Path) -> None:
+                 out_path: str | Path, storage: dict | None = None) -> None:
+    """storage: the config's `logits` storage keys (dump/compact.py), as for the target's decode dump."""
     decoded = read_dump(decode_path)
     spec = decoded.meta.get("decode") or {}
     prompts, tokens = spec.get("prompts"), [list(map(int, g)) for g in decoded.greedy_ids or []]
@@ -45,7 +47,7 @@ def score_decode(reference: str, model_dir: str | Path, settings: EngineSettings
         "prompts_sha": decoded.meta["prompts_sha"], "prompts": [], "decode": spec,
         "scored_for": decoded.meta.get("target"), "full_values": engine.full_values,
         "versions": stack_versions(), "run_seconds": round(time.perf_counter() - started, 3),
-    })
+    }, Storage.from_config(storage or {}, text_settings(load_model_config(model_dir)).get("vocab_size")))
 
 
 def _decode_rows(scores: PromptScores, prompt_length: int) -> PromptScores:

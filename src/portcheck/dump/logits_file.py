@@ -1,12 +1,16 @@
 """The logit dump format: one safetensors file per target, tensors per prompt plus string metadata.
 
-Safetensors (never pickle) so a dump from another machine can be opened without running its code.
+Safetensors (never pickle) so a dump from another machine can be opened without running its code. Written as a
+stream (DumpWriter): each prompt's tensors go to disk as they come, so memory does not grow with the corpus.
 Tensors of prompt i (row t of a prompt = distribution of the token after input_ids[0..t]):
   input_ids.<i>       int64   [T]
   logits.<i>          float32 [T, V]   full dumps
-  topk_ids.<i>        int64   [T, k]   top-k dumps (vLLM gives top-k prompt logprobs)
-  topk_logprobs.<i>   float32 [T, k]
+  topk_ids.<i>        int64   [T, k]   top-k dumps (vLLM gives top-k prompt logprobs); int32 in compact dumps
+  topk_logprobs.<i>   float32 [T, k]   top-k and compact dumps, by decreasing log-prob in compact dumps
   token_logprobs.<i>  float32 [T]      log-prob of input_ids[t+1] at row t; NaN on the last row
+  rest_logmass.<i>    float32 [T]      compact dumps: log of the mass outside the top-k (dump/compact.py)
+  sample_logprobs.<i> float32 [T, s]   compact dumps of whole rows: log-probs at sample_ids
+  sample_ids          int32   [s]      the shared sample of ids (one per dump)
   greedy_ids.<i>      int64   [N]      greedy continuation, if given
   greedy_logprobs.<i> float32 [N]      if the engine gave them
 """
@@ -14,16 +18,19 @@ Tensors of prompt i (row t of a prompt = distribution of the token after input_i
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
 
 from portcheck.atomic import atomic_path
+from portcheck.dump.compact import Storage, compact_scores, sample_ids
 from portcheck.engines.outputs import Generation, PromptScores
 from portcheck.errors import PortcheckError
 from portcheck.targets import parse_target
@@ -33,15 +40,18 @@ FORMAT_VERSION = "1"
 IDENTITY_KEYS = ("model_sha", "tokenizer_sha", "prompts_sha")
 REQUIRED_META = ("target", "device", "engine", "dtype") + IDENTITY_KEYS
 RESERVED_META = ("format", "format_version", "kind", "num_prompts", "json_keys")
-KINDS = ("full", "topk")
+KINDS = ("full", "topk", "compact")
 
-_I64, _F32 = "I64", "F32"
-_NUMPY_DTYPE = {_I64: np.int64, _F32: np.float32}
+_I64, _I32, _F32 = "I64", "I32", "F32"
+_NUMPY_DTYPE = {_I64: np.int64, _I32: np.int32, _F32: np.float32}
 # name prefix -> (dtype, rank) of each per-prompt tensor, by dump kind
 _SCORE_TENSORS = {
     "full": {"logits": (_F32, 2)},
     "topk": {"topk_ids": (_I64, 2), "topk_logprobs": (_F32, 2), "token_logprobs": (_F32, 1)},
+    "compact": {"topk_ids": (_I32, 2), "topk_logprobs": (_F32, 2), "token_logprobs": (_F32, 1),
+                "rest_logmass": (_F32, 1)},
 }
+_SAMPLE = "sample_logprobs"  # compact dumps of whole rows: [T, s] per prompt, with one sample_ids [s]
 _GREEDY_TENSORS = {"greedy_ids": (_I64, 1), "greedy_logprobs": (_F32, 1)}
 _REDUMP = "delete it and rerun the dump rule"
 
@@ -53,7 +63,7 @@ class Dump:
 
     path: Path | None
     meta: dict[str, Any]
-    kind: str  # "full" | "topk"
+    kind: str  # "full" | "topk" | "compact"
     input_ids: list[np.ndarray]
     logits: Sequence[np.ndarray] | None = None
     topk_ids: Sequence[np.ndarray] | None = None
@@ -61,7 +71,10 @@ class Dump:
     token_logprobs: Sequence[np.ndarray] | None = None
     greedy_ids: Sequence[np.ndarray] | None = None
     greedy_logprobs: Sequence[np.ndarray | None] | None = None
-    width: int = 0  # V for full dumps, k for top-k dumps
+    rest_logmass: Sequence[np.ndarray] | None = None
+    sample_logprobs: Sequence[np.ndarray] | None = None
+    sample_ids: np.ndarray | None = None
+    width: int = 0  # V for full dumps, k for top-k and compact dumps
 
     @property
     def name(self) -> str:
@@ -95,21 +108,75 @@ class _LazyTensors(Sequence):
 # ---------------------------------------------------------------- writing
 
 
-def write_dump(
-    path: str | Path, scores: list[PromptScores], greedy: list[Generation] | None, meta: dict[str, Any]
-) -> None:
-    """Write a dump atomically: the file exists complete or not at all."""
-    kind = _kind_of(scores)
-    tensors = _score_tensors(scores, kind)
-    if greedy:
-        if len(greedy) != len(scores):
-            raise PortcheckError(f"{path}: {len(greedy)} greedy continuations for {len(scores)} prompts")
-        tensors.update(_greedy_tensors(greedy))
-    layout = {name: (tuple(a.shape), _dtype_code(a)) for name, a in tensors.items()}
-    _check_layout(Path(path), kind, len(scores), layout)
-    header = _encode_meta(path, meta, kind, len(scores))
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+def write_dump(path: str | Path, scores: Iterable[PromptScores], greedy: list[Generation] | None,
+               meta: dict[str, Any], storage: Storage | None = None) -> None:
+    """Write a dump atomically: the file exists complete or not at all. storage: compact records for whole rows."""
+    writer = DumpWriter(path, storage)
+    for prompt_scores in scores:
+        writer.add(prompt_scores)
+    writer.close(meta, greedy)
+
+
+class DumpWriter:
+    """A dump written prompt by prompt: tensors go to an anonymous data file as they are added (whole rows reduced
+    to compact records first when storage says so); close() validates the layout and writes the safetensors file
+    (header, then the data copied over) atomically. Nothing is written if close() is never reached."""
+
+    def __init__(self, path: str | Path, storage: Storage | None = None):
+        self.path = Path(path)
+        self.storage = storage or Storage()
+        self.kind: str | None = None
+        self.count = 0
+        self.sample: np.ndarray | None = None
+        self.layout: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._entries: dict[str, dict[str, Any]] = {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._data = tempfile.TemporaryFile(dir=self.path.parent)
+
+    def add(self, scores: PromptScores) -> None:
+        if self.storage.compact and self.storage.sample and scores.logits is not None and self.sample is None:
+            self.sample = sample_ids(scores.logits.shape[1], self.storage.sample)
+        stored = compact_scores(scores, self.storage, self.sample)
+        kind = _kind_of([stored])
+        if self.kind not in (None, kind):
+            raise PortcheckError(f"{self.path}: prompt {self.count} has {kind} scores, the prompts before it "
+                                 f"{self.kind}")
+        self.kind = kind
+        for name, array in _prompt_tensors(stored, self.count, kind).items():
+            self._put(name, array)
+        self.count += 1
+
+    def close(self, meta: dict[str, Any], greedy: list[Generation] | None = None) -> None:
+        try:
+            if self.kind is None:
+                raise PortcheckError("no prompt scores to write: the prompt set is empty")
+            if greedy:
+                if len(greedy) != self.count:
+                    raise PortcheckError(f"{self.path}: {len(greedy)} greedy continuations for {self.count} prompts")
+                for name, array in _greedy_tensors(greedy).items():
+                    self._put(name, array)
+            if self.sample is not None:
+                self._put("sample_ids", _as(self.sample, _I32))
+            _check_layout(self.path, self.kind, self.count, self.layout)
+            self._write(_encode_meta(self.path, meta, self.kind, self.count))
+        finally:
+            self._data.close()
+
+    def _put(self, name: str, array: np.ndarray) -> None:
+        begin = self._data.tell()
+        self._data.write(np.ascontiguousarray(array).tobytes())
+        code = _dtype_code(array)
+        self.layout[name] = (tuple(array.shape), code)
+        self._entries[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [begin, self._data.tell()]}
+
+    def _write(self, metadata: dict[str, str]) -> None:
+        header = json.dumps({"__metadata__": metadata, **self._entries}, separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 8)  # safetensors aligns the data to 8 bytes
+        self._data.seek(0)
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as out:
+            out.write(struct.pack("<Q", len(header)))
+            out.write(header)
+            shutil.copyfileobj(self._data, out, 1 << 20)
 
 
 def _kind_of(scores: list[PromptScores]) -> str:
@@ -118,19 +185,19 @@ def _kind_of(scores: list[PromptScores]) -> str:
     if all(s.logits is not None for s in scores):
         return "full"
     if all(s.topk_ids is not None and s.topk_logprobs is not None and s.token_logprobs is not None for s in scores):
-        return "topk"
+        return "compact" if all(s.rest_logmass is not None for s in scores) else "topk"
     raise PortcheckError(
         "every prompt needs either full logits, or topk_ids + topk_logprobs + token_logprobs, "
         "and all prompts of a dump the same kind"
     )
 
 
-def _score_tensors(scores: list[PromptScores], kind: str) -> dict[str, np.ndarray]:
-    tensors = {}
-    for i, s in enumerate(scores):
-        tensors[f"input_ids.{i}"] = _as(s.input_ids, _I64)
-        for prefix, (code, _rank) in _SCORE_TENSORS[kind].items():
-            tensors[f"{prefix}.{i}"] = _as(getattr(s, prefix), code)
+def _prompt_tensors(s: PromptScores, i: int, kind: str) -> dict[str, np.ndarray]:
+    tensors = {f"input_ids.{i}": _as(s.input_ids, _I64)}
+    for prefix, (code, _rank) in _SCORE_TENSORS[kind].items():
+        tensors[f"{prefix}.{i}"] = _as(getattr(s, prefix), code)
+    if kind == "compact" and s.sample_logprobs is not None:
+        tensors[f"{_SAMPLE}.{i}"] = _as(s.sample_logprobs, _F32)
     return tensors
 
 
@@ -148,7 +215,7 @@ def _as(values, code: str) -> np.ndarray:
 
 
 def _dtype_code(array: np.ndarray) -> str:
-    return {np.dtype(np.int64): _I64, np.dtype(np.float32): _F32}[array.dtype]
+    return {np.dtype(np.int64): _I64, np.dtype(np.int32): _I32, np.dtype(np.float32): _F32}[array.dtype]
 
 
 def _encode_meta(path, meta: dict[str, Any], kind: str, num_prompts: int) -> dict[str, str]:
@@ -194,7 +261,12 @@ def read_dump(path: str | Path) -> Dump:
         lazy["greedy_ids"] = _LazyTensors(path, [f"greedy_ids.{i}" for i in range(n)])
         names = [f"greedy_logprobs.{i}" if f"greedy_logprobs.{i}" in layout else None for i in range(n)]
         lazy["greedy_logprobs"] = _LazyTensors(path, names)
-    return Dump(path=path, meta=meta, kind=kind, input_ids=input_ids, width=width, **lazy)
+    sample = None
+    if "sample_ids" in layout:
+        lazy[_SAMPLE] = _LazyTensors(path, [f"{_SAMPLE}.{i}" for i in range(n)])
+        with safe_open(path, framework="np") as f:
+            sample = f.get_tensor("sample_ids").astype(np.int64)
+    return Dump(path=path, meta=meta, kind=kind, input_ids=input_ids, width=width, sample_ids=sample, **lazy)
 
 
 def read_dump_meta(path: str | Path) -> dict[str, Any]:
@@ -262,6 +334,8 @@ def _check_layout(path: Path, kind: str, num_prompts: int, layout: dict) -> int:
                 widths.add(shape[1])
         if has_greedy:
             _check_greedy(path, layout, i)
+    if "sample_ids" in layout:
+        _check_sample(path, layout, num_prompts)
     if len(widths) != 1:
         raise PortcheckError(f"{path}: score tensors have differing widths {sorted(widths)}; {_REDUMP}")
     return widths.pop()
@@ -275,6 +349,15 @@ def _check_greedy(path: Path, layout: dict, i: int) -> None:
             raise PortcheckError(
                 f"{path}: greedy_logprobs.{i} has {n_logprobs} values for {length} greedy tokens; {_REDUMP}"
             )
+
+
+def _check_sample(path: Path, layout: dict, num_prompts: int) -> None:
+    (count,) = _expect(path, layout, "sample_ids", _I32, 1)
+    for i in range(num_prompts):
+        rows, width = _expect(path, layout, f"{_SAMPLE}.{i}", _F32, 2)
+        if width != count or rows != layout[f"input_ids.{i}"][0][0]:
+            raise PortcheckError(f"{path}: {_SAMPLE}.{i} has shape {[rows, width]}, expected "
+                                 f"[{layout[f'input_ids.{i}'][0][0]}, {count}]; {_REDUMP}")
 
 
 def _expect(path: Path, layout: dict, name: str, code: str, rank: int) -> tuple[int, ...]:

@@ -14,9 +14,10 @@ from portcheck.model.checkpoint import load_model_config, model_sha, text_settin
 from portcheck.dump.corpus import cut_windows
 from portcheck.dump.layers_file import write_layers
 from portcheck.engines.layer_hooks import check_layer_indices
-from portcheck.dump.logits_file import first_difference, write_dump
+from portcheck.dump.compact import Storage
+from portcheck.dump.logits_file import DumpWriter, first_difference, write_dump
 from portcheck.engines.factory import make_engine
-from portcheck.engines.outputs import DecodeScores, Generation, PromptScores
+from portcheck.engines.outputs import DecodeScores, Generation
 from portcheck.engines.settings import EngineSettings
 from portcheck.engines.base import check_prompt_lengths
 from portcheck.env.versions import stack_versions
@@ -106,13 +107,16 @@ def run_target(
     decode: dict | None = None,
     layers: dict | None = None,
     modes: dict | None = None,
+    storage: dict | None = None,
 ) -> None:
     """Write outputs["logits"], ["adaptation"], and where given ["determinism"], ["samples"], ["corpus"],
     ["decode"]. corpus: {"text", "path", "sha256", "window_length", "windows"}: long-context windows scored in
     the same engine start. decode: {"prompts": N, "max_tokens": n}: the first N prompts decoded greedily.
     layers: {"windows": N, "indices": [...] | None}: the decoder layers' outputs on the prompts and the first N
     corpus windows. modes: the config's `modes` plus "corpus_text": the mode workload decoded in this (base)
-    configuration, outputs["modes_base"], for the mode runs to be set against."""
+    configuration, outputs["modes_base"], for the mode runs to be set against. storage: the config's `logits`
+    (storage, full_max_vocab, compact_topk, compact_sample) for the corpus, decode and mode dumps; the seed
+    prompts' dump keeps whole rows (msprobe's tensor metrics need them)."""
     target = parse_target(target_name)
     tokenizer = load_tokenizer(model_dir, settings.trust_remote_code)
     prompt_ids = tokenize(tokenizer, prompts)
@@ -120,6 +124,7 @@ def run_target(
     check_prompt_lengths(prompt_ids, settings.max_model_len, prompts, new_tokens=longest_generation)
     model_text = text_settings(load_model_config(model_dir))
     check_topk(target, settings, model_text.get("vocab_size"))
+    stored = Storage.from_config(storage or {}, model_text.get("vocab_size"))
     windows = corpus_windows(tokenizer, corpus, settings.max_model_len) if corpus else None
     if layers:
         check_layers(layers.get("indices"), model_text, model_dir)
@@ -144,7 +149,7 @@ def run_target(
             samples_result = generate_samples(engine, prompt_ids, prompts, tokenizer, samples)
         # Last, so the artifacts above (and the adaptation's kernel call counts) are what they were without them.
         corpus_started = time.perf_counter()
-        corpus_scores = engine.score(windows) if windows else None
+        corpus_writer = score_windows(engine, windows, outputs.get("corpus"), stored)
         corpus_seconds = time.perf_counter() - corpus_started
         decode_started = time.perf_counter()
         decoded = engine.decode(decode_prompts, decode["max_tokens"]) if decode else None
@@ -168,7 +173,7 @@ def run_target(
     if samples:
         write_json(outputs["samples"], {"target": target_name, **samples_result})
     if windows:
-        write_corpus_dump(outputs["corpus"], corpus_scores, {**meta, "run_seconds": round(corpus_seconds, 3)}, corpus)
+        write_corpus_dump(corpus_writer, {**meta, "run_seconds": round(corpus_seconds, 3)}, corpus)
     if layers:
         write_layers(outputs["layers"], captured, state_sequences=int(layers.get("state_sequences", 1)), meta={
             "target": target_name, "model_sha": meta["model_sha"],
@@ -177,23 +182,35 @@ def run_target(
         })
     if decoded:
         write_decode_dump(outputs["decode"], decoded, {**meta, "run_seconds": round(decode_seconds, 3)},
-                          decode["max_tokens"])
+                          decode["max_tokens"], stored)
     if modes:
         write_decode_dump(outputs["modes_base"], modes_base, {**meta, "mode": "base", "run": f"{target_name}+base",
                                                               "run_seconds": round(modes_seconds, 3)},
-                          int(modes["max_tokens"]))
+                          int(modes["max_tokens"]), stored)
 
 
-def write_corpus_dump(path, scores: list[PromptScores], meta: dict, corpus: dict) -> None:
+def score_windows(engine, windows: list[list[int]] | None, path, storage: Storage) -> DumpWriter | None:
+    """The corpus windows scored one at a time into a streamed dump: memory holds one window's rows, whatever the
+    corpus length (at 248,320 ids one 511-token window is ~0.5 GB as float32)."""
+    if not windows:
+        return None
+    writer = DumpWriter(path, storage)
+    for window in windows:
+        writer.add(engine.score([window])[0])
+    return writer
+
+
+def write_corpus_dump(writer: DumpWriter, meta: dict, corpus: dict) -> None:
     """The corpus windows' scores as a dump identified by the corpus text (its sha256 is the prompts_sha)."""
-    write_dump(path, scores, None, {
+    writer.close({
         **meta, "prompts": [], "prompts_sha": corpus["sha256"], "greedy_text": [], "greedy_tokens": [],
         "corpus": {"path": corpus["path"], "sha256": corpus["sha256"], "window_length": corpus["window_length"],
                    "windows": corpus["windows"]},
     })
 
 
-def write_decode_dump(path, decoded: list[DecodeScores], meta: dict, max_tokens: int) -> None:
+def write_decode_dump(path, decoded: list[DecodeScores], meta: dict, max_tokens: int,
+                      storage: Storage | None = None) -> None:
     """The decode steps as a dump: rows are steps, the greedy tokens ride along, and the prompts (token ids) are in
     the metadata so that the reference can score prompt + tokens teacher-forced (rule score_decode)."""
     prompts = [d.prompt for d in decoded]
@@ -201,7 +218,7 @@ def write_decode_dump(path, decoded: list[DecodeScores], meta: dict, max_tokens:
         **meta, "prompts": [], "greedy_text": [], "greedy_tokens": [],
         "prompts_sha": sha256_text(json.dumps([prompts, [d.tokens for d in decoded]])),
         "decode": {"prompts": prompts, "max_tokens": max_tokens},
-    })
+    }, storage)
 
 
 def check_topk(target, settings: EngineSettings, vocab: int | None) -> None:

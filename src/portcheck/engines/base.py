@@ -38,9 +38,10 @@ class Engine(abc.ABC):
         """Continuations of a batch of prompts; temperature 0 is greedy."""
 
     @abc.abstractmethod
-    def decode(self, prompts: list[list[int]], max_new_tokens: int) -> list[DecodeScores]:
+    def decode(self, prompts: list[list[int]], max_new_tokens: int, together: bool = False) -> list[DecodeScores]:
         """Greedy continuations through the engine's decode path, with every step's distribution (what the decode
-        kernels computed), for the reference to score teacher-forced."""
+        kernels computed), for the reference to score teacher-forced. together: all prompts in one batch, whatever
+        the engine would otherwise do (the batch mode); engines that decode one prompt at a time ignore it."""
 
     def layer_states(self, prompts: list[list[int]], indices: list[int] | None = None) -> LayerStates:
         """Per prompt the output of each decoder layer in `indices` (None: all) and of the final norm, and each

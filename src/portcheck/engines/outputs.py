@@ -11,7 +11,8 @@ import numpy as np
 
 @dataclass
 class PromptScores:
-    """Scores of one teacher-forced prompt: full logits, or top-k log-probs (vLLM)."""
+    """Scores of one teacher-forced prompt: full logits, top-k log-probs (vLLM), or compact records (top-k plus
+    rest_logmass and, optionally, sample_logprobs: dump/compact.py)."""
 
     input_ids: np.ndarray  # int64 [T]
     logits: np.ndarray | None = None  # float32 [T, V]
@@ -19,6 +20,8 @@ class PromptScores:
     topk_logprobs: np.ndarray | None = None  # float32 [T, k]
     # log-prob of the actual next token input_ids[t+1] at row t; the last row has none (NaN)
     token_logprobs: np.ndarray | None = None  # float32 [T]
+    rest_logmass: np.ndarray | None = None  # float32 [T]: log of the mass outside the top-k
+    sample_logprobs: np.ndarray | None = None  # float32 [T, s]: log-probs at the dump's sample_ids
 
 
 @dataclass

@@ -23,6 +23,9 @@ MODES = {
                "prompts are longer",
     "mtp": "speculative decoding with the model's MTP head (modes.spec_tokens draft tokens). Proof: vLLM's "
            "spec-decode counters (drafts, accepted tokens)",
+    "batch": "the workload's sequences decoded in one batch of modes.batch_size (with other prompts after the same "
+             "prefix), and each alone in the same engine start. Proof: the worker counted decode passes of "
+             "batch_size tokens (one step of every sequence) in the batch and of 1 token alone",
 }
 # The {mode} wildcard of the mode rules (the base run, "base", is dump_logits' and never matches).
 MODE_PATTERN = "|".join(re.escape(mode) for mode in MODES)
@@ -85,6 +88,8 @@ def mode_settings(settings: EngineSettings, mode: str, modes: dict) -> EngineSet
         changes["max_num_batched_tokens"] = int(modes["chunk_tokens"])
     elif mode == "mtp":
         engine["speculative_config"] = {"method": "mtp", "num_speculative_tokens": int(modes["spec_tokens"])}
+    elif mode == "batch" and settings.max_num_seqs and settings.max_num_seqs < int(modes["batch_size"]):
+        changes["max_num_seqs"] = int(modes["batch_size"])  # else vLLM would split the batch
     return dataclasses.replace(settings, **changes, extra={**settings.extra, "vllm_kwargs": engine})
 
 

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from portcheck.artifacts import read_artifact
+from portcheck.compare import compact as c
 from portcheck.compare import metrics as m
-from portcheck.compare.compare import json_ready
+from portcheck.compare.compare import json_ready, kld_basis
 from portcheck.compare.positions import compare_by_position, position_verdict, ratio_check
 from portcheck.dump.logits_file import Dump, read_dump
 
@@ -30,7 +31,8 @@ def compare_mode_files(paths: dict, thresholds: dict, tie_tolerance: float, posi
     (the base configuration's corpus comparison, compare/<target>.corpus.json)."""
     proof = read_artifact(paths["proof"], "mode_proof")
     head = {key: proof.get(key) for key in ("run", "target", "mode", "description", "proof", "acceptance_rate",
-                                            "mean_accepted_length", "decode_seconds", "workload")}
+                                            "mean_accepted_length", "alone_vs_batch", "decode_seconds",
+                                            "workload")}
     if proof.get("status") != "ran":
         return {**head, "status": "not run", "reason": proof.get("proof")}
     mode, base = read_dump(paths["mode"]), read_dump(paths["base"])
@@ -77,8 +79,8 @@ def _mean(comparison: dict) -> tuple[float, float]:
 
 def against_base(base: Dump, mode: Dump) -> dict[str, Any]:
     """The mode's steps against the base's, each sequence up to and including the first step whose greedy token
-    differs (later steps follow other tokens): KLD(base || mode) and top-1 agreement; KLD only where both dumps
-    hold full distributions."""
+    differs (later steps follow other tokens): KLD(base || mode) and top-1 agreement; exact where both dumps hold
+    whole rows, else from compact records (estimate or lower bound: `kld_vs_base_basis`)."""
     first_differences, klds, agree = [], [], []
     for i in range(base.num_prompts):
         base_tokens, mode_tokens = list(map(int, base.greedy_ids[i])), list(map(int, mode.greedy_ids[i]))
@@ -89,10 +91,15 @@ def against_base(base: Dump, mode: Dump) -> dict[str, Any]:
             base_lp, mode_lp = m.log_softmax(base.logits[i][:rows]), m.log_softmax(mode.logits[i][:rows])
             klds.append(m.kld_rows(base_lp, mode_lp))
             agree.append(base_lp.argmax(axis=1) == mode_lp.argmax(axis=1))
+        elif "topk" not in (base.kind, mode.kind):
+            a, b = (records.rows(slice(0, rows)) for records in c.paired_records(base, mode, i))
+            lower, estimate = c.kld_compact(a, b)
+            klds.append(lower if estimate is None else estimate)
+            agree.append(a.topk_ids[:, 0] == b.topk_ids[:, 0])
     kld = np.concatenate(klds) if klds else np.zeros(0)
     return {"tokens_equal": sum(d is None for d in first_differences), "sequences": base.num_prompts,
             "first_difference": first_differences,
             "kld_vs_base_mean": float(kld.mean()) if kld.size else None,
             "kld_vs_base_max": float(kld.max()) if kld.size else None,
             "top1_vs_base": float(np.concatenate(agree).mean()) if agree else None,
-            "steps_compared": int(kld.size)}
+            "steps_compared": int(kld.size), "kld_vs_base_basis": kld_basis(base, mode) if kld.size else None}

@@ -9,50 +9,73 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from portcheck.atomic import write_json
-from portcheck.dump.run import (corpus_windows, dump_meta, load_tokenizer, tokenize, write_corpus_dump,
-                                write_decode_dump)
+from portcheck.dump.compact import Storage
+from portcheck import logprobs as m
+from portcheck.dump.logits_file import first_difference
+from portcheck.dump.run import (corpus_windows, dump_meta, load_tokenizer, score_windows, tokenize,
+                                write_corpus_dump, write_decode_dump)
+from portcheck.engines.outputs import DecodeScores
 from portcheck.engines.factory import make_engine
 from portcheck.engines.settings import EngineSettings
 from portcheck.model.checkpoint import load_model_config, text_settings
 from portcheck.modes.catalog import MODES, check_mode_model, mode_settings, parse_run
-from portcheck.modes.workload import mode_workload
+from portcheck.modes.workload import batch_workload, mode_workload
 from portcheck.targets import parse_target
 
 
 def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings: EngineSettings, corpus_text: str,
-             modes: dict, outputs: dict[str, str | Path], corpus: dict | None = None) -> None:
+             modes: dict, outputs: dict[str, str | Path], corpus: dict | None = None,
+             storage: dict | None = None) -> None:
     """outputs: {"decode": <target>/modes/<mode>.safetensors, "proof": <target>/modes/<mode>.json, and with
     `corpus` (as dump.run.run_target takes it) "corpus": the corpus windows scored teacher-forced in the mode: the
-    prefill path, which chunked prefill and compiled graphs change too (the prefix cache is not read there)}."""
+    prefill path, which chunked prefill and compiled graphs change too (the prefix cache is not read there)}.
+    storage: the config's `logits` storage keys, as for the base run's dumps."""
     run = parse_run(run_name)
     target = parse_target(run.target)
     tokenizer = load_tokenizer(model_dir, settings.trust_remote_code)
-    workload = mode_workload(tokenizer, corpus_text, tokenize(tokenizer, prompts), modes, settings.max_model_len)
-    check_mode_model(run.mode, text_settings(load_model_config(model_dir)), model_dir)
+    prompt_ids = tokenize(tokenizer, prompts)
+    workload = mode_workload(tokenizer, corpus_text, prompt_ids, modes, settings.max_model_len)
+    batch = batch_workload(tokenizer, corpus_text, prompt_ids, modes, settings.max_model_len) \
+        if run.mode == "batch" else None
+    model_text = text_settings(load_model_config(model_dir))
+    check_mode_model(run.mode, model_text, model_dir)
+    stored = Storage.from_config(storage or {}, model_text.get("vocab_size"))
     windows = corpus_windows(tokenizer, corpus, settings.max_model_len) if corpus else None
     engine_settings = mode_settings(settings, run.mode, modes)
     started = time.perf_counter()
     with make_engine(target, model_dir, engine_settings) as engine:
-        passes = engine.count_passes() if run.mode == "chunked" else None
+        passes = engine.count_passes() if run.mode in ("chunked", "batch") else None
         if run.mode == "prefix-cache":
             engine.decode(workload, int(modes["max_tokens"]))  # fills the cache; the second pass reads it
+        if batch:
+            alone = engine.decode(workload, int(modes["max_tokens"]))  # one sequence at a time
+            alone_passes = engine.pass_counts() if passes and passes.get("installed") else passes
+            passes = engine.count_passes()
         decode_started = time.perf_counter()
-        decoded = engine.decode(workload, int(modes["max_tokens"]))
+        if batch:
+            decoded = engine.decode(batch, int(modes["max_tokens"]), together=True)[: len(workload)]
+        else:
+            decoded = engine.decode(workload, int(modes["max_tokens"]))
         decode_seconds = time.perf_counter() - decode_started
         corpus_started = time.perf_counter()
-        corpus_scores = engine.score(windows) if windows else None
+        corpus_writer = score_windows(engine, windows, outputs.get("corpus"), stored)
         corpus_seconds = time.perf_counter() - corpus_started
         evidence = {"cached_tokens": list(engine.cached_tokens), "counters": engine.counters(),
                     "passes": engine.pass_counts() if passes and passes.get("installed") else passes,
                     "compilation": engine.compilation() if run.mode == "graph" else None}
+        if batch:
+            evidence.update(alone_passes=alone_passes, batch_size=len(batch),
+                            alone_vs_batch=alone_vs_batch(alone, decoded))
         adaptation = engine.adaptation()
         timings = dict(engine.timings)
     meta = dump_meta(target, model_dir, prompts, engine_settings, [], tokenizer, adaptation)
     meta.update(target=run.target, mode=run.mode, run=run.name, run_seconds=round(decode_seconds, 3))
-    write_decode_dump(outputs["decode"], decoded, meta, int(modes["max_tokens"]))
+    write_decode_dump(outputs["decode"], decoded, meta, int(modes["max_tokens"]), stored)
     if windows:
-        write_corpus_dump(outputs["corpus"], corpus_scores, {**meta, "run_seconds": round(corpus_seconds, 3)}, corpus)
+        write_corpus_dump(corpus_writer, {**meta, "run_seconds": round(corpus_seconds, 3)}, corpus)
     proof = mode_proof(run.mode, evidence, workload, modes)
     write_json(outputs["proof"], {
         "run": run.name, "target": run.target, "mode": run.mode, "description": MODES[run.mode], **proof,
@@ -63,6 +86,31 @@ def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings:
         "workload": {"prompts": len(workload), "prompt_tokens": [len(w) for w in workload],
                      "prefix_tokens": int(modes["prefix_tokens"]), "max_tokens": int(modes["max_tokens"])},
     })
+
+
+def alone_vs_batch(alone: list[DecodeScores], batched: list[DecodeScores]) -> dict[str, Any]:
+    """Each workload sequence decoded alone against the same sequence decoded in the batch: greedy tokens equal,
+    and the log-prob of each chosen token (up to the first differing token) apart."""
+    firsts, deltas = [], []
+    for a, b in zip(alone, batched):
+        differ = first_difference(a.tokens, b.tokens)
+        firsts.append(differ)
+        common = len(a.tokens) if differ is None else differ
+        deltas.append(np.abs(chosen_logprobs(a)[:common] - chosen_logprobs(b)[:common]))
+    delta = np.concatenate(deltas) if deltas else np.zeros(0)
+    delta = delta[np.isfinite(delta)]
+    return {"sequences": len(firsts), "tokens_equal": sum(d is None for d in firsts), "first_difference": firsts,
+            "max_abs_logprob_delta": float(delta.max()) if delta.size else None,
+            "mean_abs_logprob_delta": float(delta.mean()) if delta.size else None, "steps_compared": int(delta.size)}
+
+
+def chosen_logprobs(decoded: DecodeScores) -> np.ndarray:
+    """The log-prob of the token each step chose (row t's next token is tokens[t])."""
+    tokens = np.asarray(decoded.tokens)
+    scores = decoded.scores
+    if scores.logits is not None:
+        return m.next_token_logprobs(m.log_softmax(scores.logits), tokens)
+    return np.asarray(scores.token_logprobs, dtype=np.float64)[: len(tokens)]
 
 
 def mode_proof(mode: str, evidence: dict, workload: list[list[int]], modes: dict) -> dict[str, Any]:
@@ -87,6 +135,8 @@ def mode_proof(mode: str, evidence: dict, workload: list[list[int]], modes: dict
                        f"up to {longest} tokens: every prefill crossed passes")
         return not_run(f"the longest forward pass held {passes['max_tokens']} tokens for prompts of up to {longest}: "
                        "the prefill was not split")
+    if mode == "batch":
+        return batch_proof(evidence)
     if mode == "mtp":
         drafts, draft_tokens = counters.get("vllm:spec_decode_num_drafts"), counters.get(
             "vllm:spec_decode_num_draft_tokens")
@@ -107,6 +157,28 @@ def mode_proof(mode: str, evidence: dict, workload: list[list[int]], modes: dict
         return not_run(f"compilation mode {mode_name}; the worker's compilation counter saw no graph "
                        f"({facts.get('counter_error') or seen})")
     return not_run(f"no proof defined for mode {mode}")
+
+
+def batch_proof(evidence: dict) -> dict[str, Any]:
+    """Decode passes of batch_size tokens in the batch (one step of every sequence) and of 1 token alone."""
+    batch, alone = evidence.get("passes") or {}, evidence.get("alone_passes") or {}
+    if not (batch.get("installed") and alone.get("installed")):
+        return not_run(f"forward passes not counted: {batch.get('reason') or alone.get('reason') or 'no counter'}")
+    size = int(evidence["batch_size"])
+    together = (batch.get("passes_by_tokens") or {}).get(str(size), 0)
+    single = (alone.get("passes_by_tokens") or {}).get("1", 0)
+    if not (together and single):
+        return not_run(f"no decode pass held all {size} sequences ({batch.get('passes_by_tokens')}) or none held "
+                       f"one alone ({alone.get('passes_by_tokens')})")
+    figures = evidence.get("alone_vs_batch") or {}
+    return ran(f"{together} decode passes held {size} tokens (a step of all {size} sequences), {single} passes "
+               f"held 1 alone; alone vs in the batch: greedy tokens equal in {figures.get('tokens_equal')} of "
+               f"{figures.get('sequences')} sequences, chosen-token log-probs apart by at most "
+               f"{_sci(figures.get('max_abs_logprob_delta'))}", alone_vs_batch=figures)
+
+
+def _sci(value) -> str:
+    return "unknown" if value is None else f"{value:.3g}"
 
 
 def ran(proof: str, **figures) -> dict[str, Any]:

@@ -23,3 +23,12 @@ def mode_workload(tokenizer, corpus_text: str, prompt_ids: list[list[int]], mode
     check_prompt_lengths(workload, max_model_len, [f"mode workload prompt {i}" for i in range(len(workload))],
                          new_tokens=int(modes["max_tokens"]))
     return workload
+
+
+def batch_workload(tokenizer, corpus_text: str, prompt_ids: list[list[int]], modes: dict,
+                   max_model_len: int | None) -> list[list[int]]:
+    """The batch mode's batch: the workload, then the other prompts (cycled) after the same prefix, up to
+    modes.batch_size sequences; its first sequences are the workload's."""
+    size = max(int(modes["batch_size"]), int(modes["prompts"]))
+    cycled = [prompt_ids[i % len(prompt_ids)] for i in range(size)]
+    return mode_workload(tokenizer, corpus_text, cycled, {**modes, "prompts": size}, max_model_len)

@@ -7,7 +7,10 @@ With PORTCHECK_GDN_TEST_NOISE_LAYER=N the rebound forward is also a broken kerne
 seeded Gaussian noise (the output's own standard deviation) to that GDN layer's output. With
 PORTCHECK_GDN_TEST_DROP_INITIAL_STATE=1 the swapped kernel is a prefill that ignores the state it should start
 from (the class of bug vllm-ascend had in its fused prefill): a prefill split into chunks, or one that starts from
-a prefix-cache hit, loses everything before its chunk; a prefill in one piece and the decode steps are exact."""
+a prefix-cache hit, loses everything before its chunk; a prefill in one piece and the decode steps are exact.
+With PORTCHECK_GDN_TEST_BATCH_NOISE=N the rebound forward is a kernel that is wrong only when 3 to N tokens share a
+pass (a decode step of 3 to N sequences: the class of bug a batch-size-dependent kernel choice makes): it adds
+noise of a tenth of the output's standard deviation there; one sequence alone and long prefills are exact."""
 
 from __future__ import annotations
 
@@ -18,6 +21,12 @@ _ORIGINALS: dict = {}
 
 def forward_cpu(self, hidden_states):
     output = _ORIGINALS["forward_cpu"](self, hidden_states)
+    batch_noise = os.environ.get("PORTCHECK_GDN_TEST_BATCH_NOISE")
+    if batch_noise and 2 < hidden_states.shape[0] <= int(batch_noise):
+        import torch
+
+        noise = torch.randn(output.shape, generator=torch.Generator().manual_seed(hidden_states.shape[0]))
+        output = output + (noise * 0.1 * output.float().std()).to(output.dtype)
     noisy = os.environ.get("PORTCHECK_GDN_TEST_NOISE_LAYER")
     if noisy is None or f"layers.{noisy}." not in f"{self.prefix}.":
         return output

@@ -253,9 +253,9 @@ class VLLMEngine(Engine):
         return PromptScores(input_ids=input_ids, topk_ids=topk_ids, topk_logprobs=topk_logprobs,
                             token_logprobs=token_logprobs)
 
-    def decode(self, prompts: list[list[int]], max_new_tokens: int) -> list[DecodeScores]:
+    def decode(self, prompts: list[list[int]], max_new_tokens: int, together: bool = False) -> list[DecodeScores]:
         """Greedy decoding through the engine's decode path (one batch, as served), with each step's log-probs
-        (top-k, or the full vocabulary one prompt at a time to bound vLLM's Python objects)."""
+        (top-k, or the full vocabulary one prompt at a time to bound vLLM's Python objects, unless `together`)."""
         check_prompt_lengths(prompts, self.max_model_len, new_tokens=max_new_tokens)
         k = self.settings.logprobs_topk
         full = k == -1
@@ -263,7 +263,7 @@ class VLLMEngine(Engine):
             max_tokens=int(max_new_tokens), temperature=0.0, logprobs=k, detokenize=False, flat_logprobs=True,
             ignore_eos=True,
         )
-        batches = [[ids] for ids in prompts] if full else [prompts]
+        batches = [[ids] for ids in prompts] if full and not together else [prompts]
         results = []
         self.cached_tokens = []  # per request: prompt tokens vLLM served from its prefix cache
         for batch in batches:

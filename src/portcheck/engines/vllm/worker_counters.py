@@ -1,6 +1,6 @@
 """Inside vLLM's worker: counters that prove an engine mode ran (import-light, like worker_extension).
 - forward passes of the model and the tokens each held (a chunked prefill shows as passes no longer than the
-  chunk while the prompts are longer);
+  chunk while the prompts are longer; a decode step of N sequences as a pass of N tokens);
 - the compilation mode in effect and vLLM's own compilation counter (graphs seen, backend compilations, CUDA
   graphs captured) in this process, where compiled graphs live."""
 
@@ -38,8 +38,9 @@ def pass_counts() -> dict:
     tokens = _PASSES.get("tokens")
     if tokens is None:
         return {"installed": False, "reason": "no pass counter installed"}
+    sizes = sorted(set(tokens))
     return {"installed": True, "passes": len(tokens), "max_tokens": max(tokens, default=0),
-            "tokens": sum(tokens)}
+            "tokens": sum(tokens), "passes_by_tokens": {str(n): tokens.count(n) for n in sizes}}
 
 
 def stop_pass_counter() -> None:

@@ -5,9 +5,12 @@ bucket) where that target ran."""
 
 from __future__ import annotations
 
+import json
+from importlib import resources
+
 from portcheck.report.format import NOT_RUN, UNKNOWN, VERDICT_LABEL, num, pct, sci, table
 from portcheck.report.load import TargetData
-from portcheck.report.sources import cite
+from portcheck.report.sources import cite, every_target
 
 # The bf16 noise floor: the same model in bf16 on the reference's own engine and device.
 FLOOR_TARGET = "cpu-hf-bf16"
@@ -19,7 +22,7 @@ COLUMNS = ("n", "KLD mean ± stderr", "KLD p99", "× bf16 floor", "Top-1 (ties a
 
 def long_context_section(targets: list[TargetData]) -> dict:
     section = by_position_section(targets, "corpus_compare")
-    return {**section, "method": _corpus_method(section["first"])}
+    return {**section, "method": _corpus_method(section["first"]), **_storage_tables(targets)}
 
 
 def decode_section(targets: list[TargetData]) -> dict:
@@ -134,3 +137,74 @@ def _corpus_method(comparison: dict | None) -> dict:
             "windows": comparison.get("windows"), "window_length": comparison.get("window_length"),
             "score_from": comparison.get("score_from"), "bucket": comparison.get("bucket"),
             "positions": (comparison.get("overall") or {}).get("n_positions")}
+
+
+# What `make bench-compact` measured at the real vocabulary (a record shipped with portcheck, not this run's).
+REAL_SHAPE_RECORD = ("portcheck.dump", "data/compact_error_real_shape.json")
+BASIS_LABEL = {"exact": "exact (whole rows)", "estimate": "estimate (compact records)",
+               "lower bound": "lower bound (top-k only)"}
+
+
+def _storage_tables(targets: list[TargetData]) -> dict:
+    """The method note on storage: what each corpus dump holds per position and what its KLD therefore is, and the
+    compact records' KLD against the exact KLD: measured in this run where both dumps hold whole rows, and at the
+    real vocabulary by make bench-compact."""
+    compared = [t for t in targets if t.role == "target" and t.corpus_compare]
+    if not compared:
+        return {"storage": None, "estimator": None}
+    rows, errors = [], []
+    for t in compared:
+        comparison = t.corpus_compare
+        storage = comparison.get("storage") or {}
+        positions = (comparison.get("windows") or 0) * (comparison.get("window_length") or 0)
+        per_position = [f"{storage[k] / positions:,.0f}" if storage.get(k) and positions else UNKNOWN
+                        for k in ("reference_bytes", "target_bytes")]
+        rows.append([t.name, f"{storage.get('reference', UNKNOWN)} / {storage.get('target', UNKNOWN)}",
+                     " / ".join(per_position), BASIS_LABEL.get(comparison.get("kld_basis"), UNKNOWN)])
+        error = storage.get("compact_error")
+        if error:
+            errors.append(_error_row(f"this run: {t.name} vs the reference", error["vocab"], error))
+    source = cite(every_target(compared, "corpus_compare"), "storage", "kld_basis") + "; bytes: file size / positions"
+    record, record_path = _real_shape_record()
+    for regime, figures in (record.get("regimes") or {}).items():
+        errors.append(_error_row(f"real shape, random weights {regime} (bf16 vs fp32, make bench-compact "
+                                 f"{record.get('date', '')})", record.get("vocab"), {
+                                     "positions": figures.get("positions"), "topk": record.get("topk"),
+                                     "sample": record.get("sample"),
+                                     "bytes_per_position": figures.get("compact_file_bytes_per_position"),
+                                     "full_bytes_per_position": figures.get("full_bytes_per_position"),
+                                     "exact_mean": figures.get("exact_kld_mean"),
+                                     "estimate_mean": figures.get("estimate_kld_mean"),
+                                     "estimate_rel_error": figures.get("estimate_rel_error"),
+                                     "lower_bound_mean": figures.get("lower_bound_kld_mean"),
+                                     "lower_bound_rel_error": figures.get("lower_bound_rel_error")}))
+    error_source = cite(every_target(compared, "corpus_compare"), "storage.compact_error")
+    if record:
+        error_source += f"; {cite(record_path, 'regimes')}"
+    header = ["Measured on", "Vocabulary", "Positions", "Top-k + sample ids", "Bytes per position (compact / whole)",
+              "Exact mean KLD", "Estimate (error)", "Lower bound (error)"]
+    return {"storage": table(["Target", "Dumps (reference / target)", "Stored bytes per position", "KLD"], rows,
+                             source),
+            "estimator": table(header, errors, error_source) if errors else None}
+
+
+def _error_row(label: str, vocab, error: dict) -> list[str]:
+    def with_error(value, relative) -> str:
+        if value is None:
+            return "—"
+        return sci(value) if relative is None else f"{sci(value)} ({relative * 100:+.2f}%)"
+
+    bytes_cell = "—" if error.get("bytes_per_position") is None else (
+        f"{error['bytes_per_position']:,.0f} / {error.get('full_bytes_per_position') or 0:,.0f}")
+    return [label, f"{vocab:,}" if vocab else UNKNOWN, str(error.get("positions", "—")),
+            f"{error.get('topk')} + {error.get('sample')}", bytes_cell, sci(error.get("exact_mean")),
+            with_error(error.get("estimate_mean"), error.get("estimate_rel_error")),
+            with_error(error.get("lower_bound_mean"), error.get("lower_bound_rel_error"))]
+
+
+def _real_shape_record() -> tuple[dict, str]:
+    package, name = REAL_SHAPE_RECORD
+    path = resources.files(package) / name
+    if not path.is_file():
+        return {}, ""
+    return json.loads(path.read_text(encoding="utf-8")), f"src/{package.replace('.', '/')}/{name}"

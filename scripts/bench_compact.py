@@ -1,0 +1,145 @@
+"""Compact storage at the real vocabulary (make bench-compact): figures printed and written, nothing asserted.
+
+Qwen3.5-0.8B's weights cannot be downloaded here, so this builds a checkpoint with its text shape (24 layers, hidden
+1024, Gated DeltaNet 16 x 128 heads, 248,320-token vocabulary) from random weights, runs it in fp32 (the reference)
+and bf16 (the target: bf16-level divergence) on random token windows, writes both sides' scores as compact dumps
+(dump/compact.py, the workflow's own writer) and as whole rows, and sets the compact KLD (estimate and lower bound)
+against the exact one. Random weights give near-uniform next-token distributions, unlike a trained model, so the
+logits are also measured scaled (through the final norm, as the embedded model is calibrated) to a peaked regime.
+
+Writes src/portcheck/dump/data/compact_error_real_shape.json, which the report's method note cites.
+
+    python scripts/bench_compact.py [--windows 2 --window-length 256 --topk 256 --sample 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+OUT = ROOT / "src" / "portcheck" / "dump" / "data" / "compact_error_real_shape.json"
+REAL_SHAPE = {  # reference.md section 1: Qwen3.5-0.8B's text_config
+    "hidden_size": 1024, "intermediate_size": 3584, "num_hidden_layers": 24, "num_attention_heads": 8,
+    "num_key_value_heads": 2, "head_dim": 256, "linear_num_key_heads": 16, "linear_num_value_heads": 16,
+    "linear_key_head_dim": 128, "linear_value_head_dim": 128,
+}
+REAL_VOCAB = 248320
+PEAKED_TOP1 = 0.5  # mean top-1 probability of the scaled regime
+
+
+def build_models(seed: int):
+    import torch
+    from transformers.models.qwen3_5 import Qwen3_5ForCausalLM
+
+    from portcheck.model.tiny import tiny_config
+
+    torch.manual_seed(seed)
+    text = tiny_config(REAL_VOCAB, **REAL_SHAPE).text_config
+    model = Qwen3_5ForCausalLM(text).eval()
+    return model, sum(p.numel() for p in model.parameters())
+
+
+def logits_of(model, windows) -> list[np.ndarray]:
+    import torch
+
+    with torch.inference_mode():
+        return [model(input_ids=torch.tensor([w])).logits[0].float().numpy() for w in windows]
+
+
+def scale_logits(model, scale: float) -> None:
+    """As portcheck.model.tiny calibrates: the final RMSNorm computes x_hat * (1 + w), lm_head is linear."""
+    import torch
+
+    norm = model.model.norm.weight
+    with torch.no_grad():
+        norm.copy_((1.0 + norm) * scale - 1.0)
+
+
+def measure(ref_logits, tgt_logits, windows, topk: int, sample: int) -> dict:
+    from portcheck.compare import metrics as m
+    from portcheck.compare.compare import compare_dumps
+    from portcheck.dump.compact import Storage
+    from portcheck.dump.logits_file import read_dump, write_dump
+    from portcheck.engines.outputs import PromptScores
+
+    exact = np.concatenate([m.kld_rows(m.log_softmax(a), m.log_softmax(b)) for a, b in zip(ref_logits, tgt_logits)])
+    top1 = float(np.mean(np.concatenate([np.exp(m.log_softmax(a)).max(axis=1) for a in ref_logits])))
+    storage = Storage(compact=True, topk=topk, sample=sample)
+    folder = Path(tempfile.mkdtemp(prefix="portcheck-compact-"))
+    paths = {}
+    for side, target, rows in (("ref", "cpu-hf-fp32", ref_logits), ("tgt", "cpu-hf-bf16", tgt_logits)):
+        scores = [PromptScores(input_ids=np.asarray(w, np.int64), logits=r) for w, r in zip(windows, rows)]
+        paths[side] = folder / f"{side}.safetensors"
+        started = time.perf_counter()
+        write_dump(paths[side], scores, None, {"target": target, "model_sha": "random", "tokenizer_sha": "random",
+                                                "prompts_sha": "windows"}, storage)
+        paths[side + "_seconds"] = time.perf_counter() - started
+    result = compare_dumps(read_dump(paths["ref"]), read_dump(paths["tgt"]), {}, 0.04)
+    positions = int(exact.size)
+    mean = float(exact.mean())
+    return {
+        "mean_top1_probability": top1, "positions": positions,
+        "exact_kld_mean": mean, "exact_kld_p99": float(np.percentile(exact, 99)),
+        "estimate_kld_mean": result["kld_mean"], "estimate_rel_error": result["kld_mean"] / mean - 1.0,
+        "estimate_kld_p99": result["kld_p99"],
+        "lower_bound_kld_mean": result["kld_mean_lower_bound"],
+        "lower_bound_rel_error": result["kld_mean_lower_bound"] / mean - 1.0,
+        "compact_file_bytes_per_position": paths["ref"].stat().st_size / positions,
+        "full_bytes_per_position": 4 * REAL_VOCAB,
+        "write_seconds_per_position": paths["ref_seconds"] / positions,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, default=2)
+    parser.add_argument("--window-length", type=int, default=256)
+    parser.add_argument("--topk", type=int, default=256)
+    parser.add_argument("--sample", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    import torch
+
+    from portcheck.env.versions import stack_versions
+    from portcheck.model.tiny import _calibration_scale
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    started = time.perf_counter()
+    model, parameters = build_models(args.seed)
+    rng = np.random.default_rng(args.seed)
+    windows = [rng.integers(0, 248044, args.window_length).tolist() for _ in range(args.windows)]
+    regimes = {}
+    reference = logits_of(model, windows)
+    for regime in ("as initialised", f"scaled to mean top-1 {PEAKED_TOP1}"):
+        if regime != "as initialised":
+            scale_logits(model, _calibration_scale([torch.from_numpy(r) for r in reference], PEAKED_TOP1))
+            reference = logits_of(model, windows)
+        target = logits_of(copy.deepcopy(model).to(torch.bfloat16), windows)
+        regimes[regime] = measure(reference, target, windows, args.topk, args.sample)
+        print(regime, json.dumps(regimes[regime], indent=1), flush=True)
+    record = {
+        "what": "compact-storage KLD against the exact KLD, Qwen3.5-0.8B text shape with random weights, "
+                "bf16 vs fp32 on the hf engine (CPU)",
+        "command": "make bench-compact", "date": datetime.date.today().isoformat(),
+        "vocab": REAL_VOCAB, "parameters": parameters, "windows": args.windows, "window_length": args.window_length,
+        "topk": args.topk, "sample": args.sample, "seconds": round(time.perf_counter() - started, 1),
+        "versions": {k: v for k, v in stack_versions().items() if k in ("torch", "transformers", "numpy")},
+        "regimes": regimes,
+    }
+    args.out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
