@@ -207,3 +207,75 @@ def test_run_target_streams_compact_corpus_and_decode_dumps(tiny_model_dir, tmp_
     assert read_dump(decode_reference).kind == "compact"
     decode = compare_by_position(read_dump(decode_reference), read_dump(target["decode"]), THRESHOLDS, 0.04, CHUNKS)
     assert decode["kld_basis"] == "estimate" and decode["overall"]["n_positions"] == 16
+
+
+class _TopkOnlyEngine:
+    """An engine whose worker cannot make compact records (as vLLM in graph mode): the dump keeps its top-k."""
+
+    vocab_size = 300
+    settings = type("Settings", (), {"logprobs_topk": 4})()
+
+    def score_compact(self, prompts, topk, sample):
+        return None, "graph mode (enforce_eager off): the final-norm hook would not run"
+
+    def score(self, prompts):
+        ids = np.asarray(prompts[0])
+        return [PromptScores(ids, topk_ids=np.tile(np.arange(4), (len(ids), 1)),
+                             topk_logprobs=np.full((len(ids), 4), -2.0, np.float32),
+                             token_logprobs=np.full(len(ids), -2.0, np.float32))]
+
+
+def test_an_engine_that_cannot_make_compact_records_keeps_its_topk_and_says_why(tmp_path):
+    from portcheck.dump.run import score_windows
+
+    path = tmp_path / "corpus.safetensors"
+    writer = score_windows(_TopkOnlyEngine(), [[1, 2, 3], [4, 5]], path, Storage(compact=True))
+    writer.close({**META, "target": "cpu-vllm-bf16"})
+    dump = read_dump(path)
+    assert dump.kind == "topk" and "graph mode" in dump.meta["compact_fallback"]
+
+
+@pytest.mark.vllm
+def test_vllm_makes_compact_records_in_its_worker(tiny_model_dir, tmp_path):
+    """vLLM gives the driver top-k log-probs only; its worker reduces every whole row to the compact record. The
+    records agree with vLLM's own full-vocabulary log-probs, and against the hf fp32 reference they estimate the
+    KLD that vLLM's full rows give exactly."""
+    from portcheck.config import DEFAULT_CORPUS, read_corpus_text
+    from portcheck.dump.corpus import cut_windows
+    from portcheck.dump.run import load_tokenizer
+    from portcheck.engines.factory import make_engine
+    from portcheck.engines.settings import EngineSettings
+    from portcheck.targets import parse_target
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    windows = cut_windows(tokenizer(read_corpus_text(DEFAULT_CORPUS))["input_ids"], 200, 2)
+    settings = EngineSettings(max_model_len=512, logprobs_topk=-1, extra={"log_file": str(tmp_path / "engine.log")})
+    with make_engine(parse_target("cpu-vllm-bf16"), tiny_model_dir, settings) as engine:
+        # vLLM's own log-probs of the whole vocabulary, a window at a time as the worker's records are made
+        full = [engine.score([window])[0] for window in windows]
+        sample = sample_ids(engine.vocab_size, 128)
+        records, reason = engine.score_compact(windows, 64, sample)
+    with make_engine(parse_target("cpu-hf-fp32"), tiny_model_dir, EngineSettings(threads=1)) as reference:
+        reference_rows = reference.score(windows)
+    assert reason == "" and len(records) == 2
+    for whole, record in zip(full, records):
+        rows = m.log_softmax(whole.logits)
+        expected = reduce_logprobs(rows, 64, sample)
+        # the same top-1, or one the full row ties with it (bf16 logits make exact ties)
+        at_record_top1 = rows[np.arange(len(rows)), record.topk_ids[:, 0]]
+        np.testing.assert_allclose(at_record_top1, rows.max(axis=1), atol=1e-6)
+        np.testing.assert_allclose(record.topk_logprobs[:, :5], expected.topk_logprobs[:, :5], atol=1e-4)
+        np.testing.assert_allclose(record.sample_logprobs, expected.sample_logprobs, atol=1e-4)
+        np.testing.assert_allclose(record.token_logprobs[:-1], whole.token_logprobs[:-1], atol=1e-4)
+    paths = {name: tmp_path / f"{name}.safetensors" for name in ("ref", "full", "compact")}
+    write_dump(paths["ref"], reference_rows, None, {**META, "target": "cpu-hf-fp32"})
+    write_dump(paths["full"], full, None, {**META, "target": "cpu-vllm-bf16"})
+    writer = DumpWriter(paths["compact"], Storage(compact=True, topk=64))
+    writer.sample = sample
+    for record in records:
+        writer.add(record)
+    writer.close({**META, "target": "cpu-vllm-bf16"})
+    exact = compare_dumps(read_dump(paths["ref"]), read_dump(paths["full"]), THRESHOLDS, 0.04)
+    estimated = compare_dumps(read_dump(paths["ref"]), read_dump(paths["compact"]), THRESHOLDS, 0.04)
+    assert estimated["kld_basis"] == "estimate" and exact["kld_basis"] == "exact"
+    assert estimated["kld_mean"] == pytest.approx(exact["kld_mean"], rel=0.05)

@@ -128,6 +128,7 @@ class DumpWriter:
         self.kind: str | None = None
         self.count = 0
         self.sample: np.ndarray | None = None
+        self.fallback_reason = ""  # why an engine could not make compact records (its top-k was stored)
         self.layout: dict[str, tuple[tuple[int, ...], str]] = {}
         self._entries: dict[str, dict[str, Any]] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +159,8 @@ class DumpWriter:
             if self.sample is not None:
                 self._put("sample_ids", _as(self.sample, _I32))
             _check_layout(self.path, self.kind, self.count, self.layout)
+            if self.fallback_reason:
+                meta = {**meta, "compact_fallback": self.fallback_reason}
             self._write(_encode_meta(self.path, meta, self.kind, self.count))
         finally:
             self._data.close()

@@ -14,7 +14,7 @@ from portcheck.model.checkpoint import load_model_config, model_sha, text_settin
 from portcheck.dump.corpus import cut_windows
 from portcheck.dump.layers_file import write_layers
 from portcheck.engines.layer_hooks import check_layer_indices
-from portcheck.dump.compact import Storage
+from portcheck.dump.compact import Storage, sample_ids
 from portcheck.dump.logits_file import DumpWriter, first_difference, write_dump
 from portcheck.engines.factory import make_engine
 from portcheck.engines.outputs import DecodeScores, Generation
@@ -191,10 +191,19 @@ def run_target(
 
 def score_windows(engine, windows: list[list[int]] | None, path, storage: Storage) -> DumpWriter | None:
     """The corpus windows scored one at a time into a streamed dump: memory holds one window's rows, whatever the
-    corpus length (at 248,320 ids one 511-token window is ~0.5 GB as float32)."""
+    corpus length (at 248,320 ids one 511-token window is ~0.5 GB as float32). A vLLM engine that returns only
+    top-k log-probs makes compact records in its worker instead (VLLMEngine.score_compact), where it can."""
     if not windows:
         return None
     writer = DumpWriter(path, storage)
+    if storage.compact and getattr(engine, "score_compact", None) and engine.settings.logprobs_topk != -1:
+        sample = sample_ids(engine.vocab_size, storage.sample) if storage.sample else None
+        records, writer.fallback_reason = engine.score_compact(windows, storage.topk, [] if sample is None else sample)
+        if records is not None:
+            writer.sample = sample
+            for record in records:
+                writer.add(record)
+            return writer
     for window in windows:
         writer.add(engine.score([window])[0])
     return writer

@@ -46,6 +46,9 @@ FULL_VOCAB_MAX_ENTRIES = 20_000_000
 EXTRA_KEYS = ("vllm_kwargs", "log_file", "ignore_eos", "full_vocab_max_entries")
 
 
+# The compact record's fields as the worker writes them (worker_logits) and PromptScores holds them.
+COMPACT_FIELDS = ("topk_ids", "topk_logprobs", "rest_logmass", "sample_logprobs", "token_logprobs")
+
 class VLLMEngine(Engine):
     full_values = "logprobs"
     """vllm.LLM behind the Engine interface. Scores are top-k log-probs (settings.logprobs_topk), or with
@@ -303,6 +306,34 @@ class VLLMEngine(Engine):
                 states = None if facts["gdn_reason"] else [f.get_tensor(f"state.{i}") for i in range(len(hidden))]
         return LayerStates(hidden, indices=started["indices"], gdn_states=states, gdn_layers=facts["gdn_layers"],
                            gdn_state_dtype=facts["gdn_state_dtype"], gdn_reason=facts["gdn_reason"])
+
+    def score_compact(self, prompts: list[list[int]], topk: int, sample_ids) -> tuple[list[PromptScores] | None, str]:
+        """Teacher-forced scores as compact records (dump/compact.py) made in the worker from every position's whole
+        distribution (worker_logits), one sequence per step with prompt log-probs so that no position is served
+        from a cache. (None, why) where the worker cannot make them (graph mode): the caller falls back to top-k."""
+        check_prompt_lengths(prompts, self.max_model_len, new_tokens=1)
+        sample = [int(i) for i in sample_ids]
+        started = self._rpc("compact records", "portcheck_logits_start", int(topk), sample)
+        if not started.get("ok"):
+            return None, started.get("reason", "")
+        params = _sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        problem = ""
+        for ids in prompts:
+            self._generate("compact records", [ids], params)
+            taken = self._rpc("compact records", "portcheck_logits_take", [int(i) for i in ids])
+            if taken.get("tokens") != len(ids):
+                problem = (f"the worker's final-norm hook saw {taken.get('tokens')} positions of a {len(ids)}-token "
+                           "sequence (positions served from a cache, or padded graphs)")
+                break
+        with tempfile.TemporaryDirectory(prefix="portcheck-compact-") as folder:
+            path = str(Path(folder) / "records.safetensors")
+            facts = self._rpc("compact records", "portcheck_logits_write", path)  # also removes the hook
+            if problem:
+                return None, problem
+            with safe_open(path, framework="np") as f:
+                return [PromptScores(input_ids=np.asarray(ids, dtype=np.int64),
+                                     **{name: f.get_tensor(f"{name}.{i}") for name in COMPACT_FIELDS})
+                        for i, ids in zip(range(facts["sequences"]), prompts)], ""
 
     # -- engine-mode proof: the engine's own counters (modes/run.py) --------------------------------------------
 

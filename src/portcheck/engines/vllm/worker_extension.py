@@ -44,6 +44,22 @@ class PortcheckWorkerExtension:
 
         return worker_layers.write(path)
 
+    def portcheck_logits_start(self, topk: int, sample_ids: list[int]) -> dict:
+        """Compact records of every position's whole distribution from the model's own logits; eager mode only."""
+        from portcheck.engines.vllm import worker_logits
+
+        return worker_logits.start(self, topk, sample_ids)
+
+    def portcheck_logits_take(self, ids: list[int]) -> dict:
+        from portcheck.engines.vllm import worker_logits
+
+        return worker_logits.take(ids)
+
+    def portcheck_logits_write(self, path: str) -> dict:
+        from portcheck.engines.vllm import worker_logits
+
+        return worker_logits.write(path)
+
     def portcheck_count_passes(self) -> dict:
         """Count the model's forward passes and their tokens from now on (engine-mode proof; eager only)."""
         from portcheck.engines.vllm import worker_counters

@@ -31,7 +31,7 @@ def worker_model(worker):
     return model.unwrap() if hasattr(model, "unwrap") else model  # CUDA/ACL graph wrappers
 
 
-def _layer_count(worker) -> int | None:
+def layer_count(worker) -> int | None:
     text_config = getattr(getattr(getattr(worker, "vllm_config", None), "model_config", None), "hf_text_config", None)
     return getattr(text_config, "num_hidden_layers", None)
 
@@ -44,7 +44,7 @@ def start(worker, indices: list[int] | None) -> dict:
         return {"ok": False, "status": "not run", "reason": f"{reason}: forward hooks are traced into the graph, not "
                 "called; set enforce_eager: true on this target to localise a divergence"}
     model = worker_model(worker)
-    found = find_decoder_layers(model, _layer_count(worker)) if model is not None else None
+    found = find_decoder_layers(model, layer_count(worker)) if model is not None else None
     if found is None:
         return {"ok": False, "status": "not determined",
                 "reason": f"no decoder layer list and final norm found in {type(model).__name__} (vLLM worker)"}
