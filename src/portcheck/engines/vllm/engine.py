@@ -19,6 +19,7 @@ import gc
 import math
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -286,24 +287,10 @@ class VLLMEngine(Engine):
         started = self._rpc("per-layer capture", "portcheck_layers_start", indices)
         if not started.get("ok"):
             return LayerStates(None, status=started.get("status", "not run"), reason=started.get("reason", ""))
-        params = _sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        problem = ""
-        for ids in prompts:
-            self._generate("per-layer capture", [ids], params)
-            taken = self._rpc("per-layer capture", "portcheck_layers_take")
-            if taken.get("tokens") != len(ids):
-                problem = taken.get("reason") or (
-                    f"the worker's hooks saw {taken.get('tokens')} positions of a {len(ids)}-token sequence "
-                    "(positions served from a cache, or padded graphs)")
-                break
-        with tempfile.TemporaryDirectory(prefix="portcheck-layers-") as folder:
-            path = str(Path(folder) / "layers.safetensors")
-            facts = self._rpc("per-layer capture", "portcheck_layers_write", path)  # also removes the hooks
-            if problem:
-                return LayerStates(None, status="not determined", reason=problem)
-            with safe_open(path, framework="np") as f:
-                hidden = [f.get_tensor(f"hidden.{i}") for i in range(facts["sequences"])]
-                states = None if facts["gdn_reason"] else [f.get_tensor(f"state.{i}") for i in range(len(hidden))]
+        read, problem = self._one_sequence_per_step("per-layer capture", "portcheck_layers", prompts, _read_layers)
+        if read is None:
+            return LayerStates(None, status="not determined", reason=problem)
+        hidden, states, facts = read
         return LayerStates(hidden, indices=started["indices"], gdn_states=states, gdn_layers=facts["gdn_layers"],
                            gdn_state_dtype=facts["gdn_state_dtype"], gdn_reason=facts["gdn_reason"])
 
@@ -316,24 +303,30 @@ class VLLMEngine(Engine):
         started = self._rpc("compact records", "portcheck_logits_start", int(topk), sample)
         if not started.get("ok"):
             return None, started.get("reason", "")
+        return self._one_sequence_per_step("compact records", "portcheck_logits", prompts,
+                                           partial(_read_records, prompts))
+
+    def _one_sequence_per_step(self, what: str, worker_prefix: str, prompts: list[list[int]], read):
+        """Each prompt run alone (with prompt log-probs, so vLLM's prefix cache cannot skip positions), the worker's
+        <worker_prefix>_take called after each with the prompt's ids, then <worker_prefix>_write to a file that
+        read(safetensors handle, the worker's facts) turns into the result: (result, "") or (None, the problem)."""
         params = _sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
         problem = ""
         for ids in prompts:
-            self._generate("compact records", [ids], params)
-            taken = self._rpc("compact records", "portcheck_logits_take", [int(i) for i in ids])
+            self._generate(what, [ids], params)
+            taken = self._rpc(what, f"{worker_prefix}_take", [int(i) for i in ids])
             if taken.get("tokens") != len(ids):
-                problem = (f"the worker's final-norm hook saw {taken.get('tokens')} positions of a {len(ids)}-token "
-                           "sequence (positions served from a cache, or padded graphs)")
+                problem = taken.get("reason") or (
+                    f"the worker's hooks saw {taken.get('tokens')} positions of a {len(ids)}-token sequence "
+                    "(positions served from a cache, or padded graphs)")
                 break
-        with tempfile.TemporaryDirectory(prefix="portcheck-compact-") as folder:
-            path = str(Path(folder) / "records.safetensors")
-            facts = self._rpc("compact records", "portcheck_logits_write", path)  # also removes the hook
+        with tempfile.TemporaryDirectory(prefix="portcheck-worker-") as folder:
+            path = str(Path(folder) / "captured.safetensors")
+            facts = self._rpc(what, f"{worker_prefix}_write", path)  # also removes the hooks
             if problem:
                 return None, problem
             with safe_open(path, framework="np") as f:
-                return [PromptScores(input_ids=np.asarray(ids, dtype=np.int64),
-                                     **{name: f.get_tensor(f"{name}.{i}") for name in COMPACT_FIELDS})
-                        for i, ids in zip(range(facts["sequences"]), prompts)], ""
+                return read(f, facts), ""
 
     # -- engine-mode proof: the engine's own counters (modes/run.py) --------------------------------------------
 
@@ -541,3 +534,15 @@ def _position(container, index: int) -> tuple[list[int], list[float], list[int |
                 list(container.ranks[start:end]))
     entry = container[index] or {}
     return list(entry.keys()), [v.logprob for v in entry.values()], [v.rank for v in entry.values()]
+
+
+def _read_layers(f, facts: dict) -> tuple[list, list | None, dict]:
+    hidden = [f.get_tensor(f"hidden.{i}") for i in range(facts["sequences"])]
+    states = None if facts["gdn_reason"] else [f.get_tensor(f"state.{i}") for i in range(len(hidden))]
+    return hidden, states, facts
+
+
+def _read_records(prompts: list[list[int]], f, facts: dict) -> list[PromptScores]:
+    return [PromptScores(input_ids=np.asarray(ids, dtype=np.int64),
+                         **{name: f.get_tensor(f"{name}.{i}") for name in COMPACT_FIELDS})
+            for i, ids in zip(range(facts["sequences"]), prompts)]

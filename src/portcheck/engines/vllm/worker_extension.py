@@ -34,7 +34,7 @@ class PortcheckWorkerExtension:
 
         return worker_layers.start(self, indices)
 
-    def portcheck_layers_take(self) -> dict:
+    def portcheck_layers_take(self, _ids: list[int] | None = None) -> dict:
         from portcheck.engines.vllm import worker_layers
 
         return worker_layers.take()
