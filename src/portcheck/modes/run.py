@@ -51,7 +51,7 @@ def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings:
         if run.mode == "prefix-cache":
             engine.decode(workload, int(modes["max_tokens"]))  # fills the cache; the second pass reads it
         if batch:
-            alone = engine.decode(workload, int(modes["max_tokens"]))  # one sequence at a time
+            alone = [engine.decode([ids], int(modes["max_tokens"]))[0] for ids in workload]
             alone_passes = engine.pass_counts() if passes and passes.get("installed") else passes
             passes = engine.count_passes()
         decode_started = time.perf_counter()
