@@ -5,7 +5,8 @@ A record holds, per position (row):
 - the k most likely ids and their log-probs (by decreasing log-prob),
 - the log of the probability mass outside them (exact where the engine had the whole row; 1 - sum for vLLM),
 - the log-probs at a shared sample of ids: the same `sample_ids` in every dump (drawn once from a fixed seed over
-  the vocabulary), so two records can be compared on ids neither would have chosen (engines with whole rows only).
+  the vocabulary), so two records can be compared on ids neither would have chosen (engines with whole rows, and
+  vLLM's worker: engines/vllm/worker_logits.py).
 At k = 256 and 128 sample ids that is 256 x 8 + 128 x 4 + 8 = 2,568 bytes per position, whatever the vocabulary.
 """
 
@@ -41,10 +42,6 @@ class Storage:
         compact = choice == "compact" or (choice == "auto" and vocab is not None
                                           and vocab > int(logits.get("full_max_vocab", 32768)))
         return cls(compact, int(logits.get("compact_topk", 256)), int(logits.get("compact_sample", 128)))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"kind": "compact" if self.compact else "full", "topk": self.topk, "sample": self.sample,
-                "bytes_per_position": bytes_per_position(self.topk, self.sample) if self.compact else None}
 
 
 @dataclass
