@@ -163,21 +163,12 @@ def _storage_tables(targets: list[TargetData]) -> dict:
                      " / ".join(per_position), BASIS_LABEL.get(comparison.get("kld_basis"), UNKNOWN)])
         error = storage.get("compact_error")
         if error:
-            errors.append(_error_row(f"this run: {t.name} vs the reference", error["vocab"], error))
+            errors.append(_error_row(f"this run: {t.name} vs the reference", error))
     source = cite(every_target(compared, "corpus_compare"), "storage", "kld_basis") + "; bytes: file size / positions"
     record, record_path = _real_shape_record()
     for regime, figures in (record.get("regimes") or {}).items():
         errors.append(_error_row(f"real shape, random weights {regime} (bf16 vs fp32, make bench-compact "
-                                 f"{record.get('date', '')})", record.get("vocab"), {
-                                     "positions": figures.get("positions"), "topk": record.get("topk"),
-                                     "sample": record.get("sample"),
-                                     "bytes_per_position": figures.get("compact_file_bytes_per_position"),
-                                     "full_bytes_per_position": figures.get("full_bytes_per_position"),
-                                     "exact_mean": figures.get("exact_kld_mean"),
-                                     "estimate_mean": figures.get("estimate_kld_mean"),
-                                     "estimate_rel_error": figures.get("estimate_rel_error"),
-                                     "lower_bound_mean": figures.get("lower_bound_kld_mean"),
-                                     "lower_bound_rel_error": figures.get("lower_bound_rel_error")}))
+                                 f"{record.get('date', '')})", figures))
     error_source = cite(every_target(compared, "corpus_compare"), "storage.compact_error")
     if record:
         error_source += f"; {cite(record_path, 'regimes')}"
@@ -188,7 +179,8 @@ def _storage_tables(targets: list[TargetData]) -> dict:
             "estimator": table(header, errors, error_source) if errors else None}
 
 
-def _error_row(label: str, vocab, error: dict) -> list[str]:
+def _error_row(label: str, error: dict) -> list[str]:
+    """One row of the estimator table from compare.compact.estimator_error's keys (bench-compact writes the same)."""
     def with_error(value, relative) -> str:
         if value is None:
             return "—"
@@ -196,6 +188,7 @@ def _error_row(label: str, vocab, error: dict) -> list[str]:
 
     bytes_cell = "—" if error.get("bytes_per_position") is None else (
         f"{error['bytes_per_position']:,.0f} / {error.get('full_bytes_per_position') or 0:,.0f}")
+    vocab = error.get("vocab")
     return [label, f"{vocab:,}" if vocab else UNKNOWN, str(error.get("positions", "—")),
             f"{error.get('topk')} + {error.get('sample')}", bytes_cell, sci(error.get("exact_mean")),
             with_error(error.get("estimate_mean"), error.get("estimate_rel_error")),
