@@ -10,7 +10,8 @@ STAMP := $(VENV)/.portcheck-installed
 CORES ?= 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup report test lock clean bench-workflow bench-harness bench-compact
+.PHONY: setup report test test-vllm-matrix lock clean bench-workflow bench-harness bench-compact
+LINES ?= 0.18,0.23,0.32
 
 setup: $(STAMP)
 
@@ -31,6 +32,13 @@ report: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The vLLM lines of requirements/vllm-lines.yaml, each in its own environment (.venv-vllm/<line>): the vLLM tests
+# inside it, then one workflow run with the hf reference here and cpu-vllm-bf16 there; prints a table.
+# LINES=0.18 runs one line (CI runs the seed's line besides make test). tcmalloc: vLLM CPU < 0.32 requires it preloaded.
+test-vllm-matrix: setup
+	dpkg -s libtcmalloc-minimal4 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4; }
+	$(BIN)/python scripts/vllm_matrix.py --lines $(LINES)
 
 lock: setup
 	$(BIN)/uv pip freeze --python $(BIN)/python --exclude-editable > requirements/cpu.lock.txt.new

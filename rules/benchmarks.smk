@@ -21,6 +21,7 @@ rule run_benchmarks:
         settings=target_settings,
         bench={k: v for k, v in config["bench"].items() if k != "consistency_tolerance"},
         stack=stack_params,
+        python_env=target_python_env,
     script:
         "../workflow/scripts/run_benchmarks.py"
 
@@ -58,5 +59,6 @@ rule check_serving:
     params:
         settings=target_settings,
         serve=config["serve"],
+        python_env=target_python_env,
     script:
         "../workflow/scripts/check_serving.py"

@@ -34,6 +34,7 @@ from portcheck.artifacts import (  # noqa: E402
 )
 from portcheck.modes.catalog import MODE_PATTERN, active_runs  # noqa: E402
 from portcheck.errors import PortcheckError  # noqa: E402
+from portcheck.env import python_env  # noqa: E402
 from portcheck.targets import ENGINE_MODULES, TARGET_PATTERN, parse_target  # noqa: E402
 from portcheck.workflow.code_inputs import PACKAGE_DIR, module_closure  # noqa: E402
 from portcheck.workflow.version_params import result_versions  # noqa: E402
@@ -71,6 +72,24 @@ REPORTS = f"reports/{MODEL}"
 REFERENCE = config["reference"]
 TARGETS = enabled_targets(config)
 COMPARED = [t for t in TARGETS if t != REFERENCE]
+
+
+def python_env_dir(target):
+    """The environment whose interpreter runs `target`'s jobs (absolute path); None: the one running snakemake."""
+    env = config["targets"][target]["python_env"]
+    return str(python_env.resolve(env, workflow.basedir)) if env else None
+
+
+# Each target's own Python environment is probed before any job runs (a missing one, or one without the target's
+# stack, fails here naming it and what to install, not after a minute of engine start).
+_env_problems = [
+    problem
+    for target in TARGETS
+    if config["targets"][target]["python_env"]
+    for problem in python_env.problems(target, config["targets"][target]["python_env"], workflow.basedir)
+]
+if _env_problems:
+    raise WorkflowError("invalid config:\n  - " + "\n  - ".join(_env_problems))
 PROMPTS = load_prompts(config, workflow.basedir)
 SERVED = [t for t in TARGETS if parse_target(t).engine == "vllm"]  # the serving check starts `vllm serve`
 CORPUS = config["corpus"]["enabled"]
@@ -196,7 +215,7 @@ def engines_other_than(target):
 
 def fetch_inputs():
     """A download does not depend on the tiny model's code: editing it must not re-download a checkpoint."""
-    if config["model"]["source"] == "tiny":
+    if config["model"]["source"].startswith("tiny"):
         return package_sources("model.acquire") + local(["src/portcheck/model/data/tiny_corpus.txt"])
     return package_sources("model.acquire", exclude=("model.tiny",))
 
@@ -250,5 +269,15 @@ def target_hardware(wildcards):
 
 def stack_params(wildcards):
     """Installed versions that change this target's results (portcheck.workflow.version_params), read on the host that evaluates
-    the workflow: as params, an upgrade reruns exactly the affected targets' jobs (--list-changes params)."""
-    return result_versions(wildcards.target)
+    the workflow (in the target's own Python environment where it has one): as params, an upgrade reruns exactly the
+    affected targets' jobs (--list-changes params)."""
+    return result_versions(wildcards.target, environment=python_env_dir(wildcards.target))
+
+
+def target_python_env(wildcards):
+    return python_env_dir(wildcards.target)
+
+
+# score_decode / score_mode run the reference's engine: in the reference's environment, with its versions.
+REFERENCE_PYTHON_ENV = python_env_dir(REFERENCE)
+REFERENCE_STACK = result_versions(REFERENCE, environment=REFERENCE_PYTHON_ENV)

@@ -28,6 +28,7 @@ rule dump_logits:
         modes=MODE_WORKLOAD if MODE_RUNS else None,
         storage=STORAGE,
         stack=stack_params,
+        python_env=target_python_env,
     script:
         "../workflow/scripts/dump_logits.py"
 
@@ -50,6 +51,7 @@ rule score_decode:
         reference=REFERENCE,
         settings=vars(engine_settings(config, REFERENCE)),
         storage=STORAGE,
-        stack=lambda wildcards: result_versions(REFERENCE),
+        stack=REFERENCE_STACK,
+        python_env=REFERENCE_PYTHON_ENV,
     script:
         "../workflow/scripts/score_decode.py"

@@ -14,5 +14,6 @@ rule capture_env:
         npu=device_resources("npu"),
     params:
         stack=stack_params,
+        python_env=target_python_env,
     script:
         "../workflow/scripts/capture_env.py"

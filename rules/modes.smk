@@ -30,6 +30,7 @@ rule run_mode:
         corpus=CORPUS_WINDOWS,
         storage=STORAGE,
         stack=stack_params,
+        python_env=target_python_env,
     script:
         "../workflow/scripts/run_mode.py"
 
@@ -52,7 +53,8 @@ rule score_mode:
         reference=REFERENCE,
         settings=vars(engine_settings(config, REFERENCE)),
         storage=STORAGE,
-        stack=lambda wildcards: result_versions(REFERENCE),
+        stack=REFERENCE_STACK,
+        python_env=REFERENCE_PYTHON_ENV,
     script:
         "../workflow/scripts/score_decode.py"
 

@@ -16,11 +16,31 @@ WORKFLOW_FILES = ("Snakefile", "rules", "workflow", "config", "reports/templates
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
+# The vLLM line matrix (scripts/vllm_matrix.py) runs the vLLM tests inside each line's environment on a checkpoint
+# built beforehand (an environment with transformers < 5 cannot build Qwen3.5): this names it.
+TEST_MODEL_ENV = "PORTCHECK_TEST_MODEL"
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
+    if os.environ.get(TEST_MODEL_ENV):
+        return Path(os.environ[TEST_MODEL_ENV])
     from portcheck.model.acquire import fetch_model
 
     return fetch_model("tiny", tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+def layer_types(model_dir: Path) -> list[str]:
+    """The checkpoint's layer types (Qwen3.5 nests them in text_config; a dense Qwen3 has full attention only)."""
+    import json
+
+    config = json.loads((model_dir / "config.json").read_text())
+    text = config.get("text_config", config)
+    return list(text.get("layer_types") or ["full_attention"] * text["num_hidden_layers"])
+
+
+def has_gdn(model_dir: Path) -> bool:
+    return "linear_attention" in layer_types(model_dir)
 
 
 def copy_workflow(dest: Path) -> Path:

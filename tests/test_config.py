@@ -45,7 +45,7 @@ def test_wrong_type_and_enum_name_the_key_and_values():
     config["model"]["source"] = "s3"
     message = problems_of(config)
     assert "logits.greedy_tokens must be of type integer, got 'eight'" in message
-    assert "model.source must be one of ['tiny', 'hf', 'modelscope', 'local'], got 's3'" in message
+    assert "model.source must be one of ['tiny', 'tiny-qwen3', 'hf', 'modelscope', 'local'], got 's3'" in message
 
 
 def test_bad_target_name_lists_the_parts():

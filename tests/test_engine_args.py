@@ -28,9 +28,18 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def serve_parser():
-    """The parser `vllm serve` parses its arguments with (its subcommand parser is built by make_arg_parser)."""
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    """The parser `vllm serve` parses its arguments with (its subcommand parser is built by make_arg_parser, in
+    vllm.entrypoints.launchers.cli_args from the 0.32 line, vllm.entrypoints.openai.cli_args before)."""
+    import importlib
+
     from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    for module in ("vllm.entrypoints.launchers.cli_args", "vllm.entrypoints.openai.cli_args"):
+        try:
+            make_arg_parser = importlib.import_module(module).make_arg_parser
+            break
+        except ModuleNotFoundError:
+            continue
 
     return make_arg_parser(FlexibleArgumentParser())
 

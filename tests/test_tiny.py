@@ -209,3 +209,20 @@ def test_same_seed_gives_identical_files(model_dir, tmp_path):
     build_tiny_model(again, seed=0)
     for name in ("model.safetensors", "tokenizer.json", "config.json", "tokenizer_config.json"):
         assert sha256(again / name) == sha256(model_dir / name), name
+
+
+def test_the_dense_stand_in_is_a_calibrated_qwen3_with_the_same_tokenizer(tmp_path, model_dir):
+    """model.source tiny-qwen3: the model of vLLM lines whose CPU backend cannot load Qwen3.5 (vLLM 0.18)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    summary = build_tiny_model(tmp_path / "dense", seed=0, architecture="qwen3")
+    config = json.loads((tmp_path / "dense" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3ForCausalLM"] and config["num_hidden_layers"] == 8
+    assert set(summary["text"]["layer_types"]) == {"full_attention"} and summary["parameters"]["mtp"] == 0
+    assert (tmp_path / "dense" / "tokenizer.json").read_bytes() == (model_dir / "tokenizer.json").read_bytes()
+    assert abs(summary["mean_top1_prob"]["float32"] - 0.3) < 0.01  # calibrated through the (plain) final norm
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "dense"), dtype=torch.float32)
+    assert type(model).__name__ == "Qwen3ForCausalLM"
+    with pytest.raises(ValueError, match="tiny architecture must be one of"):
+        build_tiny_model(tmp_path / "other", architecture="llama")

@@ -23,6 +23,8 @@ from portcheck.engines.vllm.preflight import check_vllm_stack
 from portcheck.errors import PortcheckError
 from portcheck.targets import parse_target
 
+from conftest import has_gdn, layer_types
+
 pytestmark = pytest.mark.vllm
 
 TOPK = 5
@@ -244,34 +246,36 @@ def test_too_long_prompt_rejected_before_the_engine(engine):
 
 
 def test_adaptation_measured(engine, tiny_model_dir):
-    import json
-
     items = engine.adaptation()
     for name, entry in items.items():
         assert set(entry) == {"value", "status", "note"}, name
         assert entry["status"] in ("ok", "failed", "not determined"), name
-    config = json.loads((tiny_model_dir / "config.json").read_text())
-    layer_types = config["text_config"]["layer_types"]
+    types = layer_types(tiny_model_dir)
     assert items["layer_pattern"] == {
-        "value": dict(Counter(layer_types)), "status": "ok", "note": items["layer_pattern"]["note"]
+        "value": dict(Counter(types)), "status": "ok", "note": items["layer_pattern"]["note"]
     }
-    assert items["layer_pattern"]["value"] == {"linear_attention": 6, "full_attention": 2}
-    assert items["full_attention_layers"]["value"] == [i for i, t in enumerate(layer_types) if t == "full_attention"]
-    assert items["mtp_weights_present"]["value"] is True and items["mtp_weights_present"]["status"] == "ok"
-    assert items["mtp_loaded"]["value"] is False and items["mtp_loaded"]["status"] == "ok"
-    assert items["vision_weights_present"]["value"] is True
-    assert items["vision_loaded"]["value"] is False
+    assert items["full_attention_layers"]["value"] == [i for i, t in enumerate(types) if t == "full_attention"]
     assert items["engine_class"]["status"] == "ok"
-    assert items["engine_class"]["value"]["built_class"].endswith("Qwen3_5ForConditionalGeneration")
-    assert items["gdn_implementation"]["status"] == "ok"
-    assert items["gdn_implementation"]["value"]["forward"].endswith("forward_cpu")
-    assert items["ssm_state_dtype"]["status"] == "ok" and items["ssm_state_dtype"]["value"]["ssm_state"] == "float32"
     assert items["kv_cache_tokens"]["status"] == "ok" and items["kv_cache_tokens"]["value"] >= MAX_MODEL_LEN
     assert items["max_concurrency"]["value"] >= 1
     assert items["weight_load_s"]["status"] == "ok"
     assert items["engine_start_s"]["value"] > 0
     assert items["vllm_ascend"]["value"]["present"] is False  # a cpu host
     assert items["vllm_ascend_patches"]["status"] == "not determined"
+    assert items["mtp_loaded"]["value"] is False and items["mtp_loaded"]["status"] == "ok"
+    assert items["vision_loaded"]["value"] is False
+    if not has_gdn(tiny_model_dir):  # the dense stand-in of a vLLM line that cannot run Qwen3.5
+        assert items["engine_class"]["value"]["built_class"].endswith("Qwen3ForCausalLM")
+        assert items["gdn_implementation"]["status"] == items["ssm_state_dtype"]["status"] == "not determined"
+        assert items["mtp_weights_present"]["value"] is False
+        return
+    assert items["layer_pattern"]["value"] == {"linear_attention": 6, "full_attention": 2}
+    assert items["mtp_weights_present"]["value"] is True and items["mtp_weights_present"]["status"] == "ok"
+    assert items["vision_weights_present"]["value"] is True
+    assert items["engine_class"]["value"]["built_class"].endswith("Qwen3_5ForConditionalGeneration")
+    assert items["gdn_implementation"]["status"] == "ok"
+    assert items["gdn_implementation"]["value"]["forward"].endswith("forward_cpu")
+    assert items["ssm_state_dtype"]["status"] == "ok" and items["ssm_state_dtype"]["value"]["ssm_state"] == "float32"
 
 
 # -- destructive: keep these last ------------------------------------------------------------------------------
@@ -329,8 +333,12 @@ def older_line_fields():
 
 
 def test_logging_config_goes_by_engine_argument_or_environment():
-    assert "log_config_file" in engine_args.engine_fields()  # the installed 0.32 line
-    assert logs.logging_route("/x/log.json", engine_args.engine_fields()) == ({"log_config_file": "/x/log.json"}, {})
+    from packaging.version import Version
+
+    # the installed line: the field exists from 0.32 on (the matrix runs this on 0.18, 0.23 and 0.32)
+    assert ("log_config_file" in engine_args.engine_fields()) == (Version(preflight.vllm_version()) >= Version("0.32"))
+    fields = engine_args.engine_fields() | {"log_config_file"}
+    assert logs.logging_route("/x/log.json", fields) == ({"log_config_file": "/x/log.json"}, {})
     assert logs.logging_route("/x/log.json", older_line_fields()) == ({}, {"VLLM_LOGGING_CONFIG_PATH": "/x/log.json"})
     assert logs.logging_route(None, older_line_fields()) == ({}, {})
 
@@ -338,7 +346,8 @@ def test_logging_config_goes_by_engine_argument_or_environment():
 def test_an_argument_this_vllm_lacks_is_refused_naming_the_version():
     with pytest.raises(PortcheckError, match=r"vLLM 0\.23\.0 has no engine argument\(s\) \['log_config_file'\]"):
         preflight.check_engine_arguments({"model": "m", "log_config_file": "x"}, older_line_fields(), "0.23.0")
-    preflight.check_engine_arguments({"model": "m", "log_config_file": "x"}, engine_args.engine_fields(), "0.32.0")
+    preflight.check_engine_arguments({"model": "m", "log_config_file": "x"}, older_line_fields() | {"log_config_file"},
+                                     "0.32.0")
 
 
 def test_engine_without_log_config_file_starts_and_still_captures_its_log(tiny_model_dir, tmp_path, monkeypatch):

@@ -15,7 +15,17 @@ from portcheck.engines.factory import make_engine
 from portcheck.engines.settings import EngineSettings
 from portcheck.targets import parse_target
 
+from conftest import has_gdn
+
 pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(autouse=True)
+def gdn_model(request):
+    """Every engine test here reads Gated DeltaNet layers: on a line's dense stand-in model they do not apply."""
+    if "tiny_model_dir" in request.fixturenames and not has_gdn(request.getfixturevalue("tiny_model_dir")):
+        pytest.skip("the model has no Gated DeltaNet layers (the dense stand-in of a vLLM line that cannot run "
+                    "Qwen3.5)")
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 PLUGIN = "portcheck_gdn_test_plugin"

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     fetch = sub.add_parser("fetch", help="build the tiny model or download a checkpoint")
-    fetch.add_argument("--source", choices=["tiny", "hf", "modelscope"], default="tiny")
+    fetch.add_argument("--source", choices=["tiny", "tiny-qwen3", "hf", "modelscope"], default="tiny")
     fetch.add_argument("--dest", required=True)
     fetch.add_argument("--repo-id", default="Qwen/Qwen3.5-0.8B-Base")
     fetch.add_argument("--revision", default="main")

@@ -270,19 +270,45 @@ def _count(kinds: list[str]) -> dict[str, int]:
 
 
 def _gdn_item(model):
-    """Which gated-delta-rule / conv1d implementation the modeling module resolved (reference torch or a kernel)."""
+    """Which gated-delta-rule / conv1d implementation the modeling code resolved (reference torch or a kernel)."""
     gdn_layers = [layer.linear_attn for layer in model.model.layers if hasattr(layer, "linear_attn")]
     if not gdn_layers:
         return item(None, "not determined", "the model has no linear-attention layers")
     module = sys.modules[type(gdn_layers[0]).__module__]
     resolved = {}
     for name in GDN_FUNCTIONS:
-        function = getattr(module, name, None)
-        implementation = inspect.getclosurevars(function).nonlocals.get("implementation") if function else None
+        implementation = _resolved_function(module, gdn_layers[0], name)
         if implementation is None:
             return item(None, "not determined", f"cannot introspect {name} in {module.__name__}")
-        resolved[name] = f"{implementation.__module__}.{implementation.__qualname__}"
-    reference = all(v.startswith("transformers.") for v in resolved.values())
+        resolved[name] = implementation
+    reference = all(v.startswith(("transformers.", "torch.")) for v in resolved.values())
     kind = "reference PyTorch fallback" if reference else "optimised kernel"
     functions = "; ".join(f"{name} -> {impl.rsplit('.', 1)[0]}" for name, impl in resolved.items())
-    return item(kind, "ok", f"resolved by transformers at import: {functions}")
+    return item(kind, "ok", f"resolved by transformers: {functions}")
+
+
+# transformers 5.5.x binds the GDN functions on each layer in __init__ (the fla / causal-conv1d function or the torch
+# one; causal_conv1d_fn None = the layer's nn.Conv1d runs); 5.19 resolves them at module level through lazy kernels.
+LAYER_ATTRIBUTES = {
+    "torch_chunk_gated_delta_rule": "chunk_gated_delta_rule",
+    "torch_recurrent_gated_delta_rule": "recurrent_gated_delta_rule",
+    "causal_conv1d_fn": "causal_conv1d_fn",
+    "causal_conv1d_update": "causal_conv1d_update",
+}
+
+
+def _resolved_function(module, layer, name: str) -> str | None:
+    """'module.qualname' of what `name` runs in this transformers: the module-level lazy kernel's implementation
+    (5.19), else the function bound on the layer (5.5.x); None where neither is there."""
+    function = getattr(module, name, None)
+    try:
+        implementation = inspect.getclosurevars(function).nonlocals.get("implementation") if function else None
+    except TypeError:  # a builtin or a callable object
+        implementation = None
+    if implementation is None and LAYER_ATTRIBUTES[name] in vars(layer):
+        implementation = vars(layer)[LAYER_ATTRIBUTES[name]]
+        if implementation is None and name == "causal_conv1d_fn" and hasattr(layer, "conv1d"):
+            implementation = type(layer.conv1d)
+    if implementation is None:
+        return None
+    return f"{implementation.__module__}.{implementation.__qualname__}"

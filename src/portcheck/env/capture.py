@@ -66,6 +66,7 @@ def capture_env(target: str, workdir: str | Path = ".") -> dict[str, Any]:
     return {
         "target": target,
         "python": sys.version.split()[0],
+        "python_env": sys.prefix,  # the environment that ran the target (targets.<name>.python_env)
         "os": os_name(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),

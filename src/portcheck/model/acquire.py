@@ -18,9 +18,11 @@ ALLOW_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.txt"
 def fetch_model(source: str, dest: str | Path, repo_id: str = "", revision: str = "main", seed: int = 0) -> Path:
     """Create `dest` from `source` (tiny | hf | modelscope) atomically and check it holds a checkpoint."""
     dest = Path(dest)
-    fetchers = {"tiny": _build_tiny, "hf": _download_hf, "modelscope": _download_modelscope}
+    fetchers = {"tiny": _build_tiny, "tiny-qwen3": _build_tiny_dense, "hf": _download_hf,
+                "modelscope": _download_modelscope}
     if source not in fetchers:
-        raise PortcheckError(f"model source {source!r} cannot be fetched; use tiny, hf or modelscope (local needs no fetch)")
+        raise PortcheckError(f"model source {source!r} cannot be fetched; use one of {sorted(fetchers)} (local "
+                             "needs no fetch)")
     with atomic_dir(dest) as tmp:
         fetchers[source](tmp, repo_id=repo_id, revision=revision, seed=seed)
         problems = local_model_problems(str(tmp))
@@ -33,6 +35,12 @@ def _build_tiny(tmp: Path, seed: int, **_) -> None:
     from portcheck.model.tiny import build_tiny_model
 
     build_tiny_model(tmp, seed=seed)
+
+
+def _build_tiny_dense(tmp: Path, seed: int, **_) -> None:
+    from portcheck.model.tiny import build_tiny_model
+
+    build_tiny_model(tmp, seed=seed, architecture="qwen3")
 
 
 def _download_hf(tmp: Path, repo_id: str, revision: str, **_) -> None:

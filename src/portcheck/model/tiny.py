@@ -77,6 +77,10 @@ PROMPTS = [
 # degrades least when other jobs share the machine.
 TRAIN = {"steps": 40, "batch": 16, "seq_len": 64, "lr": 4e-3, "warmup": 5, "threads": 1}
 TARGET_TOP1 = 0.65  # mean top-1 probability over PROMPTS in fp32 after calibration
+# The dense Qwen3 learns little in the same 40 steps (loss 6.2 vs Qwen3.5's 3.7: full attention picks up local
+# context slower than Gated DeltaNet's short convolution); calibrating it to 0.65 takes a logit scale of ~13, which
+# multiplies bf16 rounding into KLDs above the thresholds (5.8e-3 measured on vLLM 0.18). 0.3 takes a scale of ~3.
+DENSE_TARGET_TOP1 = 0.3
 
 
 def corpus_text() -> str:
@@ -170,6 +174,21 @@ def tiny_config(vocab_size: int = PADDED_VOCAB_SIZE, **overrides):
         vision_start_token_id=ids["vision_start_token_id"], vision_end_token_id=ids["vision_end_token_id"],
     )
     config.architectures = ["Qwen3_5ForConditionalGeneration"]
+    return config
+
+
+def tiny_dense_config(vocab_size: int, eos_token_id: int):
+    """Qwen3Config (dense, full attention in every layer) with the tiny Qwen3.5's text sizes: the stand-in for vLLM
+    lines whose CPU backend cannot load Qwen3.5 (requirements/vllm-lines.yaml); transformers 4.57 builds it too."""
+    from transformers import Qwen3Config
+
+    sizes = {k: TINY_DEFAULTS[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                           "num_attention_heads", "num_key_value_heads", "head_dim")}
+    config = Qwen3Config(
+        **sizes, vocab_size=vocab_size, hidden_act="silu", max_position_embeddings=262144, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, attention_bias=False, eos_token_id=eos_token_id,
+    )
+    config.architectures = ["Qwen3ForCausalLM"]
     return config
 
 
@@ -290,12 +309,15 @@ def _padded_vocab(n_tokens: int) -> int:
 
 
 def _scale_final_norm(model, scale: float) -> None:
-    """Multiply the logits by `scale`: the final RMSNorm computes x_hat * (1 + w) and lm_head is linear."""
+    """Multiply the logits by `scale`: lm_head is linear after the final RMSNorm, which computes x_hat * (1 + w)
+    in Qwen3.5 (1-centred) and x_hat * w in Qwen3."""
     import torch
 
-    norm = model.model.language_model.norm.weight
+    language_model = getattr(model.model, "language_model", model.model)
+    norm = language_model.norm.weight
+    offset = 1.0 if language_model is not model.model else 0.0
     with torch.no_grad():
-        norm.copy_((1.0 + norm) * scale - 1.0)
+        norm.copy_((offset + norm) * scale - offset)
 
 
 def _save_weights(model, path: Path, extra: dict) -> None:
@@ -331,7 +353,7 @@ def _save_configs(config, out: Path) -> None:
 
     config.dtype = "bfloat16"
     config.save_pretrained(out)
-    eos = config.text_config.eos_token_id
+    eos = getattr(config, "text_config", config).eos_token_id
     # Only ids: sampling defaults here would silently change vLLM's default SamplingParams.
     GenerationConfig(eos_token_id=eos, pad_token_id=eos).save_pretrained(out)
 
@@ -343,9 +365,10 @@ def _sha256(path: Path) -> str:
 def _param_counts(model, mtp: dict) -> dict[str, int]:
     params = dict(model.named_parameters())  # tied lm_head appears once, as embed_tokens
     count = lambda prefix: sum(p.numel() for n, p in params.items() if n.startswith(prefix))  # noqa: E731
+    text = "model.language_model." if hasattr(model.model, "language_model") else "model."
     counts = {
-        "text": count("model.language_model."),
-        "embedding": count("model.language_model.embed_tokens."),
+        "text": count(text),
+        "embedding": count(text + "embed_tokens."),
         "vision": count("model.visual."),
         "mtp": sum(t.numel() for t in mtp.values()),
     }
@@ -353,53 +376,60 @@ def _param_counts(model, mtp: dict) -> dict[str, int]:
     return counts
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0, **overrides) -> dict:
+# The tiny models: the embedded default (Qwen3.5's architecture) and a dense Qwen3 of the same text sizes.
+ARCHITECTURES = ("qwen3.5", "qwen3")
+
+
+def build_tiny_model(out_dir: str | Path, seed: int = 0, architecture: str = "qwen3.5", **overrides) -> dict:
     """Build the tiny checkpoint into `out_dir` (a fresh directory; the caller renames it into place).
 
     Same seed, same corpus, same machine -> byte-identical model.safetensors and tokenizer.json.
-    `overrides`: TINY_DEFAULTS keys. Returns a summary; only `build_seconds` varies between runs.
+    `architecture`: qwen3.5 (the default) or qwen3 (dense). `overrides`: TINY_DEFAULTS keys (qwen3.5).
+    Returns a summary; only `build_seconds` varies between runs.
     """
     import torch
-    from transformers.models.qwen3_5 import Qwen3_5ForConditionalGeneration
 
-    if set(overrides) - set(TINY_DEFAULTS):
-        raise ValueError(f"build_tiny_model overrides must be TINY_DEFAULTS keys, got {sorted(overrides)}")
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"tiny architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+    if set(overrides) - set(TINY_DEFAULTS) or (overrides and architecture != "qwen3.5"):
+        raise ValueError(f"build_tiny_model overrides must be TINY_DEFAULTS keys of qwen3.5, got {sorted(overrides)}")
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = corpus_text()
     tok = train_tokenizer(text)
     first_special = tok.token_to_id(QWEN_SPECIAL_TOKENS[0])
-    config = tiny_config(_padded_vocab(tok.get_vocab_size()), **special_token_ids(first_special), **overrides)
+    config, model_class = _config_and_class(architecture, _padded_vocab(tok.get_vocab_size()), first_special,
+                                            overrides)
     encode = lambda s: tok.encode(s).ids  # noqa: E731
 
     with _deterministic_torch(seed, TRAIN["threads"]):
-        model = Qwen3_5ForConditionalGeneration(config)
+        model = model_class(config)
         losses = _train(model, encode(text), seed)
-        scale = _calibration_scale(prompt_logits(model, encode), TARGET_TOP1)
+        target_top1 = TARGET_TOP1 if architecture == "qwen3.5" else DENSE_TARGET_TOP1
+        scale = _calibration_scale(prompt_logits(model, encode), target_top1)
         _scale_final_norm(model, scale)
         model.to(torch.bfloat16)  # the checkpoint is bf16, as the real one; measure what is saved
         top1_bf16 = mean_top1_prob(prompt_logits(model, encode))
         model.to(torch.float32)
         top1_fp32 = mean_top1_prob(prompt_logits(model, encode))
 
-    mtp = _mtp_tensors(config, seed)
+    mtp = _mtp_tensors(config, seed) if architecture == "qwen3.5" else {}
     _save_weights(model, out / "model.safetensors", mtp)
     _save_configs(config, out)
-    _save_tokenizer(tok, out, config.text_config.max_position_embeddings)
-
-    t = config.text_config
+    t = getattr(config, "text_config", config)
+    _save_tokenizer(tok, out, t.max_position_embeddings)
     return {
         "seed": seed,
-        "architecture": "Qwen3_5ForConditionalGeneration",
+        "architecture": config.architectures[0],
         "text": {k: getattr(t, k) for k in TINY_DEFAULTS if hasattr(t, k)} | {
             "vocab_size": t.vocab_size,
             "layer_types": list(t.layer_types),
-            "mrope_section": t.rope_parameters["mrope_section"],
+            **({"mrope_section": t.rope_parameters["mrope_section"]} if architecture == "qwen3.5" else {}),
         },
-        "vision": {
+        **({"vision": {
             k: getattr(config.vision_config, k) for k in ("depth", "hidden_size", "num_heads", "out_hidden_size")
-        },
+        }} if architecture == "qwen3.5" else {}),
         "tokenizer_vocab_size": tok.get_vocab_size(),
         "special_token_ids": {name: tok.token_to_id(name) for name in QWEN_SPECIAL_TOKENS},
         "parameters": _param_counts(model, mtp),
@@ -409,3 +439,14 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, **overrides) -> dict:
         "sha256": {name: _sha256(out / name) for name in ("model.safetensors", "tokenizer.json")},
         "build_seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def _config_and_class(architecture: str, vocab_size: int, first_special: int, overrides: dict):
+    if architecture == "qwen3":
+        from transformers import Qwen3ForCausalLM
+
+        return tiny_dense_config(vocab_size, special_token_ids(first_special)["eos_token_id"]), Qwen3ForCausalLM
+    from transformers.models.qwen3_5 import Qwen3_5ForConditionalGeneration
+
+    config = tiny_config(vocab_size, **special_token_ids(first_special), **overrides)
+    return config, Qwen3_5ForConditionalGeneration

@@ -4,6 +4,7 @@ changed, so upgrading vllm-ascend reruns the npu-vllm targets' jobs and nothing 
 
 from __future__ import annotations
 
+from portcheck.env import python_env
 from portcheck.env.versions import installed_versions
 from portcheck.targets import parse_target
 
@@ -25,7 +26,9 @@ def affecting(target: str) -> tuple[str, ...]:
     )
 
 
-def result_versions(target: str, versions: dict | None = None) -> dict[str, str | None]:
-    """{name: version or None} of what can change `target`'s results; absent packages are None."""
-    versions = installed_versions() if versions is None else versions
+def result_versions(target: str, versions: dict | None = None, environment: str | None = None) -> dict[str, str | None]:
+    """{name: version or None} of what can change `target`'s results; absent packages are None. `environment`: the
+    target's own Python environment (its interpreter reads them), else this process's."""
+    if versions is None:
+        versions = python_env.versions(environment) if environment else installed_versions()
     return {name: versions.get(name) for name in affecting(target)}

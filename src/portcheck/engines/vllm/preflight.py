@@ -4,6 +4,9 @@ target's device, vLLM implements the checkpoint's architecture. Each failure nam
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+from pathlib import Path
 
 from portcheck.env.versions import distribution_version
 from portcheck.errors import PortcheckError
@@ -64,6 +67,42 @@ def check_vllm_stack(device: str) -> None:
     if not importable("vllm"):
         raise PortcheckError(
             f"this {device}-vllm target needs vllm, not importable here; " + INSTALL_HINT[device].format(version=version)
+        )
+    if device == "cpu":
+        check_cpu_preload(cpu_preload_required())
+
+
+def cpu_preload_required() -> list[str]:
+    """The libraries the installed vLLM's CPU worker refuses to start without in LD_PRELOAD (vLLM CPU < 0.32:
+    `check_preloaded_libs("libtcmalloc")`, and libiomp on x86), read from its source without importing vLLM."""
+    spec = importlib.util.find_spec("vllm") if importable("vllm") else None
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        worker = Path(root) / "v1" / "worker" / "cpu_worker.py"
+        if worker.is_file():
+            return preload_required_by(worker.read_text(errors="replace"))
+    return []
+
+
+def preload_required_by(cpu_worker_source: str) -> list[str]:
+    """The names a CPU worker's `check_preloaded_libs` refuses to start without: vLLM < 0.32 raises, 0.32 only
+    warns (nothing required)."""
+    definition = cpu_worker_source.find("def check_preloaded_libs")
+    first_call = cpu_worker_source.find("check_preloaded_libs(\"", definition)
+    if definition < 0 or first_call < 0 or "raise " not in cpu_worker_source[definition:first_call]:
+        return []
+    return re.findall(r'check_preloaded_libs\(\s*"(\w+)"', cpu_worker_source[first_call:])
+
+
+def check_cpu_preload(required: list[str], ld_preload: str | None = None) -> None:
+    """Refuse before the engine starts when this vLLM's CPU worker would refuse (after a minute of start-up)."""
+    ld_preload = os.environ.get("LD_PRELOAD", "") if ld_preload is None else ld_preload
+    missing = [name for name in required if name not in ld_preload]
+    if missing:
+        raise PortcheckError(
+            f"vLLM {vllm_version()}'s CPU worker requires {', '.join(missing)} in LD_PRELOAD (vLLM CPU before 0.32); "
+            "give the target `python_env:` (portcheck then starts its jobs with them preloaded: tcmalloc from "
+            "`apt-get install libtcmalloc-minimal4`, libiomp5.so from the intel-openmp wheel), or export LD_PRELOAD "
+            "with both before snakemake"
         )
 
 

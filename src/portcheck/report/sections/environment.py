@@ -16,6 +16,7 @@ def _gpu_text(gpus: list[dict]) -> str:
 # (label, env.json key, how a present value is shown; None: as it is)
 ENV_ROWS = (
     ("Python", "python", None),
+    ("Python environment", "python_env", None),
     ("OS", "os", None),
     ("CPU", "cpu", None),
     ("CPU count", "cpu_count", None),
