@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from portcheck.engines.settings import EngineSettings
-from portcheck.engines.vllm import worker_extension
+from portcheck.engines.vllm import cpu_memory, worker_extension
 
 # On cpu, gpu_memory_utilization is the share of host RAM vLLM reserves (weights + KV cache); its default 0.92
-# fails to start on a 24 GiB host, 0.3 works (reference.md section 4).
-CPU_DEFAULT_GPU_MEMORY_UTILIZATION = 0.3
+# fails to start on a 24 GiB host, 0.3 works (reference.md section 4); engines/vllm/cpu_memory.py sizes and checks it.
+CPU_DEFAULT_GPU_MEMORY_UTILIZATION = cpu_memory.DEFAULT_SHARE
 # Imported, not only named: vLLM's worker loads it by this dotted path, and the import makes it a code input of the
 # rules that start the engine (editing it reruns them).
 WORKER_EXTENSION_CLS = f"{worker_extension.__name__}.{worker_extension.PortcheckWorkerExtension.__qualname__}"
@@ -55,8 +55,10 @@ def engine_arguments(target, model_dir: str | Path, settings: EngineSettings) ->
         "max_num_batched_tokens": settings.max_num_batched_tokens,
         "max_num_seqs": settings.max_num_seqs,
     }
-    if optional["gpu_memory_utilization"] is None and target.device == "cpu":
-        optional["gpu_memory_utilization"] = CPU_DEFAULT_GPU_MEMORY_UTILIZATION
+    if target.device == "cpu":  # refused here, before an engine or server starts, when it cannot hold the model
+        need = cpu_memory.memory_need(model_dir, target.dtype, settings.max_model_len)
+        optional["gpu_memory_utilization"] = cpu_memory.cpu_memory_share(
+            need, settings.gpu_memory_utilization, *cpu_memory.host_memory(), target=target.name)
     arguments.update({k: v for k, v in optional.items() if v is not None})
     arguments.update(settings.extra.get("vllm_kwargs") or {})
     return arguments
