@@ -278,6 +278,16 @@ def test_adaptation_measured(engine, tiny_model_dir):
     assert items["ssm_state_dtype"]["status"] == "ok" and items["ssm_state_dtype"]["value"]["ssm_state"] == "float32"
 
 
+def test_peak_memory_carries_vllms_own_split(engine):
+    """Issue 8 finding 6, on the real CPU worker: the KV cache vLLM allocated is read from its worker (the GPU
+    worker's profiling figures are checked on stand-ins in tests/test_memory_split.py)."""
+    peak = engine.peak_memory()
+    assert peak["bytes"] > 0 and peak["source"] == "peak RSS of the worker process"
+    split = peak["split"]
+    assert split["kv_cache_allocated"] > 0
+    assert split["kv_cache_allocated"] >= engine.capacity()["kv_cache_tokens"] * 1024  # 1,024 B per token (tiny)
+
+
 # -- destructive: keep these last ------------------------------------------------------------------------------
 
 

@@ -441,7 +441,7 @@ class VLLMEngine(Engine):
     def peak_memory(self):
         try:
             results = self._call("memory query", lambda: self.llm.collective_rpc("portcheck_peak_memory", timeout=60))
-            return {k: results[0][k] for k in ("bytes", "source")}
+            return {k: results[0].get(k) for k in ("bytes", "source", "split")}
         except Exception as exc:  # noqa: BLE001
             return {"bytes": None, "source": f"not determined: {type(exc).__name__}: {exc}"}
 

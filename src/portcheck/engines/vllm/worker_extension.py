@@ -83,8 +83,44 @@ class PortcheckWorkerExtension:
         from portcheck.engines import devices
 
         device = {"cuda": "gpu", "npu": "npu"}.get(str(getattr(current_platform, "device_type", "")), "cpu")
-        source = "torch max_memory_allocated in the worker" if device != "cpu" else "peak RSS of the worker process"
-        return {"bytes": devices.peak_memory_bytes(device), "source": source, "pid": os.getpid()}
+        source = ("torch max_memory_allocated in the worker: weights + the KV cache vLLM allocates after profiling "
+                  "+ activations since (vLLM resets the peak before profiling); its parts below"
+                  if device != "cpu" else "peak RSS of the worker process")
+        return {"bytes": devices.peak_memory_bytes(device), "source": source, "pid": os.getpid(),
+                "split": memory_split(self)}
+
+
+def memory_split(worker) -> dict:
+    """vLLM's own start-up memory figures, kept on the worker (bytes; None where this vLLM or platform keeps none):
+    weights (model_runner.model_memory_usage, every line and vllm-ascend), peak activation during profiling
+    (peak_activation_memory: vLLM 0.18-0.32, vllm-ascend 0.23), non-torch memory (non_torch_memory: vLLM 0.18/0.23,
+    vllm-ascend 0.23; vLLM 0.32 keeps total_consumed = weights + non-torch only), the KV cache budget
+    (available_kv_cache_memory_bytes) and what was allocated (the KV cache tensors), the reservation
+    (requested_memory; requested_cpu_memory on CPU) and the device's total."""
+    runner = getattr(worker, "model_runner", None)
+    weights = _number(getattr(runner, "model_memory_usage", None))
+    non_torch = _number(getattr(worker, "non_torch_memory", None))
+    consumed = _number(getattr(worker, "total_consumed", None))
+    non_torch_source = "non_torch_memory"
+    if non_torch is None and consumed is not None and weights is not None:
+        non_torch, non_torch_source = consumed - weights, "total_consumed - model_memory_usage"
+    tensors = getattr(getattr(runner, "kv_cache_config", None), "kv_cache_tensors", None) or []
+    allocated = sum(int(getattr(t, "size", 0) or 0) for t in tensors) or None
+    snapshot = getattr(worker, "init_snapshot", None)
+    return {
+        "weights": weights,
+        "peak_activation": _number(getattr(worker, "peak_activation_memory", None)),
+        "non_torch": non_torch,
+        "non_torch_source": non_torch_source if non_torch is not None else None,
+        "kv_cache_budget": _number(getattr(worker, "available_kv_cache_memory_bytes", None)),
+        "kv_cache_allocated": allocated,
+        "requested": _number(getattr(worker, "requested_memory", None) or getattr(worker, "requested_cpu_memory", None)),
+        "device_total": _number(getattr(snapshot, "total_memory", None)),
+    }
+
+
+def _number(value) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _qualname(obj_or_cls: Any) -> str:

@@ -173,11 +173,34 @@ def _memory_table(mem: dict, path: str) -> dict:
     rows = [["Weights (text, target dtype)", byte_size(weights.get("bytes")), weights.get("source", "")],
             ["Engine parameters", byte_size(engine_params.get("bytes")), engine_params.get("source", "")],
             ["Peak memory", byte_size(peak.get("bytes")), peak.get("source", "")],
+            *_memory_split_rows(peak.get("split") or {}),
             ["KV cache", f"{kv_tokens:,} tokens" if is_number(kv_tokens) else DASH, capacity.get("note", "")],
             ["Maximum concurrency", show(capacity.get("max_concurrency")),
              f"max_model_len={show(capacity.get('max_model_len'))}" if capacity.get("max_model_len") else ""]]
     source = cite(path, "memory.weights", "memory.engine_parameters", "memory.peak", "memory.capacity")
     return table(["Resource", "Usage", "Source"], rows, source)
+
+
+# vLLM's start-up figures (engines/vllm/worker_extension.memory_split), the parts of a device's peak memory.
+SPLIT_ROWS = (
+    ("weights", "… model weights", "vLLM: model_runner.model_memory_usage"),
+    ("peak_activation", "… peak activation (profiling)", "vLLM: peak_activation_memory"),
+    ("non_torch", "… non-torch memory", None),
+    ("kv_cache_budget", "… KV cache budget", "vLLM: available_kv_cache_memory_bytes"),
+    ("kv_cache_allocated", "… KV cache allocated", "vLLM: the KV cache tensors' sizes"),
+    ("requested", "… reserved share", "vLLM: total x gpu_memory_utilization"),
+    ("device_total", "… device memory", "vLLM: init_snapshot.total_memory"),
+)
+
+
+def _memory_split_rows(split: dict) -> list[list]:
+    """The parts vLLM recorded; a part this vLLM keeps no figure for is written unknown, the rows left out where it
+    recorded none (the hf engine, an older artifact)."""
+    if not any(split.get(key) is not None for key, _, _ in SPLIT_ROWS):
+        return []
+    return [[label, byte_size(split.get(key)) if split.get(key) is not None else UNKNOWN,
+             source or f"vLLM: {split.get('non_torch_source') or 'not kept by this vLLM'}"]
+            for key, label, source in SPLIT_ROWS]
 
 
 def _serve_view(serve: dict, path: str) -> dict:

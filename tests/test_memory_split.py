@@ -1,0 +1,50 @@
+"""A device's peak memory split into vLLM's own start-up figures (issue 8 finding 6): torch's peak on cuda/npu is
+weights + the KV cache vLLM allocates after profiling, so the report shows the parts vLLM keeps on its worker. The
+fake workers carry the attributes each line keeps (read from vLLM 0.18/0.23/0.32 and vllm-ascend 0.18/0.23 source);
+the real CPU worker is checked in tests/test_vllm_engine.py."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from portcheck.engines.vllm.worker_extension import memory_split
+from portcheck.report.format import UNKNOWN
+from portcheck.report.sections.performance import _memory_split_rows
+
+GIB = 1024**3
+
+
+def worker(**attributes):
+    runner = SimpleNamespace(model_memory_usage=1.5 * GIB,
+                             kv_cache_config=SimpleNamespace(kv_cache_tensors=[SimpleNamespace(size=GIB)] * 3))
+    return SimpleNamespace(model_runner=runner, init_snapshot=SimpleNamespace(total_memory=64 * GIB),
+                           requested_memory=int(57.6 * GIB), **attributes)
+
+
+def test_vllm_0_23_keeps_every_part():
+    split = memory_split(worker(peak_activation_memory=2 * GIB, non_torch_memory=GIB // 2,
+                                available_kv_cache_memory_bytes=int(53.6 * GIB)))
+    assert split == {"weights": int(1.5 * GIB), "peak_activation": 2 * GIB, "non_torch": GIB // 2,
+                     "non_torch_source": "non_torch_memory", "kv_cache_budget": int(53.6 * GIB),
+                     "kv_cache_allocated": 3 * GIB, "requested": int(57.6 * GIB), "device_total": 64 * GIB}
+
+
+def test_vllm_0_32_derives_non_torch_from_total_consumed():
+    split = memory_split(worker(peak_activation_memory=2 * GIB, total_consumed=2 * GIB,
+                                available_kv_cache_memory_bytes=50 * GIB))
+    assert split["non_torch"] == int(0.5 * GIB) and split["non_torch_source"] == "total_consumed - model_memory_usage"
+
+
+def test_vllm_ascend_0_18_keeps_the_kv_budget_only_and_the_rest_is_unknown():
+    split = memory_split(worker(available_kv_cache_memory_bytes=50 * GIB))
+    assert split["peak_activation"] is None and split["non_torch"] is None and split["non_torch_source"] is None
+    rows = {row[0]: row for row in _memory_split_rows(split)}
+    assert rows["… peak activation (profiling)"][1] == UNKNOWN
+    assert rows["… non-torch memory"][1:] == [UNKNOWN, "vLLM: not kept by this vLLM"]
+    assert rows["… KV cache budget"][1] == "50.00 GiB"
+
+
+def test_no_figures_no_rows():
+    assert memory_split(SimpleNamespace())["weights"] is None
+    assert _memory_split_rows(memory_split(SimpleNamespace())) == []
+    assert _memory_split_rows({}) == []
