@@ -35,7 +35,7 @@ test: setup
 
 # The vLLM lines of requirements/vllm-lines.yaml, each in its own environment (.venv-vllm/<line>): the vLLM tests
 # inside it, then one workflow run with the hf reference here and cpu-vllm-bf16 there; prints a table.
-# LINES=0.18 runs one line (CI runs the seed's line besides make test). tcmalloc: vLLM CPU < 0.32 requires it preloaded.
+# LINES=0.18 runs one line (CI runs the seed's line besides make test). tcmalloc: vLLM CPU 0.18 requires it preloaded.
 test-vllm-matrix: setup
 	dpkg -s libtcmalloc-minimal4 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4; }
 	$(BIN)/python scripts/vllm_matrix.py --lines $(LINES)

@@ -110,6 +110,19 @@ def test_job_list_reads_like_snakemakes():
         items.nothing
 
 
+def test_the_engine_a_job_starts_decides_the_preload():
+    def job(params, wildcards):
+        return script.Job({"input": {"items": [], "names": {}}, "output": {"items": [], "names": {}},
+                           "log": {"items": [], "names": {}}, "params": {"items": [], "names": params},
+                           "wildcards": {"items": [], "names": wildcards}, "threads": 1, "rule": "r",
+                           "scriptdir": "."})
+
+    assert script.engine_target(job({}, {"target": "cpu-vllm-bf16"})).name == "cpu-vllm-bf16"
+    # score_decode of a vLLM target runs the reference's (hf) engine: no vLLM preload for it
+    assert script.engine_target(job({"reference": "cpu-hf-fp32"}, {"target": "cpu-vllm-bf16"})).engine == "hf"
+    assert script.engine_target(job({}, {})) is None
+
+
 @pytest.mark.workflow
 def test_a_targets_jobs_run_in_its_environment_and_a_missing_one_is_refused(tmp_path):
     """Bad input first (no job may start); then capture_env, a target job, is run by the other interpreter and

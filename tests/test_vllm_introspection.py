@@ -32,6 +32,20 @@ PLUGIN = "portcheck_gdn_test_plugin"
 PROMPTS = [list(range(10, 40)), list(range(50, 70))]
 
 
+def own_kernel() -> tuple[str, str]:
+    """The module-level slot the plugin swaps on this vLLM line, and vLLM's own function that sits in it."""
+    sys.path.insert(0, str(PLUGINS))
+    try:
+        from portcheck_gdn_test_plugin import kernel_slot
+    finally:
+        sys.path.remove(str(PLUGINS))
+    from vllm.model_executor.layers.mamba.ops.cpu import gdn_attention
+
+    slot = kernel_slot()
+    function = getattr(gdn_attention, slot)
+    return f"{gdn_attention.__name__}.{slot}", f"{function.__module__}.{function.__qualname__}"
+
+
 def run_engine(model_dir, log_dir) -> dict:
     settings = EngineSettings(max_model_len=256, max_num_seqs=2, extra={"log_file": str(log_dir / "engine.log")})
     engine = make_engine(parse_target("cpu-vllm-bf16"), model_dir, settings)
@@ -53,8 +67,8 @@ def test_checklist_names_vllms_own_gdn_functions_and_counts_their_calls(tiny_mod
     assert value["class"] == own
     assert value["forward"] == f"{own}.forward_cpu"
     assert value["foreign_bindings"] == {}
-    kernel = "vllm.model_executor.layers.mamba.ops.cpu.gdn_attention._cpu_gdn_attention_nonspec"
-    assert value["kernels"][kernel] == kernel
+    slot, kernel = own_kernel()
+    assert value["kernels"][slot] == kernel
     assert value["ran"][f"{own}.forward_cpu"] > 0 and value["ran"][kernel] > 0
     assert all(name.split(".")[0] == "vllm" for name in value["ran"])
     assert items["vllm_ascend_patches"]["status"] == "not determined"
@@ -92,19 +106,19 @@ def test_checklist_names_a_plugins_rebound_forward_and_swapped_kernel(tiny_model
     print(gdn, items["vllm_ascend_patches"])
     assert gdn["status"] == "ok", gdn
     own = "vllm.model_executor.layers.mamba.gdn.qwen_gdn_linear_attn.QwenGatedDeltaNetAttention"
-    slot = "vllm.model_executor.layers.mamba.ops.cpu.gdn_attention._cpu_gdn_attention_nonspec"
+    slot, _ = own_kernel()
+    swapped = f"{PLUGIN}.swapped_kernel"
     assert value["class"] == own  # the class stays vLLM's: its name says nothing about what runs
     assert value["forward"] == f"{PLUGIN}.forward_cpu"
-    assert value["kernels"][slot] == f"{PLUGIN}.gdn_attention_nonspec"
-    assert value["foreign_bindings"] == {f"{own}.forward_cpu": f"{PLUGIN}.forward_cpu",
-                                         slot: f"{PLUGIN}.gdn_attention_nonspec"}
+    assert value["kernels"][slot] == swapped
+    assert value["foreign_bindings"] == {f"{own}.forward_cpu": f"{PLUGIN}.forward_cpu", slot: swapped}
     assert value["ran"][f"{PLUGIN}.forward_cpu"] > 0
-    assert value["ran"][f"{PLUGIN}.gdn_attention_nonspec"] > 0
+    assert value["ran"][swapped] > 0
     assert "kind" not in value
     patches = items["vllm_ascend_patches"]
     assert patches["status"] == "ok", patches
     assert patches["value"]["rebound"][f"{own}.forward_cpu"] == f"{PLUGIN}.forward_cpu"
-    assert patches["value"]["rebound"][slot] == f"{PLUGIN}.gdn_attention_nonspec"
+    assert patches["value"]["rebound"][slot] == swapped
 
 
 # -- no engine needed: the gdn item's status from the worker's facts ---------------------------------------------

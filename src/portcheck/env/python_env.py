@@ -26,7 +26,7 @@ NEEDED_MODULES = {
     "vllm": ("vllm",),
 }
 PROBE_TIMEOUT_S = 120
-# Libraries vLLM CPU workers require in LD_PRELOAD (vLLM < 0.32 checks for them by name): where each is found.
+# Libraries vLLM CPU workers require in LD_PRELOAD (vLLM 0.18 checks for them by name): where each is found.
 PRELOAD_CANDIDATES = {
     "libtcmalloc": ("/usr/lib/{arch}-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/{arch}-linux-gnu/libtcmalloc.so.4",
                     "{env}/lib/libtcmalloc_minimal.so.4", "{env}/lib/libtcmalloc.so"),
@@ -106,7 +106,7 @@ def problems(target: str, env_dir: str, base_dir: str | Path) -> list[str]:
     path = resolve(env_dir, base_dir)
     if not path.is_dir():
         return [f"{where}: no such directory ({path}); create the environment (e.g. `python3 -m venv {env_dir}` "
-                "and install the target's stack into it, see README 'Two environments in one run') or set "
+                "and install the target's stack into it, see README 'vLLM lines and two environments in one run') or set "
                 "python_env: null to run the target in the environment running snakemake"]
     if not interpreter(path).exists():
         return [f"{where}: {path} has no bin/python, so it is not a venv or conda environment; give the "

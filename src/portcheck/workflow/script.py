@@ -80,13 +80,21 @@ def _named_list(values) -> dict:
     return {"items": list(values), "names": names}
 
 
+def engine_target(snakemake):
+    """The target whose engine the job starts: the reference's for the scoring rules (params.reference), else the
+    job's target wildcard; None for a job of no target."""
+    from portcheck.targets import parse_target
+
+    running = getattr(snakemake.params, "reference", None) or dict(snakemake.wildcards.items()).get("target")
+    return parse_target(running) if running else None
+
+
 def run_in_environment(snakemake, env_dir: str, adapter: Path) -> int:
     """Run the job by the environment's interpreter; its exit status (the child writes the job's log itself)."""
     from portcheck.env import python_env
-    from portcheck.targets import parse_target
 
     described = python_env.probe(str(env_dir))
-    target = parse_target(snakemake.wildcards.target) if "target" in snakemake.wildcards.keys() else None
+    target = engine_target(snakemake)
     preload = []
     if target and target.engine == "vllm" and target.device == "cpu":
         preload = python_env.preload_paths(env_dir, described.get("cpu_preload") or [])

@@ -36,10 +36,24 @@ def forward_cpu(self, hidden_states):
     return output + (noise * output.float().std()).to(output.dtype)
 
 
-def gdn_attention_nonspec(layer, attn_metadata, *args, **kwargs):
-    if os.environ.get("PORTCHECK_GDN_TEST_DROP_INITIAL_STATE") == "1" and attn_metadata.num_prefills > 0:
-        attn_metadata.has_initial_state[:] = False
-    return _ORIGINALS["_cpu_gdn_attention_nonspec"](layer, attn_metadata, *args, **kwargs)
+# The module-level kernel of vLLM's CPU GDN op that is swapped, the first this vLLM line has: the prefill of the 0.32
+# line (the initial-state fault needs it), the causal conv1d that the 0.23 line's op calls.
+KERNEL_SLOTS = ("_cpu_gdn_attention_nonspec", "causal_conv1d_torch")
+
+
+def kernel_slot() -> str:
+    from vllm.model_executor.layers.mamba.ops.cpu import gdn_attention
+
+    return next(name for name in KERNEL_SLOTS if hasattr(gdn_attention, name))
+
+
+def swapped_kernel(*args, **kwargs):
+    slot = next(iter(_ORIGINALS["kernel"]))
+    if slot == "_cpu_gdn_attention_nonspec" and os.environ.get("PORTCHECK_GDN_TEST_DROP_INITIAL_STATE") == "1":
+        attn_metadata = args[1]
+        if attn_metadata.num_prefills > 0:
+            attn_metadata.has_initial_state[:] = False
+    return _ORIGINALS["kernel"][slot](*args, **kwargs)
 
 
 def register() -> None:
@@ -49,10 +63,11 @@ def register() -> None:
     from vllm.model_executor.layers.mamba.ops.cpu import gdn_attention
 
     cls = qwen_gdn_linear_attn.QwenGatedDeltaNetAttention
+    slot = kernel_slot()
     _ORIGINALS["forward_cpu"] = cls.forward_cpu
-    _ORIGINALS["_cpu_gdn_attention_nonspec"] = gdn_attention._cpu_gdn_attention_nonspec
+    _ORIGINALS["kernel"] = {slot: getattr(gdn_attention, slot)}
     cls.forward_cpu = forward_cpu
-    gdn_attention._cpu_gdn_attention_nonspec = gdn_attention_nonspec
+    setattr(gdn_attention, slot, swapped_kernel)
 
 
 def unpatch() -> None:
@@ -62,4 +77,5 @@ def unpatch() -> None:
     from vllm.model_executor.layers.mamba.ops.cpu import gdn_attention
 
     qwen_gdn_linear_attn.QwenGatedDeltaNetAttention.forward_cpu = _ORIGINALS.pop("forward_cpu")
-    gdn_attention._cpu_gdn_attention_nonspec = _ORIGINALS.pop("_cpu_gdn_attention_nonspec")
+    for slot, original in _ORIGINALS.pop("kernel").items():
+        setattr(gdn_attention, slot, original)

@@ -73,7 +73,7 @@ def check_vllm_stack(device: str) -> None:
 
 
 def cpu_preload_required() -> list[str]:
-    """The libraries the installed vLLM's CPU worker refuses to start without in LD_PRELOAD (vLLM CPU < 0.32:
+    """The libraries the installed vLLM's CPU worker refuses to start without in LD_PRELOAD (vLLM CPU 0.18:
     `check_preloaded_libs("libtcmalloc")`, and libiomp on x86), read from its source without importing vLLM."""
     spec = importlib.util.find_spec("vllm") if importable("vllm") else None
     for root in (spec.submodule_search_locations or []) if spec else []:
@@ -84,8 +84,8 @@ def cpu_preload_required() -> list[str]:
 
 
 def preload_required_by(cpu_worker_source: str) -> list[str]:
-    """The names a CPU worker's `check_preloaded_libs` refuses to start without: vLLM < 0.32 raises, 0.32 only
-    warns (nothing required)."""
+    """The names a CPU worker's `check_preloaded_libs` refuses to start without: vLLM 0.18 raises, 0.23 and 0.32 only
+    warn (nothing required)."""
     definition = cpu_worker_source.find("def check_preloaded_libs")
     first_call = cpu_worker_source.find("check_preloaded_libs(\"", definition)
     if definition < 0 or first_call < 0 or "raise " not in cpu_worker_source[definition:first_call]:
@@ -99,7 +99,7 @@ def check_cpu_preload(required: list[str], ld_preload: str | None = None) -> Non
     missing = [name for name in required if name not in ld_preload]
     if missing:
         raise PortcheckError(
-            f"vLLM {vllm_version()}'s CPU worker requires {', '.join(missing)} in LD_PRELOAD (vLLM CPU before 0.32); "
+            f"vLLM {vllm_version()}'s CPU worker requires {', '.join(missing)} in LD_PRELOAD (vLLM CPU 0.18 checks it); "
             "give the target `python_env:` (portcheck then starts its jobs with them preloaded: tcmalloc from "
             "`apt-get install libtcmalloc-minimal4`, libiomp5.so from the intel-openmp wheel), or export LD_PRELOAD "
             "with both before snakemake"
