@@ -19,21 +19,25 @@ import os
 _ORIGINALS: dict = {}
 
 
-def forward_cpu(self, hidden_states):
-    output = _ORIGINALS["forward_cpu"](self, hidden_states)
-    batch_noise = os.environ.get("PORTCHECK_GDN_TEST_BATCH_NOISE")
-    if batch_noise and 2 < hidden_states.shape[0] <= int(batch_noise):
-        import torch
-
-        noise = torch.randn(output.shape, generator=torch.Generator().manual_seed(hidden_states.shape[0]))
-        output = output + (noise * 0.1 * output.float().std()).to(output.dtype)
+def forward_cpu(self, hidden_states, *out):
+    """vLLM 0.32's forward_cpu returns the output; 0.23's writes it into its `output` argument."""
+    result = _ORIGINALS["forward_cpu"](self, hidden_states, *out)
+    output = out[0] if out else result
     noisy = os.environ.get("PORTCHECK_GDN_TEST_NOISE_LAYER")
-    if noisy is None or f"layers.{noisy}." not in f"{self.prefix}.":
-        return output
+    noisy = noisy is not None and f"layers.{noisy}." in f"{self.prefix}."
+    batch_noise = os.environ.get("PORTCHECK_GDN_TEST_BATCH_NOISE")
+    scale = 1.0 if noisy else 0.1 if batch_noise and 2 < hidden_states.shape[0] <= int(batch_noise) else 0.0
+    if scale == 0.0:
+        return result
     import torch
 
-    noise = torch.randn(output.shape, generator=torch.Generator().manual_seed(0))
-    return output + (noise * output.float().std()).to(output.dtype)
+    seed = 0 if noisy else hidden_states.shape[0]
+    noise = torch.randn(output.shape, generator=torch.Generator().manual_seed(seed))
+    spoiled = output + (noise * scale * output.float().std()).to(output.dtype)
+    if out:
+        output.copy_(spoiled)
+        return result
+    return spoiled
 
 
 # The module-level kernel of vLLM's CPU GDN op that is swapped, the first this vLLM line has: the prefill of the 0.32
