@@ -5,6 +5,9 @@ dry-run path use this stand-in: same classes, same layer pattern (3 Gated DeltaN
 same rope/mrope layout, tied embeddings, a vision tower and MTP tensors, a byte-level BPE tokenizer with Qwen's
 special tokens, all a few MB. A short deterministic training run on a shipped corpus makes its next-token
 distributions peaked and its greedy continuations text-like, so agreement metrics behave as on a real model.
+
+`architecture="qwen3"` builds a dense Qwen3 of the same text sizes and tokenizer instead (`model.source:
+tiny-qwen3`): the stand-in for vLLM lines whose CPU backend cannot load Qwen3.5 (vLLM 0.18).
 """
 
 from __future__ import annotations
