@@ -57,17 +57,13 @@ def prompts(tiny_model_dir) -> list[list[int]]:
 @pytest.fixture(scope="module")
 def hf_logprobs(tiny_model_dir, prompts) -> list[np.ndarray]:
     """fp32 transformers log-softmax at every position of each prompt: the reference."""
-    import json
-
     import torch
-    import transformers
     from transformers import AutoModelForCausalLM
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
-    # transformers' own config class: vLLM 0.23 registers its Qwen3_5Config with AutoConfig once it has read the
-    # checkpoint in this process, and transformers' model class cannot be built from that one.
-    model_type = json.loads((tiny_model_dir / "config.json").read_text())["model_type"]
-    config = getattr(transformers, CONFIG_MAPPING_NAMES[model_type]).from_pretrained(str(tiny_model_dir))
+    from portcheck.engines.hf import transformers_config
+
+    # transformers' own config class: vLLM 0.23 registers its Qwen3_5Config with AutoConfig in this process
+    config = transformers_config(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), config=config, dtype=torch.float32).eval()
     with torch.inference_mode():
         out = [torch.log_softmax(model(input_ids=torch.tensor([p])).logits[0].float(), -1).numpy() for p in prompts]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,21 @@ GDN_FUNCTIONS = (
 )
 
 
+def transformers_config(model_dir):
+    """The checkpoint's config as transformers' own config class reads it, or None (a model type transformers does
+    not ship: AutoConfig decides, with trust_remote_code). Not AutoConfig: vLLM (0.23) registers its own config
+    classes with AutoConfig once it has read a checkpoint in a process, and transformers' model classes cannot be
+    built from vLLM's Qwen3_5Config."""
+    import json
+
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
+    name = CONFIG_MAPPING_NAMES.get(model_type)
+    return getattr(transformers, name).from_pretrained(str(model_dir)) if name else None
+
+
 class HFEngine(Engine):
     def __init__(self, target, model_dir, settings):
         super().__init__(target, model_dir, settings)
@@ -36,8 +52,10 @@ class HFEngine(Engine):
         devices.set_cpu_threads(settings.threads)
         start = time.perf_counter()
         # The text-only class: AutoModelForCausalLM on a Qwen3_5ForConditionalGeneration checkpoint skips the vision tower.
+        config = transformers_config(self.model_dir)
         self.model, self.loading_info = AutoModelForCausalLM.from_pretrained(
             self.model_dir,
+            **({"config": config} if config is not None else {}),
             dtype=getattr(torch, target.torch_dtype_name),
             trust_remote_code=settings.trust_remote_code,
             output_loading_info=True,
