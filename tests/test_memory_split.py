@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import torch
+
 from portcheck.engines.vllm.worker_extension import memory_split
 from portcheck.report.format import UNKNOWN
 from portcheck.report.sections.performance import _memory_split_rows
@@ -15,8 +17,9 @@ GIB = 1024**3
 
 
 def worker(**attributes):
+    backing = torch.zeros(3 * 256, dtype=torch.uint8)  # 768 B, viewed by two layers (aliasing groups) and a third
     runner = SimpleNamespace(model_memory_usage=1.5 * GIB,
-                             kv_cache_config=SimpleNamespace(kv_cache_tensors=[SimpleNamespace(size=GIB)] * 3))
+                             kv_caches=[backing[:256], (backing[256:], backing[:512]), torch.zeros(4, dtype=torch.int32)])
     return SimpleNamespace(model_runner=runner, init_snapshot=SimpleNamespace(total_memory=64 * GIB),
                            requested_memory=int(57.6 * GIB), **attributes)
 
@@ -26,7 +29,7 @@ def test_vllm_0_23_keeps_every_part():
                                 available_kv_cache_memory_bytes=int(53.6 * GIB)))
     assert split == {"weights": int(1.5 * GIB), "peak_activation": 2 * GIB, "non_torch": GIB // 2,
                      "non_torch_source": "non_torch_memory", "kv_cache_budget": int(53.6 * GIB),
-                     "kv_cache_allocated": 3 * GIB, "requested": int(57.6 * GIB), "device_total": 64 * GIB}
+                     "kv_cache_allocated": 768 + 16, "requested": int(57.6 * GIB), "device_total": 64 * GIB}
 
 
 def test_vllm_0_32_derives_non_torch_from_total_consumed():

@@ -95,7 +95,8 @@ def memory_split(worker) -> dict:
     weights (model_runner.model_memory_usage, every line and vllm-ascend), peak activation during profiling
     (peak_activation_memory: vLLM 0.18-0.32, vllm-ascend 0.23), non-torch memory (non_torch_memory: vLLM 0.18/0.23,
     vllm-ascend 0.23; vLLM 0.32 keeps total_consumed = weights + non-torch only), the KV cache budget
-    (available_kv_cache_memory_bytes) and what was allocated (the KV cache tensors), the reservation
+    (available_kv_cache_memory_bytes) and what was allocated (model_runner.kv_caches' storages, each counted once:
+    vLLM 0.32's KVCacheTensor entries alias one backing allocation, so their sizes overcount), the reservation
     (requested_memory; requested_cpu_memory on CPU) and the device's total."""
     runner = getattr(worker, "model_runner", None)
     weights = _number(getattr(runner, "model_memory_usage", None))
@@ -104,8 +105,7 @@ def memory_split(worker) -> dict:
     non_torch_source = "non_torch_memory"
     if non_torch is None and consumed is not None and weights is not None:
         non_torch, non_torch_source = consumed - weights, "total_consumed - model_memory_usage"
-    tensors = getattr(getattr(runner, "kv_cache_config", None), "kv_cache_tensors", None) or []
-    allocated = sum(int(getattr(t, "size", 0) or 0) for t in tensors) or None
+    allocated = _storage_bytes(getattr(runner, "kv_caches", None))
     snapshot = getattr(worker, "init_snapshot", None)
     return {
         "weights": weights,
@@ -117,6 +117,23 @@ def memory_split(worker) -> dict:
         "requested": _number(getattr(worker, "requested_memory", None) or getattr(worker, "requested_cpu_memory", None)),
         "device_total": _number(getattr(snapshot, "total_memory", None)),
     }
+
+
+def _storage_bytes(value, seen: dict | None = None) -> int | None:
+    """Bytes of the distinct storages behind the tensors in a (nested) list/tuple/dict; None where there are none."""
+    import torch
+
+    seen = {} if seen is None else seen
+    if isinstance(value, torch.Tensor):
+        storage = value.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    elif isinstance(value, (list, tuple)):
+        for element in value:
+            _storage_bytes(element, seen)
+    elif isinstance(value, dict):
+        for element in value.values():
+            _storage_bytes(element, seen)
+    return sum(seen.values()) or None
 
 
 def _number(value) -> int | None:

@@ -187,7 +187,7 @@ SPLIT_ROWS = (
     ("peak_activation", "… peak activation (profiling)", "vLLM: peak_activation_memory"),
     ("non_torch", "… non-torch memory", None),
     ("kv_cache_budget", "… KV cache budget", "vLLM: available_kv_cache_memory_bytes"),
-    ("kv_cache_allocated", "… KV cache allocated", "vLLM: the KV cache tensors' sizes"),
+    ("kv_cache_allocated", "… KV cache allocated", "vLLM: model_runner.kv_caches (distinct storages)"),
     ("requested", "… reserved share", "vLLM: total x gpu_memory_utilization"),
     ("device_total", "… device memory", "vLLM: init_snapshot.total_memory"),
 )
