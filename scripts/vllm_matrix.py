@@ -79,8 +79,7 @@ def model(architecture: str) -> Path:
 
 def line_environment(env: Path, extra: dict[str, str]) -> dict[str, str]:
     """What the line's processes run with: this checkout's src/, and what its vLLM CPU worker wants preloaded."""
-    preload = python_env.preload_paths(env, python_env.probe(str(env)).get("cpu_preload") or [])
-    return python_env.job_environment(extra, preload)
+    return python_env.job_environment(extra, python_env.cpu_vllm_preload(env))
 
 
 def run_tests(env: Path, model_dir: Path, log: Path) -> dict:
@@ -105,7 +104,7 @@ def run_workflow(line: str, spec: dict, env: Path, log: Path) -> dict:
     """One snakemake run: the reference in the default environment, cpu-vllm-bf16 in the line's."""
     workdir = copy_workflow(Path(tempfile.mkdtemp(prefix=f"portcheck-line-{line}-")))
     name = f"tiny-{spec['model']}"
-    default_env = Path(sys.prefix).resolve() == env.resolve()
+    default_env = python_env.runs_here(env)
     config = {
         "model": {"name": name, "source": MODEL_SOURCES[spec["model"]]},
         "targets": {"cpu-hf-bf16": {"enabled": False},

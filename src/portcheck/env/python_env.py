@@ -147,6 +147,11 @@ def preload_paths(env_dir: str | Path, required: list[str]) -> list[str]:
     return found
 
 
+def cpu_vllm_preload(env_dir: str | Path) -> list[str]:
+    """What a CPU vLLM job in this environment starts with in LD_PRELOAD: what its vLLM's worker requires."""
+    return preload_paths(env_dir, probe(str(env_dir)).get("cpu_preload") or [])
+
+
 def job_environment(extra: dict[str, str], preload: list[str] = ()) -> dict[str, str]:
     """os.environ for a job run by another interpreter: this checkout's src/ first on PYTHONPATH (no install
     needed in the environment), `preload` prepended to LD_PRELOAD, plus `extra`."""

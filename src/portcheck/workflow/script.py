@@ -97,7 +97,7 @@ def run_in_environment(snakemake, env_dir: str, adapter: Path) -> int:
     target = engine_target(snakemake)
     preload = []
     if target and target.engine == "vllm" and target.device == "cpu":
-        preload = python_env.preload_paths(env_dir, described.get("cpu_preload") or [])
+        preload = python_env.cpu_vllm_preload(env_dir)
     with tempfile.NamedTemporaryFile("w", suffix=".job.json", delete=False) as handle:
         json.dump(job_record(snakemake, adapter), handle)
     try:
