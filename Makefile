@@ -10,7 +10,7 @@ STAMP := $(VENV)/.portcheck-installed
 CORES ?= 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup report test test-vllm-matrix lock clean bench-workflow bench-harness bench-compact
+.PHONY: setup report test test-vllm-matrix test-slurm lock clean bench-workflow bench-harness bench-compact
 LINES ?= 0.18,0.23,0.32
 
 setup: $(STAMP)
@@ -39,6 +39,34 @@ test: setup
 test-vllm-matrix: setup
 	dpkg -s libtcmalloc-minimal4 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4; }
 	$(BIN)/python scripts/vllm_matrix.py --lines $(LINES)
+
+# A real single-node Slurm on this machine (scripts/slurm_cluster.sh: Debian's slurmctld, slurmd, slurmdbd + MariaDB,
+# munge; loopback-only network namespace) and the workflow through profiles/slurm on the CI config
+# (tests/test_slurm.py). The submit host's Snakemake + executor plugin live in .venv-slurm (requirements/slurm.lock.txt:
+# the plugin needs numpy >= 2.4.5, the CPU lock has 2.3.5); the jobs run .venv's python with the jobstep plugin added
+# (.venv-slurm/job-bin/python). Prints its wall time.
+SLURM_VENV := .venv-slurm
+SLURM_STAMP := $(SLURM_VENV)/.portcheck-installed
+SLURM_JOBSTEP := snakemake-executor-plugin-slurm-jobstep==0.6.1
+SLURM_DEBS := slurmctld slurmd slurmdbd slurm-client munge mariadb-server
+
+$(SLURM_STAMP): requirements/slurm.lock.txt | $(STAMP)
+	rm -rf $(SLURM_VENV)
+	$(PYTHON) -m venv --without-pip $(SLURM_VENV)
+	$(BIN)/uv pip install --quiet --python $(SLURM_VENV)/bin/python --compile-bytecode -r requirements/slurm.lock.txt
+	$(BIN)/uv pip install --quiet --target $(SLURM_VENV)/jobstep --no-deps $(SLURM_JOBSTEP)
+	mkdir -p $(SLURM_VENV)/job-bin
+	printf '#!/bin/sh\n# A job'"'"'s python: the project environment plus the jobstep plugin.\nPYTHONPATH="%s$${PYTHONPATH:+:$$PYTHONPATH}" exec "%s" "$$@"\n' \
+		"$(abspath $(SLURM_VENV))/jobstep" "$(abspath $(BIN))/python" > $(SLURM_VENV)/job-bin/python
+	chmod +x $(SLURM_VENV)/job-bin/python
+	touch $@
+
+test-slurm: setup $(SLURM_STAMP)
+	@start=$$(date +%s); \
+	dpkg -s $(SLURM_DEBS) >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SLURM_DEBS) >/dev/null; }; \
+	scripts/slurm_cluster.sh run $(BIN)/python -m pytest -m slurm -p no:cacheprovider -v -s tests/test_slurm.py; \
+	rc=$$?; echo "make test-slurm (packages + cluster + tests): $$(( $$(date +%s) - start )) s, exit $$rc"; exit $$rc
 
 lock: setup
 	$(BIN)/uv pip freeze --python $(BIN)/python --exclude-editable > requirements/cpu.lock.txt.new

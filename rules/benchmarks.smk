@@ -1,11 +1,12 @@
-# Stage benchmarks (portcheck/benchmarks): offline benchmarks per target (one engine start), the figures derived
-# from them (roofline, cross-checks), and the serving check per vllm target: `vllm serve` on 127.0.0.1,
-# OpenAI /v1/completions at a few concurrencies, and the server's greedy tokens against the offline dump's.
+# Stage benchmarks (portcheck/benchmarks): offline benchmarks per target (one engine start; the report asks them of
+# BENCHED, the reference only with bench.reference), the figures derived from them (roofline, cross-checks), and the
+# serving check per vllm target: `vllm serve` on 127.0.0.1, OpenAI /v1/completions at a few concurrencies, and the
+# server's greedy tokens against the offline dump's.
 
 
 rule run_benchmarks:
     input:
-        model=model_dir(),
+        **engine_inputs(),
         code=bench_sources,
     output:
         json=target_file("bench"),
@@ -19,7 +20,8 @@ rule run_benchmarks:
         npu=device_resources("npu"),
     params:
         settings=target_settings,
-        bench={k: v for k, v in config["bench"].items() if k != "consistency_tolerance"},
+        # What the measurements read: which targets are benchmarked and the checks' tolerance rerun no measurement.
+        bench={k: v for k, v in config["bench"].items() if k not in ("consistency_tolerance", "reference")},
         stack=stack_params,
         python_env=target_python_env,
     script:
@@ -42,16 +44,20 @@ rule check_benchmarks:
         "../workflow/scripts/check_benchmarks.py"
 
 
+# `vllm bench serve` (the target environment's) sweeps the load on real text (the corpus) from concurrency 1 to
+# saturation; the server's greedy tokens are checked against the dump's.
 rule check_serving:
     input:
-        model=model_dir(),
+        **engine_inputs(),
         dump=target_file("logits"),
+        corpus=CORPUS_TEXT,
         code=package_sources("benchmarks.serving"),
     output:
         target_file("serve"),
     log:
         main=f"logs/{MODEL}/check_serving/{{target}}.log",
         server=f"logs/{MODEL}/check_serving/{{target}}.server.log",
+        bench=f"logs/{MODEL}/check_serving/{{target}}.bench.log",
     threads: target_threads
     resources:
         gpu=device_resources("gpu"),

@@ -33,9 +33,12 @@ from portcheck.artifacts import (  # noqa: E402
     target_path,
 )
 from portcheck.modes.catalog import MODE_PATTERN, active_runs  # noqa: E402
+from portcheck.benchmarks.plan import benched_targets  # noqa: E402
+from portcheck.model.checkpoint import checkpoint_fingerprint  # noqa: E402
+from portcheck.workflow.rebuild import rebuild_damaged  # noqa: E402
 from portcheck.errors import PortcheckError  # noqa: E402
 from portcheck.env import python_env  # noqa: E402
-from portcheck.targets import ENGINE_MODULES, TARGET_PATTERN, parse_target  # noqa: E402
+from portcheck.targets import ENGINE_MODULES, FLOOR_TARGET, TARGET_PATTERN, floor_absence, parse_target  # noqa: E402
 from portcheck.workflow.code_inputs import PACKAGE_DIR, module_closure  # noqa: E402
 from portcheck.workflow.version_params import result_versions  # noqa: E402
 
@@ -92,6 +95,8 @@ if _env_problems:
     raise WorkflowError("invalid config:\n  - " + "\n  - ".join(_env_problems))
 PROMPTS = load_prompts(config, workflow.basedir)
 SERVED = [t for t in TARGETS if parse_target(t).engine == "vllm"]  # the serving check starts `vllm serve`
+# The targets whose offline benchmarks the report asks for: the reference's only with bench.reference.
+BENCHED = benched_targets(TARGETS, REFERENCE, config["bench"])
 CORPUS = config["corpus"]["enabled"]
 # The corpus text, an input of every dump (another text redoes the dumps); local(): it stays on each host.
 CORPUS_TEXT = local(os.path.relpath(corpus_path(config, workflow.basedir)))
@@ -162,10 +167,32 @@ def compare_files(kind):
     return [compare_file(t, kind) for t in COMPARED] if enabled else []
 
 
+def layers_floor(wildcards):
+    """compare_layers' bf16 floor: the floor target's layers where it is enabled (portcheck.compare.layers)."""
+    if layers_no_floor(wildcards):
+        return {}
+    return {"floor": target_file("layers", FLOOR_TARGET)}
+
+
+def layers_no_floor(wildcards):
+    """Why this target's layers are compared with no floor (the report says it); None: the floor is an input."""
+    return floor_absence(wildcards.target, REFERENCE, TARGETS)
+
+
 def dump_inputs():
     """The dump reads the checkpoint, and the corpus text where corpus windows are scored or the mode workload
     (a prefix cut from it) is decoded."""
-    return {"model": model_dir(), **({"corpus": CORPUS_TEXT} if CORPUS or MODE_RUNS else {})}
+    return {**engine_inputs(), **({"corpus": CORPUS_TEXT} if CORPUS or MODE_RUNS else {})}
+
+
+MANIFEST = f"{RESULTS}/manifest.json"
+
+
+def engine_inputs():
+    """What every job that starts an engine on the checkpoint reads of it: the checkpoint, and its manifest, written
+    only for a checkpoint the manifest stage accepted (so no engine starts on one it refused) and rewritten when a
+    local checkpoint's content changes (write_manifest's params)."""
+    return {"model": model_dir(), "manifest": MANIFEST}
 
 
 def mode_file(kind, mode="{mode}", target="{target}"):
@@ -238,6 +265,17 @@ def model_dir():
     return f"resources/models/{MODEL}"
 
 
+def local_checkpoint_fingerprint():
+    """A local checkpoint's content (names, sizes, sha256s) as one hash, a param of write_manifest: an overwrite in
+    place (its directory's mtime does not move) reruns the manifest and every engine job after it; a `touch` reruns
+    nothing. Each file's sha256 is cached while its size, mtime and inode stay the same, so a no-op run costs one
+    stat per file. Computed where the run is planned (a cluster job's own process does not rehash)."""
+    if config["model"]["source"] != "local" or not workflow.is_main_process:
+        return None
+    cache = Path(".snakemake") / "portcheck" / f"{MODEL}.checkpoint-hashes.json"
+    return checkpoint_fingerprint(config["model"]["path"], cache)
+
+
 def device_resources(device):
     """Accelerator jobs ask for their device, so schedulers and profiles can place them."""
     return lambda wildcards: int(parse_target(wildcards.target).device == device)
@@ -253,7 +291,14 @@ def target_settings(wildcards):
 
 # score_decode runs the reference's engine on each target's decoded tokens: its device, threads and code.
 REFERENCE_DEVICE = parse_target(REFERENCE).device
-REFERENCE_THREADS = config["targets"][REFERENCE]["threads"] or workflow.cores
+
+
+def reference_threads(wildcards):
+    # Read when a job is scheduled: `snakemake --unlock` / `--cleanup-metadata` parse the workflow without cores.
+    return config["targets"][REFERENCE]["threads"] or workflow.cores
+
+
+REFERENCE_THREADS = reference_threads
 
 
 def reference_decode_sources(wildcards):
@@ -281,3 +326,26 @@ def target_python_env(wildcards):
 # score_decode / score_mode run the reference's engine: in the reference's environment, with its versions.
 REFERENCE_PYTHON_ENV = python_env_dir(REFERENCE)
 REFERENCE_STACK = result_versions(REFERENCE, environment=REFERENCE_PYTHON_ENV)
+
+
+# Every artifact the report reads, by render_report's input names (rules/report.smk).
+REPORT_ARTIFACTS = {
+    **{kind: compare_files(kind) for kind in OPTIONAL_COMPARISONS},
+    "manifest": MANIFEST,
+    "per_target": [target_file(kind, t) for t in TARGETS for kind in REPORTED_KINDS if kind != "bench" or t in BENCHED],
+    "bench_checks": target_files("bench_checks", BENCHED),
+    "serve": target_files("serve", SERVED),
+    "compare": compare_files("compare"),
+    "modes": [mode_compare_file(run) for run in MODE_RUNS],
+}
+
+# The report's artifacts that are absent or edited are rebuilt (portcheck.workflow.rebuild): checked while the
+# workflow is parsed, in the process that plans the run (not in each job's, nor against a storage plugin's store,
+# whose copies are not on this host).
+if workflow.is_main_process and not workflow.storage_settings.default_storage_provider:
+    rebuild_damaged(
+        workflow,
+        [path for paths in REPORT_ARTIFACTS.values() for path in ([paths] if isinstance(paths, str) else paths)]
+        + list(REPORT_PLOTS.values()),
+        REPORT,
+    )

@@ -58,6 +58,7 @@ rule compare_decode:
 
 rule compare_layers:
     input:
+        unpack(layers_floor),
         reference=target_file("layers", REFERENCE),
         target=target_file("layers"),
         code=package_sources("compare.layers"),
@@ -68,5 +69,6 @@ rule compare_layers:
     params:
         layers=config["layers"],
         bucket=config["compare"]["positions"]["bucket"],
+        no_floor=layers_no_floor,
     script:
         "../workflow/scripts/compare_layers.py"

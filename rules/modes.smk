@@ -7,7 +7,7 @@
 
 rule run_mode:
     input:
-        model=model_dir(),
+        **engine_inputs(),
         corpus=CORPUS_TEXT,
         code=mode_sources,
     output:

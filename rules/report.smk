@@ -47,7 +47,7 @@ rule plot_layers:
 
 rule plot_bench:
     input:
-        bench=target_files("bench", TARGETS),
+        bench=target_files("bench", BENCHED),
         code=package_sources("report.plots"),
     output:
         throughput=BENCH_PLOTS["throughput_vs_batch"],
@@ -55,25 +55,20 @@ rule plot_bench:
     log:
         f"logs/{MODEL}/plot_bench.log",
     params:
-        targets=TARGETS,
+        targets=BENCHED,
     script:
         "../workflow/scripts/plot_bench.py"
 
 
 rule render_report:
     input:
-        **{kind: compare_files(kind) for kind in OPTIONAL_COMPARISONS},
+        # every artifact the report reads (rules/common.smk: checked against their recorded hashes)
+        **REPORT_ARTIFACTS,
         template=local("reports/templates/report.md.j2"),
         # make bench-compact's record of compact storage at the real vocabulary (the method note cites it)
         compact_record=local("src/portcheck/dump/data/compact_error_real_shape.json"),
-        manifest=f"{RESULTS}/manifest.json",
-        per_target=[target_file(kind, t) for t in TARGETS for kind in REPORTED_KINDS],
-        bench_checks=target_files("bench_checks", TARGETS),
-        serve=target_files("serve", SERVED),
-        compare=compare_files("compare"),
-        modes=[mode_compare_file(run) for run in MODE_RUNS],
         plots=REPORT_PLOTS.values(),
-        code=package_sources("report.render", "report.history"),
+        code=package_sources("report.render", "report.history", "benchmarks.plan"),
     output:
         REPORT,
     log:

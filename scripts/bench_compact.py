@@ -10,6 +10,14 @@ logits are also measured scaled (through the final norm, as the embedded model i
 Writes src/portcheck/dump/data/compact_error_real_shape.json, which the report's method note cites.
 
     python scripts/bench_compact.py [--windows 2 --window-length 256 --topk 256 --sample 128]
+
+--vllm DIR measures instead what vLLM's rows cost at this vocabulary: it writes the same shape as a checkpoint vLLM
+loads (Qwen3_5ForConditionalGeneration, the embedded model's tokenizer and vision tower, random weights) into DIR
+(kept: model.source local can point at it), starts the vLLM CPU engine once, and times the seed prompts' dump from
+the worker's whole raw logits rows against the old top-k log-probs, and a decode's compact records against vLLM's
+top-k, printing the figures (time, bytes) as JSON.
+
+    python scripts/bench_compact.py --vllm /tmp/real-shape [--topk-logprobs 20 --decode-steps 32]
 """
 
 from __future__ import annotations
@@ -47,6 +55,74 @@ def build_models(seed: int):
     text = tiny_config(REAL_VOCAB, **REAL_SHAPE).text_config
     model = Qwen3_5ForCausalLM(text).eval()
     return model, sum(p.numel() for p in model.parameters())
+
+
+def write_real_shape_checkpoint(out: Path, seed: int) -> Path:
+    """The real text shape as a checkpoint vLLM loads, built as portcheck.model.tiny builds the embedded model
+    (its tokenizer, special ids, vision tower and MTP head) with random weights; kept where it is complete."""
+    import torch
+    from transformers.models.qwen3_5 import Qwen3_5ForConditionalGeneration
+
+    from portcheck.model import tiny
+
+    if (out / "model.safetensors").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    tok = tiny.train_tokenizer(tiny.corpus_text())
+    specials = tiny.special_token_ids(tok.token_to_id(tiny.QWEN_SPECIAL_TOKENS[0]))
+    config = tiny.tiny_config(REAL_VOCAB, **REAL_SHAPE, **specials)
+    torch.manual_seed(seed)
+    model = Qwen3_5ForConditionalGeneration(config).eval()
+    tiny._save_weights(model, out / "model.safetensors", tiny._mtp_tensors(config, seed))
+    tiny._save_configs(config, out)
+    tiny._save_tokenizer(tok, out, config.text_config.max_position_embeddings)
+    return out
+
+
+def measure_vllm_rows(model_dir: Path, topk: int, decode_steps: int, decode_prompts: int = 4) -> dict:
+    """One vLLM CPU engine start on `model_dir`: the seed prompts' dump (whole raw logits rows from the worker vs
+    vLLM's top-k log-probs) and a decode (compact records from the worker vs vLLM's top-k), timed and sized."""
+    from portcheck.config import load_prompts, load_yaml
+    from portcheck.dump.compact import Storage
+    from portcheck.dump.logits_file import write_dump
+    from portcheck.dump.run import decode_rows, load_tokenizer, rows_meta, tokenize, write_decode_dump
+    from portcheck.engines.factory import make_engine
+    from portcheck.engines.settings import EngineSettings
+    from portcheck.targets import parse_target
+
+    prompts = load_prompts(load_yaml(ROOT / "config" / "config.yaml"))
+    prompt_ids = tokenize(load_tokenizer(model_dir), prompts)
+    folder = Path(tempfile.mkdtemp(prefix="portcheck-vllm-rows-"))
+    meta = {"target": "cpu-vllm-bf16", "model_sha": "random", "tokenizer_sha": "tiny", "prompts_sha": "seed"}
+    settings = EngineSettings(max_model_len=512, logprobs_topk=topk, extra={"log_file": str(folder / "engine.log")})
+    figures: dict = {"vocab": REAL_VOCAB, "prompts": len(prompt_ids), "positions": sum(map(len, prompt_ids)),
+                     "logprobs_topk": topk}
+
+    def timed(name, make, write):
+        started = time.perf_counter()
+        made = make()
+        figures[f"{name}_engine_seconds"] = round(time.perf_counter() - started, 3)
+        path = folder / f"{name}.safetensors"
+        started = time.perf_counter()
+        write(path, made)
+        figures[f"{name}_write_seconds"] = round(time.perf_counter() - started, 3)
+        figures[f"{name}_bytes"] = path.stat().st_size
+        return made
+
+    with make_engine(parse_target("cpu-vllm-bf16"), model_dir, settings) as engine:
+        figures["engine_start_seconds"] = round(engine.timings["engine_start_s"], 1)
+        timed("seed_worker_rows", lambda: engine.score(prompt_ids),
+              lambda path, rows: write_dump(path, rows, None, {**meta, **rows_meta(engine)}))
+        figures["seed_worker_rows_fallback"] = engine.rows_fallback
+        timed("seed_vllm_topk", lambda: engine.logprob_scores(prompt_ids),
+              lambda path, rows: write_dump(path, rows, None, {**meta, **rows_meta(engine)}))
+        storage = Storage(compact=True)
+        workload = prompt_ids[:decode_prompts]
+        for name, together in (("decode_worker_compact", False), ("decode_vllm_topk", True)):
+            timed(name, lambda: decode_rows(engine, workload, decode_steps, storage, together=together),
+                  lambda path, rows: write_decode_dump(path, rows, meta, decode_steps, storage))
+        figures.update(decode_prompts=len(workload), decode_steps=decode_steps)
+    return figures
 
 
 def logits_of(model, windows) -> list[np.ndarray]:
@@ -108,7 +184,16 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--vllm", type=Path, default=None, help="checkpoint folder: measure vLLM's rows instead")
+    parser.add_argument("--topk-logprobs", type=int, default=20)
+    parser.add_argument("--decode-steps", type=int, default=32)
     args = parser.parse_args()
+    if args.vllm:
+        started = time.perf_counter()
+        model_dir = write_real_shape_checkpoint(args.vllm, args.seed)
+        print(f"checkpoint {model_dir} ready in {time.perf_counter() - started:.1f} s", flush=True)
+        print(json.dumps(measure_vllm_rows(model_dir, args.topk_logprobs, args.decode_steps), indent=1))
+        return
     import torch
 
     from portcheck.env.versions import stack_versions

@@ -16,6 +16,23 @@ WORKFLOW_FILES = ("Snakefile", "rules", "workflow", "config", "reports/templates
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
+def default_config() -> dict:
+    """The shipped config/config.yaml, as a fresh dict."""
+    import yaml
+
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def problems_of(config: dict, base_dir: Path = ROOT) -> str:
+    """The message config validation refuses `config` with (the test fails if it is accepted)."""
+    from portcheck.config import load_schema, validate_config
+    from portcheck.errors import PortcheckError
+
+    with pytest.raises(PortcheckError) as excinfo:
+        validate_config(config, load_schema(ROOT / "config" / "schema.yaml"), base_dir)
+    return str(excinfo.value)
+
+
 # The vLLM line matrix (scripts/vllm_matrix.py) runs the vLLM tests inside each line's environment on a checkpoint
 # built beforehand (an environment with transformers < 5 cannot build Qwen3.5): this names it.
 TEST_MODEL_ENV = "PORTCHECK_TEST_MODEL"

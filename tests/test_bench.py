@@ -1,7 +1,8 @@
 """Benchmarks: percentile / TPOT / ITL arithmetic on synthetic timestamps, throughput tables, the roofline, the
-consistency flags (the seed's own figures must fail them), the plan checks that run before an engine starts,
-atomic artifacts, and the report's performance section. A fake engine with a synthetic clock stands in for
-real engines (test_workflow runs the real ones)."""
+consistency flags (the seed's own figures must fail them), the plan checks that run at config validation and
+before an engine starts, the time budget per grid cell (a cell over it skipped and shown so), the reference not
+benchmarked by default (and the report saying so), atomic artifacts, and the report's performance section. A
+fake engine with a synthetic clock stands in for real engines (test_workflow runs the real ones)."""
 
 from __future__ import annotations
 
@@ -11,25 +12,24 @@ import json
 import math
 
 import pytest
+import yaml
 
+from conftest import ROOT, copy_workflow, planned_jobs
 from portcheck.benchmarks import statistics as perf
-from portcheck.benchmarks.offline import (
-    check_plan,
-    engine_limits,
-    grid_cells,
-    plan_for_device,
-    run_benchmarks,
-)
+from portcheck.benchmarks.offline import measure_grid, run_benchmarks
+from portcheck.benchmarks.plan import check_plan, engine_limits, grid_cells, plan_for_device
 from portcheck.benchmarks.cross_checks import consistency_flags
 from portcheck.benchmarks.roofline import roofline
 from portcheck.benchmarks.workload import random_prompts
 from portcheck.engines.base import Engine
 from portcheck.engines.outputs import TimedGeneration
+from portcheck.config import load_schema, validate_config
 from portcheck.errors import PortcheckError
 from portcheck.engines.settings import EngineSettings
 
 BENCH = {
     "input_len": 4, "seed": 0, "temperature": 0.0, "warmup": 1, "repetitions": 2, "percentiles": [50, 90, 99],
+    "cell_budget_s": 30,
     "consistency_tolerance": 0.25,
     "grid": [{"title": "batch 8", "batch_sizes": [8], "max_tokens": [10, 20]},
              {"title": "batch sweep", "batch_sizes": [1, 2, 4, 8], "max_tokens": [20]}],
@@ -154,7 +154,7 @@ def test_grid_larger_than_the_engine_allows_is_rejected_before_it_starts():
         check_plan(plan_for_device(BENCH, "cpu"), limits, "cpu-vllm-bf16")
     message = str(error.value)
     assert "batch 8 > max_num_seqs 4" in message
-    assert "prompt 4 + 20 new tokens = 24 > max_model_len 22" in message
+    assert "bench.input_len 4 + max_tokens 20 = 24 > max_model_len 22" in message
     assert "bench.grid" in message
     assert engine_limits("hf", EngineSettings(), {"text_config": {"max_position_embeddings": 64}}) == {
         "max_model_len": 64, "max_num_seqs": None}
@@ -315,3 +315,149 @@ def test_run_benchmarks_refuses_an_oversized_grid_before_any_engine_start(tmp_pa
         run_benchmarks("cpu-vllm-bf16", fake_model, EngineSettings(max_num_seqs=2), copy.deepcopy(BENCH), outputs,
                        engine_factory=factory, tokenizer=FakeTokenizer())
     assert not outputs["json"].exists() and not outputs["csv"].exists()
+
+
+# ---------------------------------------------------------------- the time budget per grid cell
+
+
+def budget_plan(budget: float) -> dict:
+    plan = plan_for_device(copy.deepcopy(BENCH), "cpu")  # 1 warm-up + 1 timed run per cell
+    plan["grid"] = [{"title": "batch 8", "batch_sizes": [8], "max_tokens": [10, 20, 50]},
+                    {"title": "batch sweep", "batch_sizes": [1, 2, 4, 8], "max_tokens": [20]}]
+    return {**plan, "cell_budget_s": budget}
+
+
+def test_a_cell_over_the_budget_is_skipped_with_its_estimate(tmp_path, fake_model):
+    from portcheck.targets import parse_target
+
+    engine = FakeEngine(parse_target("cpu-hf-bf16"), fake_model, EngineSettings())
+    prompts = random_prompts(FakeTokenizer(), 8, 4, seed=0)
+    # One run of batch b x m tokens takes 10 + b + 2 (m - 1) ms: 2 runs of 8 x 10 take 72 ms, of 8 x 20 112 ms.
+    tables = measure_grid(engine, prompts, budget_plan(0.105))
+    rows = {(r["batch_size"], r["max_tokens"]): r for table in tables for r in table["rows"]}
+    assert [cell for cell, r in rows.items() if r.get("skipped")] == [(8, 20), (8, 50)]
+    over = rows[(8, 20)]["skipped"]
+    assert over["estimated_s"] == pytest.approx(0.112) and over["budget_s"] == 0.105
+    assert over["reason"] == "over the budget: estimated 0.112 s > budget 0.105 s"
+    assert over["basis"] == "2 x its first run (0.056 s)"
+    # 8 x 50 contains 8 x 20: skipped on that cell's first run, without a run of its own
+    assert rows[(8, 50)]["skipped"]["basis"].startswith("at least 2 x the first run of batch 8 x max_tokens 20")
+    assert engine.calls == 2 + 1 + 0 + 2 * 3  # 8 x 10 timed, 8 x 20 first run only, 8 x 50 none, three sweep cells
+    assert rows[(8, 20)]["output_tok_s"] is None and rows[(4, 20)]["output_tok_s"] == pytest.approx(80 / 0.052)
+    assert "skipped" not in rows[(4, 20)]
+
+
+def test_cells_over_a_tiny_budget_are_skipped_and_shown_so_on_the_embedded_model(tmp_path, tiny_model_dir):
+    """The hf engine on the embedded model: every cell over a 1 ms budget is kept in bench.json, the CSV and the
+    report's table as skipped with its estimate; the latency runs and the checks still work."""
+    from portcheck.benchmarks.checks import check_benchmarks
+    from portcheck.report.format import markdown_table
+    from portcheck.report.load import TargetData
+    from portcheck.report.sections.performance import performance_section
+
+    bench = {**copy.deepcopy(BENCH), "cell_budget_s": 0.001, "overrides": {},
+             "grid": [{"title": "tiny", "batch_sizes": [1, 2], "max_tokens": [2, 4]}],
+             "latency": {"batch_size": 2, "input_len": 4, "output_len": 3, "prefill_prompts": 1, "warmup": 0,
+                         "repetitions": 1}}
+    outputs = {"json": tmp_path / "bench.json", "csv": tmp_path / "bench.csv"}
+    result = run_benchmarks("cpu-hf-fp32", tiny_model_dir, EngineSettings(threads=1), bench, outputs)
+    rows = result["throughput"][0]["rows"]
+    assert len(rows) == 4 and all(r["skipped"]["budget_s"] == 0.001 for r in rows)
+    assert all(r["skipped"]["estimated_s"] > 0.001 and r["output_tok_s"] is None for r in rows)
+    assert sum("a cell it contains" in r["skipped"]["basis"] for r in rows) == 3  # one run for the whole grid
+    assert result["latency"]["tpot_s"]["p50"] > 0
+    skipped_csv = [r for r in csv.DictReader(outputs["csv"].open()) if r["statistic"] == "skipped (estimate)"]
+    assert len(skipped_csv) == 4
+    checks = check_benchmarks(result, None, None, 0.25)
+    assert not [f for f in checks["consistency"] if f["check"] == "grid vs latency runs"]  # nothing measured
+    data = TargetData("cpu-hf-fp32", "target", bench=result, bench_checks=checks, paths={"bench": str(outputs["json"])})
+    view = performance_section([data])["targets"][0]["bench"]
+    table = markdown_table(view["tables"][0]["table"])
+    first = rows[0]["skipped"]["estimated_s"]
+    assert f"| 1 | 2 | skipped (over the budget: estimated {first:.3g} s &gt; budget 0.001 s) |" in table
+    assert "a cell whose runs would take over 0.001 s skipped (bench.cell_budget_s)" in view["plan"]
+
+
+# ---------------------------------------------------------------- the reference is not benchmarked by default
+
+
+def test_the_reference_is_not_benchmarked_by_default_and_the_report_says_so(tmp_path, fake_model):
+    from portcheck.benchmarks.plan import benched_targets, not_benchmarked
+    from portcheck.report.load import load_targets
+    from portcheck.report.sections.performance import performance_section
+
+    config = validated()
+    targets = ["cpu-hf-fp32", "cpu-hf-bf16"]
+    assert benched_targets(targets, "cpu-hf-fp32", config["bench"]) == ["cpu-hf-bf16"]
+    assert benched_targets(targets, "cpu-hf-fp32", {**config["bench"], "reference": True}) == targets
+    off = not_benchmarked(targets, "cpu-hf-fp32", config["bench"])
+    assert off == {"cpu-hf-fp32": "bench.reference is false"}
+    result, outputs = run_fake(tmp_path, fake_model)
+    artifacts = {"reference": "cpu-hf-fp32", "compare": {},
+                 "targets": {"cpu-hf-fp32": {"bench": None, "bench_checks": None},
+                             "cpu-hf-bf16": {"bench": str(outputs["json"])}},
+                 "turned_off_by": {t: {"bench": why, "bench_checks": why} for t, why in off.items()}}
+    section = performance_section(load_targets(artifacts))
+    views = {t["target"]: t for t in section["targets"]}
+    assert views["cpu-hf-fp32"]["bench"] is None and views["cpu-hf-fp32"]["bench_reason"] == "bench.reference is false"
+    overview = {row[0]: row for row in section["overview"]["rows"]}
+    assert overview["cpu-hf-fp32"][1] == "not run (bench.reference is false)"
+    assert overview["cpu-hf-bf16"][1] == "1.50"  # the target under test is measured
+    roofline = {row[0]: row for row in section["roofline"]["rows"]}
+    assert roofline["cpu-hf-fp32"][1] == "not run (bench.reference is false)"
+
+
+def test_the_reference_gets_no_benchmark_jobs_unless_bench_reference_is_on(tmp_path):
+    """A dry run of the CI config: the reference gets no run_benchmarks / check_benchmarks job by default; turning
+    bench.reference on adds exactly its two jobs."""
+    workdir = copy_workflow(tmp_path / "w")
+    config = str(ROOT / ".test" / "config.yaml")
+    off = planned_jobs(workdir, "--configfile", config)
+    on = planned_jobs(workdir, "--configfile", config, "--config", "bench={'reference': True}")
+    assert (off["run_benchmarks"], off["check_benchmarks"]) == (1, 1)
+    assert (on["run_benchmarks"], on["check_benchmarks"]) == (2, 2)
+
+
+# ---------------------------------------------------------------- bad input, refused at config validation
+
+
+def validated(change=lambda config: None) -> dict:
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    change(config)
+    return validate_config(config, load_schema(ROOT / "config" / "schema.yaml"), base_dir=ROOT)
+
+
+def refusal(change) -> str:
+    with pytest.raises(PortcheckError) as error:
+        validated(change)
+    return str(error.value)
+
+
+@pytest.mark.parametrize("budget, expected", [
+    (0, "bench.cell_budget_s: 0 is less than or equal to the minimum of 0"),
+    (-5, "bench.cell_budget_s: -5 is less than or equal to the minimum of 0"),
+    ("soon", "bench.cell_budget_s must be of type number, got 'soon'"),
+    (True, "bench.cell_budget_s must be of type number, got True"),
+])
+def test_a_budget_that_is_not_a_positive_number_is_refused(budget, expected):
+    assert expected in refusal(lambda config: config["bench"].update(cell_budget_s=budget))
+
+
+def test_a_budget_override_that_is_not_a_positive_number_is_refused():
+    message = refusal(lambda config: config["bench"]["overrides"]["cpu"].update(cell_budget_s=0))
+    assert "bench.overrides.cpu.cell_budget_s must be a positive number of seconds" in message
+
+
+def test_a_grid_cell_or_latency_run_longer_than_max_model_len_is_refused():
+    def shrink(config):
+        config["targets"]["cpu-hf-bf16"]["max_model_len"] = 40
+        config["corpus"]["window_length"] = 32  # the corpus windows fit: only the benchmark is refused
+        config["bench"]["latency"]["input_len"] = 30
+
+    message = refusal(shrink)
+    assert ("benchmarks of cpu-hf-bf16 (with bench.overrides.cpu): bench.grid cell batch 8 x max_tokens 10: "
+            "bench.input_len 32 + max_tokens 10 = 42 > targets.cpu-hf-bf16.max_model_len 40") in message
+    assert ("bench.latency batch 8: bench.latency.input_len 30 + output_len 16 = 46 > "
+            "targets.cpu-hf-bf16.max_model_len 40") in message
+    # the reference is not benchmarked by default: its max_model_len limits no benchmark
+    validated(lambda config: config["targets"]["cpu-hf-fp32"].update(max_model_len=257))

@@ -83,7 +83,7 @@ def test_hand_computed_two_token_vocabulary(tmp_path):
     assert r["rms_delta_p"] == pytest.approx(0.25, rel=1e-6) and r["mean_delta_p"] > 0
     assert r["ppl_ref"] == pytest.approx(2.0) and r["ppl_target"] == pytest.approx(4 / 3, rel=1e-6)
     assert r["delta_ppl"] == pytest.approx(4 / 3 - 2, rel=1e-6) and r["n_next_token_positions"] == 1
-    assert r["verdict"] == {"status": "pass", "checks": [], "reasons": [], "notes": []}
+    assert r["verdict"] == {"status": "pass", "checks": [], "reasons": [], "inconclusive": [], "notes": []}
 
 
 def test_non_finite_values_are_named_and_fail_without_crashing(tmp_path):
@@ -172,13 +172,43 @@ def test_topk_target_of_the_reference_itself(tmp_path):
     assert r["top1_agreement"] == 1 and r["top5_overlap"] == 1 and r["rms_delta_p"] == pytest.approx(0, abs=1e-6)
     assert r["cosine_min"] is None and r["max_abs_err"] is None and r["per_prompt"][0]["msprobe_pass"] is None
     checks = {c["name"]: c for c in r["verdict"]["checks"]}
-    assert checks["cosine_min"]["status"] == "not available" and checks["cosine_min"]["passed"] is None
-    assert checks["msprobe_rule"]["status"] == "not available"
-    assert checks["kld_mean_max"]["lower_bound"] is True and checks["kld_mean_max"]["passed"] is True
-    assert r["verdict"]["status"] == "pass"
-    assert any("cosine_min" in note and "not available" in note for note in r["verdict"]["notes"])
-    assert any("lower bound" in note for note in r["verdict"]["notes"])
+    # A required check without its metric, and a KLD lower bound under its maximum, are inconclusive: the target
+    # agrees exactly with the reference here, yet top-k evidence cannot show it.
+    assert checks["cosine_min"]["status"] == "inconclusive" and checks["cosine_min"]["passed"] is None
+    assert checks["msprobe_rule"]["status"] == "inconclusive"
+    assert checks["kld_mean_max"]["lower_bound"] is True and checks["kld_mean_max"]["status"] == "inconclusive"
+    assert checks["top1_agreement_min"]["status"] == "pass"
+    assert r["verdict"]["status"] == "inconclusive" and not r["verdict"]["reasons"]
+    assert any("cosine_min" in text and "not available" in text for text in r["verdict"]["inconclusive"])
+    assert any("lower bound" in text for text in r["verdict"]["inconclusive"])
     json.dumps(r, allow_nan=False)
+
+
+def test_a_lower_bound_over_its_maximum_fails():
+    """The true KLD is at least its lower bound: a bound over kld_mean_max proves the failure."""
+    summary = {"kld_mean": 0.02, "nonfinite": [], "kld_basis": "lower bound"}
+    v = verdict(summary, parse_thresholds({"kld_mean_max": {"value": 0.005, "anchor": "a"}}))
+    assert v["status"] == "fail" and v["checks"][0]["lower_bound"] is True
+
+
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_a_non_finite_metric_fails_naming_it(value):
+    """An overflowing perplexity (ppl_rel_delta inf or NaN) is a failure, not "not available"."""
+    summary = {"ppl_rel_delta": value, "nonfinite": [], "kld_basis": "exact"}
+    v = verdict(summary, parse_thresholds({"ppl_rel_delta_max": {"value": 0.01, "anchor": "a"}}))
+    assert v["status"] == "fail" and "not finite" in v["reasons"][0] and "ppl_rel_delta" in v["reasons"][0]
+    assert v["checks"][0]["value_text"] == str(value)
+
+
+def test_an_infinite_perplexity_fails_the_comparison(tmp_path):
+    """A target certain of the wrong next token (log-prob -800 at every position): its perplexity overflows to
+    infinity, and the verdict fails naming ppl_rel_delta instead of calling it "not available"."""
+    ids = [np.array([0, 1, 0, 1])]
+    ref = save(tmp_path, "cpu-hf-fp32", ids, [np.zeros((4, 2), np.float32)])
+    tgt = save(tmp_path, "cpu-hf-bf16", ids, [np.array([[0.0, -800.0], [-800.0, 0.0]] * 2, np.float32)])
+    r = compare_dumps(ref, tgt, {"ppl_rel_delta_max": {"value": 0.01, "anchor": "a"}}, 0.0)
+    assert r["ppl_target"] is None and r["verdict"]["status"] == "fail"  # JSON has no infinity: null, and a fail
+    assert "ppl_rel_delta" in r["verdict"]["reasons"][0] and "not finite" in r["verdict"]["reasons"][0]
 
 
 def test_topk_target_agrees_with_its_full_version(tmp_path):
@@ -238,14 +268,15 @@ def test_threshold_validation():
     assert parse_thresholds({"msprobe_rule": {"value": False}}) == []
 
 
-def test_unavailable_check_neither_passes_nor_fails():
+def test_unavailable_required_check_is_inconclusive():
     summary = {"cosine_min": None, "kld_mean": 0.01, "nonfinite": [], "kld_is_lower_bound": False}
     checks = parse_thresholds({"cosine_min": {"value": 0.99, "anchor": "a"}})
     v = verdict(summary, checks)
-    assert v["status"] == "pass" and v["checks"][0]["status"] == "not available" and v["checks"][0]["passed"] is None
+    assert v["status"] == "inconclusive" and v["checks"][0]["status"] == "inconclusive"
+    assert v["checks"][0]["passed"] is None and "cosine_min" in v["inconclusive"][0]
     checks += parse_thresholds({"kld_mean_max": {"value": 0.005, "anchor": "a"}})
     v = verdict(summary, checks)
-    assert v["status"] == "fail" and [c["status"] for c in v["checks"]] == ["not available", "fail"]
+    assert v["status"] == "fail" and [c["status"] for c in v["checks"]] == ["inconclusive", "fail"]
 
 
 def test_logprob_target_is_compared_with_logprobs_not_raw_logits(tmp_path):

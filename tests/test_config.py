@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 import yaml
 
-from conftest import ROOT, copy_workflow, snakemake
+from conftest import ROOT, copy_workflow, default_config, problems_of, snakemake
 from portcheck.config import engine_settings, enabled_targets, load_schema, validate_config
-from portcheck.errors import PortcheckError
 
 SCHEMA = load_schema(ROOT / "config" / "schema.yaml")
 
 
-def default_config() -> dict:
-    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-
-
-def problems_of(config: dict, base_dir: Path = ROOT) -> str:
-    with pytest.raises(PortcheckError) as excinfo:
-        validate_config(config, SCHEMA, base_dir)
-    return str(excinfo.value)
 
 
 def test_defaults_are_filled_in():

@@ -184,3 +184,49 @@ def test_hashing(tmp_path):
     assert sha256_file(path) == sha256_text("abc")
     assert sha256_json({"a": 1, "b": [2]}) == sha256_json(json.loads('{"b": [2], "a": 1}'))
     assert sha256_json({"a": 1}) != sha256_json({"a": 2})
+
+
+class _RowsEngine:
+    """An engine whose decode makes compact records itself (as vLLM's worker does), or, where its worker cannot
+    hook, keeps top-k log-probs and says why: what decode_rows and the decode dump's metadata see."""
+
+    vocab_size = VOCAB
+    full_values = "logits"
+    rows_fallback = ""
+
+    def __init__(self, hooks: bool):
+        self.hooks = hooks
+
+    def decode(self, prompts, max_new_tokens, together=False, compact=None):
+        from portcheck.dump.compact import compact_scores, Storage
+        from portcheck.engines.outputs import DecodeScores, decode_row_ids
+
+        self.rows_fallback = "" if self.hooks else "graph mode (enforce_eager off): the final-norm hook would not run"
+        decoded = []
+        for ids, whole in zip(prompts, full_scores(lengths=[max_new_tokens] * len(prompts))):
+            tokens = whole.logits.argmax(axis=1).tolist()
+            whole.input_ids = np.asarray(decode_row_ids(ids, tokens))
+            topk, sample = compact
+            rows = (compact_scores(whole, Storage(True, topk, len(sample)), np.asarray(sample)) if self.hooks
+                    else topk_scores()[0])
+            decoded.append(DecodeScores(list(ids), tokens, rows))
+        return decoded
+
+
+@pytest.mark.parametrize("hooks, kind", [(True, "compact"), (False, "topk")])
+def test_decode_dump_says_where_its_rows_came_from(tmp_path, hooks, kind):
+    """Compact records made by the engine keep the dump's shared sample ids (the KLD is an estimate); rows the
+    worker could not make are the engine's top-k, and the dump names the reason (the KLD is a lower bound)."""
+    from portcheck.dump.compact import Storage, sample_ids
+    from portcheck.dump.run import decode_rows, write_decode_dump
+
+    storage = Storage(compact=True, topk=3, sample=4)
+    rows = decode_rows(_RowsEngine(hooks), [[1, 2], [3]], 4, storage)
+    write_decode_dump(tmp_path / "decode.safetensors", rows, {**META, "target": "cpu-vllm-bf16"}, 4, storage)
+    dump = read_dump(tmp_path / "decode.safetensors")
+    assert dump.kind == kind
+    if hooks:
+        assert "rows_fallback" not in dump.meta and dump.meta["full_values"] == "logits"
+        np.testing.assert_array_equal(dump.sample_ids, sample_ids(VOCAB, 4))
+    else:
+        assert dump.meta["rows_fallback"].startswith("graph mode") and dump.sample_ids is None

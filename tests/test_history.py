@@ -115,3 +115,25 @@ def test_build_record_reads_compare_and_bench(tmp_path):
     assert "vllm" not in t["versions"]  # an hf target's fingerprint leaves vllm out
     ref = rec["targets"]["cpu-hf-fp32"]
     assert ref["verdict"] == "reference" and ref["throughput_tok_s"] is None  # no bench.json: null, not an error
+
+
+def test_a_reference_not_benchmarked_reads_not_run_with_the_setting(tmp_path):
+    (tmp_path / "bench.json").write_text(json.dumps({
+        "throughput": [{"rows": [{"batch_size": 1, "max_tokens": 4, "output_tok_s": 12.5},
+                                 {"batch_size": 1, "max_tokens": 8, "skipped": {"reason": "over the budget"}}]}],
+        "latency": {"ttft_s": {"p50": 0.1}, "tpot_s": {"p50": 0.02}}}))
+    artifacts = {"model": "m", "reference": "cpu-hf-fp32", "compare": {},
+                 "targets": {"cpu-hf-fp32": {"bench": None}, "cpu-hf-bf16": {"bench": str(tmp_path / "bench.json")}},
+                 "turned_off_by": {"cpu-hf-fp32": {"bench": "bench.reference is false"}}}
+    config = {"throughput_point": {"batch_size": 1, "max_tokens": None}}
+    rec = history.build_record(artifacts, config)
+    assert rec["targets"]["cpu-hf-fp32"]["bench_not_run"] == "bench.reference is false"
+    target = rec["targets"]["cpu-hf-bf16"]
+    assert "bench_not_run" not in target
+    assert (target["throughput_tok_s"], target["throughput_point"]) == (12.5, "batch 1 x 4 tokens")  # skipped: not it
+    earlier = json.loads(json.dumps(rec))  # a run that benchmarked the reference: no regression against it
+    earlier["targets"]["cpu-hf-fp32"].update(bench_not_run=None, tpot_s=0.01)
+    section = history.section([earlier, rec], TOLERANCES, show_runs=5)
+    tpot = next(row for row in section["table"]["rows"] if row[:2] == ["cpu-hf-fp32", "TPOT"])
+    assert tpot[2:] == ["10.0 ms", "not run (bench.reference is false)"]
+    assert not section["regressions"]

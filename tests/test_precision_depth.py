@@ -16,7 +16,7 @@ from portcheck.compare.compare import compare_files
 from portcheck.compare.positions import compare_by_position, compare_corpus_files, growth_check
 from portcheck.config import DEFAULT_CORPUS, load_schema, read_corpus_text, validate_config
 from portcheck.dump.corpus import cut_windows, window_starts
-from portcheck.dump.logits_file import read_dump, write_dump
+from portcheck.dump.logits_file import RESERVED_META, read_dump, write_dump
 from portcheck.engines.layer_hooks import find_decoder_layers
 from portcheck.engines.outputs import PromptScores
 from portcheck.errors import PortcheckError
@@ -24,7 +24,7 @@ from portcheck.errors import PortcheckError
 SCHEMA = load_schema(ROOT / "config" / "schema.yaml")
 THRESHOLDS = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["compare"]["thresholds"]
 POSITIONS = {"bucket": 4, "growth_max": 2.0, "growth_floor": 1e-6}
-CHUNKS = {"bucket": 64, "growth_max": 2.0, "growth_floor": 1e-6}  # the defaults: one GDN chunk per bucket
+CHUNKS = {"bucket": 64, "growth_max": 2.0, "growth_floor": 1e-9, "confidence": 0.95}  # the defaults: one GDN chunk per bucket
 META = {"model_sha": "m", "tokenizer_sha": "t", "prompts_sha": "corpus"}
 
 
@@ -67,12 +67,15 @@ def test_bucket_statistics_by_hand(tmp_path):
     # Next tokens 1, 0, 1 on rows 4-6 (row 7 has none): target p = 0.2, 0.8, 0.2 vs reference 0.5.
     assert second["ppl_ref"] == pytest.approx(2.0)
     assert second["ppl_target"] == pytest.approx(math.exp(-(2 * math.log(0.2) + math.log(0.8)) / 3))
+    # The bucket localises ("over"); the verdict rests on all positions pooled (mean KLD 0.11 > 0.005) and growth.
     assert second["status"] == "fail" and any("kld_mean" in r for r in second["reasons"])
-    # An exact first bucket makes the ratio infinite: JSON has no infinity, so it says so.
-    assert result["growth"]["first_bucket_exact"] and result["growth"]["ratio"] is None
-    assert result["growth"]["status"] == "fail"
+    assert result["overall"]["kld_mean"] == pytest.approx(kld / 2) and result["pooled"]["status"] == "fail"
+    # One window is one unit: growth has no error estimate, so it is inconclusive, naming the setting.
+    assert result["growth"]["first_bucket_exact"] and result["growth"]["status"] == "inconclusive"
+    assert "corpus.windows" in result["growth"]["reason"]
     assert result["verdict"]["status"] == "fail"
-    assert any(r.startswith("positions 4-7: kld_mean") for r in result["verdict"]["reasons"])
+    assert any(r.startswith("all positions: kld_mean_max") for r in result["verdict"]["reasons"])
+    assert not any("positions 4-7" in r for r in result["verdict"]["reasons"])
     assert result["kld_by_position"][5] == [5, pytest.approx(kld)]
 
 
@@ -92,33 +95,46 @@ def test_long_context_plot_is_drawn_and_reproducible(tmp_path):
     assert first.stat().st_size > 1000 and first.read_bytes() == second.read_bytes()
 
 
-def test_score_from_leaves_the_first_rows_out(tmp_path):
-    ids = [np.arange(8) % 2]
-    ref, tgt = [np.zeros((8, 2), np.float32)], [np.zeros((8, 2), np.float32)]
-    tgt[0][:4, 0] = 3.0  # only rows 0-3 differ; llama.cpp's protocol scores the second half
+def test_score_from_leaves_the_first_rows_out_of_the_thresholds_not_of_growth(tmp_path):
+    ids = [np.arange(8) % 2] * 2
+    ref, tgt = [np.zeros((8, 2), np.float32)] * 2, [np.zeros((8, 2), np.float32) for _ in range(2)]
+    for logits in tgt:
+        logits[4:, 0] = 0.01  # a tiny, even error past the first bucket
     result = compare_by_position(save(tmp_path, "cpu-hf-fp32", ids, ref), save(tmp_path, "cpu-hf-bf16", ids, tgt),
-                            THRESHOLDS, 0.04, POSITIONS, score_from=4)
+                                 THRESHOLDS, 0.04, POSITIONS, score_from=6)
     assert [b["start"] for b in result["buckets"]] == [4]
-    assert result["overall"]["n_positions"] == 4 and result["overall"]["kld_mean"] == 0
-    assert result["verdict"]["status"] == "pass"
+    assert result["overall"]["n_positions"] == 4
+    # Growth keeps its baseline on the full first bucket (rows 0-3, exact here) and says why, naming the setting.
+    assert result["growth"]["first_bucket"] == "0-3" and result["growth"]["kld_first"] == 0
+    assert "corpus.score_from 6" in result["growth"]["note"]
 
 
-def test_growth_check_uses_the_lower_bound_and_the_floor():
-    def positions(first, later):
-        return {"position": np.arange(len(first) + len(later)), "kld": np.array(first + later, dtype=float)}
+def units(*sequences):
+    """The flat position arrays of compare_by_position from per-sequence KLD lists."""
+    return {"sequence": np.concatenate([np.full(len(s), i) for i, s in enumerate(sequences)]),
+            "position": np.concatenate([np.arange(len(s)) for s in sequences]),
+            "kld": np.concatenate([np.asarray(s, dtype=float) for s in sequences])}
 
-    buckets = [{"start": 0, "end": 3, "kld_mean": 1.0}, {"start": 4, "end": 7, "kld_mean": 1.0}]
-    # Uniform noise: ratio 1, pass.
-    assert growth_check(positions([1e-4] * 4, [1e-4] * 4), buckets, 2.0, 1e-6)["status"] == "pass"
-    # Ratio 3 but so noisy that its 95% lower bound is below 2: not called growth.
-    noisy = growth_check(positions([0, 0, 0, 4e-4], [0, 0, 0, 12e-4]), buckets, 2.0, 1e-6)
-    assert noisy["ratio"] == pytest.approx(3.0) and noisy["ratio_lower95"] < 2 and noisy["status"] == "pass"
-    # Ratio 3, tight: fails, naming the bucket.
-    grown = growth_check(positions([1e-4] * 4, [3e-4] * 4), buckets, 2.0, 1e-6)
-    assert grown["status"] == "fail" and "positions 4-7" in grown["reason"]
-    # fp32 rounding noise: any ratio, below the floor: pass.
-    assert growth_check(positions([0] * 4, [1e-10] * 4), buckets, 2.0, 1e-6)["status"] == "pass"
-    assert growth_check(positions([0] * 4, [1e-4] * 4), buckets[:1], 2.0, 1e-6)["status"] == "not available"
+
+def test_growth_check_takes_sequences_as_units_and_the_floor():
+    settings = {"growth_max": 2.0, "growth_floor": 1e-6, "confidence": 0.95}
+    # Uniform noise in three windows: ratio 1, bounds within 2x: pass.
+    flat = [[1e-4, 2e-4, 1e-4, 2e-4] * 2, [2e-4, 1e-4, 2e-4, 1e-4] * 2, [1e-4] * 8]
+    assert growth_check(units(*flat), 4, settings, "exact")["status"] == "pass"
+    # Ratio 3 in every window: fails, naming the worst bucket.
+    grown = growth_check(units(*[[1e-4] * 4 + [3e-4, 3.1e-4, 2.9e-4, 3e-4]] * 3), 4, settings, "exact")
+    assert grown["status"] == "fail" and "positions 4-7" in grown["reason"] and grown["ratio"] == pytest.approx(3, 0.01)
+    # Ratio 3 on average but 0.3x in one window and 30x in the other: the bounds straddle 2x: inconclusive.
+    noisy = growth_check(units([1e-4] * 4 + [3e-5] * 4, [1e-4] * 4 + [3e-3] * 4), 4, settings, "exact")
+    assert noisy["ratio"] == pytest.approx(3.0) and noisy["status"] == "inconclusive"
+    # fp32 rounding noise past an exact first bucket: below the floor: pass.
+    assert growth_check(units([0] * 4 + [1e-10] * 4, [0] * 8), 4, settings, "exact")["status"] == "pass"
+    # An exact first bucket and a real error past it: the floor stands in for 0 in the logs, a large ratio: fail.
+    fault = growth_check(units([0] * 4 + [1e-4, 2e-4] * 2, [0] * 4 + [2e-4, 1e-4] * 2), 4, settings, "exact")
+    assert fault["first_bucket_exact"] and fault["status"] == "fail" and fault["ratio"] > 100
+    assert growth_check(units([0] * 4, [0] * 4), 4, settings, "exact")["status"] == "inconclusive"
+    # Lower bounds never pass.
+    assert growth_check(units(*flat), 4, settings, "lower bound")["status"] == "inconclusive"
 
 
 # ---------------------------------------------------------------- bad input
@@ -154,6 +170,15 @@ def test_window_longer_than_a_targets_context_is_refused_naming_both():
     assert "leaves nothing to score" in problems(config_with(score_from=511))
     # Disabled: neither the text nor the windows are checked.
     validate_config(config_with(enabled=False, window_length=600, file="nowhere.txt"), SCHEMA, ROOT)
+
+
+@pytest.mark.parametrize("key, value", [("growth_max", 1.0), ("growth_max", "two"), ("growth_floor", 0),
+                                        ("confidence", 0.5), ("confidence", 1.0), ("confidence", "high"),
+                                        ("bucket", 0)])
+def test_ratio_check_settings_out_of_range_are_refused_naming_them(key, value):
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["compare"]["positions"][key] = value
+    assert f"compare.positions.{key}" in problems(config)
 
 
 def test_three_way_names_must_be_enabled_targets():
@@ -245,7 +270,8 @@ def faulty_runs(tiny_model_dir, tmp_path_factory):
               "windows": 2}
     faults = {"reference": None,
               "chunk_fault": ("torch_chunk_gated_delta_rule", drop_state_at_chunk_boundaries),
-              "decode_fault": ("torch_recurrent_gated_delta_rule", drop_state_between_decode_steps)}
+              "decode_fault": ("torch_recurrent_gated_delta_rule", drop_state_between_decode_steps),
+              "bf16": None}
     runs = {}
     for name, fault in faults.items():
         paths = {kind: out / name / f"{kind}.{'json' if kind == 'adaptation' else 'safetensors'}"
@@ -255,8 +281,9 @@ def faulty_runs(tiny_model_dir, tmp_path_factory):
         if fault:
             setattr(qwen3_5, fault[0], fault[1](function))
         try:
-            run_target("cpu-hf-fp32", tiny_model_dir, prompts, EngineSettings(threads=1), paths, greedy_tokens=2,
-                       corpus=corpus, decode={"prompts": 3, "max_tokens": 128})
+            run_target("cpu-hf-bf16" if name == "bf16" else "cpu-hf-fp32", tiny_model_dir, prompts,
+                       EngineSettings(threads=1), paths, greedy_tokens=2, corpus=corpus,
+                       decode={"prompts": 3, "max_tokens": 128})
         finally:
             if fault:
                 setattr(qwen3_5, fault[0], function)
@@ -299,7 +326,72 @@ def test_decode_state_fault_passes_both_prefill_checks_and_fails_the_decode_path
     assert decode["overall"]["kld_mean"] > 1e-5
     assert decode["decode_vs_prefill"]["status"] == "fail" and decode["decode_vs_prefill"]["base_exact"]
     assert decode["verdict"]["status"] == "fail"
-    assert any(r.startswith("decode vs prefill: mean KLD over the decode steps") for r in decode["verdict"]["reasons"])
+    assert any(r.startswith("decode vs prefill: KLD over the decode steps") for r in decode["verdict"]["reasons"])
+
+
+# ---------------------------------------------------------------- faults on top of the bf16 floor
+
+
+def amplified(reference: str, target: str, factor: float, from_row: int, out) -> str:
+    """The target's dump with its logit error against the reference scaled by `factor` from row `from_row` on
+    (KLD grows ~factor^2 there): an error that grows past the first chunk, on top of a real bf16 noise floor."""
+    ref, tgt = read_dump(reference), read_dump(target)
+    scores = []
+    for i in range(tgt.num_prompts):
+        a, b = np.asarray(ref.logits[i], np.float64), np.asarray(tgt.logits[i], np.float64)
+        b[from_row:] = a[from_row:] + factor * (b[from_row:] - a[from_row:])
+        scores.append(PromptScores(np.asarray(tgt.input_ids[i]), b.astype(np.float32)))
+    write_dump(out, scores, None, {k: v for k, v in tgt.meta.items() if k not in RESERVED_META})
+    return out
+
+
+def test_growth_catches_an_error_growing_past_the_first_chunk_on_a_bf16_floor(faulty_runs, tmp_path):
+    """cpu-hf-bf16 against the fp32 reference: the real bf16 floor passes every check; its error doubled past the
+    first chunk (KLD ~4x there) fails growth, while every pooled threshold still passes (KLD ~1e-4 << 5e-3)."""
+    runs = faulty_runs
+    clean = compare_corpus_files(runs["reference"]["corpus"], runs["bf16"]["corpus"], THRESHOLDS, 0.04, CHUNKS)
+    assert clean["kld_basis"] == "exact" and 1e-6 < clean["overall"]["kld_mean"] < 1e-3
+    assert clean["growth"]["status"] == "pass" and clean["verdict"]["status"] == "pass"
+    grown = amplified(runs["reference"]["corpus"], runs["bf16"]["corpus"], 2.0, 64, tmp_path / "grown.safetensors")
+    result = compare_corpus_files(runs["reference"]["corpus"], grown, THRESHOLDS, 0.04, CHUNKS)
+    assert result["pooled"]["status"] == "pass" and result["overall"]["kld_mean"] < 5e-3
+    assert result["growth"]["status"] == "fail" and result["growth"]["ratio"] > 3
+    assert result["verdict"]["status"] == "fail"
+
+
+def test_decode_vs_prefill_catches_a_decode_only_error_on_a_bf16_floor(faulty_runs, tmp_path):
+    """The bf16 decode path against its teacher-forced reference: clean, it decodes as precisely as it prefills;
+    with its decode error tripled (KLD ~9x), decode vs prefill fails while the decode's own growth does not move."""
+    from portcheck.atomic import write_json
+    from portcheck.compare.positions import compare_decode_files
+
+    runs = faulty_runs
+    corpus = compare_corpus_files(runs["reference"]["corpus"], runs["bf16"]["corpus"], THRESHOLDS, 0.04, CHUNKS)
+    write_json(tmp_path / "corpus.json", corpus)
+    decode = runs["bf16"]
+    clean = compare_decode_files(decode["decode_reference"], decode["decode"], THRESHOLDS, 0.04, CHUNKS,
+                                 tmp_path / "corpus.json")
+    assert clean["decode_vs_prefill"]["status"] == "pass" and clean["verdict"]["status"] == "pass"
+    worse = amplified(decode["decode_reference"], decode["decode"], 3.0, 0, tmp_path / "worse.safetensors")
+    result = compare_decode_files(decode["decode_reference"], worse, THRESHOLDS, 0.04, CHUNKS,
+                                  tmp_path / "corpus.json")
+    assert result["decode_vs_prefill"]["status"] == "fail" and result["decode_vs_prefill"]["ratio"] > 3
+    assert result["growth"]["status"] != "fail" and result["verdict"]["status"] == "fail"
+
+
+def test_mode_vs_base_catches_a_worse_mode_on_a_bf16_floor(faulty_runs, tmp_path):
+    """A mode run whose decode error is doubled against the same target's base configuration (bf16, clean):
+    the paired ratio over the prompts fails; the base against itself passes."""
+    from portcheck.modes.compare import mode_vs_base
+
+    decode = faulty_runs["bf16"]
+    base = compare_by_position(read_dump(decode["decode_reference"]), read_dump(decode["decode"]), THRESHOLDS, 0.04,
+                               CHUNKS)
+    assert mode_vs_base(base, base, CHUNKS)["status"] == "pass"
+    worse = amplified(decode["decode_reference"], decode["decode"], 2.0, 0, tmp_path / "mode.safetensors")
+    mode = compare_by_position(read_dump(decode["decode_reference"]), read_dump(worse), THRESHOLDS, 0.04, CHUNKS)
+    result = mode_vs_base(mode, base, CHUNKS)
+    assert result["status"] == "fail" and result["paired"] and result["units"]["compared"] == 3
 
 
 def test_same_engine_without_a_fault_passes_every_check(faulty_runs, tmp_path):
@@ -314,38 +406,43 @@ def test_same_engine_without_a_fault_passes_every_check(faulty_runs, tmp_path):
 # ---------------------------------------------------------------- where it diverges (issue 11, hf engine)
 
 
-def layer_run(tiny_model_dir, out, monkeypatch, noisy_layer=None, scale=0.2):
-    """The prompts' per-layer states from run_target on the hf engine; with noisy_layer, that decoder layer's
-    output gets Gaussian noise (scale x its own standard deviation), as a broken kernel in one layer would."""
-    import torch
-
+def layer_run(tiny_model_dir, out, monkeypatch, target="cpu-hf-fp32", after_load=None):
+    """The prompts' per-layer states from run_target on the hf engine; after_load(model) changes the loaded model
+    (a fault, another attention implementation) before anything runs."""
     from portcheck.dump.run import run_target
     from portcheck.engines import hf
     from portcheck.engines.settings import EngineSettings
 
-    if noisy_layer is not None:
+    if after_load is not None:
         original = hf.HFEngine.__init__
 
-        def faulty_init(self, *args, **kwargs):
+        def changed_init(self, *args, **kwargs):
             original(self, *args, **kwargs)
-            layers, _norm = find_decoder_layers(self.model, None)
+            after_load(self.model)
 
-            def add_noise(_module, _inputs, output):
-                hidden = output[0] if isinstance(output, tuple) else output
-                noise = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(0)) * hidden.std() * scale
-                return (hidden + noise, *output[1:]) if isinstance(output, tuple) else hidden + noise
-
-            layers[noisy_layer].register_forward_hook(add_noise)
-
-        monkeypatch.setattr(hf.HFEngine, "__init__", faulty_init)
+        monkeypatch.setattr(hf.HFEngine, "__init__", changed_init)
     out.mkdir()
     paths = {"logits": out / "logits.safetensors", "adaptation": out / "adaptation.json",
              "layers": out / "layers.safetensors"}
     prompts = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["prompts"]["list"]
-    run_target("cpu-hf-fp32", tiny_model_dir, prompts, EngineSettings(threads=1), paths, greedy_tokens=1,
+    run_target(target, tiny_model_dir, prompts, EngineSettings(threads=1), paths, greedy_tokens=1,
                layers={"windows": 0})
     monkeypatch.undo()
     return paths["layers"]
+
+
+def noise_in_layer(layer: int, scale: float):
+    """That decoder layer's output gets Gaussian noise (scale x its own standard deviation, in its own dtype), as
+    a broken kernel in one layer would."""
+    import torch
+
+    def add_noise(_module, _inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        noise = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(0)) * hidden.float().std() * scale
+        noisy = hidden + noise.to(hidden.dtype)
+        return (noisy, *output[1:]) if isinstance(output, tuple) else noisy
+
+    return lambda model: find_decoder_layers(model, None)[0][layer].register_forward_hook(add_noise)
 
 
 def test_a_fault_in_one_layer_is_named_as_the_first_divergent(tiny_model_dir, tmp_path, monkeypatch):
@@ -353,7 +450,7 @@ def test_a_fault_in_one_layer_is_named_as_the_first_divergent(tiny_model_dir, tm
 
     settings = {"cosine_min": 0.99, "rel_l2_max": 0.05}
     reference = layer_run(tiny_model_dir, tmp_path / "reference", monkeypatch)
-    faulty = layer_run(tiny_model_dir, tmp_path / "faulty", monkeypatch, noisy_layer=5)
+    faulty = layer_run(tiny_model_dir, tmp_path / "faulty", monkeypatch, after_load=noise_in_layer(5, 0.2))
     result = compare_layers_files(reference, faulty, settings)
     assert result["first_divergent"] == {"index": 5, "name": "layer 5", "type": "Gated DeltaNet"}
     assert [row["rel_l2_mean"] for row in result["layers"][:5]] == [0, 0, 0, 0, 0]  # exact before the fault
@@ -367,6 +464,8 @@ def test_a_fault_in_one_layer_is_named_as_the_first_divergent(tiny_model_dir, tm
     assert result["gdn_states"]["sequences"] == 1  # layers.state_sequences: the last sequence's states only
     clean = compare_layers_files(reference, reference, settings)
     assert clean["first_divergent"] is None and clean["finding"].startswith("no layer is over the thresholds")
+    # no floor given: the multiples are unknown, never a pass
+    assert clean["floor"]["status"] == "unknown" and "against the bf16 floor: unknown" in clean["finding"]
 
 
 def test_an_engine_that_cannot_capture_layers_says_why(tmp_path):

@@ -78,8 +78,8 @@ def workdir(tmp_path_factory):
 
 @pytest.mark.parametrize("profile,expected", [
     ("cpu", {"cpu-hf-fp32", "cpu-hf-bf16", "cpu-vllm-bf16"}),
-    ("gpu", {"cpu-hf-fp32", "gpu-hf-bf16", "gpu-vllm-bf16"}),
-    ("npu", {"cpu-hf-fp32", "npu-hf-bf16", "npu-vllm-bf16"}),
+    ("gpu", {"cpu-hf-fp32", "cpu-hf-bf16", "gpu-hf-bf16", "gpu-vllm-bf16"}),
+    ("npu", {"cpu-hf-fp32", "cpu-hf-bf16", "npu-hf-bf16", "npu-vllm-bf16"}),
 ])
 def test_device_profile_selects_its_targets(workdir, profile, expected):
     assert planned_targets(workdir, "--profile", str(workdir / "profiles" / profile)) == expected

@@ -171,13 +171,13 @@ def compare_json(n_prompts: int, status: str = "fail", lower_bound: bool = False
     ]
     checks = [
         {"name": "kld_p99_max", "metric": "kld_p99", "value": 0.06, "op": "<=", "threshold": 0.05,
-         "anchor": "llama.cpp p99", "passed": False},
+         "anchor": "llama.cpp p99", "passed": False, "status": "fail"},
         {"name": "top1_agreement_min", "metric": "top1_agreement_with_ties", "value": 0.9444, "op": ">=",
-         "threshold": 0.97, "anchor": "llama.cpp same top p", "passed": False},
+         "threshold": 0.97, "anchor": "llama.cpp same top p", "passed": False, "status": "fail"},
         {"name": "cosine_min", "metric": "cosine_min", "value": 0.99971, "op": ">=", "threshold": 0.99,
-         "anchor": "msprobe", "passed": True},
+         "anchor": "msprobe", "passed": True, "status": "pass"},
         {"name": "msprobe_rule", "metric": "msprobe_failed_prompts", "value": None, "op": "<=", "threshold": 0,
-         "anchor": "msprobe pass rule", "passed": None},
+         "anchor": "msprobe pass rule", "passed": None, "status": "inconclusive"},
     ]
     return {
         "kld_mean": 1.234e-3, "kld_mean_stderr": 1e-4, "kld_median": 1e-4, "kld_p99": 0.06, "kld_p999": 0.079,
@@ -193,7 +193,8 @@ def compare_json(n_prompts: int, status: str = "fail", lower_bound: bool = False
         "per_prompt": per_prompt,
         "verdict": {"status": status, "checks": checks,
                     "reasons": ["kld_p99_max: kld_p99 = 0.06 is not <= 0.05", "top1 94.44% < 97%"],
-                    "notes": ["msprobe_rule: msprobe_failed_prompts is not available for this comparison"]},
+                    "inconclusive": ["msprobe_rule: msprobe_failed_prompts is not available for this comparison"],
+                    "notes": []},
     }
 
 
@@ -326,7 +327,7 @@ def test_every_table_has_consistent_columns_with_hostile_text(artifacts, tmp_pat
 def test_verdict_row_shows_fail_when_compare_fails(artifacts, tmp_path):
     summary = section(render(artifacts, tmp_path), H["summary"])
     row = next(line for line in summary.splitlines() if line.startswith(f"| {TARGET} |"))
-    assert row_cells(row, 3) == "❌ fail"
+    assert row_cells(row, 3) == "❌ fail: seed prompts fail"
     assert row_cells(row, 4) == "1.23e-03"
     assert row_cells(row, 5) == row_cells(row, 6) == "not configured"  # none given: corpus and decode are off
     assert row_cells(row, 7) == "94.44%"
@@ -342,13 +343,16 @@ def corpus_compare_json(status: str) -> dict:
               "status": "pass"}
     later = {**bucket, "start": 64, "end": 127, "kld_mean": 5e-5 if status == "fail" else 1e-5}
     growth = {"first_bucket": "0-63", "kld_first": 1e-5, "kld_later": later["kld_mean"], "ratio": 5.0,
-              "ratio_lower95": 4.1, "growth_max": 2.0, "growth_floor": 1e-6, "first_bucket_exact": False,
-              "status": status, "reason": "mean KLD past the first bucket grew | fivefold"}
+              "ratio_lower": 4.1, "ratio_upper": 6.2, "detectable_ratio": 2.5, "growth_max": 2.0,
+              "growth_floor": 1e-9, "first_bucket_exact": False, "paired": True, "units": {"compared": 2, "base": 2},
+              "basis": {"compared": "exact", "base": "exact"},
+              "status": status, "reason": "KLD past the first bucket grew | fivefold"}
     return {"corpus": {"path": "heldout_corpus.txt", "sha256": "ab" * 32}, "windows": 2, "window_length": 128,
             "score_from": 0, "bucket": 64, "overall": {**bucket, "start": "all", "n_positions": 256},
-            "buckets": [bucket, later], "growth": growth, "kld_is_lower_bound": False,
+            "pooled": {"status": "pass", "reasons": [], "inconclusive": [], "notes": []},
+            "buckets": [bucket, later], "growth": growth, "kld_is_lower_bound": False, "kld_basis": "exact",
             "verdict": {"status": status, "reasons": [f"growth: {growth['reason']}"] if status == "fail" else [],
-                        "notes": []}}
+                        "inconclusive": [], "notes": []}}
 
 
 @pytest.mark.parametrize("kind, suffix, key, column, given", [
@@ -367,11 +371,13 @@ def test_a_by_position_failure_fails_a_target_whose_seed_prompts_pass(artifacts,
         summary = section(text, H["summary"])
         assert f"**Overall: {overall}**" in summary
         row = next(line for line in summary.splitlines() if line.startswith(f"| {TARGET} |"))
-        assert row_cells(row, column) == f"{overall} (KLD growth 5x)"
+        assert row_cells(row, column) == f"{overall} (KLD growth 5x, bounds 4.1-6.2x)"
         body = section(text, H[key])
         assert f"**Verdict: {overall}**" in body and "| 64-127 | 128 |" in body
         assert f"/compare/{TARGET}.{suffix}.json (growth)*" in body.replace("\\_", "_")
-    assert "- growth: mean KLD past the first bucket grew \\| fivefold" in body
+    assert "- growth: KLD past the first bucket grew \\| fivefold" in body
+    assert "| growth past the first bucket (0-63) | 2 sequences, paired | 1.00e-05 | 5.00e-05 | exact " \
+           "| 5x (4.1x-6.2x) | 2.5x |" in body
     # Configured but not produced: no pass.
     text = render({**artifacts, kind: {}}, tmp_path)
     assert "**Overall: ❔ unknown**" in section(text, H["summary"])
@@ -386,7 +392,8 @@ def test_missing_compare_is_not_run_and_never_pass(artifacts, tmp_path):
     row = next(line for line in summary.splitlines() if line.startswith(f"| {TARGET} |"))
     assert row_cells(row, 3) == "⚪ not run"
     assert "**Overall: ❔ unknown**" in summary
-    assert "pass" not in summary.lower().replace("batch-invariant", "")
+    table_part = summary[summary.index("| Target"):summary.index("Agreement is judged")]
+    assert "pass" not in table_part.lower().replace("batch-invariant", "")
     assert "Not run: compare is not configured for this target." in section(text, H["precision"])
 
 
@@ -448,11 +455,11 @@ def test_precision_section_lists_metrics_checks_and_per_prompt(artifacts, tmp_pa
     assert "| mean Δp (probability of the actual next token) | -0.02% |" in precision
     assert "| prompts failing msprobe's pass rule | 1 |" in precision
     assert "| cosine similarity of logits, min over prompts | 0.999710 |" in precision
-    assert "| kld\\_p99\\_max | kld\\_p99 | 6.00e-02 | &lt;= | 5.00e-02 | ❌ | llama.cpp p99 |" in precision
-    assert "| top1\\_agreement\\_min | top1\\_agreement\\_with\\_ties | 94.44% | &gt;= | 97% | ❌ |" in precision
-    assert "| msprobe\\_rule | msprobe\\_failed\\_prompts | unavailable | &lt;= | 0 | ❔ not available |" in precision
+    assert "| kld\\_p99\\_max | kld\\_p99 | 6.00e-02 | &lt;= | 5.00e-02 | ❌ fail | llama.cpp p99 |" in precision
+    assert "| top1\\_agreement\\_min | top1\\_agreement\\_with\\_ties | 94.44% | &gt;= | 97% | ❌ fail |" in precision
+    assert "| msprobe\\_rule | msprobe\\_failed\\_prompts | unavailable | &lt;= | 0 | ⚠ inconclusive |" in precision
     assert "- kld\\_p99\\_max: kld\\_p99 = 0.06 is not &lt;= 0.05" in precision
-    assert "- Note: msprobe\\_rule: msprobe\\_failed\\_prompts is not available" in precision
+    assert "- Inconclusive: msprobe\\_rule: msprobe\\_failed\\_prompts is not available" in precision
     assert "within\n0.04 nats counts as a tie" in precision
     header = "| # | Prompt | Positions | KLD mean | KLD max | Top-1 agreement | Ties | RMS Δp | PPL ref | PPL target |"
     assert header + " Cosine | MaxAbsErr | MaxRelErr | msprobe | Greedy common prefix | NaN/inf positions |" in precision
@@ -643,7 +650,7 @@ def test_compare_without_verdict_is_unknown_not_pass(artifacts):
     del data["verdict"]
     write_json(Path(artifacts["compare"][TARGET]), data)
     context = build_context(artifacts, CONFIG)
-    assert context["summary"]["table"]["rows"][1][3] == "❔ unknown"
+    assert context["summary"]["table"]["rows"][1][3] == "❔ unknown: no verdict for seed prompts"
     assert context["summary"]["overall"]["status"] == "unknown"
     assert context["precision"][0]["verdict"] == "❔ unknown"
 
@@ -742,11 +749,12 @@ def test_report_from_real_dumps_and_comparison(artifacts, tmp_path):
     write_json(Path(artifacts["compare"][TARGET]), result)
     text = render(artifacts, tmp_path)
     summary_row = next(line for line in text.splitlines() if line.startswith(f"| {TARGET} |"))
-    assert row_cells(summary_row, 3) == VERDICT_WORDS[result["verdict"]["status"]]
+    assert row_cells(summary_row, 3).split(":")[0] == VERDICT_WORDS[result["verdict"]["status"]]
     assert row_cells(summary_row, 4) == sci(result["kld_mean"])
     precision = section(text, H["precision"])
     assert f"| KLD mean (nats) | {sci(result['kld_mean'])} |" in precision
-    assert precision.count("❔ not available") == sum(c["passed"] is None for c in result["verdict"]["checks"])
+    inconclusive = [c for c in result["verdict"]["checks"] if c["status"] == "inconclusive"]
+    assert precision.count("⚠ inconclusive |") == len(inconclusive)
     for block in table_blocks(text):
         assert len({unescaped_pipes(line) for line in block}) == 1
 
@@ -774,7 +782,7 @@ def test_three_way_judges_a_candidate_against_a_benchmark_port(artifacts, tmp_pa
     assert row_cells(rows["RMS Δp, seed prompts"], 3) == "1" and "✅ pass" in rows["RMS Δp, seed prompts"]
     assert "⚠️ warning" in rows["MaxRelativeErr of logits"]  # 5x: an error for a mean, a warning for a max
     assert "unknown (not measured on both)" in rows["KLD mean, long context"]
-    assert f"compare/{benchmark}.json (kld_mean)" in three_way.replace("\\_", "_")
+    assert f"compare/{benchmark}.json (kld_mean, kld_basis)" in three_way.replace("\\_", "_")
 
 
 def test_layers_section_names_the_first_divergent_layer(artifacts, tmp_path):
@@ -794,3 +802,36 @@ def test_layers_section_names_the_first_divergent_layer(artifacts, tmp_path):
     path.write_text(json.dumps(not_run))
     layers = section(render({**artifacts, "layers_compare": {TARGET: path}}, tmp_path), H["layers"])
     assert "Not run: cpu-hf-bf16: the engine does not capture them." in layers
+
+
+def test_an_inconclusive_target_shows_why_in_the_summary_and_never_agrees(artifacts, tmp_path):
+    """A top-k target whose KLD lower bound is under its threshold: inconclusive, the reason in the summary's own
+    cell, and the overall line does not say every target agrees."""
+    data = json.loads(artifacts["compare"][TARGET].read_text())
+    data["kld_basis"], data["kld_is_lower_bound"] = "lower bound", True
+    data["verdict"] = {"status": "inconclusive", "checks": [], "reasons": [], "notes": [],
+                       "inconclusive": ["kld_mean_max: kld_mean = 0.001 is a lower bound (top-k) under 0.005"]}
+    artifacts["compare"][TARGET].write_text(json.dumps(data))
+    summary = section(render(artifacts, tmp_path), H["summary"])
+    row = next(line for line in summary.splitlines() if line.startswith(f"| {TARGET} |"))
+    assert row_cells(row, 3).startswith("⚠ inconclusive: seed prompts (seed prompts: kld\\_mean\\_max: kld\\_mean")
+    assert "**Overall: ⚠ inconclusive**" in summary and "every compared target" not in summary
+
+
+def test_three_way_on_different_kld_bases_is_inconclusive_naming_both(artifacts, tmp_path):
+    """An exact-KLD GPU benchmark against a lower-bound NPU candidate would bias the ratio towards a pass."""
+    benchmark = "cpu-vllm-bf16"
+    compare = json.loads(artifacts["compare"][TARGET].read_text())
+    artifacts["compare"][TARGET].write_text(json.dumps({**compare, "kld_basis": "lower bound"}))
+    path = tmp_path / "results" / "m" / "compare" / f"{benchmark}.json"
+    path.write_text(json.dumps({**compare, "kld_basis": "exact", "kld_mean": compare["kld_mean"] * 3}))
+    artifacts["targets"][benchmark] = dict(artifacts["targets"][TARGET])
+    artifacts["compare"][benchmark] = path
+    config = json.loads(json.dumps(CONFIG))
+    config["compare"]["three_way"] = {"candidate": TARGET, "benchmark": benchmark}
+    three_way = section(render(artifacts, tmp_path, config), H["three_way"])
+    row = next(line for line in three_way.splitlines() if line.startswith("| KLD mean, seed prompts"))
+    assert "(lower bound)" in row and "(exact)" in row and row_cells(row, 3) == "—"
+    assert "⚠ inconclusive (KLD bases differ: lower bound vs exact" in row
+    rms = next(line for line in three_way.splitlines() if line.startswith("| RMS Δp, seed prompts"))
+    assert "✅ pass" in rms  # no KLD basis: compared as before

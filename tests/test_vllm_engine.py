@@ -55,8 +55,8 @@ def prompts(tiny_model_dir) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def hf_logprobs(tiny_model_dir, prompts) -> list[np.ndarray]:
-    """fp32 transformers log-softmax at every position of each prompt: the reference."""
+def hf_logits(tiny_model_dir, prompts) -> list[np.ndarray]:
+    """fp32 transformers raw logits at every position of each prompt: the reference."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -66,9 +66,19 @@ def hf_logprobs(tiny_model_dir, prompts) -> list[np.ndarray]:
     config = transformers_config(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), config=config, dtype=torch.float32).eval()
     with torch.inference_mode():
-        out = [torch.log_softmax(model(input_ids=torch.tensor([p])).logits[0].float(), -1).numpy() for p in prompts]
+        out = [model(input_ids=torch.tensor([p])).logits[0].float().numpy() for p in prompts]
     del model
     return out
+
+
+@pytest.fixture(scope="module")
+def hf_logprobs(hf_logits) -> list[np.ndarray]:
+    """fp32 transformers log-softmax at every position of each prompt."""
+    return [log_softmax(logits) for logits in hf_logits]
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    return logits - np.logaddexp.reduce(logits.astype(np.float64), axis=-1, keepdims=True)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +96,13 @@ def engine(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scores(engine, prompts):
+    """vLLM's own prompt log-probs (top-k): what the worker's rows are checked against."""
+    return engine.logprob_scores(prompts)
+
+
+@pytest.fixture(scope="module")
+def rows(engine, prompts):
+    """The seed prompts' scores as a dump gets them: whole raw logits rows made in the worker."""
     return engine.score(prompts)
 
 
@@ -165,6 +182,19 @@ def test_watchdog_unblocks_a_utility_call_in_flight_when_the_engine_dies():
 # -- the engine ------------------------------------------------------------------------------------------------
 
 
+def test_the_worker_makes_no_rows_where_they_would_not_be_the_positions_and_says_why():
+    """Graph mode (hooks traced, not called) and, when decoding, speculative decoding (a verification pass scores
+    several rows per step): the engine then keeps vLLM's own log-probs, with this reason in the dump."""
+    from types import SimpleNamespace as Config
+
+    from portcheck.engines.vllm import worker_logits
+
+    graph = Config(vllm_config=Config(model_config=Config(enforce_eager=False)))
+    assert worker_logits.start(graph, "logits")["reason"].startswith("graph mode (enforce_eager off)")
+    spec = Config(vllm_config=Config(model_config=Config(enforce_eager=True), speculative_config=object()))
+    assert "speculative decoding" in worker_logits.start(spec, "compact", 4, [], decoding=True)["reason"]
+
+
 def test_engine_started_and_timed(engine):
     assert engine.timings["engine_start_s"] > 0
     assert engine.max_model_len == MAX_MODEL_LEN
@@ -215,7 +245,7 @@ def test_logprobs_match_hf_within_bf16(scores, hf_logprobs, prompts):
 def test_full_vocabulary_scores(engine, prompts, scores, hf_logprobs, monkeypatch):
     """logprobs_topk == -1: full [T, V] log-probs in `logits`, consistent with the top-k run and with HF fp32."""
     monkeypatch.setattr(engine.settings, "logprobs_topk", -1)
-    full = engine.score(prompts)
+    full = engine.logprob_scores(prompts)
     for ids, f, s, ref in zip(prompts, full, scores, hf_logprobs):
         assert f.topk_ids is None and f.logits.dtype == np.float32
         assert f.logits.shape == (len(ids), engine.vocab_size) == ref.shape
@@ -223,6 +253,58 @@ def test_full_vocabulary_scores(engine, prompts, scores, hf_logprobs, monkeypatc
         np.testing.assert_array_equal(np.take_along_axis(f.logits, s.topk_ids, axis=1), s.topk_logprobs)
         np.testing.assert_array_equal(f.token_logprobs, s.token_logprobs)
         np.testing.assert_allclose(f.logits, ref, atol=0.15)
+
+
+def test_seed_rows_are_the_models_raw_logits_whatever_logprobs_topk(engine, prompts, rows, scores, hf_logits,
+                                                                    tmp_path):
+    """At logprobs_topk 5 the seed prompts still get whole raw logits rows from the worker: HF fp32's within bf16,
+    vLLM's own top-k log-probs exactly, and a dump of kind full whose KLD against the reference is exact and whose
+    msprobe metrics compare raw logits."""
+    from portcheck.compare.compare import kld_basis, msprobe_basis
+    from portcheck.dump.logits_file import read_dump, write_dump
+    from portcheck.dump.run import rows_meta
+    from portcheck.engines.outputs import PromptScores
+
+    assert (engine.full_values, engine.rows_fallback) == ("logits", "")
+    for ids, r, s, ref in zip(prompts, rows, scores, hf_logits):
+        assert r.topk_ids is None and r.logits.dtype == np.float32 and r.logits.shape == ref.shape
+        assert np.abs(np.logaddexp.reduce(r.logits, axis=1)).min() > 1  # raw logits, not log-probs
+        np.testing.assert_allclose(r.logits, ref, atol=0.15, rtol=0.02)
+        np.testing.assert_allclose(np.take_along_axis(log_softmax(r.logits), s.topk_ids, axis=1), s.topk_logprobs,
+                                   atol=2e-3)
+        np.testing.assert_allclose(r.token_logprobs, s.token_logprobs, atol=2e-3)
+    meta = {"model_sha": "m", "tokenizer_sha": "t", "prompts_sha": "p"}
+    write_dump(tmp_path / "ref.safetensors", [PromptScores(np.asarray(ids), logits=ref)
+                                              for ids, ref in zip(prompts, hf_logits)], None,
+               {**meta, "target": "cpu-hf-fp32"})
+    write_dump(tmp_path / "tgt.safetensors", rows, None, {**meta, "target": "cpu-vllm-bf16", **rows_meta(engine)})
+    ref, tgt = read_dump(tmp_path / "ref.safetensors"), read_dump(tmp_path / "tgt.safetensors")
+    assert tgt.kind == "full" and tgt.meta["full_values"] == "logits" and "rows_fallback" not in tgt.meta
+    assert (kld_basis(ref, tgt), msprobe_basis(ref, tgt)) == ("exact", "logits")
+
+
+def test_decode_steps_are_rows_from_the_worker(engine, prompts, rows):
+    """Each sequence decoded alone: its last max_tokens rows are the steps (step 0 is the last prompt row, as
+    scored teacher-forced); whole rows, or compact records; vLLM's top-k where decoded as one batch, saying why."""
+    from portcheck.dump.compact import sample_ids
+
+    steps = 6
+    decoded = engine.decode(prompts[:2], steps)
+    assert (engine.full_values, engine.rows_fallback) == ("logits", "")
+    greedy = engine.generate(prompts[:2], steps)
+    for d, g, r in zip(decoded, greedy, rows):
+        assert d.tokens == g.token_ids and d.scores.logits.shape == (steps, engine.vocab_size)
+        np.testing.assert_allclose(d.scores.logits[0], r.logits[-1], atol=0.07)
+        np.testing.assert_allclose(d.scores.token_logprobs[:-1], g.logprobs[:-1], atol=0.05)
+    sample = sample_ids(engine.vocab_size, 16)
+    compact = engine.decode(prompts[:2], steps, compact=(8, sample.tolist()))
+    for c, d in zip(compact, decoded):
+        assert c.tokens == d.tokens and c.scores.logits is None
+        assert c.scores.topk_ids.shape == (steps, 8) and c.scores.sample_logprobs.shape == (steps, 16)
+        np.testing.assert_allclose(c.scores.sample_logprobs, log_softmax(d.scores.logits)[:, sample], atol=1e-4)
+        assert np.isfinite(c.scores.rest_logmass).all()
+    together = engine.decode(prompts[:2], steps, together=True)
+    assert "one batch" in engine.rows_fallback and together[0].scores.topk_ids.shape == (steps, TOPK)
 
 
 def test_greedy_generate_is_deterministic_and_matches_last_row(engine, prompts, scores):
@@ -325,6 +407,25 @@ def test_close_leaves_no_processes(engine):
     assert process.child_processes() == {}
     with pytest.raises(PortcheckError, match="closed"):
         engine.generate([[1, 2]], 1)
+
+
+def test_decode_rows_are_the_steps_under_chunked_prefill_and_prefix_cache(tiny_model_dir, prompts, tmp_path):
+    """The worker's rows of a sequence decoded alone are its uncached prompt rows, in 16-token chunks, then one per
+    later step: the last max_tokens rows are the steps on a second pass whose prompts come from the prefix cache,
+    the same distributions as vLLM's own log-probs of the same steps. Its own engine start (the module's closed)."""
+    settings = EngineSettings(max_model_len=256, max_num_seqs=2, max_num_batched_tokens=16, logprobs_topk=TOPK,
+                              extra={"log_file": str(tmp_path / "engine.log"), "vllm_kwargs": {
+                                  "enable_prefix_caching": True, "enable_chunked_prefill": True}})
+    workload = [list(range(100, 260)) + ids for ids in prompts[:2]]  # a 160-token shared prefix
+    with make_engine(parse_target("cpu-vllm-bf16"), tiny_model_dir, settings) as engine:
+        engine.decode(workload, 8)
+        decoded = engine.decode(workload, 8)
+        assert engine.rows_fallback == "" and all(engine.cached_tokens), engine.cached_tokens
+        own = engine.decode(workload, 8, together=True)  # vLLM's top-k of the same steps
+    for d, o in zip(decoded, own):
+        assert d.tokens == o.tokens
+        np.testing.assert_allclose(np.take_along_axis(log_softmax(d.scores.logits), o.scores.topk_ids, axis=1),
+                                   o.scores.topk_logprobs, atol=0.05)
 
 
 def test_unregistered_architecture_is_refused_before_the_engine_starts(tiny_model_dir, tmp_path):

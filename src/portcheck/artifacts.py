@@ -109,3 +109,145 @@ def read_artifact(path: str | os.PathLike, kind: str) -> Any:
         raise PortcheckError(
             f"{path} is not valid JSON ({exc}); delete it and rerun the workflow (rule {rule} rewrites it)"
         ) from exc
+
+
+# Integrity: each artifact's sha256, recorded when its rule writes it (workflow.script records every job's
+# outputs) in a hidden sidecar beside it, `.<name>.sha256` (JSON: sha256, bytes, mtime_ns, rule). Readers check it,
+# so a report never stands on an artifact that is missing, cut short or edited after its rule wrote it.
+OK, ABSENT, CHANGED, UNRECORDED = "ok", "absent", "changed", "unrecorded"
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.sha256")
+
+
+def record_hash(path: str | os.PathLike, rule: str) -> None:
+    """Record `path`'s hash as written by `rule` (a workflow rule's name, or a command line: "portcheck dump"). A
+    directory is not recorded: a checkpoint's manifest lists its files' hashes."""
+    from portcheck.atomic import write_json
+    from portcheck.hashing import sha256_file
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    stat = path.stat()
+    write_json(sidecar_path(path), {"sha256": sha256_file(path), "bytes": stat.st_size,
+                                    "mtime_ns": stat.st_mtime_ns, "rule": rule})
+
+
+def _recorded(path: Path) -> dict | None:
+    try:
+        recorded = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+        return recorded if {"sha256", "bytes", "mtime_ns"} <= set(recorded) else None
+    except (OSError, ValueError):
+        return None
+
+
+def artifact_state(path: str | os.PathLike, quick: bool = False) -> str:
+    """OK, ABSENT, CHANGED (not the bytes its rule wrote) or UNRECORDED (no hash recorded: written before portcheck
+    recorded hashes, or a storage plugin's local copy). quick: a file whose size and mtime are those recorded is
+    taken as unchanged without hashing (what a no-op run can afford)."""
+    from portcheck.hashing import sha256_file
+
+    path = Path(path)
+    if not path.is_file():
+        return ABSENT
+    recorded = _recorded(path)
+    if recorded is None:
+        return UNRECORDED
+    stat = path.stat()
+    if stat.st_size != recorded["bytes"]:
+        return CHANGED
+    if quick and stat.st_mtime_ns == recorded["mtime_ns"]:
+        return OK
+    if sha256_file(path) != recorded["sha256"]:
+        return CHANGED
+    if stat.st_mtime_ns != recorded["mtime_ns"]:  # touched, not changed: the next quick check needs no hashing
+        _rewrite_sidecar(path, {**recorded, "mtime_ns": stat.st_mtime_ns})
+    return OK
+
+
+def _rewrite_sidecar(path: Path, recorded: dict) -> None:
+    """A cache refresh, best effort."""
+    from portcheck.atomic import write_json
+
+    try:
+        write_json(sidecar_path(path), recorded)
+    except OSError:
+        pass  # a read-only store: the check stays right, only slower
+
+
+def writer_of(path: str | os.PathLike) -> str:
+    """The rule that writes `path`: as recorded, else from its name."""
+    recorded = _recorded(Path(path)) or {}
+    if recorded.get("rule"):
+        return recorded["rule"]
+    kind = kind_of(str(path))
+    return WRITTEN_BY.get(kind, "the rule that writes it") if kind else "the rule that writes it"
+
+
+def kind_of(path: str) -> str | None:
+    """The artifact kind a results path holds (None: not one of artifacts.py's)."""
+    path = path.replace(os.sep, "/")
+    if path.endswith("/" + MANIFEST):
+        return "manifest"
+    if "/compare/" in path:
+        if path.endswith(".mode.json"):
+            return "mode_compare"
+        by_length = sorted(COMPARE_SUFFIXES.items(), key=lambda item: -len(item[1]))
+        return next((kind for kind, suffix in by_length if path.endswith(suffix)), None)
+    if "/modes/" in path and not path.endswith("/" + TARGET_FILES[MODES_KIND]):
+        by_length = sorted(MODE_FILES.items(), key=lambda item: -len(item[1]))
+        return next((kind for kind, name in by_length if path.endswith(name.format(mode=""))), None)
+    return next((kind for kind, name in TARGET_FILES.items() if path.endswith("/" + name)), None)
+
+
+def damaged(paths, quick: bool = False, missing_ok: bool = False) -> dict[str, str]:
+    """{path: ABSENT or CHANGED} for the paths that are not as their rule wrote them (missing_ok: CHANGED only)."""
+    refused = (CHANGED,) if missing_ok else (ABSENT, CHANGED)
+    states = {str(path): artifact_state(path, quick) for path in paths}
+    return {path: state for path, state in states.items() if state in refused}
+
+
+def _is_command(writer: str) -> bool:
+    return writer.startswith("portcheck ")
+
+
+def rebuild_command(paths) -> str:
+    """What rebuilds `paths`: Snakemake forcing their jobs (and what follows), or for files the command line wrote,
+    that command."""
+    if any(_is_command(writer_of(path)) for path in paths):
+        return "rerun the portcheck command that wrote them (with --force where it refuses to overwrite)"
+    return f"snakemake --cores 1 report --forcerun {' '.join(sorted(paths))}"
+
+
+def describe_damage(found: dict[str, str]) -> list[str]:
+    """One line per damaged artifact: the file, what is wrong, what rewrites it."""
+    what = {ABSENT: "is absent", CHANGED: "differs from the sha256 recorded when it was written (edited, cut short "
+                                          "or replaced)"}
+    lines = []
+    for path, state in sorted(found.items()):
+        writer = writer_of(path)
+        lines.append(f"{path} {what[state]} ({f'`{writer}`' if _is_command(writer) else f'rule {writer}'} "
+                     "rewrites it)")
+    return lines
+
+
+def check_artifacts(paths, reader: str, missing_ok: bool = False) -> None:
+    """PortcheckError naming every artifact among `paths` that is absent (unless missing_ok) or changed, and the
+    command that rebuilds them."""
+    found = damaged(paths, missing_ok=missing_ok)
+    if found:
+        raise PortcheckError(
+            f"{reader} refuses artifacts that are not what their rule wrote:\n  - "
+            + "\n  - ".join(describe_damage(found)) + f"\nrebuild them: {rebuild_command(found)}"
+        )
+
+
+def recorded_artifacts(folder: str | os.PathLike) -> list[Path]:
+    """Every artifact under `folder` (or `folder` itself, a file) whose hash was recorded, present or not."""
+    folder = Path(folder)
+    if folder.is_file():
+        return [folder] if sidecar_path(folder).is_file() else []
+    return sorted(side.with_name(side.name[1:-len(".sha256")]) for side in folder.rglob(".*.sha256"))

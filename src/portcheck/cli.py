@@ -2,11 +2,13 @@
 
   portcheck dump --target npu-vllm-bf16 --model DIR --output npu.safetensors   (the seed's precision_compare.py)
   portcheck compare --baseline cpu.safetensors --target npu.safetensors        (the seed's compare_logits.py)
+  portcheck verify results/<model>          every artifact against the sha256 recorded when it was written
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -32,10 +34,24 @@ def load_config(path: str | None, enable_target: str | None = None) -> dict:
     # thresholds (or one target's settings) is enough.
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8")) if DEFAULT_CONFIG.is_file() else {}
     if path:
-        _merge(raw, yaml.safe_load(config_path.read_text(encoding="utf-8")) or {})
+        _merge(raw, read_config_file(config_path))
     if enable_target:
         _merge(raw, {"targets": {enable_target: {"enabled": True}}})
     return validate_config(raw or {}, load_schema(SCHEMA), base_dir=DEFAULT_CONFIG.parent.parent)
+
+
+def read_config_file(path: Path) -> dict:
+    """A config file as a mapping; PortcheckError naming it when it is not UTF-8, not YAML or not a mapping."""
+    from portcheck.config import read_utf8
+
+    try:
+        loaded = yaml.safe_load(read_utf8(path, "config file")) or {}
+    except yaml.YAMLError as exc:
+        raise PortcheckError(f"config file {path} is not valid YAML ({str(exc).splitlines()[0]}); fix it") from exc
+    if not isinstance(loaded, dict):
+        raise PortcheckError(f"config file {path} holds a YAML {type(loaded).__name__}, not a mapping of config keys "
+                             "(e.g. `compare: {thresholds: ...}`)")
+    return loaded
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -54,49 +70,136 @@ def cmd_fetch(args) -> None:
     print(args.dest)
 
 
+def checked_texts(config: dict) -> list[str]:
+    """The texts the engines will tokenize: the prompts, and the corpus where the config scores it."""
+    from portcheck.config import corpus_path, load_prompts, read_corpus_text
+
+    corpus = [read_corpus_text(corpus_path(config, ROOT))] if config["corpus"]["enabled"] else []
+    return [*load_prompts(config, ROOT), *corpus]
+
+
 def cmd_manifest(args) -> None:
     from portcheck.atomic import write_json
     from portcheck.model.checkpoint import build_manifest
 
-    write_json(args.output, build_manifest(args.model, {"source": "local", "path": str(args.model)}))
+    config = load_config(args.config)
+    write_json(args.output, build_manifest(args.model, {"source": "local", "path": str(args.model)},
+                                           checked_texts(config), config["model"]["trust_remote_code"]))
 
 
 def cmd_dump(args) -> None:
-    from portcheck.atomic import write_json
-    from portcheck.config import engine_settings, load_prompts, read_prompt_file
-    from portcheck.env.capture import capture_env
-    from portcheck.dump.run import run_target
+    from portcheck.config import engine_settings, read_prompt_file
+    from portcheck.model.checkpoint import check_checkpoint
 
     config = load_config(args.config, enable_target=args.target)
-    prompts = read_prompt_file(Path(args.prompts)) if args.prompts else load_prompts(config)
+    prompts = read_prompt_file(Path(args.prompts)) if args.prompts else None
     out = Path(args.output)
     if out.exists() and not args.force:
         raise PortcheckError(
             f"{out} already exists (a complete dump: dumps are written atomically); refusing to overwrite it. "
             "Pass --force to replace it, or choose another --output"
         )
+    # The checkpoint is checked before the engine starts, as the workflow's manifest stage does.
+    check_checkpoint(args.model, prompts or checked_texts(config), config["model"]["trust_remote_code"])
     stem = out.with_suffix("")
     outputs = {"logits": out, "adaptation": f"{stem}.adaptation.json",
-               "determinism": f"{stem}.determinism.json", "samples": f"{stem}.samples.json"}
-    write_json(f"{stem}.env.json", capture_env(args.target, ROOT))
-    run_target(args.target, args.model, prompts, engine_settings(config, args.target), outputs,
-               greedy_tokens=config["logits"]["greedy_tokens"], determinism=config["determinism"],
-               samples=config["samples"])
+               "determinism": f"{stem}.determinism.json", "samples": f"{stem}.samples.json",
+               "env": f"{stem}.env.json"}
+    with written_or_removed(outputs.values(), "portcheck dump"):
+        run_dump(args, config, prompts, engine_settings(config, args.target), outputs)
     print(out)
 
 
+def run_dump(args, config: dict, prompts: list[str] | None, settings, outputs: dict) -> None:
+    from portcheck.atomic import write_json
+    from portcheck.config import load_prompts
+    from portcheck.dump.run import run_target
+    from portcheck.env.capture import capture_env
+
+    write_json(outputs["env"], capture_env(args.target, ROOT))
+    run_target(args.target, args.model, prompts or load_prompts(config, ROOT), settings,
+               {kind: path for kind, path in outputs.items() if kind != "env"},
+               greedy_tokens=config["logits"]["greedy_tokens"], determinism=config["determinism"],
+               samples=config["samples"])
+
+
+@contextlib.contextmanager
+def written_or_removed(paths, command: str):
+    """Record the hashes of what the block wrote; if it fails, remove what it wrote (a failed dump leaves no side
+    file that reads as part of a dump)."""
+    from portcheck.artifacts import record_hash
+
+    paths = [Path(path) for path in paths]
+    before = {path: _identity(path) for path in paths}
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            if _identity(path) not in (None, before[path]):  # written (atomically: a new inode) by the block
+                path.unlink()
+        raise
+    for path in paths:
+        record_hash(path, command)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
 def cmd_compare(args) -> None:
+    from portcheck.artifacts import check_artifacts, record_hash
     from portcheck.atomic import write_json
     from portcheck.compare.compare import compare_files
 
     config = load_config(args.config)
+    check_artifacts([args.baseline, args.target], "portcheck compare", missing_ok=True)
     result = compare_files(args.baseline, args.target, config["compare"]["thresholds"], config["compare"]["tie_tolerance"])
     if args.output:
         write_json(args.output, result)
+        record_hash(args.output, "portcheck compare")
     summary = {k: result.get(k) for k in ("kld_mean", "kld_p99", "top1_agreement", "cosine_min", "max_abs_err")}
     print(json.dumps({"verdict": result["verdict"]["status"], **summary}, indent=2))
-    if result["verdict"]["status"] != "pass":
-        sys.exit(3)
+    status = result["verdict"]["status"]
+    if status != "pass":
+        sys.exit(4 if status == "inconclusive" else 3)  # inconclusive is no pass, and no proven failure
+
+
+def cmd_verify(args) -> None:
+    """Every recorded artifact under the given folders against its hash; exit 1 naming what is absent or changed."""
+    from portcheck.artifacts import UNRECORDED, artifact_state, check_artifacts, recorded_artifacts
+
+    folders = [Path(folder) for folder in args.paths or [p for p in DEFAULT_VERIFIED if Path(p).exists()]]
+    missing = [str(folder) for folder in folders if not folder.exists()]
+    if missing or not folders:
+        raise PortcheckError(f"{', '.join(missing or DEFAULT_VERIFIED)} does not exist; give the results folder of "
+                             "a run (e.g. results/tiny-qwen3.5), or run the workflow first")
+    recorded = [path for folder in folders for path in recorded_artifacts(folder)]
+    unrecorded = [path for folder in folders for path in _artifact_files(folder)
+                  if path not in recorded and artifact_state(path) == UNRECORDED]
+    try:
+        check_artifacts(recorded, "portcheck verify")
+    except PortcheckError as error:
+        print(f"portcheck: {error}", file=sys.stderr)
+        sys.exit(1)
+    print(f"{len(recorded)} artifact(s) match the sha256 recorded when they were written")
+    if unrecorded:
+        print(f"{len(unrecorded)} file(s) have no recorded hash (written before portcheck recorded hashes, or by "
+              f"hand), not checked:\n  " + "\n  ".join(map(str, unrecorded)))
+
+
+DEFAULT_VERIFIED = ("results", "reports")
+
+
+def _artifact_files(folder: Path) -> list[Path]:
+    """The files under `folder` a rule writes (not hidden bookkeeping, the run history, the report's templates)."""
+    from portcheck.artifacts import HISTORY
+
+    files = [folder] if folder.is_file() else sorted(folder.rglob("*"))
+    return [p for p in files if p.is_file() and not p.name.startswith((".", HISTORY)) and "templates" not in p.parts]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     manifest = sub.add_parser("manifest", help="describe a checkpoint directory (files, hashes, parameters)")
     manifest.add_argument("--model", required=True)
     manifest.add_argument("--output", required=True)
+    manifest.add_argument("--config", help="config YAML whose prompts and corpus the tokenizer is checked on "
+                                           "(default: config/config.yaml)")
     manifest.set_defaults(func=cmd_manifest)
 
     dump = sub.add_parser("dump", help="dump one target's logits on this host")
@@ -131,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--output", help="write the full comparison JSON here")
     compare.add_argument("--config", help="config YAML for thresholds (default: config/config.yaml)")
     compare.set_defaults(func=cmd_compare)
+
+    verify = sub.add_parser("verify", help="check every artifact against the sha256 recorded when it was written")
+    verify.add_argument("paths", nargs="*", help="folders or files to check (default: results reports)")
+    verify.set_defaults(func=cmd_verify)
     return parser
 
 

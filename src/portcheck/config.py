@@ -10,10 +10,11 @@ from typing import Any
 import jsonschema
 import yaml
 
+from portcheck.benchmarks.plan import bench_problems
 from portcheck.engines.settings import EngineSettings
 from portcheck.errors import PortcheckError
-from portcheck.model.checkpoint import local_model_problems
-from portcheck.modes.catalog import run_problems
+from portcheck.model.checkpoint import load_model_config, local_model_problems, text_settings
+from portcheck.modes.catalog import full_vocab_problems, run_problems
 from portcheck.targets import DEVICES, DTYPES, ENGINES, parse_target
 
 ENGINE_SETTING_KEYS = (
@@ -48,7 +49,8 @@ def validate_config(config: dict, schema: dict, base_dir: str | Path = ".") -> d
     if problems:
         raise PortcheckError("invalid config:\n  - " + "\n  - ".join(sorted(set(problems))))
     _fill_defaults(config, schema, schema)
-    problems = _semantic_problems(config, Path(base_dir))
+    default_runs = schema["properties"]["modes"]["properties"]["runs"].get("default", [])
+    problems = _semantic_problems(config, Path(base_dir), default_runs)
     if problems:
         raise PortcheckError("invalid config:\n  - " + "\n  - ".join(problems))
     return config
@@ -158,7 +160,7 @@ def _fill_defaults(instance: Any, node: dict, root: dict) -> None:
                 _fill_defaults(value, extra, root)
 
 
-def _semantic_problems(config: dict, base_dir: Path) -> list[str]:
+def _semantic_problems(config: dict, base_dir: Path, default_runs: list[str]) -> list[str]:
     problems = []
     targets = config["targets"]
     reference = config["reference"]
@@ -179,17 +181,37 @@ def _semantic_problems(config: dict, base_dir: Path) -> list[str]:
     problems.extend(corpus_problems(config, base_dir))
     problems.extend(three_way_problems(config))
     problems.extend(run_problems(config))
+    problems.extend(bench_problems(config))
+    problems.extend(run_target_problems(config, default_runs))
     model = config["model"]
     if model["source"] == "local":
-        problems.extend(local_model_problems(model.get("path"), base_dir))
+        local = local_model_problems(model.get("path"), base_dir)
+        problems.extend(local or full_vocab_problems(config, local_vocab(Path(base_dir) / model["path"])))
     return problems
+
+
+def local_vocab(model_dir: Path) -> int | None:
+    """A local checkpoint's vocabulary, known before any job: the full-vocabulary checks run at validation."""
+    return text_settings(load_model_config(model_dir)).get("vocab_size")
 
 
 def read_prompt_file(path: Path) -> list[str]:
     """One prompt per line; blank lines are ignored."""
     if not path.is_file():
-        raise PortcheckError(f"prompts file {path} does not exist; fix the path or use the config's prompts.list")
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        raise PortcheckError(f"prompts file {path} does not exist or is not a file; fix the path or use the "
+                             "config's prompts.list")
+    return [line for line in read_utf8(path, "prompts file").splitlines() if line.strip()]
+
+
+def read_utf8(path: Path, what: str) -> str:
+    """A text file's contents; PortcheckError naming it when it is not UTF-8 (a binary file, another encoding)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PortcheckError(
+            f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); give a text file, converting "
+            f"another encoding with e.g. iconv -f <its encoding> -t UTF-8"
+        ) from exc
 
 
 def load_prompts(config: dict, base_dir: str | Path = ".") -> list[str]:
@@ -218,18 +240,29 @@ def read_corpus_text(path: Path) -> str:
     """The corpus as text; PortcheckError naming the file when it is absent, empty or not UTF-8."""
     if not path.is_file():
         raise PortcheckError(f"corpus file {path} does not exist; fix corpus.file (null: the shipped held-out text)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise PortcheckError(
-            f"corpus file {path} is not UTF-8 ({exc.reason} at byte {exc.start}); convert it, e.g. "
-            f"iconv -f <its encoding> -t UTF-8"
-        ) from exc
+    text = read_utf8(path, "corpus file")
     if not text.strip():
         raise PortcheckError(
             f"corpus file {path} is empty; give a text to cut into windows, or set corpus.enabled: false"
         )
     return text
+
+
+def run_target_problems(config: dict, default_runs: list[str]) -> list[str]:
+    """modes.runs must name enabled targets: a run of another target cannot run. The shipped default runs are the
+    exception (a config that disables their target still validates, and the report lists them as not run)."""
+    if not config["modes"]["enabled"] or config["modes"]["runs"] == default_runs:
+        return []
+    problems = []
+    for name in config["modes"]["runs"]:
+        target = name.partition("+")[0]
+        if target not in config["targets"]:
+            problems.append(f"modes.runs names {name}, but target {target} is not defined (defined: "
+                            f"{', '.join(config['targets'])}); fix the name or define the target")
+        elif not config["targets"][target]["enabled"]:
+            problems.append(f"modes.runs names {name}, but target {target} is not enabled; enable it "
+                            f"(targets.{target}.enabled: true) or remove the run")
+    return problems
 
 
 def three_way_problems(config: dict) -> list[str]:

@@ -17,6 +17,21 @@ TARGET_PATTERN = rf"({'|'.join(DEVICES)})-({'|'.join(ENGINES)})-({'|'.join(DTYPE
 # The target name says "gpu" (what users call it); torch calls the device "cuda".
 TORCH_DEVICE = {"cpu": "cpu", "gpu": "cuda", "npu": "npu"}
 TORCH_DTYPE_NAME = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# The bf16 noise floor: the reference's engine and device, rounding in bf16 only; what any bf16 port adds at the
+# least (the "x bf16 floor" columns, the per-layer multiples).
+FLOOR_TARGET = "cpu-hf-bf16"
+
+
+def floor_absence(target: str, reference: str, enabled: list[str]) -> str | None:
+    """Why `target`'s layers are compared with no floor; None: FLOOR_TARGET's layers are its floor. The floor
+    target itself gets no floor (its added error is the unit), not itself (1.0x everywhere would prove nothing)."""
+    if target == FLOOR_TARGET:
+        return f"{target} is the floor: its added error is the unit of the other targets' multiples"
+    if reference == FLOOR_TARGET:
+        return f"no floor: the reference is {FLOOR_TARGET}"
+    if FLOOR_TARGET not in enabled:
+        return f"no floor: {FLOOR_TARGET} is disabled"
+    return None
 
 
 @dataclass(frozen=True)

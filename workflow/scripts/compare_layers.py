@@ -6,8 +6,9 @@ from portcheck.workflow.script import run_script
 
 
 def main(smk):
+    floor = smk.input.get("floor")  # absent where the floor target is disabled, or is this target
     write_json(smk.output[0], compare_layers_files(smk.input.reference, smk.input.target, dict(smk.params.layers),
-                                                   smk.params.bucket))
+                                                   smk.params.bucket, floor, smk.params.no_floor))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 lists them)."""
 
 from portcheck.artifacts import OPTIONAL_COMPARISONS, REPORTED_KINDS, TARGET_FILES
+from portcheck.benchmarks.plan import benched_targets, not_benchmarked
 from portcheck.report.history import record_and_section
 from portcheck.report.render import build_context, render_report
 from portcheck.workflow.script import run_script
@@ -24,7 +25,12 @@ def main(smk):
         "plots": dict(p.plots),
         "configfile": p.configfile,
     }
-    for t, path in zip(p.targets, smk.input.bench_checks):
+    # Targets the config does not benchmark (bench.reference): None, with the setting the report names.
+    unbenched = not_benchmarked(p.targets, p.reference, p.config["bench"])
+    artifacts["turned_off_by"] = {t: {"bench": why, "bench_checks": why} for t, why in unbenched.items()}
+    for t in p.targets:
+        artifacts["targets"][t]["bench_checks"] = None
+    for t, path in zip(benched_targets(p.targets, p.reference, p.config["bench"]), smk.input.bench_checks):
         artifacts["targets"][t]["bench_checks"] = str(path)
     # The serving check for vllm targets only (None: not applicable).
     for t in p.targets:
@@ -37,8 +43,10 @@ def main(smk):
 
 
 def _input(files, target, kind):
+    """The input file of `kind` for `target`; None where the rule does not ask for it (an unbenchmarked target's
+    bench.json)."""
     suffix = f"/{target}/{TARGET_FILES[kind]}"
-    return next(str(f) for f in files if str(f).endswith(suffix))
+    return next((str(f) for f in files if str(f).endswith(suffix)), None)
 
 
 if __name__ == "__main__":

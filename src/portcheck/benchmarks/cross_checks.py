@@ -43,8 +43,8 @@ def consistency_flags(bench: dict, tolerance: float, decode_floor_s: float | Non
     seen = set()
     for table in bench.get("throughput") or []:
         for row in table.get("rows") or []:
-            if row.get("batch_size") != batch or row.get("input_len") != input_len:
-                continue
+            if row.get("batch_size") != batch or row.get("input_len") != input_len or row.get("skipped"):
+                continue  # another batch or prompt length, or a cell skipped over the budget: nothing measured
             if (row["batch_size"], row["max_tokens"]) in seen:  # a cell shared by two tables: checked once
                 continue
             seen.add((row["batch_size"], row["max_tokens"]))

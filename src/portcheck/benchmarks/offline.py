@@ -8,7 +8,6 @@ atomically at the very end: an interrupted run leaves no artifact that looks com
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import logging
@@ -22,69 +21,15 @@ import numpy as np
 from portcheck.benchmarks import statistics as perf
 from portcheck.atomic import atomic_path, write_json
 from portcheck.errors import PortcheckError
+from portcheck.benchmarks.plan import check_plan, engine_limits, grid_cells, plan_for_device
 from portcheck.benchmarks.workload import random_prompts
-from portcheck.model.checkpoint import text_settings
 from portcheck.targets import parse_target
 
 log = logging.getLogger("portcheck.bench")
-# vLLM's default max_num_seqs for the offline LLM class when none is configured (EngineArgs, usage LLM_CLASS).
-VLLM_DEFAULT_MAX_NUM_SEQS = 256
 SCHEMA_VERSION = 1
 
 
-# ---------------------------------------------------------------- plan
-
-
-def plan_for_device(bench_config: dict, device: str) -> dict:
-    """The bench config with the device's overrides (bench.overrides.<device>) merged in, one level deep."""
-    plan = copy.deepcopy({k: v for k, v in bench_config.items() if k != "overrides"})
-    for key, value in ((bench_config.get("overrides") or {}).get(device) or {}).items():
-        if isinstance(value, dict) and isinstance(plan.get(key), dict):
-            plan[key] = {**plan[key], **value}
-        else:
-            plan[key] = copy.deepcopy(value)
-    return plan
-
-
-def grid_cells(plan: dict) -> list[tuple[int, int]]:
-    """Distinct (batch, max_tokens) cells of every table, in table order (a cell shared by two tables runs once)."""
-    cells: list[tuple[int, int]] = []
-    for table in plan["grid"]:
-        for batch in table["batch_sizes"]:
-            for max_tokens in table["max_tokens"]:
-                if (batch, max_tokens) not in cells:
-                    cells.append((int(batch), int(max_tokens)))
-    return cells
-
-
-def engine_limits(engine: str, settings, model_config: dict) -> dict[str, Any]:
-    """max_model_len and max_num_seqs the engine will enforce, known before it starts."""
-    text = text_settings(model_config)
-    max_len = settings.max_model_len or text.get("max_position_embeddings")
-    seqs = settings.max_num_seqs or (VLLM_DEFAULT_MAX_NUM_SEQS if engine == "vllm" else None)
-    return {"max_model_len": max_len, "max_num_seqs": seqs}
-
-
-def check_plan(plan: dict, limits: dict, target: str) -> None:
-    """Reject, before any engine start, a grid or latency entry the engine would refuse or cut."""
-    problems = []
-    runs = [(f"throughput grid cell batch {b} x max_tokens {m}", b, plan["input_len"], m) for b, m in grid_cells(plan)]
-    lat = plan["latency"]
-    runs.append((f"latency batch {lat['batch_size']}", lat["batch_size"], lat["input_len"], lat["output_len"]))
-    runs.append((f"prefill {lat['prefill_prompts']} prompts", lat["prefill_prompts"], lat["input_len"], 1))
-    for what, batch, input_len, new_tokens in runs:
-        if limits.get("max_num_seqs") and batch > limits["max_num_seqs"]:
-            problems.append(f"{what}: batch {batch} > max_num_seqs {limits['max_num_seqs']} (the engine would "
-                            "queue the excess and the timing would not be of that batch)")
-        if limits.get("max_model_len") and input_len + new_tokens > limits["max_model_len"]:
-            problems.append(f"{what}: prompt {input_len} + {new_tokens} new tokens = {input_len + new_tokens} > "
-                            f"max_model_len {limits['max_model_len']}")
-    if problems:
-        raise PortcheckError(
-            f"the benchmark plan for {target} does not fit the engine: " + "; ".join(problems)
-            + "; shrink bench.grid / bench.latency (or bench.overrides) or raise the target's max_num_seqs / "
-            "max_model_len"
-        )
+# ---------------------------------------------------------------- memory
 
 
 def checkpoint_weights(model_dir: str | Path, dtype_name: str) -> dict[str, Any]:
@@ -118,22 +63,56 @@ def _timed(engine, prompts, max_tokens, plan) -> tuple[float, list]:
 
 
 def measure_grid(engine, prompts: list[list[int]], plan: dict, progress: Callable[[str], None] = log.info) -> list[dict]:
-    """Median wall time of every grid cell over `repetitions` runs after `warmup` runs of the same cell."""
-    cells = {}
+    """Median wall time of every grid cell over `repetitions` runs after `warmup` runs of the same cell; a cell
+    whose runs would take longer than bench.cell_budget_s is skipped (a row that says so, never left out)."""
+    cells, first_runs = {}, {}  # first_runs: (batch, max_tokens) -> wall time of that cell's first run
     for batch, max_tokens in grid_cells(plan):
-        batch_prompts = prompts[:batch]
-        for _ in range(plan["warmup"]):
-            _timed(engine, batch_prompts, max_tokens, plan)
-        walls = [_timed(engine, batch_prompts, max_tokens, plan)[0] for _ in range(plan["repetitions"])]
-        row = perf.throughput_row(batch, plan["input_len"], max_tokens, statistics.median(walls))
-        row["elapsed_s_runs"] = walls
+        row = measure_cell(engine, prompts[:batch], max_tokens, plan, first_runs)
         cells[(batch, max_tokens)] = row
-        progress(f"grid batch {batch} x max_tokens {max_tokens}: {row['output_tok_s']:.1f} output tok/s")
+        done = row["skipped"]["reason"] if row.get("skipped") else f"{row['output_tok_s']:.1f} output tok/s"
+        progress(f"grid batch {batch} x max_tokens {max_tokens}: {done}")
     tables = []
     for table in plan["grid"]:
         rows = [dict(cells[(b, m)]) for b in table["batch_sizes"] for m in table["max_tokens"]]
         tables.append({"title": table.get("title") or "", "rows": perf.add_scaling(rows)})
     return tables
+
+
+def measure_cell(engine, prompts: list[list[int]], max_tokens: int, plan: dict, first_runs: dict) -> dict:
+    """One cell's row: its runs are estimated before they are timed, first from a cell already run that it
+    contains (more sequences or tokens never take less time), then from its own first run (the warm-up, or the
+    first repetition without one); over the budget, the remaining runs are skipped."""
+    batch, runs = len(prompts), plan["warmup"] + plan["repetitions"]
+    contained = [(wall, cell) for cell, wall in first_runs.items() if cell[0] <= batch and cell[1] <= max_tokens]
+    if contained:
+        wall, (b, m) = max(contained)
+        if wall * runs > plan["cell_budget_s"]:
+            return skipped_row(batch, max_tokens, plan, wall * runs,
+                               f"at least {runs} x the first run of batch {b} x max_tokens {m}, a cell it contains")
+    first = _timed(engine, prompts, max_tokens, plan)[0]
+    first_runs[(batch, max_tokens)] = first
+    if first * runs > plan["cell_budget_s"]:
+        return skipped_row(batch, max_tokens, plan, first * runs, f"{runs} x its first run ({_seconds(first)} s)")
+    walls = [] if plan["warmup"] else [first]  # without a warm-up, the first run is the first repetition
+    for _ in range(plan["warmup"] - 1):
+        _timed(engine, prompts, max_tokens, plan)
+    walls += [_timed(engine, prompts, max_tokens, plan)[0] for _ in range(plan["repetitions"] - len(walls))]
+    row = perf.throughput_row(batch, plan["input_len"], max_tokens, statistics.median(walls))
+    row["elapsed_s_runs"] = walls
+    return row
+
+
+def skipped_row(batch: int, max_tokens: int, plan: dict, estimated_s: float, basis: str) -> dict:
+    """A cell not timed because its runs would exceed the budget: the figures None, the estimate and why."""
+    row = perf.throughput_row(batch, plan["input_len"], max_tokens, None)
+    budget = plan["cell_budget_s"]
+    row["skipped"] = {"estimated_s": estimated_s, "budget_s": budget, "basis": basis,
+                      "reason": f"over the budget: estimated {_seconds(estimated_s)} s > budget {budget:g} s"}
+    return row
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3g}" if value < 1000 else f"{value:,.0f}"
 
 
 def measure_latency(engine, prompts: list[list[int]], plan: dict, percentiles) -> tuple[dict, dict]:
@@ -235,11 +214,16 @@ def csv_rows(result: dict) -> list[dict]:
     rows = []
     for t, table in enumerate(result["throughput"]):
         for r in table["rows"]:
+            cell = {"section": "throughput", "table": t, "batch_size": r["batch_size"], "input_len": r["input_len"],
+                    "max_tokens": r["max_tokens"]}
+            if r.get("skipped"):  # its estimate, not a measurement
+                rows.append({**cell, "metric": "elapsed_s", "statistic": "skipped (estimate)",
+                             "value": r["skipped"]["estimated_s"], "unit": "s"})
+                continue
             for metric, unit in (("elapsed_s", "s"), ("output_tok_s", "tok/s"), ("total_tok_s", "tok/s"),
                                  ("requests_s", "req/s"), ("speedup_vs_batch1", "x"), ("linear_ratio", "x")):
-                rows.append({"section": "throughput", "table": t, "batch_size": r["batch_size"],
-                             "input_len": r["input_len"], "max_tokens": r["max_tokens"], "metric": metric,
-                             "statistic": "median" if metric == "elapsed_s" else "", "value": r[metric], "unit": unit})
+                rows.append({**cell, "metric": metric, "statistic": "median" if metric == "elapsed_s" else "",
+                             "value": r[metric], "unit": unit})
     lat, pre = result["latency"], result["prefill"]
     for metric in ("ttft_s", "tpot_s", "itl_s", "e2e_s", "batch_latency_s"):
         for statistic, value in lat[metric].items():

@@ -1,7 +1,9 @@
-"""The serving check of a vllm target: start `vllm serve` on 127.0.0.1 on a free port, wait for /health, send
-OpenAI-compatible /v1/completions requests (the `openai` client, streaming) at a few concurrency levels, record
-TTFT / TPOT / ITL / E2E percentiles, throughput and errors, check that greedy completions through the server
-equal the offline engine's greedy tokens (from the logit dump), and send the seed report's curl request.
+"""The serving check of a vllm target: start `vllm serve` on 127.0.0.1 on a free port, wait for /health, measure
+load with `vllm bench serve` of the target's own environment swept from concurrency 1 to saturation
+(benchmarks/serve_sweep.py: throughput, TTFT / TPOT / ITL / E2E percentiles, goodput under the configured SLOs,
+the saturation point), then do what a benchmark tool does not: check that greedy completions through the server
+equal the offline engine's greedy tokens (from the logit dump), and send the seed report's curl request. A sweep
+that cannot run (the tool missing or failing) is recorded with its error; the parity checks still run.
 
 The server is always stopped: on success, on failure, on Ctrl-C and on SIGTERM (Snakemake's way of cancelling a
 job). It runs in its own process group, which is terminated (then killed) as a whole."""
@@ -20,12 +22,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from portcheck.benchmarks import statistics as perf
-from portcheck.benchmarks.workload import random_prompts
+from portcheck.benchmarks.serve_sweep import SERVED_MODEL_NAME, run_sweep
 from portcheck.atomic import write_json
 from portcheck.engines.vllm.engine_args import engine_env, serve_cli_args
 from portcheck.engines.vllm.logs import log_tail as engine_log_tail
@@ -33,7 +33,6 @@ from portcheck.errors import PortcheckError
 from portcheck.targets import parse_target
 
 LOG_TAIL_LINES = 40
-SERVED_MODEL_NAME = "portcheck-model"
 
 
 # ---------------------------------------------------------------- ports
@@ -195,58 +194,6 @@ def _client(port: int, timeout_s: float):
     return OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="EMPTY", timeout=timeout_s, max_retries=0)
 
 
-def streamed_request(client, prompt: list[int] | str, max_tokens: int, temperature: float = 0.0) -> dict[str, Any]:
-    """One streamed completion: chunk arrival times (s since sending), output token count and any error."""
-    started = time.perf_counter()
-    times, tokens, text = [], None, []
-    try:
-        stream = client.completions.create(
-            model=SERVED_MODEL_NAME, prompt=prompt, max_tokens=max_tokens, temperature=temperature, stream=True,
-            stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
-        )
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].text:
-                times.append(time.perf_counter() - started)
-                text.append(chunk.choices[0].text)
-            if getattr(chunk, "usage", None) is not None:
-                tokens = chunk.usage.completion_tokens
-    except Exception as exc:  # noqa: BLE001 - counted as an error of this request
-        return {"error": f"{type(exc).__name__}: {exc}"[:300], "times": times}
-    return {"error": None, "times": times, "output_tokens": tokens, "text": "".join(text)}
-
-
-def served_latency(result: dict) -> dict[str, Any]:
-    """TTFT/TPOT/E2E/ITL of one streamed request as `vllm bench serve` defines them: TPOT = (E2E - TTFT) /
-    (output tokens - 1) with the server's token count; ITL = gaps between chunks."""
-    times = result["times"]
-    if not times:
-        return {"ttft": None, "tpot": None, "e2e": None, "itl": [], "output_tokens": 0}
-    base = perf.request_latency(times)
-    tokens = result.get("output_tokens") or len(times)
-    base["output_tokens"] = tokens
-    base["tpot"] = (base["e2e"] - base["ttft"]) / (tokens - 1) if tokens > 1 else None
-    return base
-
-
-def load_level(client, prompts: list[list[int]], concurrency: int, max_tokens: int, percentiles) -> dict[str, Any]:
-    """len(prompts) streamed requests, `concurrency` at a time."""
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        results = list(pool.map(lambda p: streamed_request(client, p, max_tokens), prompts))
-    wall = time.perf_counter() - started
-    ok = [served_latency(r) for r in results if r["error"] is None]
-    output_tokens = sum(r["output_tokens"] for r in ok)
-    return {
-        "concurrency": concurrency, "requests": len(prompts), "completed": len(ok),
-        "errors": [r["error"] for r in results if r["error"] is not None],
-        "duration_s": wall, "output_tokens": output_tokens,
-        "output_tok_s": output_tokens / wall if wall > 0 else None,
-        "total_tok_s": (output_tokens + sum(len(p) for p in prompts)) / wall if wall > 0 else None,
-        "requests_s": len(ok) / wall if wall > 0 else None,
-        **perf.latency_summary(ok, percentiles),
-    }
-
-
 def greedy_check(client, dump_path: str | Path, prompts_limit: int | None = None) -> dict[str, Any]:
     """Greedy completions of the dump's prompts (token ids) through the server against the offline engine's
     greedy tokens in the dump (greedy_ids), token for token."""
@@ -300,51 +247,56 @@ def seed_request(client, port: int, curl: dict) -> dict[str, Any]:
 
 
 def check_serving(target_name: str, model_dir: str | Path, settings, serve_config: dict, dump_path: str | Path,
-                  output: str | Path, server_log: str | Path) -> dict:
-    """Start the server for the target, measure, check, stop it; write `output` (atomically) at the end."""
+                  output: str | Path, server_log: str | Path, corpus_path: str | Path,
+                  bench_log: str | Path) -> dict:
+    """Start the server for the target, sweep the load, check parity, stop it; write `output` (atomically)."""
     from transformers import AutoTokenizer
+
+    from portcheck.config import read_corpus_text
 
     target = parse_target(target_name)
     if target.engine != "vllm":
         raise PortcheckError(f"the serving check runs `vllm serve`; {target_name} is not a vllm target")
-    percentiles = list(serve_config["percentiles"])
     input_len, max_tokens = serve_config["input_len"], serve_config["max_tokens"]
     if settings.max_model_len and input_len + max_tokens > settings.max_model_len:
         raise PortcheckError(f"serve.input_len {input_len} + serve.max_tokens {max_tokens} > max_model_len "
                              f"{settings.max_model_len} of {target_name}; shrink them")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=settings.trust_remote_code)
+    corpus_text = read_corpus_text(Path(corpus_path))
     env = engine_env(target.device, settings)  # the offline engine's environment, from the same settings
     started = time.perf_counter()
     server = None
     try:
         server, port, command, ready_s = start_server(target_name, model_dir, settings, serve_config, server_log, env)
+        sweep = run_sweep(port, model_dir, tokenizer, corpus_text, serve_config, settings.trust_remote_code,
+                          bench_log)
         client = _client(port, serve_config["request_timeout_s"])
-        levels = []
-        for level, concurrency in enumerate(serve_config["concurrency"]):
-            count = max(concurrency, serve_config["requests_per_level"])
-            prompts = random_prompts(tokenizer, count, input_len, serve_config.get("seed", 0) + level)
-            if level == 0:  # warm-up: the first requests compile kernels on some devices
-                for prompt in prompts[: serve_config.get("warmup", 1)]:
-                    streamed_request(client, prompt, max_tokens)
-            levels.append(load_level(client, prompts, concurrency, max_tokens, percentiles))
         greedy = greedy_check(client, dump_path, serve_config.get("greedy_prompts"))
         seed = seed_request(client, port, serve_config["curl"])
     finally:
         if server is not None:
             server.__exit__(None, None, None)
+    errors, levels = sweep_errors(sweep), sweep.pop("levels")
     result = {
         "target": target_name, "port": port, "preferred_port": serve_config.get("port"),
         "command": shlex.join(["vllm", *command[command.index("serve"):]]),
         "launcher": "python -c VLLM_CLI_SHIM (portcheck.serve)" if VLLM_CLI_SHIM in command else command[0],
         "server_ready_s": round(ready_s, 3),
-        "input_len": input_len, "max_tokens": max_tokens, "percentiles": percentiles, "levels": levels,
-        "errors": sum(len(level["errors"]) for level in levels),
-        "greedy_check": greedy, "seed_request": seed, "total_s": round(time.perf_counter() - started, 3),
-        "definitions": "TTFT = first streamed chunk; TPOT = (E2E - TTFT) / (completion tokens - 1); ITL = gaps "
-                       "between streamed chunks (vllm bench serve's definitions)",
+        "input_len": input_len, "max_tokens": max_tokens, "percentiles": serve_config["percentiles"],
+        "slo": serve_config["slo"], "errors": errors, "levels": levels, "sweep": sweep, "greedy_check": greedy, "seed_request": seed,
+        "total_s": round(time.perf_counter() - started, 3),
+        "definitions": "measured by vllm bench serve (its definitions: TTFT = time to the first token; TPOT = "
+                       "(E2E - TTFT) / (output tokens - 1); ITL = gaps between streamed chunks; goodput = requests "
+                       "per second that met every SLO)",
     }
     write_json(output, result)
     return result
+
+
+def sweep_errors(sweep: dict) -> int:
+    """Failed requests, or one when the tool itself failed with none (missing, a level's error, stopped for time)."""
+    failed = sum(level.get("failed") or 0 for level in sweep["levels"])
+    return failed + (1 if sweep["status"] != "ok" and not failed else 0)
 
 
 def start_server(target_name, model_dir, settings, serve_config, server_log, env, attempts: int = 3):

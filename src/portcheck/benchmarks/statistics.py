@@ -65,17 +65,18 @@ def latency_summary(requests: Sequence[dict], percentiles: Sequence[float] = DEF
 # ---------------------------------------------------------------- throughput
 
 
-def throughput_row(batch: int, input_len: int, max_tokens: int, elapsed_s: float) -> dict[str, Any]:
+def throughput_row(batch: int, input_len: int, max_tokens: int, elapsed_s: float | None) -> dict[str, Any]:
     """One cell of a throughput table: output tokens and total (prompt + output) tokens per second, labelled
-    apart (vllm bench throughput's JSON 'tokens_per_second' is the total)."""
+    apart (vllm bench throughput's JSON 'tokens_per_second' is the total). elapsed_s None: not measured."""
     output_tokens = batch * max_tokens
     total_tokens = batch * (input_len + max_tokens)
+    measured = elapsed_s is not None and elapsed_s > 0
     return {
         "batch_size": batch, "input_len": input_len, "max_tokens": max_tokens, "elapsed_s": elapsed_s,
         "output_tokens": output_tokens, "total_tokens": total_tokens,
-        "output_tok_s": output_tokens / elapsed_s if elapsed_s > 0 else None,
-        "total_tok_s": total_tokens / elapsed_s if elapsed_s > 0 else None,
-        "requests_s": batch / elapsed_s if elapsed_s > 0 else None,
+        "output_tok_s": output_tokens / elapsed_s if measured else None,
+        "total_tok_s": total_tokens / elapsed_s if measured else None,
+        "requests_s": batch / elapsed_s if measured else None,
     }
 
 

@@ -5,6 +5,7 @@ top-5 (k >= 5), Δp and PPL, a lower bound of the KLD, and no msprobe tensor met
 Where either side is compact (dump/compact.py), both are compared as compact records (compare/compact.py): the
 KLD is an estimate when both have the same sample ids' log-probs, else a lower bound (`kld_basis`).
 Rows holding NaN/inf on either side are listed, left out of every metric, and fail the verdict.
+The verdict has three outcomes (`verdict`): pass, fail, inconclusive; a lower bound never passes.
 """
 
 from __future__ import annotations
@@ -424,40 +425,41 @@ def parse_thresholds(thresholds: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def verdict(summary: dict[str, Any], checks: list[dict[str, Any]]) -> dict[str, Any]:
-    """pass only if every available check passes and no value is non-finite; unavailable checks neither
-    pass nor fail, and are listed as such."""
+    """pass only if every check passes on an exact value or an estimate and no value is NaN/inf; fail if any check
+    fails (a non-finite value fails, naming it); otherwise inconclusive: a check whose metric is unavailable, or whose
+    value is a lower bound under its maximum (the true value may be over it), is inconclusive, never a pass."""
     results = [_evaluate(check, summary) for check in checks]
-    reasons = [_failure_text(r) for r in results if r["passed"] is False]
+    reasons = [r["reason"] for r in results if r["status"] == "fail"]
     reasons += _nonfinite_reasons(summary["nonfinite"])
-    notes = [f"{r['name']}: {r['metric']} is not available for this comparison" for r in results if r["passed"] is None]
-    notes += [
-        f"{r['name']}: {r['metric']} = {_fmt(r['value'])} is a lower bound (top-k target): this pass is not conclusive"
-        for r in results
-        if r["passed"] and r["lower_bound"]
-    ]
+    inconclusive = [r["reason"] for r in results if r["status"] == "inconclusive"]
+    notes = []
     if summary.get("kld_basis") == "estimate":
         notes.append("KLD is estimated from compact records (top-k, rest mass, shared sample of ids: see the method "
                      "note); kld_mean_lower_bound is the bound it cannot fall below")
-    return {"status": "fail" if reasons else "pass", "checks": results, "reasons": reasons, "notes": notes}
+    status = "fail" if reasons else "inconclusive" if inconclusive else "pass"
+    return {"status": status, "checks": results, "reasons": reasons, "inconclusive": inconclusive, "notes": notes}
 
 
 def _evaluate(check: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
     metric, op, description = CHECKS[check["name"]]
     value = summary.get(metric)
-    available = value is not None and math.isfinite(value)
-    passed = None
-    if available:
-        passed = value <= check["threshold"] if op == "<=" else value >= check["threshold"]
-    return {
-        **check,
-        "metric": metric,
-        "description": description,
-        "value": value,
-        "op": op,
-        "passed": passed,
-        "status": {True: "pass", False: "fail", None: "not available"}[passed],
-        "lower_bound": metric in LOWER_BOUND_KEYS[_basis(summary)],
-    }
+    lower_bound = metric in LOWER_BOUND_KEYS[_basis(summary)]
+    result = {**check, "metric": metric, "description": description, "value": value, "op": op,
+              "lower_bound": lower_bound}
+    if value is None:
+        return {**result, "passed": None, "status": "inconclusive",
+                "reason": f"{check['name']}: {metric} is not available for this comparison (a required check)"}
+    if not math.isfinite(value):
+        return {**result, "passed": False, "status": "fail", "value_text": str(value),
+                "reason": f"{check['name']}: {metric} is {value} (not finite): {description}"}
+    passed = value <= check["threshold"] if op == "<=" else value >= check["threshold"]
+    if passed and lower_bound:
+        return {**result, "passed": None, "status": "inconclusive",
+                "reason": f"{check['name']}: {metric} = {_fmt(value)} is a lower bound (top-k log-probs) under "
+                          f"{check['threshold']}: the true value may be over it"}
+    # A lower bound over a maximum is a proven failure: the true value is at least that.
+    return {**result, "passed": passed, "status": "pass" if passed else "fail",
+            "reason": "" if passed else _failure_text(result)}
 
 
 def _basis(summary: dict[str, Any]) -> str:

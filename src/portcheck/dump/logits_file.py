@@ -109,9 +109,11 @@ class _LazyTensors(Sequence):
 
 
 def write_dump(path: str | Path, scores: Iterable[PromptScores], greedy: list[Generation] | None,
-               meta: dict[str, Any], storage: Storage | None = None) -> None:
-    """Write a dump atomically: the file exists complete or not at all. storage: compact records for whole rows."""
+               meta: dict[str, Any], storage: Storage | None = None, sample: np.ndarray | None = None) -> None:
+    """Write a dump atomically: the file exists complete or not at all. storage: compact records for whole rows;
+    sample: the sample ids of compact records an engine made itself (vLLM's worker)."""
     writer = DumpWriter(path, storage)
+    writer.sample = sample
     for prompt_scores in scores:
         writer.add(prompt_scores)
     writer.close(meta, greedy)
@@ -128,7 +130,8 @@ class DumpWriter:
         self.kind: str | None = None
         self.count = 0
         self.sample: np.ndarray | None = None
-        self.fallback_reason = ""  # why an engine could not make compact records (its top-k was stored)
+        self.fallback_reason = ""  # why the engine's worker could not make the rows (vLLM's log-probs were stored)
+        self.meta: dict[str, Any] = {}  # what the rows hold (dump.run.rows_meta), added to close()'s metadata
         self.layout: dict[str, tuple[tuple[int, ...], str]] = {}
         self._entries: dict[str, dict[str, Any]] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,8 +162,11 @@ class DumpWriter:
             if self.sample is not None:
                 self._put("sample_ids", _as(self.sample, _I32))
             _check_layout(self.path, self.kind, self.count, self.layout)
+            meta = {**meta, **self.meta}
             if self.fallback_reason:
-                meta = {**meta, "compact_fallback": self.fallback_reason}
+                meta["rows_fallback"] = self.fallback_reason
+                if self.storage.compact:  # the key's earlier name, where compact records were asked for
+                    meta["compact_fallback"] = self.fallback_reason
             self._write(_encode_meta(self.path, meta, self.kind, self.count))
         finally:
             self._data.close()

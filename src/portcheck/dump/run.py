@@ -18,11 +18,12 @@ from portcheck.dump.compact import Storage, sample_ids
 from portcheck.dump.logits_file import DumpWriter, first_difference, write_dump
 from portcheck.engines.factory import make_engine
 from portcheck.engines.outputs import DecodeScores, Generation
-from portcheck.engines.settings import EngineSettings
+from portcheck.engines.settings import FULL_VOCAB_MAX_ENTRIES, EngineSettings
 from portcheck.engines.base import check_prompt_lengths
 from portcheck.env.versions import stack_versions
 from portcheck.errors import PortcheckError
 from portcheck.hashing import sha256_text
+from portcheck.modes.catalog import fallback_calls, full_vocab_problem
 from portcheck.modes.workload import mode_workload
 from portcheck.targets import parse_target
 
@@ -116,7 +117,8 @@ def run_target(
     corpus windows. modes: the config's `modes` plus "corpus_text": the mode workload decoded in this (base)
     configuration, outputs["modes_base"], for the mode runs to be set against. storage: the config's `logits`
     (storage, full_max_vocab, compact_topk, compact_sample) for the corpus, decode and mode dumps; the seed
-    prompts' dump keeps whole rows (msprobe's tensor metrics need them)."""
+    prompts' dump keeps whole rows (msprobe's tensor metrics need them: vLLM's worker makes them from the model's
+    own logits, at any vocabulary). Each dump's metadata says what its rows hold (rows_meta)."""
     target = parse_target(target_name)
     tokenizer = load_tokenizer(model_dir, settings.trust_remote_code)
     prompt_ids = tokenize(tokenizer, prompts)
@@ -124,6 +126,8 @@ def run_target(
     check_prompt_lengths(prompt_ids, settings.max_model_len, prompts, new_tokens=longest_generation)
     model_text = text_settings(load_model_config(model_dir))
     check_topk(target, settings, model_text.get("vocab_size"))
+    check_full_vocab(target, settings, model_text.get("vocab_size"), fallback_calls(
+        "base", settings.enforce_eager, modes, corpus, decode))
     stored = Storage.from_config(storage or {}, model_text.get("vocab_size"))
     windows = corpus_windows(tokenizer, corpus, settings.max_model_len) if corpus else None
     if layers:
@@ -137,9 +141,9 @@ def run_target(
     started = time.perf_counter()
     with make_engine(target, model_dir, settings) as engine:
         scores = engine.score(prompt_ids)
+        scores_meta = rows_meta(engine)
         greedy = [engine.generate([ids], greedy_tokens)[0] for ids in prompt_ids]
         adaptation = engine.adaptation()
-        full_values = engine.full_values
         if determinism:
             count = min(determinism["prompts"], len(prompt_ids))
             determinism_result = measure_determinism(
@@ -152,11 +156,11 @@ def run_target(
         corpus_writer = score_windows(engine, windows, outputs.get("corpus"), stored)
         corpus_seconds = time.perf_counter() - corpus_started
         decode_started = time.perf_counter()
-        decoded = engine.decode(decode_prompts, decode["max_tokens"]) if decode else None
+        decoded = decode_rows(engine, decode_prompts, decode["max_tokens"], stored) if decode else None
         decode_seconds = time.perf_counter() - decode_started
         if modes:
             modes_started = time.perf_counter()
-            modes_base = engine.decode(workload, int(modes["max_tokens"]))
+            modes_base = decode_rows(engine, workload, int(modes["max_tokens"]), stored)
             modes_seconds = time.perf_counter() - modes_started
         if layers:
             layer_sequences = prompt_ids + (windows or [])[: layers["windows"]]
@@ -165,8 +169,7 @@ def run_target(
             layers_seconds = time.perf_counter() - layers_started
     meta = dump_meta(target, model_dir, prompts, settings, greedy, tokenizer, adaptation)
     meta["run_seconds"] = round(time.perf_counter() - started, 3)
-    meta["full_values"] = full_values
-    write_dump(outputs["logits"], scores, greedy, meta)
+    write_dump(outputs["logits"], scores, greedy, {**meta, **scores_meta})
     write_json(outputs["adaptation"], {"target": target_name, "items": adaptation})
     if determinism:
         write_json(outputs["determinism"], {"target": target_name, **determinism_result})
@@ -191,22 +194,49 @@ def run_target(
 
 def score_windows(engine, windows: list[list[int]] | None, path, storage: Storage) -> DumpWriter | None:
     """The corpus windows scored one at a time into a streamed dump: memory holds one window's rows, whatever the
-    corpus length (at 248,320 ids one 511-token window is ~0.5 GB as float32). A vLLM engine that returns only
-    top-k log-probs makes compact records in its worker instead (VLLMEngine.score_compact), where it can."""
+    corpus length (at 248,320 ids one 511-token window is ~0.5 GB as float32). A vLLM engine makes compact records
+    in its worker instead (VLLMEngine.score_compact), where it can, whatever its logprobs_topk."""
     if not windows:
         return None
     writer = DumpWriter(path, storage)
-    if storage.compact and getattr(engine, "score_compact", None) and engine.settings.logprobs_topk != -1:
-        sample = sample_ids(engine.vocab_size, storage.sample) if storage.sample else None
+    if storage.compact and getattr(engine, "score_compact", None):
+        sample = compact_sample(engine, storage)
         records, writer.fallback_reason = engine.score_compact(windows, storage.topk, [] if sample is None else sample)
         if records is not None:
             writer.sample = sample
             for record in records:
                 writer.add(record)
+            writer.meta.update(full_values="logits")
             return writer
     for window in windows:
         writer.add(engine.score([window])[0])
+        writer.fallback_reason = writer.fallback_reason or getattr(engine, "rows_fallback", "")
+    writer.meta.update(full_values=getattr(engine, "full_values", "logits"))
     return writer
+
+
+def compact_sample(engine, storage: Storage):
+    """The shared sample ids of the compact records an engine makes itself (None: no sample configured)."""
+    return sample_ids(engine.vocab_size, storage.sample) if storage.sample else None
+
+
+def decode_rows(engine, prompts: list[list[int]], max_tokens: int, storage: Storage,
+                together: bool = False) -> tuple[list[DecodeScores], dict]:
+    """The engine's greedy decode with each step's rows (compact records made by the engine where storage is
+    compact and it makes them: vLLM's worker), and what the decode dump's metadata says of them (write_decode_dump)."""
+    sample = compact_sample(engine, storage) if storage.compact and hasattr(engine, "vocab_size") else None
+    compact = (storage.topk, [] if sample is None else sample.tolist()) if storage.compact else None
+    decoded = engine.decode(prompts, max_tokens, together=together, compact=compact)
+    if any(d.scores.sample_logprobs is None and d.scores.logits is None for d in decoded):
+        sample = None  # the engine's top-k: no sample to keep
+    return decoded, {**rows_meta(engine), "sample": sample}
+
+
+def rows_meta(engine) -> dict:
+    """What the rows of the engine's last call hold: full_values ("logits" | "logprobs") and, where its worker could
+    not make them from the model's logits (vLLM's log-probs were kept: a top-k KLD is then a lower bound), why."""
+    reason = getattr(engine, "rows_fallback", "")
+    return {"full_values": getattr(engine, "full_values", "logits"), **({"rows_fallback": reason} if reason else {})}
 
 
 def write_corpus_dump(writer: DumpWriter, meta: dict, corpus: dict) -> None:
@@ -218,16 +248,18 @@ def write_corpus_dump(writer: DumpWriter, meta: dict, corpus: dict) -> None:
     })
 
 
-def write_decode_dump(path, decoded: list[DecodeScores], meta: dict, max_tokens: int,
+def write_decode_dump(path, rows: tuple[list[DecodeScores], dict], meta: dict, max_tokens: int,
                       storage: Storage | None = None) -> None:
-    """The decode steps as a dump: rows are steps, the greedy tokens ride along, and the prompts (token ids) are in
-    the metadata so that the reference can score prompt + tokens teacher-forced (rule score_decode)."""
+    """The decode steps as a dump: rows are steps (decode_rows: the decodes and what their rows hold), the greedy
+    tokens ride along, and the prompts (token ids) are in the metadata so that the reference can score prompt +
+    tokens teacher-forced (rule score_decode)."""
+    decoded, held = rows
     prompts = [d.prompt for d in decoded]
     write_dump(path, [d.scores for d in decoded], [Generation(d.tokens) for d in decoded], {
-        **meta, "prompts": [], "greedy_text": [], "greedy_tokens": [],
-        "prompts_sha": sha256_text(json.dumps([prompts, [d.tokens for d in decoded]])),
+        **meta, **{key: value for key, value in held.items() if key != "sample"}, "prompts": [], "greedy_text": [],
+        "greedy_tokens": [], "prompts_sha": sha256_text(json.dumps([prompts, [d.tokens for d in decoded]])),
         "decode": {"prompts": prompts, "max_tokens": max_tokens},
-    }, storage)
+    }, storage, held.get("sample"))
 
 
 def check_topk(target, settings: EngineSettings, vocab: int | None) -> None:
@@ -238,6 +270,17 @@ def check_topk(target, settings: EngineSettings, vocab: int | None) -> None:
             f"targets.{target.name}.logprobs_topk is {k} but the vocabulary has {vocab} ids; use at most {vocab}, "
             "or -1 for the full vocabulary"
         )
+
+
+def check_full_vocab(target, settings: EngineSettings, vocab: int | None, calls: dict[str, int], run: str = "") -> None:
+    """Refused before the engine starts: vLLM's full-vocabulary log-probs where this vocabulary cannot afford them
+    (modes.catalog.full_vocab_problem; config validation says the same where it knows the vocabulary)."""
+    if target.engine != "vllm":
+        return
+    limit = int(settings.extra.get("full_vocab_max_entries") or FULL_VOCAB_MAX_ENTRIES)
+    problem = full_vocab_problem(run or target.name, target.name, settings.logprobs_topk, vocab, calls, limit)
+    if problem:
+        raise PortcheckError(problem)
 
 
 def check_layers(indices: list[int] | None, model_text: dict, model_dir) -> None:

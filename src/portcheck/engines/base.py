@@ -13,8 +13,10 @@ from portcheck.engines.settings import EngineSettings
 
 
 class Engine(abc.ABC):
-    # What a full-vocabulary PromptScores.logits holds: raw "logits" (hf) or "logprobs" (vllm returns only these).
+    # What the last call's full-vocabulary PromptScores.logits hold: raw "logits", or "logprobs" (vLLM's own, where
+    # its worker cannot make rows); rows_fallback: why the last call's rows are not the model's own logits ("").
     full_values = "logits"
+    rows_fallback = ""
 
     def __init__(self, target, model_dir: str | Path, settings: EngineSettings):
         self.target = target
@@ -38,10 +40,13 @@ class Engine(abc.ABC):
         """Continuations of a batch of prompts; temperature 0 is greedy."""
 
     @abc.abstractmethod
-    def decode(self, prompts: list[list[int]], max_new_tokens: int, together: bool = False) -> list[DecodeScores]:
+    def decode(self, prompts: list[list[int]], max_new_tokens: int, together: bool = False,
+               compact: tuple[int, list[int]] | None = None) -> list[DecodeScores]:
         """Greedy continuations through the engine's decode path, with every step's distribution (what the decode
         kernels computed), for the reference to score teacher-forced. together: all prompts in one batch, whatever
-        the engine would otherwise do (the batch mode); engines that decode one prompt at a time ignore it."""
+        the engine would otherwise do (the batch mode); engines that decode one prompt at a time ignore it.
+        compact: (top-k, sample ids) where the dump keeps compact records, for engines that make them themselves
+        (vLLM's worker); engines returning whole rows ignore it (the dump writer reduces them)."""
 
     def layer_states(self, prompts: list[list[int]], indices: list[int] | None = None) -> LayerStates:
         """Per prompt the output of each decoder layer in `indices` (None: all) and of the final norm, and each

@@ -85,7 +85,7 @@ class HFEngine(Engine):
         chosen = logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
         return [Generation(t.tolist(), c.tolist()) for t, c in zip(new_tokens, chosen)]
 
-    def decode(self, prompts, max_new_tokens, together=False) -> list[DecodeScores]:
+    def decode(self, prompts, max_new_tokens, together=False, compact=None) -> list[DecodeScores]:
         """Each prompt alone (no padding), greedy, with the raw logits of every step: the recurrent GDN update and
         the KV-cached attention, not the chunked prefill."""
         results = []

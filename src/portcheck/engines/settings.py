@@ -6,6 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# vLLM's full-vocabulary log-probs (logprobs_topk == -1) come as one Python object per vocabulary id and position;
+# above this many per engine call the host runs out of memory long before a forward pass would (extra key
+# full_vocab_max_entries overrides it on the vLLM engine).
+FULL_VOCAB_MAX_ENTRIES = 20_000_000
+
 
 @dataclass
 class EngineSettings:

@@ -18,19 +18,55 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 
+REFETCH = "download or copy it again from the source checkpoint"
+
+
 def read_safetensors_header(path: Path) -> dict[str, dict]:
-    """Tensor name -> {dtype, shape}, from the file's JSON header (8-byte little-endian length, then JSON)."""
+    """Tensor name -> {dtype, shape, data_offsets}, from the file's JSON header (8-byte little-endian length, then
+    JSON), each tensor's byte range checked against the file's size: a file cut short is refused here, before any
+    engine loads it."""
     with open(path, "rb") as handle:
         raw = handle.read(8)
         if len(raw) < 8:
-            raise PortcheckError(f"{path} is truncated or not a safetensors file; download it again")
+            raise PortcheckError(f"{path} is truncated or not a safetensors file; {REFETCH}")
         (length,) = struct.unpack("<Q", raw)
-        header = handle.read(length)
+        header = handle.read(min(length, MAX_HEADER_BYTES))
     if len(header) != length:
-        raise PortcheckError(f"{path} is truncated or not a safetensors file; download it again")
-    tensors = json.loads(header)
+        raise PortcheckError(f"{path} is truncated or not a safetensors file; {REFETCH}")
+    try:
+        tensors = json.loads(header)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PortcheckError(f"{path} has a header that is not JSON ({exc}): not a safetensors file; {REFETCH}") from exc
+    if not isinstance(tensors, dict):
+        raise PortcheckError(f"{path} has a header that is not a JSON object: not a safetensors file; {REFETCH}")
     tensors.pop("__metadata__", None)
+    check_byte_ranges(path, tensors, path.stat().st_size - 8 - length)
     return tensors
+
+
+# safetensors' own limit on a header (100 MB): a larger length is a corrupt file, not one to read into memory.
+MAX_HEADER_BYTES = 100_000_000
+
+
+def check_byte_ranges(path: Path, tensors: dict[str, dict], data_bytes: int) -> None:
+    """Every tensor's data_offsets inside the file's data section and as long as its dtype and shape need."""
+    for name, info in tensors.items():
+        try:
+            begin, end = (int(x) for x in info["data_offsets"])
+            count = math.prod(int(n) for n in info["shape"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PortcheckError(f"{path}: tensor {name} has no valid dtype, shape and data_offsets; {REFETCH}") from exc
+        if end > data_bytes:
+            raise PortcheckError(
+                f"{path} is cut short: tensor {name} needs bytes {begin}-{end} of the data section, the file holds "
+                f"{data_bytes} ({end - data_bytes:,} bytes missing); {REFETCH} and compare its size with the source's"
+            )
+        width = DTYPE_BYTES.get(info.get("dtype"))
+        if begin < 0 or begin > end or (width is not None and end - begin != count * width):
+            raise PortcheckError(
+                f"{path}: tensor {name} ({info.get('dtype')} {info['shape']}) spans bytes {begin}-{end}, which does "
+                f"not fit its shape; the file is corrupt: {REFETCH}"
+            )
 
 
 def tensor_part(name: str) -> str:
@@ -75,7 +111,17 @@ def load_model_config(model_dir: str | Path) -> dict:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise PortcheckError(f"{model_dir} has no config.json; point the model source at a checkpoint folder")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PortcheckError(f"{path} is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg}); "
+                             f"restore it from the source checkpoint") from exc
+    except UnicodeDecodeError as exc:
+        raise PortcheckError(f"{path} is not UTF-8 text; restore it from the source checkpoint") from exc
+    if not isinstance(config, dict):
+        raise PortcheckError(f"{path} holds a JSON {type(config).__name__}, not an object; restore it from the "
+                             "source checkpoint")
+    return config
 
 
 def text_settings(config: dict) -> dict[str, Any]:
@@ -123,17 +169,87 @@ def tokenizer_sha(model_dir: str | Path) -> str:
     model_dir = Path(model_dir)
     parts = [f"{name}:{sha256_file(model_dir / name)}" for name in TOKENIZER_FILES if (model_dir / name).is_file()]
     if not parts:
-        raise PortcheckError(f"{model_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+        raise PortcheckError(f"{model_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); {TOKENIZER_FIX}")
     return sha256_text("\n".join(parts))
 
 
-def build_manifest(model_dir: str | Path, source: dict) -> dict[str, Any]:
-    model_dir = Path(model_dir)
-    # Hidden entries are download bookkeeping (e.g. huggingface_hub's .cache/), not part of the checkpoint.
-    files = sorted(
+def checkpoint_files(model_dir: Path) -> list[Path]:
+    """Every file of the checkpoint; hidden entries are download bookkeeping (e.g. huggingface_hub's .cache/)."""
+    return sorted(
         p for p in model_dir.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(model_dir).parts)
     )
+
+
+def tokenizer_facts(model_dir: Path, texts: list[str], vocab_size: int | None,
+                    trust_remote_code: bool = False) -> dict[str, Any]:
+    """Load the tokenizer as the engines do and check it: a real vocabulary (transformers quietly builds a
+    one-token tokenizer when the files are missing), and every id it gives the prompts and corpus inside the
+    model's vocabulary (else the engine fails on an index out of range)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - every loader failure gets the same advice
+        raise PortcheckError(f"the tokenizer in {model_dir} does not load ({type(exc).__name__}: "
+                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); {TOKENIZER_FIX}") from exc
+    if len(tokenizer) <= MIN_VOCABULARY:
+        raise PortcheckError(f"the tokenizer in {model_dir} has {len(tokenizer)} token(s): its files do not define a "
+                             f"vocabulary; {TOKENIZER_FIX}")
+    ids = [token for text in texts for token in tokenizer(text)["input_ids"]]
+    largest = max(ids, default=-1)
+    if vocab_size and largest >= vocab_size:
+        raise PortcheckError(
+            f"the tokenizer in {model_dir} gives id {largest} on the prompts or corpus, but config.json's "
+            f"vocab_size is {vocab_size}: the tokenizer belongs to another model; {TOKENIZER_FIX}"
+        )
+    return {"class": type(tokenizer).__name__, "size": len(tokenizer), "max_id": largest, "tokens": len(ids)}
+
+
+def check_shard_index(model_dir: Path) -> None:
+    """A sharded checkpoint's index (model.safetensors.index.json) names only shards that are there, each holding
+    the tensors the index puts in it (a shard missing from a copy fails an engine after minutes of loading)."""
+    for index in sorted(model_dir.glob("*.safetensors.index.json")):
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PortcheckError(f"{index} is not a safetensors index (JSON with a weight_map); {REFETCH}") from exc
+        for shard in sorted(set(weight_map.values())):
+            if not (model_dir / shard).is_file():
+                raise PortcheckError(f"{index} names shard {shard}, which is not in {model_dir}; {REFETCH}")
+            missing = {name for name, file in weight_map.items() if file == shard} - set(
+                read_safetensors_header(model_dir / shard))
+            if missing:
+                raise PortcheckError(f"{model_dir / shard} lacks {len(missing)} tensor(s) its index puts there "
+                                     f"(e.g. {sorted(missing)[0]}); {REFETCH}")
+
+
+MIN_VOCABULARY = 1
+TOKENIZER_FIX = f"copy the checkpoint's own tokenizer files ({', '.join(TOKENIZER_FILES)}) from its source"
+
+
+def check_checkpoint(model_dir: str | Path, texts: list[str], trust_remote_code: bool = False) -> dict[str, Any]:
+    """What an engine needs of a checkpoint, checked without loading weights: config.json parses, every tensor's
+    bytes lie inside its safetensors file, the tokenizer has a vocabulary and its ids on `texts` fit the model's.
+    {config, facts, tokenizer}; PortcheckError naming the file and the fix otherwise."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise PortcheckError(f"model directory {model_dir} does not exist or is not a directory; give the folder "
+                             "that holds the checkpoint (config.json, *.safetensors, tokenizer files)")
+    config = load_model_config(model_dir)
+    facts = checkpoint_facts(model_dir)
+    check_shard_index(model_dir)
+    tokenizer_sha(model_dir)  # refuses a checkpoint without tokenizer files
+    tokenizer = tokenizer_facts(model_dir, texts, text_settings(config).get("vocab_size"), trust_remote_code)
+    return {"config": config, "facts": facts, "tokenizer": tokenizer}
+
+
+def build_manifest(model_dir: str | Path, source: dict, texts: list[str] | None = None,
+                   trust_remote_code: bool = False) -> dict[str, Any]:
+    """The checkpoint's files, hashes and facts, once check_checkpoint accepts it."""
+    model_dir = Path(model_dir)
+    checked = check_checkpoint(model_dir, texts or [], trust_remote_code)
+    files = checkpoint_files(model_dir)
     return {
         "source": source,
         "files": [{"path": str(p.relative_to(model_dir)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
@@ -141,9 +257,34 @@ def build_manifest(model_dir: str | Path, source: dict) -> dict[str, Any]:
         "total_bytes": sum(p.stat().st_size for p in files),
         "model_sha": model_sha(model_dir),
         "tokenizer_sha": tokenizer_sha(model_dir),
-        **checkpoint_facts(model_dir),
-        "config": config_summary(load_model_config(model_dir)),
+        **checked["facts"],
+        "config": config_summary(checked["config"]),
+        "tokenizer": checked["tokenizer"],
     }
+
+
+def checkpoint_fingerprint(model_dir: str | Path, cache_path: str | Path) -> str:
+    """One sha256 over every checkpoint file's name, size and sha256, so that a checkpoint overwritten in place
+    (same names, a directory mtime that does not move) still reads as another. Each file's sha256 is kept in
+    `cache_path` while its size, mtime and inode stay the same: a no-op run costs one stat per file."""
+    from portcheck.atomic import write_json
+
+    model_dir, cache_path = Path(model_dir), Path(cache_path)
+    try:
+        cache = json.loads(cache_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    entries = {}
+    for file in checkpoint_files(model_dir):
+        stat = file.stat()
+        key = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        name = str(file.relative_to(model_dir))
+        cached = cache.get(name)
+        sha = cached["sha256"] if cached and cached.get("key") == key else sha256_file(file)
+        entries[name] = {"key": key, "sha256": sha}
+    if entries != cache:
+        write_json(cache_path, entries)
+    return sha256_text("\n".join(f"{name}:{e['key'][0]}:{e['sha256']}" for name, e in sorted(entries.items())))
 
 
 def local_model_problems(path: str | None, base_dir: Path = Path(".")) -> list[str]:
@@ -155,9 +296,15 @@ def local_model_problems(path: str | None, base_dir: Path = Path(".")) -> list[s
     problems = []
     if not (model_dir / "config.json").is_file():
         problems.append(f"model directory {model_dir} has no config.json; point model.path at the checkpoint folder")
+    else:
+        try:
+            load_model_config(model_dir)
+        except PortcheckError as exc:
+            problems.append(str(exc))
     if not list(model_dir.glob("*.safetensors")):
         problems.append(
             f"model directory {model_dir} has no *.safetensors weights (portcheck never loads pickled .bin files); "
             "download the safetensors checkpoint"
         )
     return problems
+

@@ -20,6 +20,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from portcheck.atomic import atomic_path
+
 CORPUS_RESOURCE = "tiny_corpus.txt"
 
 # Size settings. Head dims stay >= 64 because vLLM's CPU attention kernel rejects 32.
@@ -331,7 +333,8 @@ def _save_weights(model, path: Path, extra: dict) -> None:
     state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
     state.pop("lm_head.weight")  # tied to model.language_model.embed_tokens.weight
     state.update(extra)
-    save_file(dict(sorted(state.items())), str(path), metadata={"format": "pt"})
+    with atomic_path(path) as tmp:  # the umask's permissions (safetensors alone writes 0600)
+        save_file(dict(sorted(state.items())), str(tmp), metadata={"format": "pt"})
 
 
 def _save_tokenizer(tok, out: Path, model_max_length: int) -> None:

@@ -8,14 +8,15 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from portcheck.engines.settings import EngineSettings
+from portcheck.engines.settings import FULL_VOCAB_MAX_ENTRIES, EngineSettings
 from portcheck.errors import PortcheckError
 from portcheck.targets import parse_target
 
 # mode -> what it is and which engine counter proves it (the report's method note).
 MODES = {
     "graph": "compiled graphs (torch.compile; CUDA/ACL graphs where the platform captures them): enforce_eager off. "
-             "Proof: the worker's compilation counter saw graphs, and the compilation mode in effect",
+             "Proof: vLLM's compilation counter shows graphs captured and the worker counted their replays during "
+             "the workload; compiled without replay (vLLM's CPU backend has no graph replay) is inconclusive",
     "prefix-cache": "prefix caching on; the workload runs twice and the second pass, which reads the cache, is "
                     "measured. Proof: cached prompt tokens vLLM reports for the second pass's requests",
     "chunked": "chunked prefill with max_num_batched_tokens = modes.chunk_tokens, so a prompt's Gated DeltaNet state "
@@ -98,3 +99,62 @@ def check_mode_model(mode: str, model_text: dict, model_dir) -> None:
     if mode == "mtp" and not int(model_text.get("mtp_num_hidden_layers") or 0):
         raise PortcheckError(f"mode mtp needs MTP weights, and the model in {model_dir} has none "
                              "(config.json mtp_num_hidden_layers is 0 or absent); remove the +mtp run")
+
+
+# -- where vLLM's own log-probs are still needed, and when the full vocabulary of them cannot be afforded ------------
+
+
+def fallback_calls(mode: str, eager: bool, modes: dict | None, corpus: dict | None,
+                   decode: dict | None) -> dict[str, int]:
+    """Where a vLLM engine start (mode "base": the dump's, which decodes the mode workload where `modes` is given)
+    keeps vLLM's own log-probs because its worker cannot make rows from the model's logits (graph mode; speculative
+    or batched decoding): what -> positions per engine call. The seed prompts are left out: they are scored in
+    batches under the limit, and a single prompt over it is refused by the engine before any forward pass."""
+    graph = mode == "graph" or not eager
+    calls = {}
+    if graph and corpus:
+        calls["corpus windows"] = int(corpus["window_length"])
+    if graph and decode:
+        calls["decode steps"] = int(decode["max_tokens"])
+    if modes and (graph or mode == "mtp"):
+        calls["mode workload steps"] = int(modes["max_tokens"])
+    if modes and mode == "batch":
+        calls["batch decode steps"] = max(int(modes["batch_size"]), int(modes["prompts"])) * int(modes["max_tokens"])
+    return calls
+
+
+def full_vocab_problem(run: str, target: str, logprobs_topk: int, vocab: int | None, calls: dict[str, int],
+                       limit: int = FULL_VOCAB_MAX_ENTRIES) -> str:
+    """Why `run` would fail at this vocabulary ("" where it would not): logprobs_topk -1 asks vLLM for the full
+    vocabulary wherever its own log-probs are kept (fallback_calls), one Python object per id and position."""
+    if logprobs_topk != -1 or not vocab:
+        return ""
+    over = {what: positions * vocab for what, positions in calls.items() if positions * vocab > limit}
+    if not over:
+        return ""
+    return (f"{run}: targets.{target}.logprobs_topk is -1 (vLLM's full-vocabulary log-probs) and its "
+            f"{', '.join(over)} keep vLLM's own log-probs (graph mode, speculative or batched decoding: vLLM's worker "
+            f"cannot make rows from the model's logits there): up to {max(over.values()):,} log-probs per engine call "
+            f"at {vocab:,} ids, over the {limit:,} a host holds as Python objects; set targets.{target}.logprobs_topk: "
+            "20 (there the KLD is then a lower bound), or remove the run")
+
+
+def full_vocab_problems(config: dict, vocab: int | None) -> list[str]:
+    """Config validation: every enabled vLLM target and mode run that full_vocab_problem refuses at `vocab` (the
+    model's vocabulary where it is known before any download: a local checkpoint's config.json)."""
+    runs, _ = active_runs(config)
+    corpus = config["corpus"] if config["corpus"]["enabled"] else None
+    decode = config["decode"] if config["decode"]["enabled"] else None
+    problems = []
+    for name, target in config["targets"].items():
+        if not target["enabled"] or parse_target(name).engine != "vllm":
+            continue
+        own_runs = [parse_run(run) for run in runs if parse_run(run).target == name]
+        modes = config["modes"] if own_runs else None
+        checks = [(name, fallback_calls("base", target.get("enforce_eager", True), modes,
+                                        corpus, decode))]
+        checks += [(run.name, fallback_calls(run.mode, target.get("enforce_eager", True), modes, corpus, None))
+                   for run in own_runs]
+        problems += [problem for run, calls in checks
+                     if (problem := full_vocab_problem(run, name, target.get("logprobs_topk", 20), vocab, calls))]
+    return problems

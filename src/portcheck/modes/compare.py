@@ -2,7 +2,7 @@
 - against the reference (its teacher-forced scores of the run's own tokens, rule score_mode), by bucket of
   decode steps with the growth check, as the decode-path comparison does;
 - against the same target in its base configuration on the same workload (decoded in the dump's engine start):
-  the mode's KLD against the base's (the ratio rule of compare.positions: a mode may not be worse than the
+  the mode's KLD against the base's (compare/statistics.py, prompts paired: a mode may not be worse than the
   base beyond growth_max), and directly, step by step while the greedy tokens agree (KLD(base || mode), top-1
   agreement, the first step whose token differs).
 On the prefill path (chunked prefill and compiled graphs change it; vLLM does not read the prefix cache for prompt
@@ -20,7 +20,8 @@ from portcheck.artifacts import read_artifact
 from portcheck.compare import compact as c
 from portcheck.compare import metrics as m
 from portcheck.compare.compare import json_ready, kld_basis
-from portcheck.compare.positions import compare_by_position, position_verdict, ratio_check
+from portcheck.compare.positions import compare_by_position, position_verdict, sequence_side
+from portcheck.compare.statistics import ratio_check
 from portcheck.dump.logits_file import Dump, read_dump
 
 
@@ -33,48 +34,55 @@ def compare_mode_files(paths: dict, thresholds: dict, tie_tolerance: float, posi
     head = {key: proof.get(key) for key in ("run", "target", "mode", "description", "proof", "acceptance_rate",
                                             "mean_accepted_length", "alone_vs_batch", "decode_seconds",
                                             "workload")}
-    if proof.get("status") != "ran":
-        return {**head, "status": "not run", "reason": proof.get("proof")}
+    if proof.get("status") != "ran":  # "inconclusive": the mode acted, unproven where it matters (graph replay)
+        return {**head, "status": "inconclusive" if proof.get("status") == "inconclusive" else "not run",
+                "reason": proof.get("proof")}
     mode, base = read_dump(paths["mode"]), read_dump(paths["base"])
     mode_vs_ref = compare_by_position(read_dump(paths["mode_reference"]), mode, thresholds, tie_tolerance, positions)
     base_vs_ref = compare_by_position(read_dump(paths["base_reference"]), base, thresholds, tie_tolerance, positions)
-    versus_base = ratio_check(*(_mean(c) for c in (mode_vs_ref, base_vs_ref)), positions["growth_max"],
-                              positions["growth_floor"], "in the mode", "the base configuration's")
+    versus_base = mode_vs_base(mode_vs_ref, base_vs_ref, positions)
     direct = against_base(base, mode)
-    verdict = position_verdict(mode_vs_ref["buckets"], mode_vs_ref["growth"], mode_vs_ref["nonfinite"])
-    verdict["reasons"] = [f"decode: {reason}" for reason in verdict["reasons"]]
-    if versus_base["status"] == "fail":
-        verdict["reasons"].append(f"decode, mode vs base: {versus_base['reason']}")
+    parts = {"decode": position_verdict(mode_vs_ref["pooled"], mode_vs_ref["growth"], mode_vs_ref["nonfinite"],
+                                        {"mode vs base": versus_base})}
     prefill = prefill_check(paths, thresholds, tie_tolerance, positions, score_from) if "corpus" in paths else None
     if prefill:
-        verdict["reasons"] += [f"prefill: {reason}" for reason in prefill["verdict"]["reasons"]]
-        if prefill["vs_base"]["status"] == "fail":
-            verdict["reasons"].append(f"prefill, mode vs base: {prefill['vs_base']['reason']}")
-    verdict["status"] = "fail" if verdict["reasons"] else "pass"
+        parts["prefill"] = prefill["verdict"]
+    verdict = _joined(parts)
     return json_ready({
         **head, "status": verdict["status"], "verdict": verdict, "vs_reference": mode_vs_ref, "prefill": prefill,
-        "base_vs_reference": {key: base_vs_ref[key] for key in ("overall", "growth", "verdict")},
+        "base_vs_reference": {key: base_vs_ref[key] for key in ("overall", "growth", "verdict", "kld_basis")},
         "vs_base": {**versus_base, **direct}, "base_decode_seconds": base.meta.get("run_seconds"),
         "paths": {key: str(value) for key, value in paths.items()},
     })
 
 
+def mode_vs_base(mode_result: dict, base_result: dict, positions: dict) -> dict[str, Any]:
+    """The mode's KLD against the base configuration's on the same sequences (paired): a mode may not be worse than
+    the base beyond growth_max."""
+    return ratio_check(sequence_side(mode_result), sequence_side(base_result), True, positions["growth_max"],
+                       positions["growth_floor"], positions.get("confidence", 0.95), "in the mode",
+                       "the base configuration's")
+
+
+def _joined(parts: dict[str, dict]) -> dict[str, Any]:
+    """One verdict from the decode and prefill ones, each reason prefixed with its path."""
+    joined = {key: [f"{path}: {text}" for path, v in parts.items() for text in v[key]]
+              for key in ("reasons", "inconclusive", "notes")}
+    status = "fail" if joined["reasons"] else "inconclusive" if joined["inconclusive"] else "pass"
+    return {"status": status, **joined}
+
+
 def prefill_check(paths: dict, thresholds: dict, tie_tolerance: float, positions: dict,
                   score_from: int) -> dict[str, Any]:
-    """The corpus windows scored in the mode against the reference's, by bucket with the growth check (a state
+    """The corpus windows scored in the mode against the reference's, pooled and with the growth check (a state
     lost between prefill chunks grows past the first chunk), and against the base configuration's KLD."""
     result = compare_by_position(read_dump(paths["corpus_reference"]), read_dump(paths["corpus"]), thresholds,
                                  tie_tolerance, positions, score_from)
     base = read_artifact(paths["base_corpus"], "corpus_compare")
-    versus_base = ratio_check(_mean(result), _mean(base), positions["growth_max"], positions["growth_floor"],
-                              "in the mode", "the base configuration's")
-    return {**{key: result[key] for key in ("overall", "buckets", "growth", "verdict", "windows", "window_length")},
-            "vs_base": versus_base, "base": str(paths["base_corpus"])}
-
-
-def _mean(comparison: dict) -> tuple[float, float]:
-    overall = comparison["overall"]
-    return overall["kld_mean"], overall.get("kld_mean_stderr") or 0.0
+    versus_base = mode_vs_base(result, base, positions)
+    verdict = position_verdict(result["pooled"], result["growth"], result["nonfinite"], {"mode vs base": versus_base})
+    return {**{key: result[key] for key in ("overall", "buckets", "growth", "windows", "window_length", "kld_basis")},
+            "verdict": verdict, "vs_base": versus_base, "base": str(paths["base_corpus"])}
 
 
 def against_base(base: Dump, mode: Dump) -> dict[str, Any]:

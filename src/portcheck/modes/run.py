@@ -1,7 +1,9 @@
 """Rule run_mode: one engine start of a vLLM target with one mode on, the mode workload decoded greedily with
-every step's log-probs (the dump format of the decode path, so score_mode and the comparisons read it like any
-decode dump), and the proof that the mode ran, from the engine's own counters: <target>/modes/<mode>.safetensors
-and <target>/modes/<mode>.json. A mode whose counters show nothing says "not run" with what they showed."""
+every step's distribution (rows from the model's logits made in vLLM's worker: whole, or compact records at a large
+vocabulary; vLLM's own log-probs where the worker cannot make them, the dump saying why), in the dump format of the
+decode path, so score_mode and the comparisons read it like any decode dump, and the proof that the mode ran, from
+the engine's own counters: <target>/modes/<mode>.safetensors and <target>/modes/<mode>.json. A mode whose counters
+show nothing says "not run" with what they showed; one they show acting but not where it matters, "inconclusive"."""
 
 from __future__ import annotations
 
@@ -15,13 +17,13 @@ from portcheck.atomic import write_json
 from portcheck.dump.compact import Storage
 from portcheck import logprobs as m
 from portcheck.dump.logits_file import first_difference
-from portcheck.dump.run import (corpus_windows, dump_meta, load_tokenizer, score_windows, tokenize,
-                                write_corpus_dump, write_decode_dump)
+from portcheck.dump.run import (check_full_vocab, corpus_windows, decode_rows, dump_meta, load_tokenizer,
+                                score_windows, tokenize, write_corpus_dump, write_decode_dump)
 from portcheck.engines.outputs import DecodeScores
 from portcheck.engines.factory import make_engine
 from portcheck.engines.settings import EngineSettings
 from portcheck.model.checkpoint import load_model_config, text_settings
-from portcheck.modes.catalog import MODES, check_mode_model, mode_settings, parse_run
+from portcheck.modes.catalog import MODES, check_mode_model, fallback_calls, mode_settings, parse_run
 from portcheck.modes.workload import batch_workload, mode_workload
 from portcheck.targets import parse_target
 
@@ -45,20 +47,23 @@ def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings:
     stored = Storage.from_config(storage or {}, model_text.get("vocab_size"))
     windows = corpus_windows(tokenizer, corpus, settings.max_model_len) if corpus else None
     engine_settings = mode_settings(settings, run.mode, modes)
+    check_full_vocab(target, engine_settings, model_text.get("vocab_size"),
+                     fallback_calls(run.mode, engine_settings.enforce_eager, modes, corpus, None), run.name)
+    steps = int(modes["max_tokens"])
     started = time.perf_counter()
     with make_engine(target, model_dir, engine_settings) as engine:
         passes = engine.count_passes() if run.mode in ("chunked", "batch") else None
+        if run.mode == "graph":
+            engine.count_replays()  # graphs are captured at the engine start; the workload must replay them
         if run.mode == "prefix-cache":
-            engine.decode(workload, int(modes["max_tokens"]))  # fills the cache; the second pass reads it
-        if batch:
-            alone = [engine.decode([ids], int(modes["max_tokens"]))[0] for ids in workload]
+            decode_rows(engine, workload, steps, stored)  # fills the cache; the second pass reads it
+        if batch:  # alone as a batch of one: vLLM's log-probs on both sides of the alone-vs-batch figures
+            alone = [engine.decode([ids], steps, together=True)[0] for ids in workload]
             alone_passes = engine.pass_counts() if passes and passes.get("installed") else passes
             passes = engine.count_passes()
         decode_started = time.perf_counter()
-        if batch:
-            decoded = engine.decode(batch, int(modes["max_tokens"]), together=True)[: len(workload)]
-        else:
-            decoded = engine.decode(workload, int(modes["max_tokens"]))
+        decoded, held = decode_rows(engine, batch or workload, steps, stored, together=bool(batch))
+        decoded = decoded[: len(workload)]
         decode_seconds = time.perf_counter() - decode_started
         corpus_started = time.perf_counter()
         corpus_writer = score_windows(engine, windows, outputs.get("corpus"), stored)
@@ -73,7 +78,7 @@ def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings:
         timings = dict(engine.timings)
     meta = dump_meta(target, model_dir, prompts, engine_settings, [], tokenizer, adaptation)
     meta.update(target=run.target, mode=run.mode, run=run.name, run_seconds=round(decode_seconds, 3))
-    write_decode_dump(outputs["decode"], decoded, meta, int(modes["max_tokens"]), stored)
+    write_decode_dump(outputs["decode"], (decoded, held), meta, steps, stored)
     if windows:
         write_corpus_dump(corpus_writer, {**meta, "run_seconds": round(corpus_seconds, 3)}, corpus)
     proof = mode_proof(run.mode, evidence, workload, modes)
@@ -114,7 +119,7 @@ def chosen_logprobs(decoded: DecodeScores) -> np.ndarray:
 
 
 def mode_proof(mode: str, evidence: dict, workload: list[list[int]], modes: dict) -> dict[str, Any]:
-    """{"status": "ran" | "not run", "proof": what the engine's counters say}."""
+    """{"status": "ran" | "inconclusive" | "not run", "proof": what the engine's counters say}."""
     counters = evidence.get("counters") or {}
     if mode == "prefix-cache":
         cached = [c for c in evidence.get("cached_tokens") or [] if c is not None]
@@ -147,16 +152,29 @@ def mode_proof(mode: str, evidence: dict, workload: list[list[int]], modes: dict
         return ran(f"{_int(drafts)} drafts of {_int(draft_tokens)} tokens, {_int(accepted)} accepted",
                    acceptance_rate=rate, mean_accepted_length=1 + accepted / drafts)
     if mode == "graph":
-        facts = evidence.get("compilation") or {}
-        counter = facts.get("counter") or {}
-        seen = {k: counter.get(k, 0) for k in ("num_graphs_seen", "num_backend_compilations", "num_cudagraph_captured")}
-        mode_name = facts.get("mode") or facts.get("level")
-        if any(seen.values()) and str(mode_name) not in ("NONE", "0", "None"):
-            return ran(f"compilation mode {mode_name}, CUDA-graph mode {facts.get('cudagraph_mode')}; the worker's "
-                       "compilation counter: " + ", ".join(f"{k} {v}" for k, v in seen.items()))
-        return not_run(f"compilation mode {mode_name}; the worker's compilation counter saw no graph "
-                       f"({facts.get('counter_error') or seen})")
+        return graph_proof(evidence.get("compilation") or {})
     return not_run(f"no proof defined for mode {mode}")
+
+
+def graph_proof(facts: dict) -> dict[str, Any]:
+    """Ran only when the worker's counters show graphs captured (vLLM's num_cudagraph_captured) and replayed during
+    the workload (the platform graph class's replay, counted in the worker); compiled without replay is
+    inconclusive ("compiled, no graph replay"): it says nothing of capture and replay, the graph-mode risk."""
+    counter = facts.get("counter") or {}
+    seen = {k: counter.get(k, 0) for k in ("num_graphs_seen", "num_backend_compilations", "num_cudagraph_captured")}
+    replays = facts.get("graph_replays")
+    mode_name = facts.get("mode") or facts.get("level")
+    figures = (f"compilation mode {mode_name}, CUDA-graph mode {facts.get('cudagraph_mode')}; the worker's "
+               "compilation counter: " + ", ".join(f"{k} {v}" for k, v in seen.items())
+               + f"; graph replays during the workload: {'not counted' if replays is None else replays}")
+    if seen["num_cudagraph_captured"] and replays:
+        return ran(figures)
+    if seen["num_graphs_seen"] and str(mode_name) not in ("NONE", "0", "None"):
+        cpu = (" (vLLM's CPU backend compiles with torch.compile and has no graph capture or replay)"
+               if facts.get("device_type") == "cpu" else "")
+        return inconclusive(f"compiled, no graph replay{cpu}: {figures}")
+    return not_run(f"compilation mode {mode_name}; the worker's compilation counter saw no graph "
+                   f"({facts.get('counter_error') or seen})")
 
 
 def batch_proof(evidence: dict) -> dict[str, Any]:
@@ -187,6 +205,11 @@ def ran(proof: str, **figures) -> dict[str, Any]:
 
 def not_run(proof: str) -> dict[str, Any]:
     return {"status": "not run", "proof": proof}
+
+
+def inconclusive(proof: str) -> dict[str, Any]:
+    """The mode acted, but the counters cannot show the part of it the mode exists to test: never a pass."""
+    return {"status": "inconclusive", "proof": proof}
 
 
 def _int(value) -> str:

@@ -13,7 +13,10 @@ from typing import Any
 ABSENT, NOT_RUN, UNKNOWN, UNAVAILABLE, DASH = "absent", "not run", "unknown", "unavailable", "—"
 YES, NO = "✅ yes", "❌ no"
 STATUS_LABEL = {"ok": "✅ ok", "failed": "❌ failed", "not determined": "❔ not determined", NOT_RUN: "⚪ not run"}
-VERDICT_LABEL = {"pass": "✅ pass", "fail": "❌ fail", UNKNOWN: "❔ unknown", NOT_RUN: "⚪ not run"}
+INCONCLUSIVE = "inconclusive"
+VERDICT_LABEL = {"pass": "✅ pass", "fail": "❌ fail", INCONCLUSIVE: "⚠ inconclusive", UNKNOWN: "❔ unknown",
+                 NOT_RUN: "⚪ not run"}
+VERDICT_STATUSES = ("pass", "fail", INCONCLUSIVE)
 CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 
 # ---------------------------------------------------------------- text and tables

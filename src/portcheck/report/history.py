@@ -61,7 +61,7 @@ def throughput_at(bench: dict | None, batch_size: int, max_tokens: int | None) -
     if not isinstance(bench, dict):
         return None, None
     rows = [r for table in bench.get("throughput") or [] for r in (table.get("rows") or [])
-            if isinstance(r, dict) and r.get("batch_size") == batch_size
+            if isinstance(r, dict) and r.get("batch_size") == batch_size and not r.get("skipped")
             and (max_tokens is None or r.get("max_tokens") == max_tokens)]
     if not rows:
         return None, None
@@ -111,6 +111,9 @@ def build_record(artifacts: dict, history_config: dict, now: _dt.datetime | None
         figures = target_figures(compare, _optional_artifact(paths.get("bench"), "bench"), point)
         if name == artifacts["reference"]:
             figures["verdict"] = "reference"
+        bench_off = ((artifacts.get("turned_off_by") or {}).get(name) or {}).get("bench")
+        if bench_off:  # not benchmarked by choice (bench.reference): the section says so, not "—"
+            figures["bench_not_run"] = bench_off
         targets[name] = {**figures, **fingerprint(name, env)}
     stamp = (now or _dt.datetime.now(_dt.timezone.utc)).replace(microsecond=0)
     return {"schema": SCHEMA, "recorded_at": stamp.isoformat(), "model": artifacts["model"],
@@ -279,6 +282,21 @@ def _fmt(name: str, value: Any) -> str:
     return str(value)
 
 
+# The figures read from bench.json: "not run (<setting>)" in a run whose config did not benchmark the target.
+BENCH_FIGURES = ("throughput_tok_s", "ttft_s", "tpot_s")
+
+
+def _turned_off(cell: dict, name: str) -> str | None:
+    return cell.get("bench_not_run") if name in BENCH_FIGURES and cell.get(name) is None else None
+
+
+def _cell(cell: dict | None, name: str) -> str:
+    if not cell:
+        return "not run"
+    reason = _turned_off(cell, name)
+    return f"not run ({reason})" if reason else _fmt(name, cell.get(name))
+
+
 def section(records: list[dict], tolerances: dict, show_runs: int, problem: str | None = None) -> dict:
     """Side-by-side table of the last `show_runs` runs (oldest left, this run right) and the findings of this
     run against the previous one."""
@@ -291,8 +309,8 @@ def section(records: list[dict], tolerances: dict, show_runs: int, problem: str 
         cells = [(r.get("targets") or {}).get(t) for r in shown]
         rows.append([t, "verdict"] + [(c or {}).get("verdict") or "—" if c else "not run" for c in cells])
         for name, label, _, _ in FIGURES:
-            if any(c and c.get(name) is not None for c in cells):
-                rows.append([t, label] + [_fmt(name, c.get(name)) if c else "not run" for c in cells])
+            if any(c and (c.get(name) is not None or _turned_off(c, name)) for c in cells):
+                rows.append([t, label] + [_cell(c, name) for c in cells])
         rows.append([t, "versions"] + [", ".join(f"{k} {v}" for k, v in sorted((c.get("versions") or {}).items())
                                                  if v) or "—" if c else "not run" for c in cells])
     found = findings(records[-2], records[-1], tolerances) if len(records) >= 2 else []

@@ -67,10 +67,12 @@ def _read_present(data: TargetData, kind: str, paths: dict) -> Any:
     return read_dump_meta(path) if kind == "logits" else read_artifact(path, kind)
 
 
-def load_target(name: str, paths: dict, compare_path, reference: str, optional: dict | None = None) -> TargetData:
+def load_target(name: str, paths: dict, compare_path, reference: str, optional: dict | None = None,
+                turned_off_by: dict | None = None) -> TargetData:
     """paths: artifact kind -> file (None: not configured for this target; a kind left out: not produced).
     optional: the optional comparisons (artifacts.OPTIONAL_COMPARISONS) -> file, None where the config turns one
-    off; a kind left out: not produced."""
+    off; a kind left out: not produced. turned_off_by: kind -> the setting that turns it off for this target
+    (e.g. "bench.reference is false"), the reason the report gives."""
     data = TargetData(name, "reference" if name == reference else "target")
     given = {**paths, "compare": compare_path, **(optional or {})}
     data.meta = _read_present(data, "logits", given)
@@ -80,6 +82,7 @@ def load_target(name: str, paths: dict, compare_path, reference: str, optional: 
         data.compare = _read_present(data, "compare", given)
         for kind in OPTIONAL_COMPARISONS:
             setattr(data, kind, _read_present(data, kind, given))
+    data.absent.update({kind: why for kind, why in (turned_off_by or {}).items() if kind in data.turned_off})
     return data
 
 
@@ -93,8 +96,9 @@ def load_targets(artifacts: dict) -> list[TargetData]:
         )
     names = sorted(artifacts["targets"], key=lambda n: (n != reference, list(artifacts["targets"]).index(n)))
     compare = artifacts.get("compare") or {}
-    return [load_target(n, artifacts["targets"][n], compare.get(n), reference, _optional_comparisons(artifacts, n))
-            for n in names]
+    turned_off_by = artifacts.get("turned_off_by") or {}
+    return [load_target(n, artifacts["targets"][n], compare.get(n), reference, _optional_comparisons(artifacts, n),
+                        turned_off_by.get(n)) for n in names]
 
 
 def _optional_comparisons(artifacts: dict, target: str) -> dict:

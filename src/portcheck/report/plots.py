@@ -138,41 +138,80 @@ def plot_kld_long_context(corpus_paths: Mapping[str, str | os.PathLike], out_png
 
 
 LAYER_MARKERS = {"Gated DeltaNet": "o", "full attention": "s", "final norm": "*"}
+LAYER_PANELS = (  # (row and floor key, flag filling the marker, y label, x label's legend, limit drawn)
+    ("rel_l2_mean", "over", "relative L2 error, mean",
+     "o Gated DeltaNet, s full attention, * final norm; filled: over the thresholds", "threshold"),
+    ("added_error", "over_floor", "added error (own residual update)",
+     "o Gated DeltaNet, s full attention; filled: over the floor multiple", "floor multiple"),
+)
 
 
 def plot_layer_errors(layer_paths: Mapping[str, str | os.PathLike], out_png: str | os.PathLike) -> None:
-    """Mean relative L2 error of every layer's output against the reference's, one line per target, the marker
-    telling the layer type and filled where the layer is over the thresholds: the first filled marker is where
+    """Top: mean relative L2 error of every layer's output against the reference's, one line per target, the
+    marker telling the layer type and filled where the layer is over the thresholds. Bottom: each decoder layer's
+    added error, filled where over the configured multiple of the bf16 floor's. The floor (cpu-hf-bf16 against the
+    same reference) is drawn in black on both, and floor x multiple on the bottom: the first filled marker is where
     a divergence starts."""
-    fig, ax = _figure()
+    fig = Figure(figsize=(FIGSIZE[0], 2 * FIGSIZE[1]), dpi=DPI, layout="constrained")
+    axes = fig.subplots(2, 1)
     curves = {t: read_artifact(p, "layers_compare") for t, p in layer_paths.items()}
     curves = {t: c for t, c in curves.items() if c.get("layers")}
     if curves:
-        values = pd.Series([row["rel_l2_mean"] for c in curves.values() for row in c["layers"]], dtype=float)
-        floor = log_floor(values)
-        names = []
-        for index, (target, comparison) in enumerate(curves.items()):
-            rows = comparison["layers"]
-            names = [row["name"] for row in rows]
-            errors = [row["rel_l2_mean"] if row["rel_l2_mean"] > 0 or not floor else floor for row in rows]
-            ax.plot(range(len(rows)), errors, linewidth=0.8, color=f"C{index}", label=target)
-            for slot, (row, error) in enumerate(zip(rows, errors)):
-                ax.plot(slot, error, LAYER_MARKERS.get(row["type"], "x"), color=f"C{index}",
-                        markerfacecolor=f"C{index}" if row["over"] else "none")
-        limit = next(iter(curves.values()))["thresholds"]["rel_l2_max"]
-        ax.axhline(limit, linestyle="--", linewidth=0.6, color="grey", label=f"threshold {limit:g}")
-        ax.set_xticks(range(len(names)), [n.replace("layer ", "") for n in names], fontsize="small")
-        ax.set_xlabel("decoder layer (o Gated DeltaNet, s full attention, * final norm; filled: over the thresholds)")
-        ax.set_ylabel("relative L2 error, mean" + (f" (zeros drawn at {floor:.0e})" if floor else ""))
-        ax.set_yscale("log" if floor else "linear")
-        ax.grid(True, which="major", linewidth=0.3)
-        ax.legend(fontsize="small")
+        floor = next((c["floor"] for c in curves.values() if (c.get("floor") or {}).get("added_error")), None)
+        for ax, panel in zip(axes, LAYER_PANELS):
+            _layer_panel(ax, curves, floor, *panel)
     else:
-        ax.text(0.5, 0.5, "no per-layer data: no target's layers were captured and compared", ha="center",
-                va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-    ax.set_title("Where it diverges: each layer's output against the reference's")
+        for ax in axes:
+            ax.text(0.5, 0.5, "no per-layer data: no target's layers were captured and compared", ha="center",
+                    va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+    axes[0].set_title("Where it diverges: each layer's output against the reference's")
     _save(fig, out_png)
+
+
+def _layer_panel(ax, curves: dict, floor: dict | None, key: str, flag: str, label: str, legend: str,
+                 limit: str) -> None:
+    # the added error is a decoder layer's own: the final norm has none
+    lines = {t: [row for row in c["layers"] if key == "rel_l2_mean" or row["index"] is not None]
+             for t, c in curves.items()}
+    values = [_finite(row.get(key)) for rows in lines.values() for row in rows]
+    floor_values = [_finite(v) for v in (floor or {}).get(key) or []]
+    zero_at = log_floor(pd.Series(values + floor_values, dtype=float))
+    names = []
+    for index, (target, rows) in enumerate(lines.items()):
+        names = [row["name"] for row in rows]
+        errors = [_at_least(row.get(key), zero_at) for row in rows]
+        ax.plot(range(len(rows)), errors, linewidth=0.8, color=f"C{index}", label=target)
+        for slot, (row, error) in enumerate(zip(rows, errors)):
+            ax.plot(slot, error, LAYER_MARKERS.get(row["type"], "x"), color=f"C{index}",
+                    markerfacecolor=f"C{index}" if row.get(flag) else "none")
+    _draw_floor(ax, floor, floor_values[:len(names)], zero_at, limit, next(iter(curves.values()))["thresholds"])
+    ax.set_xticks(range(len(names)), [n.replace("layer ", "") for n in names], fontsize="small")
+    ax.set_xlabel(f"decoder layer ({legend})")
+    ax.set_ylabel(label + (f" (zeros drawn at {zero_at:.0e})" if zero_at else ""))
+    ax.set_yscale("log" if zero_at else "linear")
+    ax.grid(True, which="major", linewidth=0.3)
+    ax.legend(fontsize="small")
+
+
+def _draw_floor(ax, floor: dict | None, floor_values: list[float], zero_at, limit: str, thresholds: dict) -> None:
+    """The floor's curve (black) and the limit: the rel_l2_max threshold, or floor x floor_multiple_max."""
+    if floor_values:
+        slots = range(len(floor_values))
+        ax.plot(slots, [_at_least(v, zero_at) for v in floor_values], "k--", linewidth=0.8,
+                label=f"bf16 floor: {floor['target']}")
+    if limit == "threshold":
+        ax.axhline(thresholds["rel_l2_max"], linestyle="--", linewidth=0.6, color="grey",
+                   label=f"threshold {thresholds['rel_l2_max']:g}")
+    elif floor_values and floor.get("multiple_max"):
+        ax.plot(slots, [_at_least(v * floor["multiple_max"], zero_at) for v in floor_values], ":", color="grey",
+                linewidth=0.8, label=f"{floor['multiple_max']:g}x the floor")
+
+
+def _at_least(value, zero_at: float | None) -> float:
+    """A value for a log axis: zeros drawn at zero_at, missing (non-finite) ones left out."""
+    value = _finite(value)
+    return zero_at if zero_at and value == 0 else value
 
 
 def _set_kld_axis(ax, axis: str, floor: float | None) -> None:

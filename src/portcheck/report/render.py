@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from portcheck.artifacts import read_artifact
+from portcheck.artifacts import OPTIONAL_COMPARISONS, check_artifacts, read_artifact
 from portcheck.atomic import atomic_path
 from portcheck.report.format import cell, markdown_table
 from portcheck.report.load import load_targets, prompts_of
@@ -73,7 +73,9 @@ def section_headings() -> dict[str, dict]:
 
 def build_context(artifacts: dict, config: dict) -> dict:
     """Every section's data, from the artifacts alone. `config` is the validated config (schema defaults
-    filled in)."""
+    filled in). Refuses (PortcheckError) an artifact that is not what its rule wrote; an absent one is reported
+    absent (in a workflow run Snakemake sees that every input exists, and the job checks each against its hash)."""
+    check_artifacts(report_inputs(artifacts), "the report", missing_ok=True)
     targets = load_targets(artifacts)
     manifest_path = artifacts.get("manifest")
     manifest = read_artifact(manifest_path, "manifest") if manifest_path else None
@@ -104,6 +106,14 @@ def build_context(artifacts: dict, config: dict) -> dict:
         "artifacts": artifacts_section(artifacts, targets, config),
         "history": None,  # the run history (portcheck.report.history), filled in by the render rule
     }
+
+
+def report_inputs(artifacts: dict) -> list[str]:
+    """Every artifact file the report reads: the manifest, each target's files, every comparison, every mode run's."""
+    files = [artifacts.get("manifest"), *(artifacts.get("modes") or {}).get("runs", {}).values()]
+    files += [path for paths in artifacts["targets"].values() for path in paths.values()]
+    files += [path for kind in ("compare", *OPTIONAL_COMPARISONS) for path in (artifacts.get(kind) or {}).values()]
+    return [str(path) for path in files if path]
 
 
 def make_environment(template_dir: str | os.PathLike) -> Environment:

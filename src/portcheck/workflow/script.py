@@ -43,7 +43,9 @@ def run_logged(snakemake, main: Callable) -> None:
         logging.getLogger().setLevel(logging.INFO)
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                check_inputs(snakemake)
                 main(snakemake)
+                record_outputs(snakemake)
         except PortcheckError as error:
             message = f"portcheck: {error}"
             print(message, file=log)
@@ -54,6 +56,22 @@ def run_logged(snakemake, main: Callable) -> None:
             raise
         finally:
             logging.getLogger().removeHandler(handler)
+
+
+def check_inputs(snakemake) -> None:
+    """A job never reads an artifact that differs from what its rule wrote (an edit after the fact, a copy cut
+    short): refused, naming the file and the command that rebuilds it."""
+    from portcheck.artifacts import check_artifacts
+
+    check_artifacts([path for path in snakemake.input if Path(path).is_file()], f"rule {snakemake.rule}")
+
+
+def record_outputs(snakemake) -> None:
+    """Each output's hash, recorded beside it, for the readers to check (portcheck.artifacts)."""
+    from portcheck.artifacts import record_hash
+
+    for path in snakemake.output:
+        record_hash(path, snakemake.rule)
 
 
 def adapter_path(snakemake, main: Callable) -> Path:

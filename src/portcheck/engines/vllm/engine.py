@@ -30,7 +30,7 @@ from portcheck.errors import PortcheckError
 from portcheck.engines.base import DTYPE_BYTES, Engine, check_prompt_lengths
 from portcheck.engines.outputs import (DecodeScores, Generation, LayerStates, PromptScores, TimedGeneration,
                                        decode_row_ids)
-from portcheck.engines.settings import EngineSettings
+from portcheck.engines.settings import FULL_VOCAB_MAX_ENTRIES, EngineSettings
 from portcheck.engines.vllm import process
 from portcheck.engines.vllm.adaptation import adaptation_items, kv_items
 from portcheck.engines.vllm.engine_args import engine_env, engine_fields, llm_kwargs
@@ -40,21 +40,25 @@ from portcheck.engines.vllm.preflight import (
     check_architecture_registered, check_engine_arguments, check_platform, check_vllm_stack, vllm_version,
 )
 
-# Full-vocabulary scoring (logprobs_topk == -1) makes vLLM return one Python entry per vocabulary id and position;
-# above this many entries per engine call the host runs out of memory long before a forward pass would.
-FULL_VOCAB_MAX_ENTRIES = 20_000_000
 # settings.extra keys read here; extra["vllm_kwargs"] is passed to vllm.LLM verbatim (and wins over our defaults).
 EXTRA_KEYS = ("vllm_kwargs", "log_file", "ignore_eos", "full_vocab_max_entries")
 
 
-# The compact record's fields as the worker writes them (worker_logits) and PromptScores holds them.
-COMPACT_FIELDS = ("topk_ids", "topk_logprobs", "rest_logmass", "sample_logprobs", "token_logprobs")
+# A decode step's log-prob of its token as the worker computed it may differ from vLLM's own by a few bf16 ulps of
+# a logit (0.0625 at magnitude 10; the worker multiplies 64 rows at once): beyond this the rows are not the steps.
+DECODE_ROW_TOLERANCE = 0.5
+
 
 class VLLMEngine(Engine):
-    full_values = "logprobs"
-    """vllm.LLM behind the Engine interface. Scores are top-k log-probs (settings.logprobs_topk), or with
+    """vllm.LLM behind the Engine interface. Scores are the model's own logits rows made in vLLM's worker
+    (worker_logits: raw logits, or compact records), exact at any vocabulary; where the worker cannot make them
+    (graph mode; speculative or batched decoding) vLLM's own log-probs: top-k (settings.logprobs_topk), or with
     logprobs_topk == -1 full-vocabulary log-probs returned as `logits` (log-probs are valid logits for every
-    softmax-based metric: softmax(log p) == p)."""
+    softmax-based metric: softmax(log p) == p). After each call, full_values says what its whole rows hold and
+    rows_fallback why the worker did not make them ("" where it did)."""
+
+    full_values = "logprobs"
+    rows_fallback = ""
 
     def __init__(self, target, model_dir, settings: EngineSettings):
         super().__init__(target, model_dir, settings)
@@ -169,10 +173,23 @@ class VLLMEngine(Engine):
     # -- Engine interface -----------------------------------------------------------------------------------
 
     def score(self, prompts: list[list[int]]) -> list[PromptScores]:
-        """Teacher-forced scores. Top-k mode: topk_ids/topk_logprobs [T, k] by descending log-prob (ties by vLLM
-        rank) and token_logprobs [T] (log p of input_ids[t+1] at row t, NaN on the last row). Full mode
-        (logprobs_topk == -1): `logits` [T, V] float32 holding log-probs, plus token_logprobs."""
+        """Teacher-forced scores: raw logits [T, V] float32 of every position from the model's own logits in the
+        worker, plus token_logprobs, whatever logprobs_topk says; vLLM's own log-probs (logprob_scores) where the
+        worker cannot make them (graph mode), with rows_fallback saying why."""
         check_prompt_lengths(prompts, self.max_model_len, new_tokens=1)
+        rows, self.rows_fallback = self._worker_rows("whole logits rows", prompts, "logits")
+        if rows is not None:
+            self.full_values = "logits"
+            return rows
+        return self.logprob_scores(prompts)
+
+    def logprob_scores(self, prompts: list[list[int]]) -> list[PromptScores]:
+        """Teacher-forced scores from vLLM's own prompt log-probs. Top-k mode: topk_ids/topk_logprobs [T, k] by
+        descending log-prob (ties by vLLM rank) and token_logprobs [T] (log p of input_ids[t+1] at row t, NaN on
+        the last row). Full mode (logprobs_topk == -1): `logits` [T, V] float32 holding log-probs, plus
+        token_logprobs."""
+        check_prompt_lengths(prompts, self.max_model_len, new_tokens=1)
+        self.full_values = "logprobs"
         k = self.settings.logprobs_topk
         full = k == -1
         params = _sampling_params(
@@ -257,10 +274,27 @@ class VLLMEngine(Engine):
         return PromptScores(input_ids=input_ids, topk_ids=topk_ids, topk_logprobs=topk_logprobs,
                             token_logprobs=token_logprobs)
 
-    def decode(self, prompts: list[list[int]], max_new_tokens: int, together: bool = False) -> list[DecodeScores]:
-        """Greedy decoding through the engine's decode path (one batch, as served), with each step's log-probs
-        (top-k, or the full vocabulary one prompt at a time to bound vLLM's Python objects, unless `together`)."""
+    def decode(self, prompts: list[list[int]], max_new_tokens: int, together: bool = False,
+               compact: tuple[int, list[int]] | None = None) -> list[DecodeScores]:
+        """Greedy decoding through the engine's decode path with each step's distribution: each sequence alone, the
+        steps' rows made in the worker (whole raw logits, or compact records where compact = (top-k, sample ids)),
+        so the decode KLD is exact or an estimate. vLLM's own log-probs where the worker cannot make them (graph
+        mode, speculative decoding) or `together` (one batch, whose passes' rows the worker does not map to
+        sequences): rows_fallback says why."""
         check_prompt_lengths(prompts, self.max_model_len, new_tokens=max_new_tokens)
+        if together:
+            self.rows_fallback = "decoded as one batch: the worker's rows are not mapped to the batch's sequences"
+        else:
+            decoded, self.rows_fallback = self._decode_in_worker(prompts, int(max_new_tokens), compact)
+            if decoded is not None:
+                self.full_values = "logits"
+                return decoded
+        return self._decode_logprobs(prompts, max_new_tokens, together)
+
+    def _decode_logprobs(self, prompts: list[list[int]], max_new_tokens: int, together: bool) -> list[DecodeScores]:
+        """Greedy decoding (one batch, as served) with each step's log-probs from vLLM (top-k, or the full
+        vocabulary one prompt at a time to bound vLLM's Python objects, unless `together`)."""
+        self.full_values = "logprobs"
         k = self.settings.logprobs_topk
         full = k == -1
         params = _sampling_params(
@@ -296,29 +330,59 @@ class VLLMEngine(Engine):
 
     def score_compact(self, prompts: list[list[int]], topk: int, sample_ids) -> tuple[list[PromptScores] | None, str]:
         """Teacher-forced scores as compact records (dump/compact.py) made in the worker from every position's whole
-        distribution (worker_logits), one sequence per step with prompt log-probs so that no position is served
-        from a cache. (None, why) where the worker cannot make them (graph mode): the caller falls back to top-k."""
+        distribution (worker_logits). (None, why) where the worker cannot make them (graph mode): the caller falls
+        back to vLLM's log-probs."""
         check_prompt_lengths(prompts, self.max_model_len, new_tokens=1)
-        sample = [int(i) for i in sample_ids]
-        started = self._rpc("compact records", "portcheck_logits_start", int(topk), sample)
+        return self._worker_rows("compact records", prompts, "compact", topk, sample_ids)
+
+    def _worker_rows(self, what: str, prompts: list[list[int]], kind: str, topk: int = 0,
+                     sample_ids=()) -> tuple[list[PromptScores] | None, str]:
+        """Teacher-forced rows of `kind` (worker_logits.KINDS) made in the worker: (scores, "") or (None, why not)."""
+        started = self._rpc(what, "portcheck_logits_start", kind, int(topk), [int(i) for i in sample_ids])
         if not started.get("ok"):
             return None, started.get("reason", "")
-        return self._one_sequence_per_step("compact records", "portcheck_logits", prompts,
-                                           partial(_read_records, prompts))
+        return self._one_sequence_per_step(what, "portcheck_logits", prompts, partial(_read_rows, prompts))
 
-    def _one_sequence_per_step(self, what: str, worker_prefix: str, prompts: list[list[int]], read):
-        """Each prompt run alone (with prompt log-probs, so vLLM's prefix cache cannot skip positions), the worker's
-        <worker_prefix>_take called after each with the prompt's ids, then <worker_prefix>_write to a file that
-        read(safetensors handle, the worker's facts) turns into the result: (result, "") or (None, the problem)."""
-        params = _sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+    def _decode_in_worker(self, prompts: list[list[int]], max_new_tokens: int,
+                          compact: tuple[int, list[int]] | None) -> tuple[list[DecodeScores] | None, str]:
+        """Each sequence decoded alone; the hook then sees its uncached prompt rows and one row per later step, so
+        the last max_new_tokens rows are the steps' distributions (step 0: the last prompt row). Checked: the rows
+        seen, and each step's log-prob of its token against vLLM's own."""
+        kind, topk, sample = ("logits", 0, []) if compact is None else ("compact", compact[0], list(compact[1]))
+        started = self._rpc("decode rows", "portcheck_logits_start", kind, int(topk), [int(i) for i in sample], True)
+        if not started.get("ok"):
+            return None, started.get("reason", "")
+        params = _sampling_params(max_tokens=max_new_tokens, temperature=0.0, logprobs=0, detokenize=False,
+                                  flat_logprobs=True, ignore_eos=True)
+        completions: list[tuple[list[int], list[float]]] = []
+        self.cached_tokens = []  # per request: prompt tokens vLLM served from its prefix cache
+
+        def run(ids: list[int]) -> tuple[list, int]:
+            output = self._generate("decoding", [ids], params)[0]
+            self.cached_tokens.append(getattr(output, "num_cached_tokens", None))
+            tokens = [int(t) for t in output.outputs[0].token_ids]
+            completions.append((tokens, _chosen_logprobs(output.outputs[0], tokens)))
+            seen = len(ids) - (self.cached_tokens[-1] or 0) + len(tokens) - 1
+            return [decode_row_ids(ids, tokens), seen], seen
+
+        decoded, problem = self._one_sequence_per_step("decode rows", "portcheck_logits", prompts,
+                                                       partial(_read_decoded, prompts, completions), run)
+        return (None, problem) if decoded is None else _checked_steps(decoded, completions)
+
+    def _one_sequence_per_step(self, what: str, worker_prefix: str, sequences: list[list[int]], read, run=None):
+        """Each sequence run alone by run(ids) -> (the arguments of the worker's <worker_prefix>_take, the rows its
+        hooks must have seen); by default teacher-forced with prompt log-probs, so vLLM's prefix cache cannot skip
+        positions. Then <worker_prefix>_write to a file that read(safetensors handle, the worker's facts) turns
+        into the result: (result, "") or (None, the problem)."""
+        run = run or partial(self._teacher_forced, what)
         problem = ""
-        for ids in prompts:
-            self._generate(what, [ids], params)
-            taken = self._rpc(what, f"{worker_prefix}_take", [int(i) for i in ids])
-            if taken.get("tokens") != len(ids):
+        for ids in sequences:
+            take_args, rows = run(ids)
+            taken = self._rpc(what, f"{worker_prefix}_take", *take_args)
+            if taken.get("tokens") != rows:
                 problem = taken.get("reason") or (
-                    f"the worker's hooks saw {taken.get('tokens')} positions of a {len(ids)}-token sequence "
-                    "(positions served from a cache, or padded graphs)")
+                    f"the worker's hooks saw {taken.get('tokens')} positions where {rows} were run for a "
+                    f"{len(ids)}-token sequence (positions served from a cache, or padded graphs)")
                 break
         with tempfile.TemporaryDirectory(prefix="portcheck-worker-") as folder:
             path = str(Path(folder) / "captured.safetensors")
@@ -327,6 +391,11 @@ class VLLMEngine(Engine):
                 return None, problem
             with safe_open(path, framework="np") as f:
                 return read(f, facts), ""
+
+    def _teacher_forced(self, what: str, ids: list[int]) -> tuple[list, int]:
+        params = _sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        self._generate(what, [ids], params)
+        return [[int(i) for i in ids]], len(ids)
 
     # -- engine-mode proof: the engine's own counters (modes/run.py) --------------------------------------------
 
@@ -351,6 +420,9 @@ class VLLMEngine(Engine):
 
     def pass_counts(self) -> dict:
         return self._rpc("forward-pass counter", "portcheck_pass_counts")
+
+    def count_replays(self) -> dict:
+        return self._rpc("graph replay counter", "portcheck_count_replays")
 
     def compilation(self) -> dict:
         return self._rpc("compilation facts", "portcheck_compilation")
@@ -377,13 +449,7 @@ class VLLMEngine(Engine):
         for output in self._generate("generation", prompts, params):
             completion = output.outputs[0]
             tokens = [int(t) for t in completion.token_ids]
-            logprobs = None
-            if completion.logprobs is not None and len(completion.logprobs) == len(tokens):
-                logprobs = []
-                for position, token in enumerate(tokens):
-                    tok, lps, _ = _position(completion.logprobs, position)
-                    logprobs.append(next((float(lp) for tid, lp in zip(tok, lps) if tid == token), math.nan))
-            generations.append(Generation(token_ids=tokens, logprobs=logprobs))
+            generations.append(Generation(token_ids=tokens, logprobs=_chosen_logprobs(completion, tokens)))
         return generations
 
     # -- benchmarking -----------------------------------------------------------------------------------------
@@ -542,7 +608,37 @@ def _read_layers(f, facts: dict) -> tuple[list, list | None, dict]:
     return hidden, states, facts
 
 
-def _read_records(prompts: list[list[int]], f, facts: dict) -> list[PromptScores]:
+def _chosen_logprobs(completion, tokens: list[int]) -> list[float] | None:
+    """vLLM's log-prob of each generated token (NaN where absent); None where it returned no log-probs."""
+    if completion.logprobs is None or len(completion.logprobs) != len(tokens):
+        return None
+    chosen = []
+    for position, token in enumerate(tokens):
+        tok, lps, _ = _position(completion.logprobs, position)
+        chosen.append(next((float(lp) for tid, lp in zip(tok, lps) if tid == token), math.nan))
+    return chosen
+
+
+def _read_rows(sequences: list[list[int]], f, facts: dict) -> list[PromptScores]:
+    """The worker's rows of each sequence (worker_logits: whole logits or compact records) as PromptScores."""
     return [PromptScores(input_ids=np.asarray(ids, dtype=np.int64),
-                         **{name: f.get_tensor(f"{name}.{i}") for name in COMPACT_FIELDS})
-            for i, ids in zip(range(facts["sequences"]), prompts)]
+                         **{name: f.get_tensor(f"{name}.{i}") for name in facts["fields"]})
+            for i, ids in zip(range(facts["sequences"]), sequences)]
+
+
+def _read_decoded(prompts: list[list[int]], completions: list, f, facts: dict) -> list[DecodeScores]:
+    rows = _read_rows([decode_row_ids(ids, tokens) for ids, (tokens, _) in zip(prompts, completions)], f, facts)
+    return [DecodeScores(list(ids), tokens, scores) for ids, (tokens, _), scores in zip(prompts, completions, rows)]
+
+
+def _checked_steps(decoded: list[DecodeScores], completions: list) -> tuple[list[DecodeScores] | None, str]:
+    """(decoded, "") when each step's log-prob of its token (from the worker's row) is vLLM's own, else (None, why):
+    the rows taken are then not the decode steps'."""
+    for index, (d, (_, chosen)) in enumerate(zip(decoded, completions)):
+        if chosen is None:
+            return None, "vLLM returned no log-probs of the decoded tokens to check the worker's rows against"
+        apart = np.abs(np.asarray(d.scores.token_logprobs[:-1], np.float64) - np.asarray(chosen[:-1], np.float64))
+        if apart.size and not np.nanmax(apart) <= DECODE_ROW_TOLERANCE:
+            return None, (f"the worker's decode rows of sequence {index} give its tokens log-probs up to "
+                          f"{np.nanmax(apart):.3g} nats from vLLM's own: the rows taken are not the decode steps")
+    return decoded, ""

@@ -44,16 +44,17 @@ class PortcheckWorkerExtension:
 
         return worker_layers.write(path)
 
-    def portcheck_logits_start(self, topk: int, sample_ids: list[int]) -> dict:
-        """Compact records of every position's whole distribution from the model's own logits; eager mode only."""
+    def portcheck_logits_start(self, kind: str, topk: int = 0, sample_ids: list[int] | None = None,
+                               decoding: bool = False) -> dict:
+        """Whole logits rows or compact records of every position from the model's own logits; eager mode only."""
         from portcheck.engines.vllm import worker_logits
 
-        return worker_logits.start(self, topk, sample_ids)
+        return worker_logits.start(self, kind, topk, sample_ids, decoding)
 
-    def portcheck_logits_take(self, ids: list[int]) -> dict:
+    def portcheck_logits_take(self, ids: list[int], seen: int | None = None) -> dict:
         from portcheck.engines.vllm import worker_logits
 
-        return worker_logits.take(ids)
+        return worker_logits.take(ids, seen)
 
     def portcheck_logits_write(self, path: str) -> dict:
         from portcheck.engines.vllm import worker_logits
@@ -70,6 +71,12 @@ class PortcheckWorkerExtension:
         from portcheck.engines.vllm import worker_counters
 
         return worker_counters.pass_counts()
+
+    def portcheck_count_replays(self) -> dict:
+        """Count graph replays from now on (graph-mode proof: vLLM counts captures, not replays)."""
+        from portcheck.engines.vllm import worker_counters
+
+        return worker_counters.start_replay_counter()
 
     def portcheck_compilation(self) -> dict:
         from portcheck.engines.vllm import worker_counters

@@ -36,7 +36,7 @@ def _overview(targets: list[TargetData]) -> dict:
     rows = []
     for t in targets:
         if t.bench is None:
-            rows.append([t.name] + [NOT_RUN] * 7)
+            rows.append([t.name, _not_run(t, "bench")] + [DASH] * 6)
             continue
         mem, timings = t.bench.get("memory") or {}, t.bench.get("timings") or {}
         capacity = mem.get("capacity") or {}
@@ -50,6 +50,11 @@ def _overview(targets: list[TargetData]) -> dict:
                   "memory.capacity.max_concurrency", "timings.total_s")
     return table(["Target", "Engine start (s)", "Weight load (s)", "Weights (text, target dtype)", "Peak memory",
                   "KV cache (tokens)", "Max concurrency", "Benchmark wall time (s)"], rows, source)
+
+
+def _not_run(t: TargetData, kind: str) -> str:
+    """"not run", with the setting that turned it off where the config did (e.g. bench.reference)."""
+    return f"{NOT_RUN} ({t.absent[kind]})" if kind in t.turned_off else NOT_RUN
 
 
 def _target_view(t: TargetData) -> dict:
@@ -72,7 +77,7 @@ def _roofline_table(targets: list[TargetData]) -> dict:
 
 def _roofline_row(t: TargetData) -> list[str]:
     if t.bench_checks is None:
-        return [t.name, NOT_RUN] + [DASH] * 9
+        return [t.name, _not_run(t, "bench_checks")] + [DASH] * 9
     roof = t.bench_checks["roofline"]
     utilisation = roof["prefill_flops_utilisation"]
     return [t.name, _hardware_text(t), bandwidth(roof["memory_bandwidth_bytes_s"]), byte_size(roof["weight_bytes"]),
@@ -118,10 +123,12 @@ def _bench_view(bench: dict, path: str) -> dict:
 
 
 def _plan_text(plan: dict, latency: dict, timings: dict) -> str:
+    budget = plan.get("cell_budget_s")  # absent from a bench.json older than the budget
+    skipping = f", a cell whose runs would take over {budget:g} s skipped (bench.cell_budget_s)" if budget else ""
     return (f"prompts of {plan.get('input_len')} random token ids; grid: {plan.get('warmup')} warm-up + "
-            f"{plan.get('repetitions')} timed run(s) per cell (median); latency: batch {latency.get('batch_size')}, "
-            f"{latency.get('input_len')} prompt + {latency.get('output_len')} output tokens, "
-            f"{latency.get('warmup')} warm-up + {latency.get('repetitions')} timed runs "
+            f"{plan.get('repetitions')} timed run(s) per cell (median){skipping}; latency: batch "
+            f"{latency.get('batch_size')}, {latency.get('input_len')} prompt + {latency.get('output_len')} output "
+            f"tokens, {latency.get('warmup')} warm-up + {latency.get('repetitions')} timed runs "
             f"({latency.get('requests')} requests); temperature {show(plan.get('temperature'))}; engine start "
             f"{decimal(timings.get('engine_start_s'))} s, grid {decimal(timings.get('grid_s'))} s, latency runs "
             f"{decimal(timings.get('latency_runs_s'))} s")
@@ -130,15 +137,21 @@ def _plan_text(plan: dict, latency: dict, timings: dict) -> str:
 def _throughput_tables(bench: dict, path: str) -> list[dict]:
     tables = []
     for i, grid in enumerate(bench.get("throughput") or []):
-        rows = [[show(r.get("batch_size")), show(r.get("max_tokens")), decimal(r.get("elapsed_s"), 3),
-                 show(r.get("output_tokens")), per_second(r.get("output_tok_s")), per_second(r.get("total_tok_s")),
-                 speedup(r.get("speedup_vs_batch1")), ratio(r.get("linear_ratio"))]
-                for r in grid.get("rows") or []]
+        rows = [_throughput_row(r) for r in grid.get("rows") or []]
         tables.append({"title": grid.get("title") or "throughput",
                        "table": table(["Batch size", "max_tokens", "Elapsed (s, median)", "Output tokens",
                                        "Output tok/s", "Total tok/s (prompt + output)", "Speed-up vs batch 1",
                                        "Ratio to linear"], rows, cite(path, f"throughput[{i}].rows"))})
     return tables
+
+
+def _throughput_row(r: dict) -> list[str]:
+    if r.get("skipped"):  # over bench.cell_budget_s: shown with its estimate, never left out
+        skipped = f"skipped ({r['skipped']['reason']})"
+        return [show(r.get("batch_size")), show(r.get("max_tokens")), skipped] + [DASH] * 5
+    return [show(r.get("batch_size")), show(r.get("max_tokens")), decimal(r.get("elapsed_s"), 3),
+            show(r.get("output_tokens")), per_second(r.get("output_tok_s")), per_second(r.get("total_tok_s")),
+            speedup(r.get("speedup_vs_batch1")), ratio(r.get("linear_ratio"))]
 
 
 def _latency_table(bench: dict, path: str) -> dict:
@@ -203,11 +216,18 @@ def _memory_split_rows(split: dict) -> list[list]:
             for key, label, source in SPLIT_ROWS]
 
 
+# ---------------------------------------------------------------- serving (serve.json: benchmarks/serving.py)
+
+
 def _serve_view(serve: dict, path: str) -> dict:
     greedy = serve.get("greedy_check") or {}
     seed = serve.get("seed_request") or {}
+    sweep = serve.get("sweep") or {}
     return {
-        "levels": _levels_table(serve.get("levels") or [], path),
+        "sweep": _sweep_table(serve.get("levels") or [], serve.get("percentiles") or [99], path),
+        "sweep_plan": _sweep_plan_text(serve, sweep),
+        "sweep_error": _sweep_error_text(sweep),
+        "saturation": _saturation_text(sweep.get("saturation") or {}),
         "greedy": _greedy_check_text(greedy),
         "ready": decimal(serve.get("server_ready_s")), "port": show(serve.get("port")),
         "preferred_port": show(serve.get("preferred_port")), "command": serve.get("command") or "",
@@ -217,19 +237,61 @@ def _serve_view(serve: dict, path: str) -> dict:
     }
 
 
-def _levels_table(levels: list[dict], path: str) -> dict:
-    def p50_p99(figures: dict | None) -> str:
-        figures = figures or {}
-        return f"{milliseconds(figures.get('p50'))} / {milliseconds(figures.get('p99'))}"
+def _load_label(level: dict) -> str:
+    if level.get("max_concurrency") == 1:
+        return "synchronous (concurrency 1)"
+    if level.get("request_rate") is None:
+        return "throughput (all at once)"
+    return f"{level['request_rate']:.3g} req/s (Poisson)"
 
-    rows = [[show(level.get("concurrency")), show(level.get("requests")), show(level.get("completed")),
-             show(len(level.get("errors") or [])), per_second(level.get("output_tok_s")),
-             per_second(level.get("total_tok_s")), decimal(level.get("requests_s"), 3), p50_p99(level.get("ttft_s")),
-             p50_p99(level.get("tpot_s")), p50_p99(level.get("itl_s")), p50_p99(level.get("e2e_s"))]
+
+def _sweep_table(levels: list[dict], percentiles: list, path: str) -> dict:
+    top = f"p{max(percentiles):g}"
+
+    def median_top(metric: str, level: dict) -> str:
+        return f"{decimal(level.get(f'median_{metric}_ms'))} / {decimal(level.get(f'{top}_{metric}_ms'))}"
+
+    rows = [[_load_label(level), f"{show(level.get('completed'))} / {show(level.get('failed'))}",
+             decimal(level.get("request_throughput"), 3), per_second(level.get("output_throughput")),
+             per_second(level.get("total_token_throughput")), decimal(level.get("request_goodput"), 3, DASH),
+             *(median_top(metric, level) for metric in ("ttft", "tpot", "itl", "e2el"))]
             for level in levels]
-    return table(["Concurrency", "Requests", "Completed", "Errors", "Output tok/s", "Total tok/s", "Requests/s",
-                  "TTFT p50 / p99 (ms)", "TPOT p50 / p99 (ms)", "ITL p50 / p99 (ms)", "E2E p50 / p99 (ms)"], rows,
-                 cite(path, "levels"))
+    return table(["Load", "Completed / failed", "Requests/s", "Output tok/s", "Total tok/s", "Goodput (req/s)",
+                  f"TTFT median / {top} (ms)", f"TPOT median / {top} (ms)", f"ITL median / {top} (ms)",
+                  f"E2E median / {top} (ms)"], rows,
+                 cite(path, "levels[].request_throughput", "levels[].output_throughput", "levels[].request_goodput",
+                      f"levels[].median_/{top}_<ttft|tpot|itl|e2el>_ms", "slo"))
+
+
+def _sweep_plan_text(serve: dict, sweep: dict) -> str:
+    workload = sweep.get("workload") or {}
+    slo = ", ".join(f"{name.removesuffix('_ms')} ≤ {value:g} ms" for name, value in (serve.get("slo") or {}).items()
+                    if value is not None) or "none"
+    left_out = sweep.get("flags_left_out") or []
+    return (f"run by {sweep.get('python') or UNKNOWN}, levels in order of load (run synchronous, "
+            f"throughput, then the rates between); {show(workload.get('prompts'))} requests per level of "
+            f"{show(serve.get('input_len'))} corpus tokens + {show(serve.get('max_tokens'))} output tokens; goodput "
+            f"SLOs: {slo}; sweep {decimal(sweep.get('wall_s'))} s"
+            + (f"; flags this vLLM lacks, left out: {', '.join(left_out)}" if left_out else ""))
+
+
+def _sweep_error_text(sweep: dict) -> str | None:
+    if sweep.get("status") == "ok":
+        return None
+    what = "" if sweep.get("status") == "missing" else "vllm bench serve failed: "  # a missing one's error says so
+    return f"❌ {what}{sweep.get('error')} (its output: {sweep.get('log')})"
+
+
+def _saturation_text(saturation: dict) -> str:
+    steps = "; ".join(f"{s['from']} → {s['to']}: throughput {s['throughput_gain']:+.0%}, median TTFT "
+                      f"{ratio(s['ttft_growth'])}×" for s in saturation.get("steps") or [])
+    if saturation.get("reached"):
+        head = (f"Saturation point: {saturation['level']} "
+                f"({decimal(saturation.get('request_throughput'), 3)} req/s served)")
+    else:
+        head = (f"Saturation point: not reached within the sweep (highest output throughput: "
+                f"{show(saturation.get('best_level'))}, {per_second(saturation.get('best_output_throughput'))} tok/s)")
+    return f"{head}. Rule: {saturation.get('rule') or UNKNOWN}. Steps: {steps or DASH}"
 
 
 def _greedy_check_text(greedy: dict) -> str:

@@ -8,16 +8,19 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-from portcheck.report.format import NOT_RUN, UNKNOWN, VERDICT_LABEL, num, pct, sci, table
+from portcheck.report.format import NOT_RUN, UNKNOWN, VERDICT_LABEL, VERDICT_STATUSES, num, pct, sci, table
 from portcheck.report.load import TargetData
 from portcheck.report.sources import cite, every_target
+from portcheck.targets import FLOOR_TARGET
 
-# The bf16 noise floor: the same model in bf16 on the reference's own engine and device.
-FLOOR_TARGET = "cpu-hf-bf16"
 # The comparisons by position: artifact kind -> (what a position is, the config key that turns it off).
 KINDS = {"corpus_compare": ("Positions", "corpus.enabled"), "decode_compare": ("Decode steps", "decode.enabled")}
 COLUMNS = ("n", "KLD mean ± stderr", "KLD p99", "× bf16 floor", "Top-1 (ties as agreement)", "RMS Δp", "PPL ref",
-           "PPL target", "Status")
+           "PPL target", "Against the thresholds")
+# A bucket localises (the verdict rests on all positions pooled and on the ratio checks): its words say so.
+BUCKET_LABEL = {"pass": "within", "fail": "❌ over", "inconclusive": "⚠ inconclusive", NOT_RUN: "⚪ not run"}
+RATIO_HEADER = ["Check", "Units", "KLD base", "KLD compared", "KLD basis", "Ratio (bounds)", "Smallest detectable",
+                "Allowed", "Status"]
 
 
 def long_context_section(targets: list[TargetData]) -> dict:
@@ -43,14 +46,15 @@ def by_position_section(targets: list[TargetData], kind: str) -> dict:
 
 
 def position_status(data: TargetData, kind: str) -> str | None:
-    """pass / fail / unknown / not run for a compared target; None where the config turns the comparison off."""
+    """pass / fail / inconclusive / unknown / not run for a compared target; None where the config turns the
+    comparison off."""
     if kind in data.turned_off:
         return None
     comparison = getattr(data, kind)
     if comparison is None:
         return NOT_RUN
     status = (comparison.get("verdict") or {}).get("status")
-    return status if status in ("pass", "fail") else UNKNOWN
+    return status if status in VERDICT_STATUSES else UNKNOWN
 
 
 def growth_summary(data: TargetData, kind: str) -> str:
@@ -61,9 +65,8 @@ def growth_summary(data: TargetData, kind: str) -> str:
     growth = (getattr(data, kind) or {}).get("growth") or {}
     label = VERDICT_LABEL.get(status, status)
     if growth.get("ratio") is not None:
-        return f"{label} (KLD growth {num(growth['ratio'])}x)"
-    if growth.get("first_bucket_exact") and growth.get("status") == "fail":
-        return f"{label} (KLD growth ∞: first bucket exact)"
+        return f"{label} (KLD growth {num(growth['ratio'])}x, bounds {num(growth.get('ratio_lower'))}-" \
+               f"{num(growth.get('ratio_upper'))}x)"
     return label
 
 
@@ -78,9 +81,10 @@ def _target(data: TargetData, kind: str, floor_data: TargetData | None) -> dict:
     is_floor = data.name == FLOOR_TARGET
     bucket_rows = [_bucket_row(b, floor_by_start.get(b["start"]), is_floor) for b in comparison.get("buckets") or []]
     overall = comparison.get("overall") or {}
-    bucket_rows.append(_bucket_row({**overall, "start": "all", "end": None, "status": verdict.get("status")},
-                            ((floor or {}).get("overall") or {}).get("kld_mean"), is_floor))
-    source = cite(path, "buckets", "overall", "verdict")
+    pooled = _bucket_row({**overall, "start": "all", "end": None}, ((floor or {}).get("overall") or {}).get("kld_mean"),
+                         is_floor)
+    bucket_rows.append(pooled[:-1] + [VERDICT_LABEL.get((comparison.get("pooled") or {}).get("status"), UNKNOWN)])
+    source = cite(path, "buckets", "overall", "pooled")
     if floor_data and not is_floor:
         source += f"; × bf16 floor: {cite(floor_data.paths[kind], 'buckets.kld_mean', 'overall.kld_mean')}"
     growth = comparison.get("growth") or {}
@@ -95,19 +99,46 @@ def _target(data: TargetData, kind: str, floor_data: TargetData | None) -> dict:
     return {
         "target": data.name, "available": True,
         "verdict": VERDICT_LABEL.get(position_status(data, kind), UNKNOWN),
-        "reasons": list(verdict.get("reasons") or []), "notes": list(verdict.get("notes") or []),
-        "lower_bound": bool(comparison.get("kld_is_lower_bound")),
+        "reasons": list(verdict.get("reasons") or []), "inconclusive": list(verdict.get("inconclusive") or []),
+        "notes": list(verdict.get("notes") or []) + ([growth["note"]] if growth.get("note") else []),
+        "lower_bound": bool(comparison.get("kld_is_lower_bound")), "kld_basis": comparison.get("kld_basis", UNKNOWN),
         "buckets": table([KINDS[kind][0], *COLUMNS], bucket_rows, source),
-        "growth": table(["Check", "KLD base", "KLD compared", "Ratio", "95% lower bound", "Allowed", "Status"], rows,
-                        cite(path, *keys)),
+        "growth": table(RATIO_HEADER, rows, cite(path, *keys)),
         "growth_reason": growth.get("reason", ""),
     }
 
 
 def _ratio_row(label: str, check: dict, base, grown) -> list[str]:
-    return [label, sci(base), sci(grown), _ratio(check.get("ratio"), check), _ratio(check.get("ratio_lower95"), check),
-            f"{num(check.get('growth_max'))}x above {sci(check.get('growth_floor'))}",
-            VERDICT_LABEL.get(check.get("status"), UNKNOWN)]
+    allowed = f"{num(check.get('growth_max'))}x above {sci(check.get('growth_floor'))}"
+    return [label, units_text(check), sci(base), sci(grown), basis_text(check), ratio_text(check),
+            _times(check.get("detectable_ratio")), allowed, VERDICT_LABEL.get(check.get("status"), UNKNOWN)]
+
+
+def units_text(check: dict) -> str:
+    units = check.get("units") or {}
+    if not units:
+        return "—"
+    if check.get("paired"):
+        return f"{units.get('compared')} sequences, paired"
+    return f"{units.get('compared')} vs {units.get('base')} sequences"
+
+
+def basis_text(check: dict) -> str:
+    """'exact', or 'lower bound / exact' where the two sides differ (such a ratio is inconclusive)."""
+    basis = check.get("basis") or {}
+    sides = [basis.get("compared"), basis.get("base")]
+    return UNKNOWN if None in sides else sides[0] if sides[0] == sides[1] else " / ".join(sides)
+
+
+def ratio_text(check: dict) -> str:
+    """'3.1x (2.4x-4.0x)': the ratio and its confidence bounds; '—' where no ratio was computed."""
+    if check.get("ratio") is None:
+        return "—"
+    return f"{_times(check['ratio'])} ({_times(check.get('ratio_lower'))}-{_times(check.get('ratio_upper'))})"
+
+
+def _times(value) -> str:
+    return "—" if value is None else f"{value:.3g}x"
 
 
 def _bucket_row(bucket: dict, floor_kld: float | None, is_floor: bool) -> list[str]:
@@ -119,14 +150,8 @@ def _bucket_row(bucket: dict, floor_kld: float | None, is_floor: bool) -> list[s
         "all" if start == "all" else f"{start}-{end}", str(bucket.get("n_positions", "—")),
         f"{sci(kld)} ± {sci(stderr)}" if stderr is not None else sci(kld), sci(bucket.get("kld_p99")), times_floor,
         pct(bucket.get("top1_agreement_with_ties")), pct(bucket.get("rms_delta_p")), num(bucket.get("ppl_ref")),
-        num(bucket.get("ppl_target")), VERDICT_LABEL.get(bucket.get("status"), UNKNOWN),
+        num(bucket.get("ppl_target")), BUCKET_LABEL.get(bucket.get("status"), UNKNOWN),
     ]
-
-
-def _ratio(value, check: dict) -> str:
-    if value is None:
-        return "∞ (base exact)" if check.get("base_exact") and check.get("status") == "fail" else "—"
-    return f"{value:.3g}x"
 
 
 def _corpus_method(comparison: dict | None) -> dict:

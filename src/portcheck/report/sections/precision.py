@@ -7,7 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from portcheck.report.format import NOT_RUN, UNKNOWN, VERDICT_LABEL, clip, metric, num, pct, show, table
+from portcheck.report.format import (NOT_RUN, UNKNOWN, VERDICT_LABEL, VERDICT_STATUSES, clip, metric, num, pct, show,
+                                     table)
 from portcheck.report.load import TargetData
 from portcheck.report.sources import cite, every_target
 
@@ -76,17 +77,18 @@ def _comparison(data: TargetData, targets: list[TargetData], prompts: list[str])
     path = data.paths["compare"]
     per_prompt_source = f"{cite(path, 'per_prompt')}; {cite(every_target(targets, 'logits'), 'prompts')}"
     verdict = c.get("verdict") or {}
-    status = verdict.get("status") if verdict.get("status") in ("pass", "fail") else UNKNOWN
+    status = verdict.get("status") if verdict.get("status") in VERDICT_STATUSES else UNKNOWN
     return {
         "target": data.name, "available": True, "reason": "",
         "verdict": VERDICT_LABEL[status], "reasons": list(verdict.get("reasons") or []),
-        "notes": list(verdict.get("notes") or []),
+        "inconclusive": list(verdict.get("inconclusive") or []), "notes": list(verdict.get("notes") or []),
+        "kld_basis": c.get("kld_basis") or UNKNOWN,
         "lower_bound": bool(c.get("kld_is_lower_bound")),
         "tie_tolerance": show(c.get("tie_tolerance")),
         "metrics": table(["Metric", "Value", "Anchor"],
                          [[label, metric_text(key, c.get(key)), anchor] for key, label, anchor in METRICS],
                          cite(path, *(key for key, _, _ in METRICS))),
-        "checks": table(["Check", "Metric", "Value", "Op", "Threshold", "Passed", "Anchor"],
+        "checks": table(["Check", "Metric", "Value", "Op", "Threshold", "Status", "Anchor"],
                         [_check_row(check) for check in verdict.get("checks") or []], cite(path, "verdict.checks")),
         "per_prompt": per_prompt_table(c.get("per_prompt") or [], prompts, per_prompt_source),
     }
@@ -94,8 +96,11 @@ def _comparison(data: TargetData, targets: list[TargetData], prompts: list[str])
 
 def _check_row(check: dict) -> list[str]:
     key = check.get("metric") or check.get("name", "")
-    return [check.get("name", UNKNOWN), key, metric_text(key, check.get("value")), check.get("op", ""),
-            metric_text(key, check.get("threshold")), passed_mark(check.get("passed")), check.get("anchor", "")]
+    value = check.get("value_text") or metric_text(key, check.get("value"))  # value_text: NaN / inf, which JSON lacks
+    if check.get("lower_bound") and check.get("value") is not None:
+        value += " (lower bound)"
+    return [check.get("name", UNKNOWN), key, value, check.get("op", ""), metric_text(key, check.get("threshold")),
+            VERDICT_LABEL.get(check.get("status"), UNKNOWN), check.get("anchor", "")]
 
 
 def per_prompt_table(per_prompt: list[dict], prompts: list[str], source: str) -> dict:

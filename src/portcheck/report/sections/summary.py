@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from portcheck.report.format import DASH, NO, NOT_RUN, UNKNOWN, VERDICT_LABEL, YES, num, pct, sci, table
+from portcheck.report.format import (DASH, INCONCLUSIVE, NO, NOT_RUN, UNKNOWN, VERDICT_LABEL, VERDICT_STATUSES, YES,
+                                     num, pct, sci, table)
 from portcheck.report.load import TargetData
 from portcheck.report.sections.positions import KINDS as POSITION_KINDS, growth_summary, position_status
 from portcheck.report.sources import cite, every_target
@@ -20,10 +21,10 @@ def summary_table(targets: list[TargetData], modes: dict[str, dict[str, str]] | 
     rows = []
     modes = modes or {}
     for t in targets:
-        status = agreement_status(t, modes.get(t.name))
+        status, why = agreement(t, modes.get(t.name))
         c = t.compare or {}
         rows.append([
-            t.name, t.role, run_label(t), VERDICT_LABEL.get(status, status),
+            t.name, t.role, run_label(t), VERDICT_LABEL.get(status, status) + (f": {why}" if why else ""),
             sci(c.get("kld_mean")) if t.compare else DASH,
             by_position_summary(t, "corpus_compare"),
             by_position_summary(t, "decode_compare"),
@@ -35,10 +36,10 @@ def summary_table(targets: list[TargetData], modes: dict[str, dict[str, str]] | 
               "Top-1 agreement", "ΔPPL", "Engine modes", "Determinism", "Adaptation checks"]
     source = "; ".join([
         cite(every_target(targets, "logits"), "metadata"),
-        cite(every_target(targets, "compare"), "verdict.status", "kld_mean", "top1_agreement", "delta_ppl",
-             "nonfinite"),
-        cite(every_target(targets, "corpus_compare"), "verdict.status", "growth.ratio"),
-        cite(every_target(targets, "decode_compare"), "verdict.status", "growth.ratio"),
+        cite(every_target(targets, "compare"), "verdict.status", "verdict.inconclusive", "kld_mean", "top1_agreement",
+             "delta_ppl", "nonfinite"),
+        cite(every_target(targets, "corpus_compare"), "verdict.status", "verdict.inconclusive", "growth.ratio"),
+        cite(every_target(targets, "decode_compare"), "verdict.status", "verdict.inconclusive", "growth.ratio"),
         "engine modes: results/<model>/compare/<target>+<mode>.mode.json (status)",
         cite(every_target(targets, "determinism"), "repeat_identical_rate", "batch_invariant_rate"),
         cite(every_target(targets, "adaptation"), "items.*.status"),
@@ -67,19 +68,48 @@ def modes_summary(modes: dict[str, str] | None) -> str:
 
 
 def agreement_status(data: TargetData, modes: dict[str, str] | None = None) -> str:
-    """The seed-prompt verdict combined with the long-context, decode-path and engine-mode ones (where
-    configured): a failure of any fails; a missing or unproven one leaves the target without a pass."""
+    return agreement(data, modes)[0]
+
+
+def agreement(data: TargetData, modes: dict[str, str] | None = None) -> tuple[str, str]:
+    """(status, why): the seed-prompt verdict combined with the long-context, decode-path and engine-mode ones
+    (where configured). A failure of any fails; otherwise a part without a verdict (not run, unknown) leaves the
+    target unknown, and one that is inconclusive (a mode run that did not prove it ran too) makes it inconclusive;
+    `why` names those parts and the first reason; pass only when every part passes."""
     if data.role == "reference":
-        return "reference"
+        return "reference", ""
     if data.compare is None:
-        return NOT_RUN
-    status = (data.compare.get("verdict") or {}).get("status")
-    statuses = [status if status in ("pass", "fail") else UNKNOWN]
-    statuses += [s for s in (position_status(data, kind) for kind in POSITION_KINDS) if s]
-    statuses += [s if s in ("pass", "fail") else UNKNOWN for s in (modes or {}).values()]
-    if "fail" in statuses:
-        return "fail"
-    return "pass" if all(s == "pass" for s in statuses) else UNKNOWN
+        return NOT_RUN, ""
+    parts = {"seed prompts": _part_status(data.compare)}
+    parts.update({POSITION_LABEL[kind]: (status, _first_open_reason(getattr(data, kind)))
+                  for kind in POSITION_KINDS if (status := position_status(data, kind))})
+    parts.update({f"mode {mode}": (status if status in VERDICT_STATUSES else INCONCLUSIVE, status)
+                  for mode, status in (modes or {}).items() if status != "pass"})
+    failed = [name for name, (status, _) in parts.items() if status == "fail"]
+    if failed:
+        return "fail", f"{', '.join(failed)} fail"
+    unknown = [name for name, (status, _) in parts.items() if status in (UNKNOWN, NOT_RUN)]
+    if unknown:  # an artifact without a verdict, or one that was not produced
+        return UNKNOWN, f"no verdict for {', '.join(unknown)}"
+    open_ = {name: reason for name, (status, reason) in parts.items() if status != "pass"}
+    if not open_:
+        return "pass", ""
+    name, reason = next(iter(open_.items()))
+    return INCONCLUSIVE, f"{', '.join(open_)}" + (f" ({name}: {reason})" if reason else "")
+
+
+POSITION_LABEL = {"corpus_compare": "long context", "decode_compare": "decode path"}
+
+
+def _part_status(comparison: dict) -> tuple[str, str]:
+    status = (comparison.get("verdict") or {}).get("status")
+    return (status if status in VERDICT_STATUSES else UNKNOWN), _first_open_reason(comparison)
+
+
+def _first_open_reason(comparison: dict | None) -> str:
+    """The first inconclusive reason of a comparison's verdict, for the summary's own cell."""
+    texts = ((comparison or {}).get("verdict") or {}).get("inconclusive") or []
+    return texts[0] + (f" (+{len(texts) - 1} more)" if len(texts) > 1 else "") if texts else ""
 
 
 def by_position_summary(data: TargetData, kind: str) -> str:
@@ -106,13 +136,18 @@ def overall_verdict(targets: list[TargetData], modes: dict[str, dict[str, str]] 
     compared = [t for t in targets if t.role == "target"]
     statuses = {t.name: agreement_status(t, (modes or {}).get(t.name)) for t in compared}
     failing = [n for n, s in statuses.items() if s == "fail"]
-    open_ = [n for n, s in statuses.items() if s != "pass"]
+    inconclusive = [n for n, s in statuses.items() if s == INCONCLUSIVE]
+    open_ = [n for n, s in statuses.items() if s not in ("pass", INCONCLUSIVE)]
     not_running = [t.name for t in targets if not t.ran]
     if not compared:
         return _verdict(UNKNOWN, "no target was compared with the reference")
     if failing:
         return _verdict("fail", f"{len(failing)} of {len(compared)} compared targets disagree with the reference: "
                                 f"{', '.join(failing)}")
+    if inconclusive:
+        return _verdict(INCONCLUSIVE, f"the evidence does not settle {', '.join(inconclusive)} (see the table)"
+                        + (f"; no verdict for {', '.join(sorted(set(open_ + not_running)))}" if open_ or not_running
+                           else ""))
     if open_ or not_running:
         return _verdict(UNKNOWN, f"no verdict for {', '.join(sorted(set(open_ + not_running)))} (not run or unknown)")
     return _verdict("pass", f"every compared target ({len(compared)}) agrees with the reference within the "
