@@ -1,7 +1,7 @@
 # Stage benchmarks (portcheck/benchmarks): offline benchmarks per target (one engine start; the report asks them of
 # BENCHED, the reference only with bench.reference), the figures derived from them (roofline, cross-checks), and the
-# serving check per vllm target: `vllm serve` on 127.0.0.1, OpenAI /v1/completions at a few concurrencies, and the
-# server's greedy tokens against the offline dump's.
+# serving check per vllm target: `vllm serve` on 127.0.0.1, measured by `vllm bench serve` over a load sweep on
+# corpus text, and the server's greedy tokens against the offline dump's.
 
 
 rule run_benchmarks:

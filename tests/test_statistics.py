@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from conftest import default_config
 from portcheck.compare import statistics as st
 from portcheck.compare.positions import compare_by_position
 
@@ -99,20 +100,26 @@ def failure_rate(kld: np.ndarray, true_ratio: float, bucket: int = 64) -> tuple[
     return statuses.count("fail") / len(statuses), statuses.count("pass") / len(statuses)
 
 
-def growth_status(windows: np.ndarray, bucket: int) -> str:
-    past, within = st.side(list(windows[:, bucket:]), 1e-6, "exact"), st.side(list(windows[:, :bucket]), 1e-6, "exact")
-    return st.ratio_check(past, within, True, 2.0, 1e-6, 0.95, "past", "within")["status"]
+SHIPPED = default_config()["compare"]["positions"]
+
+
+def growth_status(windows: np.ndarray, bucket: int, settings: dict = SHIPPED) -> str:
+    """The growth check's outcome, with the shipped compare.positions settings by default."""
+    floor, confidence = settings["growth_floor"], settings["confidence"]
+    past, within = st.side(list(windows[:, bucket:]), floor, "exact"), st.side(list(windows[:, :bucket]), floor, "exact")
+    return st.ratio_check(past, within, True, settings["growth_max"], floor, confidence, "past", "within")["status"]
 
 
 @pytest.mark.parametrize("shape", [dict(sdlog=0.8, rho=0.1, window_sd=0.1), dict(sdlog=1.5, rho=0.5, window_sd=0.3)])
 def test_growth_check_error_rates_with_the_default_corpus(shape):
-    """Default corpus: 8 windows x 255 positions, 64-position buckets. At a true ratio equal to growth_max the check
-    fails at most 5% of runs (plus two binomial standard errors of the simulation); at a true 3x it fails >= 80%;
-    at a true 1x (a healthy port) it passes >= 80%."""
+    """Default corpus (8 windows x 255 positions, 64-position buckets) and the shipped compare.positions settings:
+    at a true ratio equal to growth_max the check fails at most 5% of runs; at a true 3x it fails >= 80%; at a true
+    1x (a healthy port) it passes >= 80%. (At confidence 0.95 the same runs fail 5.9%: mean logs of heavy-tailed KLD
+    are close to normal, not exactly; hence the shipped 0.96.)"""
     rng = np.random.default_rng(7)
     kld = simulated_kld(rng, 8, 255, **shape)
     false_failures, _ = failure_rate(kld, 2.0)
-    assert false_failures <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / SIMULATIONS)
+    assert false_failures <= 0.05
     caught, _ = failure_rate(kld, 3.0)
     assert caught >= 0.80
     _, healthy_passes = failure_rate(kld, 1.0)

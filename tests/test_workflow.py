@@ -90,7 +90,7 @@ def test_engine_modes_run_with_proof_and_are_judged_against_the_base(workflow_ru
     assert "forward passes of at most 64 tokens" in chunked["proof"]
     for result in (prefix, chunked):
         assert result["status"] == "pass", result["verdict"]
-        assert result["vs_reference"]["overall"]["n_positions"] == 2 * 128 and result["vs_base"]["sequences"] == 2
+        assert result["vs_reference"]["overall"]["n_positions"] == 4 * 128 and result["vs_base"]["sequences"] == 4
         assert result["base_vs_reference"]["verdict"]["status"] == "pass"
         assert f"| {result['run']} | {result['proof']}" in report.replace("\\_", "_")
     assert "| cpu-vllm-bf16 | target |" in report and "chunked ✅ pass, prefix-cache ✅ pass" in report
@@ -218,7 +218,8 @@ def test_engine_edit_reruns_only_that_engines_targets(rerun_copy, module):
 def test_hf_engine_edit_leaves_the_vllm_target_alone(rerun_copy):
     edit(rerun_copy / "src" / "portcheck" / "engines" / "hf.py", lambda t: t + "\n# edited\n")
     plan = planned_jobs(rerun_copy)
-    assert plan["dump_logits"] == 2 and plan["run_benchmarks"] == 2  # the two hf targets
+    # the two hf targets; only cpu-hf-bf16 is benchmarked (bench.reference is false)
+    assert plan["dump_logits"] == 2 and plan["run_benchmarks"] == 1
     assert "check_serving" not in plan  # the vllm target's artifacts stay
 
 

@@ -15,6 +15,7 @@ load there buys latency, not throughput."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -244,6 +245,11 @@ def flag_problem(flags: dict) -> str | None:
         return f"this vllm bench serve lacks {', '.join(missing)}"
     if "custom" not in (flags["--dataset-name"] or []):
         return f"this vllm bench serve has no custom dataset (its datasets: {flags['--dataset-name']})"
+    if importlib.util.find_spec("pandas") is None:
+        # vLLM reads a custom dataset with pandas (its `bench` extra); without it vLLM CPU 0.18 fails with an
+        # unrelated "No package metadata was found for vllm" while looking up the extra's name.
+        return (f"vllm bench serve's custom dataset needs pandas (vLLM's bench extra): pip install pandas in "
+                f"{sys.prefix}")
     return None
 
 
