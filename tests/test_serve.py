@@ -192,9 +192,10 @@ class CharTokenizer:
 
 @pytest.fixture
 def fake_vllm(tmp_path, monkeypatch):
-    """A `vllm` package holding only the stand-in bench, first on the sweep process's path."""
+    """A `vllm` package holding only the stand-in bench (and an empty `pandas`, which the sweep asks for), first on the
+    sweep process's path."""
     root = tmp_path / "fake_vllm"
-    for package in ("vllm", "vllm/benchmarks", "vllm/utils"):
+    for package in ("vllm", "vllm/benchmarks", "vllm/utils", "pandas"):
         (root / package).mkdir(parents=True)
         (root / package / "__init__.py").write_text("")
     (root / "vllm/benchmarks/serve.py").write_text(FAKE_BENCH)
@@ -248,6 +249,15 @@ def test_a_bench_serve_without_the_custom_dataset_is_refused_by_name():
     assert "no custom dataset" in sweep.flag_problem(flags)
     del flags["--result-filename"]
     assert sweep.flag_problem(flags) == "this vllm bench serve lacks --result-filename"
+
+
+def test_a_bench_serve_environment_without_pandas_is_refused_with_the_fix(monkeypatch):
+    flags = {flag: ["custom"] if flag == "--dataset-name" else None for flag in sweep.REQUIRED_FLAGS}
+    assert sweep.flag_problem(flags) is None  # pandas is in this environment
+    real_find_spec = sweep.importlib.util.find_spec
+    monkeypatch.setattr(sweep.importlib.util, "find_spec", lambda name: None if name == "pandas" else real_find_spec(name))
+    assert sweep.flag_problem(flags).startswith("vllm bench serve's custom dataset needs pandas")
+    assert f"pip install pandas in {sys.prefix}" in sweep.flag_problem(flags)
 
 
 def test_a_failing_bench_serve_is_reported_with_its_error(tmp_path, fake_vllm, monkeypatch):
