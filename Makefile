@@ -10,7 +10,7 @@ STAMP := $(VENV)/.portcheck-installed
 CORES ?= 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup report test test-vllm-matrix test-slurm lock clean bench-workflow bench-harness bench-compact
+.PHONY: setup report test test-vllm-matrix test-slurm lock clean bench-workflow bench-harness bench-compact calibrate
 LINES ?= 0.18,0.23,0.32
 
 setup: $(STAMP)
@@ -83,6 +83,10 @@ bench-harness: setup
 # position, on a random-weight checkpoint of Qwen3.5-0.8B's text shape; writes the record the report cites.
 bench-compact: setup
 	$(BIN)/python scripts/bench_compact.py
+
+# The checks' detection table: every fault class of portcheck.faults at two magnitudes and 10 clean runs (issue 18).
+calibrate: setup
+	$(BIN)/python scripts/calibrate.py --ship
 
 # Outputs only: the tracked report template (reports/templates/) and the environment stay.
 clean:

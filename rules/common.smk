@@ -169,13 +169,22 @@ def compare_files(kind):
 
 def layers_floor(wildcards):
     """compare_layers' bf16 floor: the floor target's layers where it is enabled (portcheck.compare.layers)."""
-    if layers_no_floor(wildcards):
+    return floor_input("layers", wildcards)
+
+
+def corpus_floor(wildcards):
+    """compare_corpus' bf16 floor: the floor target's corpus dump, for the KLD-vs-floor check."""
+    return floor_input("corpus", wildcards)
+
+
+def floor_input(kind, wildcards):
+    if no_floor(wildcards):
         return {}
-    return {"floor": target_file("layers", FLOOR_TARGET)}
+    return {"floor": target_file(kind, FLOOR_TARGET)}
 
 
-def layers_no_floor(wildcards):
-    """Why this target's layers are compared with no floor (the report says it); None: the floor is an input."""
+def no_floor(wildcards):
+    """Why this target is compared with no bf16 floor (the report says it); None: the floor is an input."""
     return floor_absence(wildcards.target, REFERENCE, TARGETS)
 
 

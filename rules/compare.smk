@@ -20,6 +20,7 @@ rule compare_logits:
 
 rule compare_corpus:
     input:
+        unpack(corpus_floor),
         reference=target_file("corpus", REFERENCE),
         target=target_file("corpus"),
         code=package_sources("compare.positions"),
@@ -33,6 +34,7 @@ rule compare_corpus:
         positions=config["compare"]["positions"],
         score_from=config["corpus"]["score_from"],
         storage=STORAGE,
+        no_floor=no_floor,
     script:
         "../workflow/scripts/compare_corpus.py"
 
@@ -69,6 +71,6 @@ rule compare_layers:
     params:
         layers=config["layers"],
         bucket=config["compare"]["positions"]["bucket"],
-        no_floor=layers_no_floor,
+        no_floor=no_floor,
     script:
         "../workflow/scripts/compare_layers.py"

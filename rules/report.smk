@@ -67,6 +67,8 @@ rule render_report:
         template=local("reports/templates/report.md.j2"),
         # make bench-compact's record of compact storage at the real vocabulary (the method note cites it)
         compact_record=local("src/portcheck/dump/data/compact_error_real_shape.json"),
+        # make calibrate's detection table on the embedded model (section "What a pass is worth" cites it)
+        detection_record=local("src/portcheck/faults/data/detection.json"),
         plots=REPORT_PLOTS.values(),
         code=package_sources("report.render", "report.history", "benchmarks.plan"),
     output:

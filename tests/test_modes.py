@@ -1,6 +1,6 @@
 """Engine modes (issue 10 section 4): naming and bad input, what each mode changes in vLLM's arguments, the proof
 rules on the engine's counters, the comparison against the reference and the base with an injected fault, and a
-real chunked-prefill run on vLLM CPU whose prefill drops its initial state (a test plugin's kernel)."""
+real chunked-prefill run on vLLM CPU whose prefill drops its initial state (the fault plugin's state_dropped:99)."""
 
 from __future__ import annotations
 
@@ -237,10 +237,10 @@ def test_a_mode_as_precise_as_the_base_passes_and_an_unproven_one_is_not_run(tmp
 
 @pytest.mark.vllm
 def test_chunked_prefill_that_drops_its_initial_state_is_caught(tiny_model_dir, tmp_path):
-    """A prefill kernel that ignores the state it should start from (test plugin) leaves a prefill in one piece
+    """A prefill kernel that ignores the state it should start from (the fault plugin) leaves a prefill in one piece
     exact: the base configuration passes. The chunked mode proves from the worker's pass counter that prefills
     were split, and fails: its corpus windows' KLD is many times the base configuration's."""
-    from test_vllm_introspection import plugin_active
+    from test_vllm_introspection import fault_active
 
     from portcheck.compare.positions import compare_corpus_files
     from portcheck.dump.corpus import corpus_job
@@ -277,7 +277,7 @@ def test_chunked_prefill_that_drops_its_initial_state_is_caught(tiny_model_dir, 
         write_corpus_dump(score_windows(engine, windows, paths["base_corpus_dump"], Storage()), vllm_meta, corpus)
     base_corpus = compare_corpus_files(paths["corpus_reference"], paths["base_corpus_dump"], {}, 0.04, POSITIONS_64)
     paths["base_corpus"].write_text(json.dumps(base_corpus))
-    with plugin_active(PORTCHECK_GDN_TEST_DROP_INITIAL_STATE="1"):
+    with fault_active("state_dropped:99"):
         run_mode("cpu-vllm-bf16+chunked", tiny_model_dir, prompts, settings, text, modes,
                  {"decode": paths["mode"], "proof": paths["proof"], "corpus": paths["corpus"]}, corpus=corpus)
     for name in ("base", "mode"):
@@ -318,11 +318,11 @@ def test_the_batch_mode_decodes_the_workload_first_in_a_batch_of_the_other_promp
 
 @pytest.mark.vllm
 def test_a_kernel_wrong_only_in_batches_is_caught_by_the_batch_mode(tiny_model_dir, tmp_path):
-    """A GDN kernel that is wrong only when 3 or more sequences share a decode step (test plugin): the base
+    """A GDN kernel that is wrong only when 3 or more sequences share a decode step (the fault plugin): the base
     configuration decodes each sequence alone and passes; the batch mode proves from the worker's pass counter that
     its steps held the whole batch, sees the workload's log-probs move against the same sequences alone, and fails
     against the base."""
-    from test_vllm_introspection import plugin_active
+    from test_vllm_introspection import fault_active
 
     from portcheck.dump.decode_reference import score_decode
     from portcheck.dump.compact import Storage
@@ -344,7 +344,7 @@ def test_a_kernel_wrong_only_in_batches_is_caught_by_the_batch_mode(tiny_model_d
                               extra={"log_file": str(tmp_path / "engine.log")})
     meta = {"device": "cpu", "model_sha": model_sha(tiny_model_dir), "tokenizer_sha": tokenizer_sha(tiny_model_dir),
             "target": "cpu-vllm-bf16", "engine": "vllm", "dtype": "bf16"}
-    with plugin_active(PORTCHECK_GDN_TEST_BATCH_NOISE="64"):
+    with fault_active("batch_noise:0.1:64"):
         with make_engine(parse_target("cpu-vllm-bf16"), tiny_model_dir, settings) as engine:
             # the base decodes each sequence alone, its rows made in the worker
             write_decode_dump(paths["base"], decode_rows(engine, workload, modes["max_tokens"], Storage()), meta,

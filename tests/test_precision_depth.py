@@ -563,3 +563,25 @@ def test_the_faults_are_caught_from_compact_dumps_too(faulty_runs, tmp_path):
     decode = compare_decode_files(compact["decode_fault"]["decode_reference"], compact["decode_fault"]["decode"],
                                   THRESHOLDS, 0.04, CHUNKS, tmp_path / "corpus.json")
     assert decode["kld_basis"] == "estimate" and decode["decode_vs_prefill"]["status"] == "fail"
+
+
+def test_the_floor_check_catches_an_error_a_few_times_the_bf16_floor_under_every_threshold(faulty_runs, tmp_path):
+    """The target against the bf16 floor on the same windows (paired by window): the floor's own error scaled by 1.1
+    (KLD ~1.2x) passes; doubled everywhere (KLD ~4x, growth flat, far under kld_mean_max) fails; without a floor the
+    check is not run and says why."""
+    runs = faulty_runs
+    reference, floor = runs["reference"]["corpus"], runs["bf16"]["corpus"]
+    positions = {**CHUNKS, "floor_max": 2.0}
+    near = amplified(reference, floor, 1.1, 0, tmp_path / "near.safetensors")
+    result = compare_corpus_files(reference, near, THRESHOLDS, 0.04, positions, floor_path=floor)
+    assert result["vs_floor"]["status"] == "pass" and 1.1 < result["vs_floor"]["ratio"] < 1.4
+    assert result["verdict"]["status"] == "pass"
+    doubled = amplified(reference, floor, 2.0, 0, tmp_path / "doubled.safetensors")
+    result = compare_corpus_files(reference, doubled, THRESHOLDS, 0.04, positions, floor_path=floor)
+    assert result["pooled"]["status"] == "pass" and result["growth"]["status"] == "pass"
+    assert result["vs_floor"]["status"] == "fail" and result["vs_floor"]["ratio_lower"] > 2.0
+    assert result["verdict"]["status"] == "fail"
+    assert any(r.startswith("vs bf16 floor: KLD of the target is") for r in result["verdict"]["reasons"])
+    alone = compare_corpus_files(reference, doubled, THRESHOLDS, 0.04, positions, no_floor="no floor: disabled")
+    assert alone["vs_floor"] == {"status": "not run", "reason": "no floor: disabled"}
+    assert alone["verdict"]["status"] == "pass"

@@ -617,9 +617,9 @@ def test_every_table_ends_with_a_source_line(artifacts, tmp_path):
 def test_every_anchor_link_resolves_to_a_heading(artifacts, tmp_path):
     text = full_report(artifacts, tmp_path)
     links = re.findall(r"\]\((#[^)]*)\)", text)
-    assert links == [H["artifacts"].replace("## ", "#").replace(". ", "-").lower(), "#5-precision-comparison",
-                     "#6-long-context-precision", "#7-decode-path-precision", "#8-engine-modes",
-                     "#5-precision-comparison"]
+    assert links == [H["artifacts"].replace("## ", "#").replace(". ", "-").lower(), "#6-precision-comparison",
+                     "#7-long-context-precision", "#8-decode-path-precision", "#9-engine-modes",
+                     "#6-precision-comparison"]
     headings = {anchor(line.lstrip("#").strip()) for line in text.splitlines() if line.startswith("#")}
     assert set(links) <= headings
 
@@ -630,7 +630,7 @@ def test_section_headings_come_from_the_one_list(artifacts, tmp_path):
     assert rendered == [f"## {n}. {title}" for n, (_, title) in enumerate(SECTIONS, start=1)]
     assert rendered[:-1] == HEADINGS
     headings = section_headings()
-    assert headings["artifacts"]["anchor"] == "#17-artifacts" and headings["history"]["heading"] == "18. History"
+    assert headings["artifacts"]["anchor"] == "#18-artifacts" and headings["history"]["heading"] == "19. History"
     assert anchor("9. bf16 vs fp32: Theory (not a measurement)") == "#9-bf16-vs-fp32-theory-not-a-measurement"
 
 
@@ -835,3 +835,26 @@ def test_three_way_on_different_kld_bases_is_inconclusive_naming_both(artifacts,
     assert "⚠ inconclusive (KLD bases differ: lower bound vs exact" in row
     rms = next(line for line in three_way.splitlines() if line.startswith("| RMS Δp, seed prompts"))
     assert "✅ pass" in rms  # no KLD basis: compared as before
+
+
+def test_what_a_pass_is_worth_comes_from_the_calibration_record_or_says_unknown(monkeypatch):
+    from portcheck.report.sections import power
+
+    record = {"date": "2026-12-03", "model": "tiny", "target": "cpu-vllm-bf16", "reference": "cpu-hf-fp32",
+              "detection": [
+                  {"fault": "layer_scale:0.1", "what": "one layer off", "caught_by": [], "caught": False,
+                   "should_be_caught": True, "floor_multiple": {"corpus": 4.2, "decode": None, "chunked": 4.21,
+                                                                "batch": 1.8}},
+                  {"fault": "state_dropped:99", "what": "state ignored", "caught_by": ["chunked", "chunked growth"],
+                   "caught": True, "should_be_caught": True, "floor_multiple": {"corpus": 0.9}}],
+              "false_failures": {"corpus": {"runs": 10, "failed": 1, "inconclusive": 2}}}
+    monkeypatch.setattr(power, "_record", lambda: (record, "src/portcheck/faults/data/detection.json"))
+    section = power.power_section()
+    rows = section["faults"]["rows"]
+    assert rows[0] == ["`layer_scale:0.1`", "one layer off", "4.2×", "—", "4.2×", "1.8×", "not caught"]
+    assert rows[1][-1] == "chunked, chunked growth" and rows[1][3] == "—"
+    assert section["clean"]["rows"] == [["corpus", "1 of 10", "2"]]
+    assert section["missed"] == ["layer_scale:0.1"]
+    assert "make calibrate, 2026-12-03" in section["faults"]["source"]
+    monkeypatch.setattr(power, "_record", lambda: ({}, ""))
+    assert power.power_section() == {"available": False}

@@ -1,13 +1,11 @@
 """The adaptation checklist names the GDN code that is bound and that ran, read from the functions themselves:
-a test vLLM general plugin (tests/plugins) patches vLLM's GDN layer the way vllm-ascend does (rebinding a method of
-vLLM's class, swapping a module-level kernel), and the checklist must name the plugin's functions, with calls."""
+the project's fault plugin (portcheck.faults.vllm_plugin) patches vLLM's GDN layer the way vllm-ascend does
+(rebinding a method of vLLM's class, swapping a module-level kernel), and the checklist must name the plugin's
+functions, with calls."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -27,18 +25,13 @@ def gdn_model(request):
         pytest.skip("the model has no Gated DeltaNet layers (the dense stand-in of a vLLM line that cannot run "
                     "Qwen3.5)")
 
-PLUGINS = Path(__file__).resolve().parent / "plugins"
-PLUGIN = "portcheck_gdn_test_plugin"
+PLUGIN = "portcheck.faults.vllm_plugin"
 PROMPTS = [list(range(10, 40)), list(range(50, 70))]
 
 
 def own_kernel() -> tuple[str, str]:
     """The module-level slot the plugin swaps on this vLLM line, and vLLM's own function that sits in it."""
-    sys.path.insert(0, str(PLUGINS))
-    try:
-        from portcheck_gdn_test_plugin import kernel_slot
-    finally:
-        sys.path.remove(str(PLUGINS))
+    from portcheck.faults.vllm_plugin import kernel_slot
     from vllm.model_executor.layers.mamba.ops.cpu import gdn_attention
 
     slot = kernel_slot()
@@ -76,30 +69,26 @@ def test_checklist_names_vllms_own_gdn_functions_and_counts_their_calls(tiny_mod
 
 
 @contextlib.contextmanager
-def plugin_active(**env):
-    """The test plugin active in this process and the engine's (env: more of its switches)."""
+def fault_active(fault: str):
+    """The fault plugin active with `fault` (PORTCHECK_FAULT) in this process and the engine's."""
     import vllm.plugins
 
+    from portcheck.faults import vllm_plugin
+
     with pytest.MonkeyPatch.context() as mp:
-        # vLLM finds general plugins by entry point (importlib.metadata reads the dist-info on sys.path) and loads
-        # them in this process, the engine core and the worker; forked children inherit this sys.path and
-        # plugins_loaded, spawned ones read PYTHONPATH.
-        mp.syspath_prepend(str(PLUGINS))
-        mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(PLUGINS), os.environ.get("PYTHONPATH")) if p))
-        mp.setenv("VLLM_PLUGINS", PLUGIN)
-        mp.setenv("PORTCHECK_GDN_TEST_PLUGIN", "1")
-        for name, value in env.items():
-            mp.setenv(name, value)
+        # vLLM loads general plugins by entry point (the project's dist-info) in this process, the engine core and
+        # the worker; forked children inherit the patches and plugins_loaded, spawned ones read the environment.
+        mp.setenv("VLLM_PLUGINS", "portcheck_faults")
+        mp.setenv("PORTCHECK_FAULT", fault)
         mp.setattr(vllm.plugins, "plugins_loaded", False)
         try:
             yield
         finally:
-            if PLUGIN in sys.modules:
-                sys.modules[PLUGIN].unpatch()
+            vllm_plugin.unpatch()
 
 
 def test_checklist_names_a_plugins_rebound_forward_and_swapped_kernel(tiny_model_dir, tmp_path):
-    with plugin_active():
+    with fault_active("layer_scale:0"):  # patched, changing nothing
         items = run_engine(tiny_model_dir, tmp_path)
     gdn = items["gdn_implementation"]
     value = gdn["value"]
@@ -150,7 +139,7 @@ def test_gdn_item_says_what_ran_what_is_bound_or_that_layers_differ():
 
 
 def test_a_broken_gdn_kernel_in_one_layer_is_named_on_the_vllm_engine(tiny_model_dir, tmp_path):
-    """The plugin's GDN forward adds noise in layer 5 only: the hooks in vLLM's worker see layers 0-4 within the
+    """The fault plugin's GDN forward adds noise in layer 5 only: the hooks in vLLM's worker see layers 0-4 within the
     bf16 thresholds of the hf fp32 reference and layer 5 over them; the GDN states, read from vLLM's state cache,
     stay close up to layer 5 (its state is computed before its output is spoiled) and not in layer 6."""
     from portcheck.compare.layers import compare_layers_files
@@ -164,7 +153,7 @@ def test_a_broken_gdn_kernel_in_one_layer_is_named_on_the_vllm_engine(tiny_model
     finally:
         reference.close()
     settings = EngineSettings(max_model_len=256, max_num_seqs=2, extra={"log_file": str(tmp_path / "engine.log")})
-    with plugin_active(PORTCHECK_GDN_TEST_NOISE_LAYER="5"):
+    with fault_active("layer_noise:1:5"):
         engine = make_engine(parse_target("cpu-vllm-bf16"), tiny_model_dir, settings)
         try:
             captured = engine.layer_states(sequences)

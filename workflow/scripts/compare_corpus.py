@@ -8,7 +8,8 @@ from portcheck.workflow.script import run_script
 def main(smk):
     p = smk.params
     result = compare_corpus_files(smk.input.reference, smk.input.target, dict(p.thresholds), p.tie_tolerance,
-                                  dict(p.positions), p.score_from, dict(p.storage))
+                                  dict(p.positions), p.score_from, dict(p.storage),
+                                  smk.input.get("floor"), p.no_floor or "")
     write_json(smk.output[0], result)
 
 

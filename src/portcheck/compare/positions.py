@@ -35,11 +35,21 @@ BUCKET_CHECKS = ("kld_mean_max", "kld_p99_max", "top1_agreement_min", "ppl_rel_d
 
 
 def compare_corpus_files(ref_path, tgt_path, thresholds: dict, tie_tolerance: float, positions: dict,
-                         score_from: int = 0, storage: dict | None = None) -> dict[str, Any]:
+                         score_from: int = 0, storage: dict | None = None, floor_path=None,
+                         no_floor: str = "") -> dict[str, Any]:
     """The corpus windows (prefill): rows are positions in a window. storage: the config's compact_topk and
-    compact_sample; where both dumps hold whole rows, the compact records' KLD error is measured on them."""
+    compact_sample; where both dumps hold whole rows, the compact records' KLD error is measured on them.
+    floor_path: the bf16 floor's corpus dump (FLOOR_TARGET on the same windows) for the KLD-vs-floor check;
+    without one, `no_floor` says why it did not run."""
     ref, tgt = read_dump(ref_path), read_dump(tgt_path)
     result = compare_by_position(ref, tgt, thresholds, tie_tolerance, positions, score_from)
+    if floor_path is not None:
+        floor = compare_by_position(ref, read_dump(floor_path), thresholds, tie_tolerance, positions, score_from)
+        result["vs_floor"] = vs_floor(result, floor, str(floor_path), positions)
+        result["verdict"] = position_verdict(result["pooled"], result["growth"], result["nonfinite"],
+                                             {"vs bf16 floor": result["vs_floor"]})
+    elif no_floor:
+        result["vs_floor"] = {"status": "not run", "reason": no_floor}
     storage = storage or {}
     error = estimator_error(ref, tgt, int(storage.get("compact_topk", 256)), int(storage.get("compact_sample", 128)))
     return json_ready({**result, "corpus": tgt.meta.get("corpus"), "storage": {
@@ -63,6 +73,17 @@ def compare_decode_files(ref_path, tgt_path, thresholds: dict, tie_tolerance: fl
     result["verdict"] = position_verdict(result["pooled"], result["growth"], result["nonfinite"],
                                          {"decode vs prefill": result["decode_vs_prefill"]})
     return json_ready(result)
+
+
+def vs_floor(target: dict, floor: dict, floor_path: str, positions: dict) -> dict[str, Any]:
+    """The target's KLD against the bf16 floor's on the same windows (paired): bf16 rounding on the reference's
+    own engine is the least any bf16 port adds, and a sound port adds about as much (clean vLLM bf16 on the embedded
+    model: 0.9x); a fault that moves the KLD to a few times the floor is caught here even where it stays under the
+    fixed thresholds, which are set for the real model."""
+    check = st.ratio_check(sequence_side(target), sequence_side(floor), True, positions["floor_max"],
+                           positions["growth_floor"], positions.get("confidence", 0.95), "of the target",
+                           "the bf16 floor's")
+    return {"floor": floor_path, "kld_floor": check["kld_base"], "kld_target": check["kld_compared"], **check}
 
 
 def decode_vs_prefill(decode: dict, prefill: dict, prefill_path: str, positions: dict) -> dict[str, Any]:

@@ -13,6 +13,8 @@ import numpy as np
 from portcheck.engines import devices
 from portcheck.model.checkpoint import checkpoint_facts
 from portcheck.engines.base import Engine
+from portcheck.faults import catalog as faults
+from portcheck.faults import hf_hooks
 from portcheck.engines.layer_hooks import LayerCapture, check_layer_indices, find_decoder_layers
 from portcheck.engines.outputs import (DecodeScores, Generation, LayerStates, PromptScores, TimedGeneration,
                                        decode_row_ids, item)
@@ -61,6 +63,7 @@ class HFEngine(Engine):
             output_loading_info=True,
         )
         self.model.to(self.device).eval()
+        self.injected_fault = hf_hooks.install(self.model, target.name)  # None unless a drill names this target
         devices.synchronize(target.device)
         self.timings["weight_load_s"] = time.perf_counter() - start
         self.timings["engine_start_s"] = self.timings["weight_load_s"]
@@ -182,6 +185,7 @@ class HFEngine(Engine):
             "weight_load_s": item(round(self.timings["weight_load_s"], 3), "ok", "from_pretrained + move to device"),
             "engine_start_s": item(round(self.timings["engine_start_s"], 3), "ok", "same as weight load for hf"),
             "kv_cache_tokens": item(None, "not determined", "hf allocates its cache per request; no fixed capacity"),
+            **faults.adaptation_item(self.injected_fault is not None),
         }
 
     def _state_dtype_item(self):

@@ -24,6 +24,7 @@ from portcheck.report.sections.model import model_section
 from portcheck.report.sections.layers import layers_section
 from portcheck.report.sections.modes import modes_section
 from portcheck.report.sections.positions import decode_section, long_context_section
+from portcheck.report.sections.power import power_section
 from portcheck.report.sections.performance import performance_section
 from portcheck.report.sections.plots import plots_section
 from portcheck.report.sections.precision import precision_section
@@ -37,6 +38,7 @@ from portcheck.report.sections.three_way import three_way_section
 # the template refers to them by key. History comes last: it is shown only when the render rule records one.
 SECTIONS = (
     ("summary", "Summary"),
+    ("power", "What a pass is worth"),
     ("model", "Model and configuration"),
     ("environment", "Environment"),
     ("adaptation", "Adaptation checklist"),
@@ -88,6 +90,7 @@ def build_context(artifacts: dict, config: dict) -> dict:
         "reference": artifacts["reference"],
         "targets": [t.name for t in targets],
         "summary": summary_section(targets, manifest, manifest_path, prompts, modes.get("by_target") or {}),
+        "power": power_section(),
         "model": model_section(manifest, manifest_path, targets),
         "environment": environment_section(targets),
         "adaptation": adaptation_section(targets),

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 from safetensors import safe_open
 
+from portcheck.faults import catalog as faults
 from portcheck.errors import PortcheckError
 from portcheck.engines.base import DTYPE_BYTES, Engine, check_prompt_lengths
 from portcheck.engines.outputs import (DecodeScores, Generation, LayerStates, PromptScores, TimedGeneration,
@@ -533,7 +534,7 @@ class VLLMEngine(Engine):
         counts = self._gdn_rpc("portcheck_gdn_counts")  # calls counted since the engine started
         with contextlib.suppress(Exception):
             self.worker_info()["gdn_counts"] = counts
-        return adaptation_items(self)
+        return {**adaptation_items(self), **faults.adaptation_item()}
 
     def _gdn_rpc(self, method: str) -> dict:
         """Install or read the worker's GDN call counters (worker_extension.install_gdn_counters); never raises."""

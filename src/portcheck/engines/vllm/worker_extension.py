@@ -61,6 +61,12 @@ class PortcheckWorkerExtension:
 
         return worker_logits.write(path)
 
+    def portcheck_set_fault(self, fault: str) -> dict:
+        """Switch the fault plugin's fault in this worker (make calibrate: many faults per engine start)."""
+        from portcheck.faults import vllm_plugin
+
+        return vllm_plugin.set_fault(fault)
+
     def portcheck_count_passes(self) -> dict:
         """Count the model's forward passes and their tokens from now on (engine-mode proof; eager only)."""
         from portcheck.engines.vllm import worker_counters

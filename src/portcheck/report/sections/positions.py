@@ -91,6 +91,15 @@ def _target(data: TargetData, kind: str, floor_data: TargetData | None) -> dict:
     rows = [_ratio_row(f"growth past the first bucket ({growth.get('first_bucket', '—')})", growth,
                        growth.get("kld_first"), growth.get("kld_later"))]
     keys = ["growth"]
+    floor_check = comparison.get("vs_floor") or {}
+    if floor_check.get("status") == "not run":
+        rows.append(["vs the bf16 floor", "—", "—", "—", "—", "—", "—", "—",
+                     f"{VERDICT_LABEL.get(NOT_RUN, NOT_RUN)}: {floor_check.get('reason', UNKNOWN)}"])
+        keys.append("vs_floor")
+    elif floor_check:
+        rows.append(_ratio_row(f"vs the bf16 floor ({FLOOR_TARGET}, same windows)", floor_check,
+                               floor_check.get("kld_floor"), floor_check.get("kld_target")))
+        keys.append("vs_floor")
     paths = comparison.get("decode_vs_prefill")
     if paths:
         rows.append(_ratio_row(f"decode vs prefill ({paths.get('prefill', '—')})", paths, paths.get("kld_prefill"),

@@ -1,0 +1,39 @@
+"""The hf side of the fault plugin: forward hooks on transformers' modules for the fault classes that apply to a
+model run in one piece (a layer's output off); the state faults need a carried state, which the hf engine never
+splits, so they stay vLLM's. The reference runs on hf too, so a fault reaches an hf engine only when
+PORTCHECK_FAULT_TARGET names its target."""
+
+from __future__ import annotations
+
+import os
+
+from portcheck.faults import catalog as faults
+from portcheck.errors import PortcheckError
+
+HF_FAULTS = ("layer_scale", "layer_noise")
+TARGET_ENV = "PORTCHECK_FAULT_TARGET"
+
+
+def install(model, target: str) -> str | None:
+    """Hook the fault PORTCHECK_FAULT names into `model` if PORTCHECK_FAULT_TARGET names `target`; returns the
+    fault's description, or None."""
+    fault = faults.active()
+    if fault is None or os.environ.get(TARGET_ENV, "").strip() != target:
+        return None
+    if fault.name not in HF_FAULTS:
+        raise PortcheckError(f"fault {fault} has no hf equivalent (hf takes {', '.join(HF_FAULTS)}); unset "
+                             f"{faults.ENV} for the hf targets")
+    layers = getattr(getattr(model.model, "language_model", model.model), "layers")
+    if not 0 <= fault.where < len(layers) or not hasattr(layers[fault.where], "linear_attn"):
+        raise PortcheckError(f"fault {fault}: decoder layer {fault.where} is not a Gated DeltaNet layer of this model")
+    layers[fault.where].linear_attn.register_forward_hook(lambda module, args, output: _spoiled(fault, output))
+    return str(fault)
+
+
+def _spoiled(fault, output):
+    import torch
+
+    if fault.name == "layer_scale":
+        return output * (1.0 + fault.magnitude)
+    noise = torch.randn(output.shape, generator=torch.Generator().manual_seed(0))
+    return output + (noise * fault.magnitude * output.float().std()).to(output.dtype)

@@ -1,0 +1,49 @@
+"""What a pass is worth: the checks' detection table that `make calibrate` measured (a record shipped with
+portcheck, not this run's): each injected fault class, its size as a multiple of the bf16 floor, the checks that
+caught it, and the clean runs' false failures."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+from portcheck.report.format import UNKNOWN, table
+
+# make calibrate --ship writes it (scripts/calibrate.py).
+DETECTION_RECORD = ("portcheck.faults", "data/detection.json")
+KINDS = ("corpus", "decode", "chunked", "batch")
+
+
+def power_section() -> dict:
+    record, path = _record()
+    if not record:
+        return {"available": False}
+    rows = []
+    for row in record.get("detection") or []:
+        multiples = row.get("floor_multiple") or {}
+        rows.append([f"`{row['fault']}`", row.get("what", UNKNOWN), *(_multiple(multiples.get(k)) for k in KINDS),
+                     ", ".join(row.get("caught_by") or []) or "not caught"])
+    clean = [[check, f"{counts['failed']} of {counts['runs']}", str(counts["inconclusive"])]
+             for check, counts in (record.get("false_failures") or {}).items()]
+    source = f"{path} (make calibrate, {record.get('date', UNKNOWN)}: {record.get('model', UNKNOWN)}, " \
+             f"{record.get('target', UNKNOWN)} against {record.get('reference', UNKNOWN)})"
+    missed = [row["fault"] for row in record.get("detection") or [] if row.get("should_be_caught") and not row["caught"]]
+    return {
+        "available": True,
+        "faults": table(["Injected fault", "Port bug it stands for", *(f"KLD / floor, {k}" for k in KINDS),
+                         "Caught by"], rows, source + ": detection"),
+        "clean": table(["Check", "False failures", "Inconclusive"], clean, source + ": false_failures"),
+        "missed": missed,
+    }
+
+
+def _multiple(value) -> str:
+    return "—" if value is None else f"{value:.1f}×"
+
+
+def _record() -> tuple[dict, str]:
+    package, name = DETECTION_RECORD
+    path = resources.files(package) / name
+    if not path.is_file():
+        return {}, ""
+    return json.loads(path.read_text(encoding="utf-8")), f"src/{package.replace('.', '/')}/{name}"

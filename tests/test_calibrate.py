@@ -1,0 +1,54 @@
+"""make calibrate's short version (issue 18 section 3): one magnitude per fault class and two clean runs on the real
+vLLM CPU engine, so the detection claims of the shipped record (src/portcheck/faults/data/detection.json, which the
+report cites) cannot rot unnoticed."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import pytest
+
+from portcheck.faults import calibrate
+from portcheck.faults.catalog import CLASSES
+
+from conftest import default_config, has_gdn
+
+pytestmark = pytest.mark.vllm
+
+
+def shipped() -> dict:
+    return json.loads((resources.files("portcheck.faults") / "data/detection.json").read_text(encoding="utf-8"))
+
+
+def test_the_plan_runs_every_class_at_two_magnitudes_or_the_larger():
+    full, clean = calibrate.plan(short=False)
+    assert clean == 10 and len(full) == 2 * len(CLASSES) and set(calibrate.MAGNITUDES) == set(CLASSES)
+    short, clean = calibrate.plan(short=True)
+    assert clean == 2 and short == [f"{name}:{sizes[-1]:g}" for name, sizes in calibrate.MAGNITUDES.items()]
+
+
+def test_the_shipped_record_covers_every_class_and_ten_clean_runs():
+    record = shipped()
+    assert {row["fault"] for row in record["detection"]} == set(calibrate.plan(short=False)[0])
+    assert all(counts["runs"] == 10 for counts in record["false_failures"].values())
+
+
+def test_the_short_calibration_catches_what_the_shipped_record_says(tiny_model_dir, tmp_path):
+    if not has_gdn(tiny_model_dir):
+        pytest.skip("the fault classes act on Gated DeltaNet layers: this line's stand-in model has none")
+    from portcheck.config import load_schema, validate_config
+
+    from conftest import ROOT
+
+    config = validate_config(default_config(), load_schema(ROOT / "config" / "schema.yaml"), ROOT)
+    record = calibrate.calibrate(tiny_model_dir, config, tmp_path, short=True, base_dir=ROOT)
+    print(calibrate.table(record), record["seconds"])
+    measured = {row["fault"]: row for row in record["detection"]}
+    expected = {row["fault"]: row for row in shipped()["detection"] if row["fault"] in measured}
+    assert set(measured) == set(expected) == set(calibrate.plan(short=True)[0])
+    for fault, row in expected.items():
+        assert set(row["caught_by"]) <= set(measured[fault]["caught_by"]), (fault, measured[fault])
+    assert measured["state_dropped:99"]["caught"] and measured["batch_noise:0.1"]["caught"]
+    assert all(counts["failed"] == 0 for counts in record["false_failures"].values()), record["false_failures"]
+    assert measured["layer_noise:0.3"]["layers"]["first_over"] == "layer 5"  # the fault's layer is named
