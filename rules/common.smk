@@ -195,6 +195,7 @@ def dump_inputs():
 
 
 MANIFEST = f"{RESULTS}/manifest.json"
+CONTEXT = f"{RESULTS}/context.json"  # the reference's far-context dependence (rule measure_context)
 
 
 def engine_inputs():
@@ -315,6 +316,11 @@ def reference_decode_sources(wildcards):
     return package_sources("dump.decode_reference", exclude=engines_other_than(REFERENCE))
 
 
+def context_sources(wildcards):
+    """The reference's context-dependence measurement with the reference's one engine."""
+    return package_sources("model.context", exclude=engines_other_than(REFERENCE))
+
+
 def target_hardware(wildcards):
     """The hardware peaks this target is checked against: {name, peaks}; peaks None where none is configured."""
     name = config["targets"][wildcards.target].get("hardware")
@@ -341,6 +347,7 @@ REFERENCE_STACK = result_versions(REFERENCE, environment=REFERENCE_PYTHON_ENV)
 REPORT_ARTIFACTS = {
     **{kind: compare_files(kind) for kind in OPTIONAL_COMPARISONS},
     "manifest": MANIFEST,
+    "context": [CONTEXT] if CORPUS else [],
     "per_target": [target_file(kind, t) for t in TARGETS for kind in REPORTED_KINDS if kind != "bench" or t in BENCHED],
     "bench_checks": target_files("bench_checks", BENCHED),
     "serve": target_files("serve", SERVED),

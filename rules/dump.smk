@@ -55,3 +55,29 @@ rule score_decode:
         python_env=REFERENCE_PYTHON_ENV,
     script:
         "../workflow/scripts/score_decode.py"
+
+
+# How much the model needs far context: the reference's loss with the whole corpus window against the last 64
+# tokens only (the model section; a model that forgets fast hides every fault in a carried state).
+rule measure_context:
+    input:
+        model=model_dir(),
+        corpus=CORPUS_TEXT,
+        code=context_sources,
+    output:
+        CONTEXT,
+    log:
+        main=f"logs/{MODEL}/measure_context.log",
+        engine=f"logs/{MODEL}/measure_context.engine.log",
+    threads: REFERENCE_THREADS
+    resources:
+        gpu=int(REFERENCE_DEVICE == "gpu"),
+        npu=int(REFERENCE_DEVICE == "npu"),
+    params:
+        reference=REFERENCE,
+        settings=vars(engine_settings(config, REFERENCE)),
+        corpus=config["corpus"],
+        stack=REFERENCE_STACK,
+        python_env=REFERENCE_PYTHON_ENV,
+    script:
+        "../workflow/scripts/measure_context.py"

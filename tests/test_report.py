@@ -848,7 +848,7 @@ def test_what_a_pass_is_worth_comes_from_the_calibration_record_or_says_unknown(
                   {"fault": "state_dropped:99", "what": "state ignored", "caught_by": ["chunked", "chunked growth"],
                    "caught": True, "should_be_caught": True, "floor_multiple": {"corpus": 0.9}}],
               "false_failures": {"corpus": {"runs": 10, "failed": 1, "inconclusive": 2}}}
-    monkeypatch.setattr(power, "_record", lambda: (record, "src/portcheck/faults/data/detection.json"))
+    monkeypatch.setattr(power, "shipped_record", lambda *_: (record, "src/portcheck/faults/data/detection.json"))
     section = power.power_section()
     rows = section["faults"]["rows"]
     assert rows[0] == ["`layer_scale:0.1`", "one layer off", "4.2×", "—", "4.2×", "1.8×", "not caught"]
@@ -856,5 +856,5 @@ def test_what_a_pass_is_worth_comes_from_the_calibration_record_or_says_unknown(
     assert section["clean"]["rows"] == [["corpus", "1 of 10", "2"]]
     assert section["missed"] == ["layer_scale:0.1"]
     assert "make calibrate, 2026-12-03" in section["faults"]["source"]
-    monkeypatch.setattr(power, "_record", lambda: ({}, ""))
+    monkeypatch.setattr(power, "shipped_record", lambda *_: ({}, ""))
     assert power.power_section() == {"available": False}

@@ -12,6 +12,7 @@ from typing import Any
 from portcheck.errors import PortcheckError
 
 MANIFEST = "manifest.json"
+CONTEXT = "context.json"
 HISTORY = "history.jsonl"
 # Per-target artifacts: kind -> file name under results/<model>/<target>/.
 TARGET_FILES = {
@@ -33,6 +34,7 @@ TARGET_FILES = {
 # The rule that writes each kind (the fix a reader names when an artifact is unreadable).
 WRITTEN_BY = {
     "manifest": "write_manifest",
+    "context": "measure_context",
     "env": "capture_env",
     "logits": "dump_logits",
     "adaptation": "dump_logits",
@@ -192,6 +194,8 @@ def kind_of(path: str) -> str | None:
     path = path.replace(os.sep, "/")
     if path.endswith("/" + MANIFEST):
         return "manifest"
+    if path.endswith("/" + CONTEXT):
+        return "context"
     if "/compare/" in path:
         if path.endswith(".mode.json"):
             return "mode_compare"

@@ -3,6 +3,8 @@ check any figure against the file it came from."""
 
 from __future__ import annotations
 
+import json
+from importlib import resources
 from pathlib import Path
 
 from portcheck.report.load import TargetData
@@ -29,3 +31,12 @@ def _with_placeholder(path: Path, target: str) -> str:
     if path.name.startswith(target + "."):  # results/<model>/compare/<target>.json, <target>.corpus.json
         return str(path.with_name(TARGET_PLACEHOLDER + path.name[len(target):]))
     return str(path)
+
+
+def shipped_record(package: str, name: str) -> tuple[dict, str]:
+    """A record a make target measured and portcheck ships (package data), and its path as the report cites it;
+    ({}, "") where it is absent."""
+    path = resources.files(package) / name
+    if not path.is_file():
+        return {}, ""
+    return json.loads(path.read_text(encoding="utf-8")), f"src/{package.replace('.', '/')}/{name}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from portcheck.artifacts import read_artifact
 from portcheck.report.format import ABSENT, NOT_RUN, UNKNOWN, gib, millions, num, show, table
 from portcheck.report.load import TargetData
 from portcheck.report.sources import cite, every_target
@@ -16,9 +17,37 @@ MANIFEST_KEYS = ("source", "config", "parameters", "tensor_count", "text_tensors
                  "total_bytes", "files", "dtypes", "model_sha", "tokenizer_sha")
 
 
-def model_section(manifest: dict | None, manifest_path: str | None, targets: list[TargetData]) -> dict:
+def model_section(manifest: dict | None, manifest_path: str | None, targets: list[TargetData],
+                  context_path: str | None = None) -> dict:
     return {"table": model_table(manifest, manifest_path) if manifest is not None else None,
-            "settings": settings_table(targets)}
+            "settings": settings_table(targets), "context": context_table(context_path)}
+
+
+def context_table(path: str | None) -> dict | None:
+    """How much the model needs far context (rule measure_context); None where the corpus is off."""
+    if not path:
+        return None
+    c = read_artifact(path, "context")
+    if c.get("status") != "ok":
+        rows = [["far-context dependence", NOT_RUN, c.get("reason", UNKNOWN)]]
+    else:
+        n = c["context_tokens"]
+        rows = [["next-token loss, whole window", f"{c['loss_full']:.3f} nats",
+                 f"{c['positions']} positions (every {c['stride']}th from {n}) of {c['windows']} corpus windows, "
+                 f"{c['reference']}"],
+                ["next-token loss, last {} tokens only".format(n), f"{c['loss_cut']:.3f} nats",
+                 "the same positions, the context cut to one Gated DeltaNet chunk"],
+                ["rise when the far context is cut", f"{c['rise']:+.3f} nats",
+                 _dependence_note(c)]]
+    return table(["Measure", "Value", "Note"], rows, cite(path, "loss_full", "loss_cut", "rise"))
+
+
+def _dependence_note(c: dict) -> str:
+    """What the rise means for the checks that need a carried state."""
+    if c["rise"] < 0.05:
+        return ("the model barely uses context beyond one chunk: a fault in a carried state (GDN state across "
+                "chunks, attention far back) hardly moves its outputs, so the checks on them have little to see")
+    return "the model uses context beyond one chunk: faults in carried state move its outputs"
 
 
 def model_table(manifest: dict, manifest_path: str) -> dict:

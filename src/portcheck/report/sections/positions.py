@@ -5,12 +5,9 @@ bucket) where that target ran."""
 
 from __future__ import annotations
 
-import json
-from importlib import resources
-
 from portcheck.report.format import NOT_RUN, UNKNOWN, VERDICT_LABEL, VERDICT_STATUSES, num, pct, sci, table
 from portcheck.report.load import TargetData
-from portcheck.report.sources import cite, every_target
+from portcheck.report.sources import cite, every_target, shipped_record
 from portcheck.targets import FLOOR_TARGET
 
 # The comparisons by position: artifact kind -> (what a position is, the config key that turns it off).
@@ -199,7 +196,7 @@ def _storage_tables(targets: list[TargetData]) -> dict:
         if error:
             errors.append(_error_row(f"this run: {t.name} vs the reference", error))
     source = cite(every_target(compared, "corpus_compare"), "storage", "kld_basis") + "; bytes: file size / positions"
-    record, record_path = _real_shape_record()
+    record, record_path = shipped_record(*REAL_SHAPE_RECORD)
     for regime, figures in (record.get("regimes") or {}).items():
         errors.append(_error_row(f"real shape, random weights {regime} (bf16 vs fp32, make bench-compact "
                                  f"{record.get('date', '')})", figures))
@@ -228,10 +225,3 @@ def _error_row(label: str, error: dict) -> list[str]:
             with_error(error.get("estimate_mean"), error.get("estimate_rel_error")),
             with_error(error.get("lower_bound_mean"), error.get("lower_bound_rel_error"))]
 
-
-def _real_shape_record() -> tuple[dict, str]:
-    package, name = REAL_SHAPE_RECORD
-    path = resources.files(package) / name
-    if not path.is_file():
-        return {}, ""
-    return json.loads(path.read_text(encoding="utf-8")), f"src/{package.replace('.', '/')}/{name}"

@@ -4,10 +4,8 @@ caught it, and the clean runs' false failures."""
 
 from __future__ import annotations
 
-import json
-from importlib import resources
-
 from portcheck.report.format import UNKNOWN, table
+from portcheck.report.sources import shipped_record
 
 # make calibrate --ship writes it (scripts/calibrate.py).
 DETECTION_RECORD = ("portcheck.faults", "data/detection.json")
@@ -15,7 +13,7 @@ KINDS = ("corpus", "decode", "chunked", "batch")
 
 
 def power_section() -> dict:
-    record, path = _record()
+    record, path = shipped_record(*DETECTION_RECORD)
     if not record:
         return {"available": False}
     rows = []
@@ -40,10 +38,3 @@ def power_section() -> dict:
 def _multiple(value) -> str:
     return "—" if value is None else f"{value:.1f}×"
 
-
-def _record() -> tuple[dict, str]:
-    package, name = DETECTION_RECORD
-    path = resources.files(package) / name
-    if not path.is_file():
-        return {}, ""
-    return json.loads(path.read_text(encoding="utf-8")), f"src/{package.replace('.', '/')}/{name}"
