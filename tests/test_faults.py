@@ -12,6 +12,14 @@ from portcheck.errors import PortcheckError
 from portcheck.faults import hf_hooks, vllm_plugin
 
 
+@pytest.fixture(autouse=True)
+def unpatched():
+    """Each test starts with vLLM unpatched (an engine started earlier in this process may have loaded the plugin)."""
+    vllm_plugin.unpatch()
+    yield
+    vllm_plugin.unpatch()
+
+
 def test_a_fault_is_parsed_with_its_default_place_and_bad_specs_name_the_format():
     assert faults.parse("layer_scale:0.05") == faults.Fault("layer_scale", 0.05, 4)
     assert faults.parse("rope_offset:8:200") == faults.Fault("rope_offset", 8.0, 200)

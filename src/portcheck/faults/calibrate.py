@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from portcheck.faults import catalog as faults
+from portcheck.faults import vllm_plugin
 from portcheck.atomic import atomic_path
 from portcheck.compare.layers import compare_layers_files
 from portcheck.compare.positions import compare_corpus_files, compare_decode_files
@@ -65,12 +66,14 @@ def plan(short: bool) -> tuple[list[str], int]:
 
 @contextlib.contextmanager
 def _fault_plugin() -> Iterator[None]:
-    """Every vLLM process of this run patched (inert until a fault is switched on)."""
+    """Every vLLM process of this run patched (inert until a fault is switched on); this process unpatched after
+    (vLLM loads its plugins here too)."""
     before = os.environ.get(faults.ENV)
     os.environ[faults.ENV] = "layer_scale:0"  # patches in, changing nothing
     try:
         yield
     finally:
+        vllm_plugin.unpatch()
         if before is None:
             os.environ.pop(faults.ENV, None)
         else:
@@ -111,8 +114,8 @@ class Calibration:
         return cut_windows(ids[k * spare // CLEAN_RUNS:], length, count)
 
     def decode_prompts(self, k: int) -> list[list[int]]:
-        rotated = self.prompts[k % len(self.prompts):] + self.prompts[: k % len(self.prompts)]
-        return rotated
+        """The seed prompts rotated by k: the workload takes the first ones."""
+        return self.prompts[k % len(self.prompts):] + self.prompts[: k % len(self.prompts)]
 
     def workload(self, k: int) -> list[list[int]]:
         return mode_workload(self.tokenizer, self.text, self.decode_prompts(k), self.modes, self.settings.max_model_len)
@@ -123,7 +126,8 @@ class Calibration:
     # -- the engines ---------------------------------------------------------------------------------------------
 
     def score_reference(self, runs: int) -> dict[int, float]:
-        """The reference's and the floor's corpus dumps of each window set; returns the floor's mean KLD."""
+        """The reference's and the floor's corpus dumps and layers of each window set; returns the floor's mean KLD
+        on each."""
         floors = {}
         for target in (REFERENCE, FLOOR_TARGET):
             with make_engine(parse_target(target), self.model_dir, EngineSettings(threads=1)) as engine:
@@ -157,8 +161,7 @@ class Calibration:
     def run_target(self, runs: list[tuple[str, int, str | None]], chunked: bool) -> None:
         """Each run (name, window set, fault) in one engine: the base configuration's corpus, decode and batch
         decode, or the chunked mode's corpus."""
-        settings = mode_settings(self.settings, "chunked", self.modes) if chunked else \
-            mode_settings(self.settings, "batch", self.modes)
+        settings = mode_settings(self.settings, "chunked" if chunked else "batch", self.modes)
         with _fault_plugin(), make_engine(parse_target(TARGET), self.model_dir, settings) as engine:
             for name, k, fault in runs:
                 _switch(engine, fault)

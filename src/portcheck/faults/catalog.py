@@ -82,6 +82,17 @@ def active() -> Fault | None:
     return parse(text) if text else None
 
 
+def spoiled_output(fault: Fault, output, seed: int = 0):
+    """A layer's output as a layer fault leaves it: scaled (layer_scale), or with seeded Gaussian noise of
+    `magnitude` times its standard deviation (layer_noise, batch_noise)."""
+    import torch
+
+    if fault.name == "layer_scale":
+        return output * (1.0 + fault.magnitude)
+    noise = torch.randn(output.shape, generator=torch.Generator().manual_seed(seed))
+    return output + (noise * fault.magnitude * output.float().std()).to(output.dtype)
+
+
 def round_mantissa(tensor, bits: int):
     """`tensor` (float32) rounded to `bits` explicit mantissa bits, to nearest even (bf16 keeps 7)."""
     import torch

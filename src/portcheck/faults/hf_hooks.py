@@ -26,14 +26,6 @@ def install(model, target: str) -> str | None:
     layers = getattr(getattr(model.model, "language_model", model.model), "layers")
     if not 0 <= fault.where < len(layers) or not hasattr(layers[fault.where], "linear_attn"):
         raise PortcheckError(f"fault {fault}: decoder layer {fault.where} is not a Gated DeltaNet layer of this model")
-    layers[fault.where].linear_attn.register_forward_hook(lambda module, args, output: _spoiled(fault, output))
+    layers[fault.where].linear_attn.register_forward_hook(
+        lambda module, args, output: faults.spoiled_output(fault, output))
     return str(fault)
-
-
-def _spoiled(fault, output):
-    import torch
-
-    if fault.name == "layer_scale":
-        return output * (1.0 + fault.magnitude)
-    noise = torch.randn(output.shape, generator=torch.Generator().manual_seed(0))
-    return output + (noise * fault.magnitude * output.float().std()).to(output.dtype)

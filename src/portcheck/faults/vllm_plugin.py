@@ -1,7 +1,7 @@
 """The fault plugin for vLLM (entry point `vllm.general_plugins`): patches vLLM the way vllm-ascend does, without
 replacing its classes. It rebinds QwenGatedDeltaNetAttention.forward_cpu and Qwen3NextAttention._project_qkv_gate
 and swaps a module-level GDN kernel of vLLM's CPU op, each to a function of this module that calls the original.
-Inert unless PORTCHECK_FAULT names a fault (portcheck.faults); unpatch() restores vLLM.
+Inert unless PORTCHECK_FAULT names a fault (portcheck.faults.catalog); unpatch() restores vLLM.
 
 The state faults act on vLLM's own state cache (layer.kv_cache[1]) before the CPU GDN kernel reads it: at a
 prefill that continues a carried state (a prefill split into chunks, or a prefix-cache hit) or at each decode step;
@@ -45,21 +45,11 @@ def _output_fault(fault, prefix: str, tokens: int):
     """The change a layer-output fault makes to this layer's output in this pass, or None."""
     if fault is None:
         return None
-    in_layer = f"layers.{fault.where}." in f"{prefix}."
-    if fault.name == "layer_scale" and in_layer:
-        return lambda output: output * (1.0 + fault.magnitude)
-    if fault.name == "layer_noise" and in_layer:
-        return lambda output: _noisy(output, fault.magnitude, 0)
+    if fault.name in ("layer_scale", "layer_noise") and f"layers.{fault.where}." in f"{prefix}.":
+        return lambda output: faults.spoiled_output(fault, output)
     if fault.name == "batch_noise" and 2 < tokens <= fault.where:
-        return lambda output: _noisy(output, fault.magnitude, tokens)
+        return lambda output: faults.spoiled_output(fault, output, seed=tokens)
     return None
-
-
-def _noisy(output, scale: float, seed: int):
-    import torch
-
-    noise = torch.randn(output.shape, generator=torch.Generator().manual_seed(seed))
-    return output + (noise * scale * output.float().std()).to(output.dtype)
 
 
 def project_qkv_gate(self, qkv, positions):
@@ -118,7 +108,7 @@ def _spoil_states(fault, layer, metadata) -> None:
 
 
 def _check_applies(fault) -> None:
-    """Refuse a fault this vLLM line has no place for: a run that could not be spoiled must not count as caught."""
+    """Refuse a fault this vLLM line has no place for: a run it could not spoil would read as a fault not caught."""
     from vllm.model_executor.models import qwen3_next
 
     if fault.name in STATE_FAULTS and kernel_slot() != KERNEL_SLOTS[0]:
@@ -142,7 +132,6 @@ def set_fault(text: str) -> dict:
 
 def _layer_index(prefix: str) -> int:
     return int(prefix.split("layers.")[1].split(".")[0])
-
 
 
 def register() -> None:
