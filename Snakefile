@@ -1,7 +1,7 @@
 # portcheck: does a ported LLM run, agree with a trusted reference, and how fast is it.
 #   snakemake --cores 1 report
 # One rule file per stage, one package folder per stage (README: "Where things live"):
-#   model -> env -> dump (logits, adaptation, determinism, samples) -> compare -> benchmarks -> report
+#   model -> env -> dump (logits, adaptation, determinism, samples) -> compare -> benchmarks -> accuracy -> report
 
 
 from snakemake.utils import min_version
@@ -19,6 +19,7 @@ include: "rules/dump.smk"
 include: "rules/compare.smk"
 include: "rules/modes.smk"
 include: "rules/benchmarks.smk"
+include: "rules/accuracy.smk"
 include: "rules/report.smk"
 include: "rules/shared_store.smk"
 

@@ -37,6 +37,8 @@ from portcheck.benchmarks.plan import benched_targets  # noqa: E402
 from portcheck.model.checkpoint import checkpoint_fingerprint  # noqa: E402
 from portcheck.workflow.rebuild import rebuild_damaged  # noqa: E402
 from portcheck.errors import PortcheckError  # noqa: E402
+from portcheck.accuracy.tasks import data_files as accuracy_task_data  # noqa: E402
+from portcheck.env.versions import distribution_version  # noqa: E402
 from portcheck.env import python_env  # noqa: E402
 from portcheck.targets import ENGINE_MODULES, FLOOR_TARGET, TARGET_PATTERN, floor_absence, parse_target  # noqa: E402
 from portcheck.workflow.code_inputs import PACKAGE_DIR, module_closure  # noqa: E402
@@ -100,6 +102,10 @@ BENCHED = benched_targets(TARGETS, REFERENCE, config["bench"])
 CORPUS = config["corpus"]["enabled"]
 # The corpus text, an input of every dump (another text redoes the dumps); local(): it stays on each host.
 CORPUS_TEXT = local(os.path.relpath(corpus_path(config, workflow.basedir)))
+# The accuracy stage's shipped lm-eval task data (an edit reruns the evaluations), and the lm-eval version (an
+# upgrade reruns them): lm-eval runs in this environment for every target.
+ACCURACY_TASK_DATA = [os.path.relpath(path) for path in accuracy_task_data()]
+LM_EVAL_VERSION = distribution_version("lm_eval", "lm-eval")
 # What a dump job writes: the optional kinds are named like the config sections that turn them on.
 # Engine-mode runs (<target>+<mode>) of enabled targets, and those whose target is not enabled (reported not run).
 MODE_RUNS, MODE_RUNS_NOT_RUN = active_runs(config)
@@ -132,12 +138,14 @@ BENCH_PLOTS = {
 }
 LONG_CONTEXT_PLOT = f"{REPORTS}/kld_long_context.png"
 LAYERS_PLOT = f"{REPORTS}/layer_errors.png"
+SERVE_PLOT = f"{REPORTS}/serve_sweep.png"
 # Every plot the report links, in its order; the long-context and per-layer ones only where they are measured.
 REPORT_PLOTS = {
     **PLOTS,
     **({"kld_long_context": LONG_CONTEXT_PLOT} if CORPUS else {}),
     **({"layer_errors": LAYERS_PLOT} if config["layers"]["enabled"] else {}),
     **BENCH_PLOTS,
+    **({"serve_sweep": SERVE_PLOT} if SERVED else {}),
 }
 # The config file the run used, for the report's "regenerate" command (None: the default one).
 CONFIGFILE = workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else None
@@ -265,6 +273,11 @@ def dump_sources(wildcards):
 def bench_sources(wildcards):
     """The offline benchmarks with the one engine the target runs."""
     return package_sources("benchmarks.offline", exclude=other_engines(wildcards))
+
+
+def accuracy_sources(wildcards):
+    """lm-eval's driver, and the server it starts for a vllm target, with the one engine the target runs."""
+    return package_sources("accuracy.evaluate", "benchmarks.serving", exclude=other_engines(wildcards))
 
 
 def model_dir():

@@ -60,6 +60,20 @@ rule plot_bench:
         "../workflow/scripts/plot_bench.py"
 
 
+rule plot_serve:
+    input:
+        serve=target_files("serve", SERVED),
+        code=package_sources("report.plots"),
+    output:
+        SERVE_PLOT,
+    log:
+        f"logs/{MODEL}/plot_serve.log",
+    params:
+        targets=SERVED,
+    script:
+        "../workflow/scripts/plot_serve.py"
+
+
 rule render_report:
     input:
         # every artifact the report reads (rules/common.smk: checked against their recorded hashes)

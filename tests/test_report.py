@@ -630,7 +630,7 @@ def test_section_headings_come_from_the_one_list(artifacts, tmp_path):
     assert rendered == [f"## {n}. {title}" for n, (_, title) in enumerate(SECTIONS, start=1)]
     assert rendered[:-1] == HEADINGS
     headings = section_headings()
-    assert headings["artifacts"]["anchor"] == "#18-artifacts" and headings["history"]["heading"] == "19. History"
+    assert headings["artifacts"]["anchor"] == "#19-artifacts" and headings["history"]["heading"] == "20. History"
     assert anchor("9. bf16 vs fp32: Theory (not a measurement)") == "#9-bf16-vs-fp32-theory-not-a-measurement"
 
 
@@ -858,3 +858,51 @@ def test_what_a_pass_is_worth_comes_from_the_calibration_record_or_says_unknown(
     assert "make calibrate, 2026-12-03" in section["faults"]["source"]
     monkeypatch.setattr(power, "shipped_record", lambda *_: ({}, ""))
     assert power.power_section() == {"available": False}
+
+
+def accuracy_compare_json(status: str, in_verdict: bool) -> dict:
+    """The shape accuracy/compare.py writes."""
+    task = {"metric": "acc", "n": 24, "reference_score": 0.5, "score": 0.25 if status == "fail" else 0.5,
+            "same_answer": 0.75, "lost": 6, "gained": 0 if status == "fail" else 6,
+            "mcnemar_p": 0.03125 if status == "fail" else 1.0, "significantly_worse": status == "fail",
+            "mcnemar_could_fail": True, "within_rtol": status != "fail", "status": status,
+            "reference_stderr": 0.1, "stderr": 0.09}
+    return {"reference": REFERENCE, "target": TARGET, "rtol": 0.05, "alpha": 0.05, "in_verdict": in_verdict,
+            "tasks": {"portcheck_mc": task}, "verdict": {"status": status}}
+
+
+@pytest.mark.parametrize("in_verdict", [False, True])
+def test_task_accuracy_is_shown_and_enters_the_verdict_only_where_configured(artifacts, tmp_path, in_verdict):
+    artifacts["compare"][TARGET].write_text(json.dumps(
+        {**json.loads(artifacts["compare"][TARGET].read_text()), "verdict": {"status": "pass", "checks": [],
+                                                                            "reasons": [], "notes": []}}))
+    path = tmp_path / "results" / "m" / "compare" / f"{TARGET}.accuracy.json"
+    path.write_text(json.dumps(accuracy_compare_json("fail", in_verdict)))
+    text = render({**artifacts, "accuracy_compare": {TARGET: path}}, tmp_path)
+    body = section(text, H["accuracy"])
+    assert f"| {TARGET} | portcheck\\_mc | acc | 24 | 0.5 | 0.25 | 75% | 6 / 0 | 0.03125 | ❌ no | ❌ fail |" in body
+    assert "/compare/&lt;target&gt;.accuracy.json (tasks.\\*)" in body
+    summary = section(text, H["summary"])
+    assert ("**Overall: ❌ fail**" in summary) == in_verdict
+    assert ("task accuracy fail" in summary) == in_verdict
+    # Enabled but not produced: said so, never a pass.
+    text = render({**artifacts, "accuracy_compare": {}}, tmp_path)
+    assert "Not run: " in section(text, H["accuracy"]) and "task-accuracy comparison" in section(text, H["accuracy"])
+
+
+def test_the_serving_sweep_plot_orders_levels_by_load_and_marks_saturation(tmp_path):
+    def level(name, rate, throughput, ttft):
+        return {"name": name, "request_throughput": rate, "output_throughput": throughput, "median_ttft_ms": ttft,
+                "p99_ttft_ms": ttft * 2}
+
+    serve = {"levels": [level("synchronous", 1.0, 16.0, 20.0), level("throughput", 9.0, 100.0, 400.0),
+                        level("rate 3/s", 3.0, 48.0, 25.0), {"name": "rate 6/s", "error": "timed out"},
+                        level("rate 7/s", 6.5, 98.0, 90.0)],
+             "sweep": {"saturation": {"reached": True, "level": "throughput"}}}
+    path = write_json(tmp_path / "serve.json", serve)
+    frame = plots.serve_frame({TARGET: path})
+    assert list(frame["level"]) == ["synchronous", "rate 3/s", "rate 7/s", "throughput"]  # the failed level left out
+    assert list(frame["saturation"]) == [False, False, False, True]
+    plots.plot_serve_sweep({TARGET: path}, tmp_path / "serve_sweep.png")
+    plots.plot_serve_sweep({}, tmp_path / "empty.png")
+    assert (tmp_path / "serve_sweep.png").stat().st_size > 10_000 and (tmp_path / "empty.png").is_file()

@@ -135,8 +135,9 @@ def test_benchmarks_and_serving_are_measured_and_reported(workflow_run):
     assert not (results / "cpu-hf-fp32" / "serve.json").exists()
     assert not (results / "cpu-hf-fp32" / "bench.json").exists()
     assert "| cpu-hf-fp32 | not run (bench.reference is false) |" in report
-    for png in ("throughput_vs_batch.png", "latency_percentiles.png"):
+    for png in ("throughput_vs_batch.png", "latency_percentiles.png", "serve_sweep.png"):
         assert (workflow_run / "reports" / MODEL / png).stat().st_size > 1000
+    assert "Serving: throughput and TTFT against load" in report and "(serve_sweep.png)" in report
     assert "### Roofline" in report and "peak unknown" in report and "### Consistency of the figures" in report
     assert "Serving check: not run — the serving check starts vllm serve: vllm targets only" in report
     assert "curl http://127.0.0.1:" in report
@@ -182,6 +183,7 @@ def test_enabling_a_target_runs_only_that_target(rerun_copy):
         "capture_env": 1, "dump_logits": 1, "run_benchmarks": 1, "check_benchmarks": 1, "compare_logits": 1,
         "compare_corpus": 1, "score_decode": 1, "compare_decode": 1, "compare_layers": 1, "plot_kld": 1,
         "plot_long_context": 1, "plot_layers": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
+        "evaluate_accuracy": 1, "compare_accuracy": 1,
     }
 
 
@@ -201,8 +203,9 @@ def test_package_edit_reruns_the_rules_that_use_it(rerun_copy):
                                         "plot_layers": 1, "render_report": 1, "render_html": 1, "report": 1}
 
 
-@pytest.mark.parametrize("module", ["engine.py", "engine_args.py", "worker_extension.py"])
-def test_engine_edit_reruns_only_that_engines_targets(rerun_copy, module):
+@pytest.mark.parametrize("module, serves", [("engine.py", False), ("engine_args.py", True),
+                                             ("worker_extension.py", True)])
+def test_engine_edit_reruns_only_that_engines_targets(rerun_copy, module, serves):
     # Any module of the vllm engine package, matched by module path (not file stem)
     edit(rerun_copy / "src" / "portcheck" / "engines" / "vllm" / module, lambda t: t + "\n# edited\n")
     # the vllm target's dump and benchmarks; its serving check because the dump it checks against is redone; its
@@ -211,7 +214,9 @@ def test_engine_edit_reruns_only_that_engines_targets(rerun_copy, module):
         "dump_logits": 1, "run_benchmarks": 1, "check_benchmarks": 1, "check_serving": 1, "compare_logits": 1,
         "compare_corpus": 1, "score_decode": 1, "compare_decode": 1, "compare_layers": 1, "plot_kld": 1,
         "plot_long_context": 1, "plot_layers": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
-        "run_mode": 2, "score_mode": 3, "compare_mode": 2,
+        "run_mode": 2, "score_mode": 3, "compare_mode": 2, "plot_serve": 1,
+        # the server the accuracy stage starts is made from engine_args (which names the worker extension)
+        **({"evaluate_accuracy": 1, "compare_accuracy": 1} if serves else {}),
     }
 
 
@@ -233,3 +238,23 @@ def test_npu_target_without_torch_npu_fails_alone(rerun_copy):
     assert "needs torch_npu" in output and "profiles/npu" in output
     assert not (results / "npu-hf-bf16" / "logits.safetensors").exists()
     assert {p: p.stat().st_mtime for p in before} == before, "other targets' outputs must stay as they were"
+
+
+def test_task_accuracy_is_measured_through_lm_eval_on_every_engine(workflow_run):
+    results = workflow_run / "results" / MODEL
+    report = (workflow_run / "reports" / MODEL / "report.md").read_text()
+    reference = json.loads((results / "cpu-hf-fp32" / "accuracy.json").read_text())
+    served = json.loads((results / "cpu-vllm-bf16" / "accuracy.json").read_text())
+    assert reference["server"] is None and served["server"]["port"] > 0  # local-completions on `vllm serve`
+    for record in (reference, served):
+        assert {name: task["n"] for name, task in record["tasks"].items()} == {"portcheck_mc": 24, "portcheck_gen": 12}
+    # The server's prompt log-probs score each choice as the hf reference does, to bf16 rounding.
+    for ref_item, item in zip(reference["tasks"]["portcheck_mc"]["items"], served["tasks"]["portcheck_mc"]["items"]):
+        assert item["doc_id"] == ref_item["doc_id"]
+        assert max(abs(a - b) for a, b in zip(ref_item["loglikelihoods"], item["loglikelihoods"])) < 0.5
+    for target in ("cpu-hf-bf16", "cpu-vllm-bf16"):
+        comparison = json.loads((results / "compare" / f"{target}.accuracy.json").read_text())
+        mc = comparison["tasks"]["portcheck_mc"]
+        assert mc["n"] == 24 and mc["same_answer"] >= 0.9 and not mc["significantly_worse"]
+        assert f"| {target} | portcheck\\_mc | acc | 24 |" in report
+    assert "part of the verdict (`accuracy.in_verdict` is false)" in report

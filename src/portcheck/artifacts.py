@@ -30,6 +30,7 @@ TARGET_FILES = {
     "bench_csv": "bench.csv",
     "bench_checks": "bench_checks.json",
     "serve": "serve.json",
+    "accuracy": "accuracy.json",
 }
 # The rule that writes each kind (the fix a reader names when an artifact is unreadable).
 WRITTEN_BY = {
@@ -54,6 +55,8 @@ WRITTEN_BY = {
     "bench_csv": "run_benchmarks",
     "bench_checks": "check_benchmarks",
     "serve": "check_serving",
+    "accuracy": "evaluate_accuracy",
+    "accuracy_compare": "compare_accuracy",
     "compare": "compare_logits",
     "corpus_compare": "compare_corpus",
     "decode_compare": "compare_decode",
@@ -77,9 +80,11 @@ COMPARE_SUFFIXES = {
     "corpus_compare": ".corpus.json",
     "decode_compare": ".decode.json",
     "layers_compare": ".layers.json",
+    "accuracy_compare": ".accuracy.json",
 }
 # The comparisons the config can turn off: kind -> the config section whose `enabled` does.
-OPTIONAL_COMPARISONS = {"corpus_compare": "corpus", "decode_compare": "decode", "layers_compare": "layers"}
+OPTIONAL_COMPARISONS = {"corpus_compare": "corpus", "decode_compare": "decode", "layers_compare": "layers",
+                        "accuracy_compare": "accuracy"}
 
 
 def compare_path(results: str, target: str, kind: str = "compare") -> str:

@@ -92,6 +92,18 @@ def vllm_executable() -> list[str]:
     return [str(candidate)] if candidate.is_file() else [sys.executable, "-c", VLLM_CLI_SHIM]
 
 
+def server_launcher(target_name: str, env: dict, python_env: str | None) -> tuple[list[str], dict]:
+    """The `vllm` command and its environment: this interpreter's, or the target's own environment's interpreter
+    through VLLM_CLI_SHIM, with what that environment's CPU vLLM needs preloaded."""
+    if not python_env:
+        return vllm_executable(), env
+    from portcheck.env import python_env as environments
+
+    preload = environments.cpu_vllm_preload(python_env) if parse_target(target_name).device == "cpu" else []
+    return ([str(environments.interpreter(python_env)), "-c", VLLM_CLI_SHIM],
+            environments.job_environment(env, preload))
+
+
 def server_args(target_name: str, model_dir: str | Path, settings, port: int, host: str = "127.0.0.1") -> list[str]:
     """`vllm serve` arguments: the offline engine's engine arguments (engines/vllm/engine_args.py) plus the
     server's own flags."""
@@ -299,14 +311,17 @@ def sweep_errors(sweep: dict) -> int:
     return failed + (1 if sweep["status"] != "ok" and not failed else 0)
 
 
-def start_server(target_name, model_dir, settings, serve_config, server_log, env, attempts: int = 3):
+def start_server(target_name, model_dir, settings, serve_config, server_log, env, attempts: int = 3,
+                 python_env: str | None = None):
     """A healthy server on serve.port when that is free, else on another free port; a start that loses its
-    port to another process (address already in use) is retried on a new port. Returns (server, port,
-    command, seconds to healthy); the caller stops the server."""
+    port to another process (address already in use) is retried on a new port. `python_env`: the target's own
+    environment, when this process runs another (the accuracy stage's lm-eval lives in portcheck's). Returns
+    (server, port, command, seconds to healthy); the caller stops the server."""
     preferred = serve_config.get("port")
+    launcher, env = server_launcher(target_name, env, python_env)
     for attempt in range(attempts):
         port = choose_port(preferred if attempt == 0 else None)
-        command = vllm_executable() + server_args(target_name, model_dir, settings, port)
+        command = launcher + server_args(target_name, model_dir, settings, port)
         Path(server_log).parent.mkdir(parents=True, exist_ok=True)
         Path(server_log).write_text("", encoding="utf-8")
         server = Server(command, port, server_log, env=env).__enter__()

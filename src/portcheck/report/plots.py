@@ -312,3 +312,52 @@ def plot_latency_percentiles(bench_paths: Mapping[str, str | os.PathLike], out_p
 def _no_bench(ax) -> None:
     ax.text(0.5, 0.5, "no benchmark data", ha="center", va="center", transform=ax.transAxes)
     ax.set_axis_off()
+
+
+# ---------------------------------------------------------------- serving (results/<model>/<target>/serve.json)
+
+
+def serve_frame(serve_paths: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
+    """One row per completed load level of every target's `vllm bench serve` sweep, by achieved request rate."""
+    rows = []
+    for target, path in serve_paths.items():
+        serve = read_artifact(path, "serve")
+        saturated = ((serve.get("sweep") or {}).get("saturation") or {}).get("level")
+        for level in serve.get("levels") or []:
+            if level.get("request_throughput") is None:
+                continue
+            rows.append((target, level["name"], level["request_throughput"], level.get("output_throughput"),
+                         level.get("median_ttft_ms"), level.get("p99_ttft_ms"), level["name"] == saturated))
+    frame = pd.DataFrame(rows, columns=["target", "level", "request_rate", "output_tok_s", "ttft_p50_ms",
+                                        "ttft_p99_ms", "saturation"])
+    return frame.sort_values(["target", "request_rate"])
+
+
+def plot_serve_sweep(serve_paths: Mapping[str, str | os.PathLike], out_png: str | os.PathLike) -> None:
+    """Output tok/s and TTFT (median, p99) against the achieved request rate of each sweep level, per target; the
+    saturation point circled where the sweep reached it."""
+    frame = serve_frame(serve_paths)
+    fig = Figure(figsize=FIGSIZE, dpi=DPI)
+    throughput_ax, ttft_ax = fig.subplots(1, 2)
+    if frame.empty:
+        for ax in (throughput_ax, ttft_ax):
+            ax.text(0.5, 0.5, "no serving sweep data", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+    for index, (target, rows) in enumerate(frame.groupby("target", sort=True)):
+        style = {"marker": MARKERS[index % len(MARKERS)], "color": f"C{index}"}
+        throughput_ax.plot(rows["request_rate"], rows["output_tok_s"], label=target, **style)
+        ttft_ax.plot(rows["request_rate"], rows["ttft_p50_ms"], label=f"{target} median", **style)
+        ttft_ax.plot(rows["request_rate"], rows["ttft_p99_ms"], linestyle="--", label=f"{target} p99", **style)
+        for _, row in rows[rows["saturation"]].iterrows():
+            throughput_ax.scatter([row["request_rate"]], [row["output_tok_s"]], s=200, facecolors="none",
+                                  edgecolors="red", label=f"{target} saturation")
+    for ax, label, title in ((throughput_ax, "output tokens / s", "Throughput against load"),
+                             (ttft_ax, "TTFT (ms)", "Time to first token against load")):
+        if not frame.empty:
+            ax.set_xlabel("achieved request rate (requests / s)")
+            ax.set_ylabel(label)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize="x-small")
+        ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, out_png)

@@ -1,0 +1,123 @@
+"""One target's task accuracy with lm-evaluation-harness, kept item by item. The hf engine runs in this process
+through lm-eval's `hf` model; a vLLM target is started as `vllm serve` on 127.0.0.1 (the serving check's server,
+from the same settings; in the target's own Python environment where it has one) and evaluated through lm-eval's
+`local-completions`, so the same code measures an NPU server. Tasks are loaded before the engine starts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from portcheck.accuracy.tasks import load_tasks
+from portcheck.atomic import write_json
+from portcheck.errors import PortcheckError
+from portcheck.targets import Target, parse_target
+
+
+def evaluate_accuracy(target_name: str, model_dir: str | Path, settings, accuracy: dict, serve: dict,
+                      output: str | Path, server_log: str | Path, python_env: str | None = None) -> dict:
+    """Run the configured tasks on the target and write `output` (atomically): each task's score and its items."""
+    target = parse_target(target_name)
+    if target.engine == "hf" and python_env:
+        raise PortcheckError(f"accuracy: {target_name} runs in its own environment ({python_env}), but lm-eval's hf "
+                             "model runs in portcheck's; turn accuracy off or drop the target's python_env")
+    tasks = load_tasks(list(accuracy["tasks"]))
+    started = time.perf_counter()
+    if target.engine == "hf":
+        results = _run(tasks, "hf", hf_model_args(target, model_dir, settings), accuracy)
+        server = None
+    else:
+        results, server = _run_served(target_name, model_dir, settings, tasks, accuracy, serve, server_log,
+                                      python_env)
+    record = {"target": target_name, "lm_eval": _version(), "limit": accuracy["limit"],
+              "num_fewshot": accuracy["num_fewshot"], "server": server,
+              "tasks": task_records(results), "seconds": round(time.perf_counter() - started, 3)}
+    write_json(output, record)
+    return record
+
+
+def hf_model_args(target: Target, model_dir, settings) -> dict[str, Any]:
+    from portcheck.engines.devices import require_backend
+
+    require_backend(target.device)
+    return {"pretrained": str(model_dir), "dtype": target.torch_dtype_name, "device": target.torch_device,
+            "trust_remote_code": settings.trust_remote_code}
+
+
+def served_model_args(port: int, model_dir, settings, accuracy: dict) -> dict[str, Any]:
+    """lm-eval's local-completions on the server: prompts as token ids from the checkpoint's own tokenizer (the
+    text the hf model scores, tokenised the same way)."""
+    from portcheck.benchmarks.serve_sweep import SERVED_MODEL_NAME
+
+    return {"base_url": f"http://127.0.0.1:{port}/v1/completions", "model": SERVED_MODEL_NAME,
+            "tokenizer": str(model_dir), "tokenizer_backend": "huggingface", "tokenized_requests": True,
+            "num_concurrent": accuracy["num_concurrent"], "max_retries": 1, "timeout": accuracy["request_timeout_s"],
+            "trust_remote_code": settings.trust_remote_code, "max_length": settings.max_model_len or 2048}
+
+
+def _run_served(target_name, model_dir, settings, tasks, accuracy, serve, server_log, python_env):
+    from portcheck.benchmarks.serving import start_server
+    from portcheck.engines.vllm.engine_args import engine_env
+
+    env = engine_env(parse_target(target_name).device, settings)
+    server, port, command, ready_s = start_server(target_name, model_dir, settings, serve, server_log, env,
+                                                  python_env=python_env)
+    try:
+        results = _run(tasks, "local-completions", served_model_args(port, model_dir, settings, accuracy), accuracy)
+    finally:
+        server.__exit__(None, None, None)
+    return results, {"port": port, "ready_s": round(ready_s, 3)}
+
+
+def _run(tasks: dict, model: str, model_args: dict, accuracy: dict) -> dict:
+    import lm_eval
+
+    return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=list(tasks.values()),
+                                   num_fewshot=accuracy["num_fewshot"], limit=accuracy["limit"], batch_size=1,
+                                   log_samples=True, bootstrap_iters=100, random_seed=0, numpy_random_seed=0,
+                                   torch_random_seed=0, fewshot_random_seed=0)
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
+def task_records(results: dict) -> dict[str, dict]:
+    """Per task: its output type, primary metric and score, and each item (doc id, the answer given, correct),
+    for the first filter of the task (lm-eval logs one sample per item and filter)."""
+    records = {}
+    for name, samples in results["samples"].items():
+        if not samples:
+            continue
+        metric, filter_name = samples[0]["metrics"][0], samples[0]["filter"]
+        items = [item_record(sample, metric) for sample in samples if sample["filter"] == filter_name]
+        items.sort(key=lambda item: item["doc_id"])
+        figures = results["results"][name]
+        records[name] = {"metric": metric, "filter": filter_name, "score": _number(figures.get(f"{metric},{filter_name}")),
+                         "stderr": _number(figures.get(f"{metric}_stderr,{filter_name}")),
+                         "n": len(items), "items": items}
+    return records
+
+
+def _number(value) -> float | None:
+    """lm-eval writes "N/A" where it has no figure."""
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def item_record(sample: dict, metric: str) -> dict[str, Any]:
+    """One item: for a multiple-choice task the index of the choice with the highest log-likelihood (and each
+    choice's log-likelihood), for a generation task the filtered answer text."""
+    responses = sample["filtered_resps"]
+    if responses and isinstance(responses[0], (list, tuple)):  # loglikelihood: [(logprob, is_greedy), ...]
+        loglikelihoods = [float(r[0]) for r in responses]
+        answer = max(range(len(loglikelihoods)), key=loglikelihoods.__getitem__)
+        extra = {"loglikelihoods": loglikelihoods}
+    else:
+        answer = responses[0] if isinstance(responses, list) else responses
+        extra = {}
+    doc = sample.get("doc") or {}
+    return {"doc_id": int(sample["doc_id"]), "id": doc.get("id"), "answer": answer,
+            "correct": float(sample[metric]), **extra}
