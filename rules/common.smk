@@ -116,8 +116,10 @@ DUMPED_KINDS = (
     *(kind for kind in (CORPUS_KIND, DECODE_KIND, LAYERS_KIND) if config[kind]["enabled"]),
     *((MODES_KIND,) if MODE_RUNS else ()),
 )
-# What run_mode reads of the modes section (the run list itself is not one of its settings).
-MODE_SETTINGS = {key: value for key, value in config["modes"].items() if key not in ("enabled", "runs")}
+# What run_mode reads of the modes section (the run list itself is not one of its settings, nor the acceptance
+# rule compare_mode applies).
+MODE_SETTINGS = {key: value for key, value in config["modes"].items()
+                 if key not in ("enabled", "runs", "mtp_acceptance")}
 # What the dump's base run reads of it: the workload only (a mode's own knobs redo no dump).
 MODE_WORKLOAD = {key: config["modes"][key] for key in ("prompts", "prefix_tokens", "max_tokens")}
 # What a mode run reads of the corpus section: the windows it scores (not how they are compared).
@@ -233,6 +235,18 @@ def mode_corpus_inputs():
         "corpus_reference": target_file("corpus", REFERENCE),
         "base_corpus": compare_file(kind="corpus_compare"),
     }
+
+
+def mtp_reference_inputs(wildcards):
+    """compare_mode's input for an mtp run: the reference MTP's acceptance on the run's tokens (rule score_mtp)."""
+    if wildcards.mode != "mtp":
+        return {}
+    return {"mtp_reference": mode_file("mode_mtp_reference", mode="mtp", target=wildcards.target)}
+
+
+def mtp_reference_sources(wildcards):
+    """The reference MTP run on the reference's one engine."""
+    return package_sources("modes.mtp_reference", exclude=engines_other_than(REFERENCE))
 
 
 def mode_sources(wildcards):

@@ -1,8 +1,9 @@
 # Stage modes (portcheck/modes): each configured <target>+<mode> run starts its target's engine with the mode on,
 # decodes the mode workload, scores the corpus windows and records the engine's counters as proof (run_mode); the
 # reference scores the decoded tokens (score_mode, also those of the target's base-configuration run, written by
-# dump_logits); compare_mode sets the mode against the reference and against the base, on the decode path and on
-# the prefill path.
+# dump_logits); for an mtp run the reference MTP (the checkpoint's mtp.* weights in PyTorch) drafts along the run's
+# tokens (score_mtp); compare_mode sets the mode against the reference and against the base, on the decode path and
+# on the prefill path, and an mtp run's acceptance against the reference MTP's.
 
 
 rule run_mode:
@@ -59,8 +60,33 @@ rule score_mode:
         "../workflow/scripts/score_decode.py"
 
 
+rule score_mtp:
+    input:
+        model=model_dir(),
+        decode=mode_file("mode_decode", mode="mtp"),
+        code=mtp_reference_sources,
+    output:
+        mode_file("mode_mtp_reference", mode="mtp"),
+    log:
+        main=f"logs/{MODEL}/score_mtp/{{target}}.log",
+        engine=f"logs/{MODEL}/score_mtp/{{target}}.engine.log",
+    threads: REFERENCE_THREADS
+    resources:
+        gpu=int(REFERENCE_DEVICE == "gpu"),
+        npu=int(REFERENCE_DEVICE == "npu"),
+    params:
+        reference=REFERENCE,
+        settings=vars(engine_settings(config, REFERENCE)),
+        spec_tokens=config["modes"]["spec_tokens"],
+        stack=REFERENCE_STACK,
+        python_env=REFERENCE_PYTHON_ENV,
+    script:
+        "../workflow/scripts/score_mtp.py"
+
+
 rule compare_mode:
     input:
+        unpack(mtp_reference_inputs),
         **mode_corpus_inputs(),
         proof=mode_file("mode_proof"),
         mode=mode_file("mode_decode"),
@@ -80,5 +106,6 @@ rule compare_mode:
         tie_tolerance=config["compare"]["tie_tolerance"],
         positions=config["compare"]["positions"],
         score_from=config["corpus"]["score_from"],
+        mtp_acceptance=config["modes"]["mtp_acceptance"],
     script:
         "../workflow/scripts/compare_mode.py"

@@ -23,7 +23,8 @@ def shipped() -> dict:
 
 def test_the_plan_runs_every_class_at_two_magnitudes_or_the_larger():
     full, clean = calibrate.plan(short=False)
-    assert clean == 10 and len(full) == 2 * len(CLASSES) and set(calibrate.MAGNITUDES) == set(CLASSES)
+    calibrated = set(CLASSES) - set(calibrate.NOT_CALIBRATED)
+    assert clean == 10 and len(full) == 2 * len(calibrated) and set(calibrate.MAGNITUDES) == calibrated
     short, clean = calibrate.plan(short=True)
     assert clean == 2 and short == [f"{name}:{sizes[-1]:g}" for name, sizes in calibrate.MAGNITUDES.items()]
 

@@ -4,6 +4,7 @@ real chunked-prefill run on vLLM CPU whose prefill drops its initial state (the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 
@@ -18,7 +19,7 @@ from portcheck.engines.outputs import Generation, PromptScores
 from portcheck.engines.settings import EngineSettings
 from portcheck.errors import PortcheckError
 from portcheck.modes.catalog import MODES, active_runs, check_mode_model, mode_settings, parse_run
-from portcheck.modes.compare import compare_mode_files
+from portcheck.modes.compare import acceptance_verdict, compare_mode_files
 from portcheck.modes.run import mode_proof
 
 MODES_CONFIG = {"prompts": 4, "prefix_tokens": 192, "max_tokens": 64, "chunk_tokens": 64, "spec_tokens": 1,
@@ -98,6 +99,26 @@ def test_mtp_without_mtp_weights_is_refused_before_the_engine_starts():
         check_mode_model("mtp", {"mtp_num_hidden_layers": 0}, "m")
     check_mode_model("mtp", {"mtp_num_hidden_layers": 1}, "m")
     check_mode_model("chunked", {}, "m")
+
+
+def test_a_speculative_token_count_the_mtp_layers_cannot_serve_is_refused_before_the_engine_starts():
+    """vLLM drafts in rounds of the checkpoint's MTP layers: a count above them must be a multiple."""
+    with pytest.raises(PortcheckError, match=r"modes.spec_tokens 3 cannot be served by the model in m: its 2 MTP "
+                                             r"layers .* set modes.spec_tokens to one of 1, 2, 4"):
+        check_mode_model("mtp", {"mtp_num_hidden_layers": 2}, "m", spec_tokens=3)
+    for served in (1, 2, 4, 6):
+        check_mode_model("mtp", {"mtp_num_hidden_layers": 2}, "m", spec_tokens=served)
+    check_mode_model("mtp", {"mtp_num_hidden_layers": 1}, "m", spec_tokens=3)
+
+
+def test_golden_acceptance_rates_for_more_positions_than_drafted_are_refused():
+    config = default_config()
+    config["modes"] = {"spec_tokens": 2, "mtp_acceptance": {"golden": [0.85, 0.46, 0.19]}}
+    with pytest.raises(PortcheckError, match=r"modes.mtp_acceptance.golden gives 3 per-position rates, but the mtp "
+                                             r"runs draft 2 tokens .* raise modes.spec_tokens to 3"):
+        validate(config)
+    config["modes"]["spec_tokens"] = 3
+    assert validate(config)["modes"]["mtp_acceptance"] == {"golden": [0.85, 0.46, 0.19], "tolerance": 0.06}
 
 
 def test_each_mode_reaches_vllm_through_the_one_mapping():
@@ -180,6 +201,81 @@ def test_mtp_acceptance_from_the_spec_decode_counters():
                 "vllm:spec_decode_num_accepted_tokens": 10}
     proof = mode_proof("mtp", {"counters": counters}, WORKLOAD, MODES_CONFIG)
     assert proof["status"] == "ran" and proof["acceptance_rate"] == 0.25 and proof["mean_accepted_length"] == 1.25
+    assert proof["draft_tokens_per_accepted"] == 4 and proof["per_position"] is None
+
+
+@pytest.mark.parametrize("prefix, suffix", [("vllm:", ""), ("vllm:", "_total"), ("vllm_", "")])
+def test_mtp_acceptance_per_draft_position_and_by_decode_steps(prefix, suffix):
+    """Two draft tokens per round (vLLM's definitions, hand-computed): 50 drafts, 100 draft tokens, 40 accepted:
+    rate 0.4, length 1.8, positions 30/50 and 10/50. By steps: cumulative counts to step 32 and to step 64, the
+    second bucket their difference (20 drafts, 6 + 2 accepted)."""
+    def named(counts: dict) -> dict:
+        return {f"{prefix}spec_decode_{k}{suffix}": v for k, v in counts.items()} | {"vllm:prefix_cache_hits": 7}
+
+    total = {"num_drafts": 50, "num_draft_tokens": 100, "num_accepted_tokens": 40, "num_accepted_tokens_per_pos":
+             [30, 10]}
+    first = {"num_drafts": 30, "num_draft_tokens": 60, "num_accepted_tokens": 32, "num_accepted_tokens_per_pos":
+             [24, 8]}
+    evidence = {"counters": named(total), "generate_seconds": 1.5,
+                "spec_by_steps": [{"steps": 32, "counts": first},
+                                  {"steps": 64, "counts": {**total, "num_accepted_tokens": 40}}]}
+    proof = mode_proof("mtp", evidence, WORKLOAD, MODES_CONFIG)
+    assert proof["status"] == "ran" and proof["proof"] == "50 drafts of 100 tokens, 40 accepted"
+    assert proof["acceptance_rate"] == 0.4 and proof["mean_accepted_length"] == 1.8
+    assert proof["per_position"] == [0.6, 0.2] and proof["draft_tokens_per_accepted"] == 2.5
+    early, late = proof["acceptance_by_steps"]
+    assert (early["steps"], early["drafts"], early["acceptance_rate"], early["per_position"]) == (
+        "1-32", 30, 32 / 60, [0.8, 8 / 30])
+    assert (late["steps"], late["drafts"], late["accepted"], late["per_position"]) == ("33-64", 20, 8, [0.3, 0.1])
+    assert proof["generate_seconds"] == 1.5
+
+
+@pytest.mark.parametrize("per_position, golden, status, says", [
+    ([0.9, 0.45], [0.85, 0.46], "pass", None),                  # 0.45 >= 0.46 - 0.06
+    ([0.9, 0.39], [0.85, 0.46], "fail", "draft position 2 accepted 39.0%, under its golden 46.0% minus 6%"),
+    ([0.0], [0.5], "fail", "draft position 1 accepted 0.0%"),  # vllm-ascend #9871: nothing accepted
+    ([0.9], None, "inconclusive", "acceptance not judged: no golden per-position rates"),
+    (None, [0.5], "inconclusive", "vLLM reported no per-position acceptance for 1 positions"),
+])
+def test_mtp_acceptance_is_held_to_golden_rates_and_unjudged_without_them(per_position, golden, status, says):
+    verdict = acceptance_verdict(per_position, {"golden": golden, "tolerance": 0.06})
+    assert _status(verdict) == status
+    assert says is None or says in " ".join(verdict["reasons"] + verdict["inconclusive"])
+
+
+def _status(verdict: dict) -> str:
+    return "fail" if verdict["reasons"] else "inconclusive" if verdict["inconclusive"] else "pass"
+
+
+def test_a_reference_acceptance_is_the_golden_rate_unless_nothing_could_fall_under_it():
+    reference = {"per_position": [0.4], "drafts": 100}
+    verdict = acceptance_verdict([0.39], {"golden": None, "tolerance": 0.06}, reference)
+    assert _status(verdict) == "pass" and "acceptance per position 40.0% (100 rounds replayed)" in verdict["notes"][0]
+    assert _status(acceptance_verdict([0.2], {"golden": None}, reference)) == "fail"
+    untrained = {"per_position": [0.01], "drafts": 100}
+    verdict = acceptance_verdict([0.0], {"golden": None, "tolerance": 0.06}, untrained)
+    assert _status(verdict) == "inconclusive" and "leaves nothing a port could fall under" in verdict["inconclusive"][0]
+    assert "the reference runs vllm" in acceptance_verdict(
+        [0.5], {"golden": None}, {"status": "not measured", "reason": "the reference runs vllm"})["inconclusive"][0]
+
+
+def test_an_acceptance_under_the_line_fails_only_where_the_drafts_make_it_significant():
+    """Line 0.77 - 0.06 = 0.71: 29 of 50 accepted has P(X <= 29 | 50, 0.71) = 0.034 (fail at 0.05); 6 of 10 has
+    P(X <= 6 | 10, 0.71) = 0.32 (inconclusive)."""
+    rule = {"golden": [0.77], "tolerance": 0.06}
+    failed = acceptance_verdict([0.58], rule, drafts=50)
+    assert _status(failed) == "fail" and "exact binomial p = 0.034 over 50 drafts" in failed["reasons"][0]
+    unsure = acceptance_verdict([0.6], rule, drafts=10)
+    assert _status(unsure) == "inconclusive" and "too few drafts to tell at 0.05" in unsure["inconclusive"][0]
+
+
+def test_the_exact_binomial_lower_tail_against_hand_computed_values():
+    from portcheck.compare.statistics import binomial_lower_tail
+
+    assert binomial_lower_tail(1, 3, 0.5) == pytest.approx(4 / 8)
+    assert binomial_lower_tail(0, 2, 0.3) == pytest.approx(0.49)
+    assert binomial_lower_tail(5, 5, 0.9) == pytest.approx(1.0)
+    assert binomial_lower_tail(0, 4000, 0.5) == pytest.approx(0.0, abs=1e-300)
 
 
 # ---------------------------------------------------------------- the comparison, with an injected fault
@@ -362,3 +458,115 @@ def test_a_kernel_wrong_only_in_batches_is_caught_by_the_batch_mode(tiny_model_d
     assert result["base_vs_reference"]["verdict"]["status"] == "pass"
     assert result["status"] == "fail"
     assert [r for r in result["verdict"]["reasons"] if r.startswith("decode: mode vs base: KLD in the mode")]
+
+
+@pytest.mark.vllm
+def test_the_mtp_mode_is_held_to_the_reference_mtp_and_catches_a_drafter_fed_wrong_hidden_states(tiny_model_dir,
+                                                                                                  tmp_path):
+    """Real mtp runs on vLLM CPU with the embedded model's trained MTP head (two draft tokens). vLLM's own counters
+    give drafts per position, acceptance by decode steps (the buckets' drafts add up), the MTP decode time. The
+    reference MTP (the mtp.* weights in PyTorch on the hf fp32 reference's hidden states, teacher-forced along the
+    run's tokens) reaches the acceptance vLLM's drafter measured: the check passes. With the drafter fed noisy
+    hidden states (the fault plugin's mtp_noise) the acceptance falls and the check fails."""
+    from test_vllm_introspection import fault_active
+
+    from portcheck.modes.mtp_reference import score_mtp
+    from portcheck.modes.run import run_mode
+
+    prompts = default_config()["prompts"]["list"][:4]
+    modes = {**MODES_CONFIG, "prompts": 4, "max_tokens": 64, "spec_tokens": 2}
+    settings = EngineSettings(max_model_len=512, max_num_seqs=4, logprobs_topk=-1,
+                              extra={"log_file": str(tmp_path / "engine.log")})
+    verdicts = {}
+    for fault in (None, "mtp_noise:1"):
+        outputs = {"decode": tmp_path / f"{fault}.safetensors", "proof": tmp_path / f"{fault}.json"}
+        with fault_active(fault) if fault else contextlib.nullcontext():
+            run_mode("cpu-vllm-bf16+mtp", tiny_model_dir, prompts, settings, read_corpus_text(DEFAULT_CORPUS), modes,
+                     outputs)
+        score_mtp("cpu-hf-fp32", tiny_model_dir, EngineSettings(threads=1), outputs["decode"], tmp_path / "ref.json",
+                  spec_tokens=2)
+        proof, reference = (json.loads(p.read_text()) for p in (outputs["proof"], tmp_path / "ref.json"))
+        print(fault, {k: proof[k] for k in ("proof", "per_position", "acceptance_by_steps", "generate_seconds")},
+              {k: reference[k] for k in ("drafts", "accepted", "per_position")})
+        assert proof["status"] == "ran" and proof["draft_tokens"] == 2 * proof["drafts"] > 0
+        assert len(proof["per_position"]) == 2 and proof["generate_seconds"] > 0
+        buckets = proof["acceptance_by_steps"]
+        assert [b["steps"] for b in buckets] == ["1-16", "17-32", "33-48", "49-64"]
+        assert sum(b["drafts"] for b in buckets) > 0 and all(b["drafts"] >= 0 for b in buckets)
+        assert proof["engine"]["vllm_kwargs"]["speculative_config"] == {"method": "mtp", "num_speculative_tokens": 2}
+        assert reference["status"] == "measured" and reference["draft_tokens"] == 2 * reference["drafts"]
+        verdicts[fault] = (proof, reference, acceptance_verdict(
+            proof["per_position"], {"golden": None, "tolerance": 0.06}, reference, proof["drafts"]))
+    (clean, replayed, verdict), (faulted, faulted_replayed, faulted_verdict) = verdicts[None], verdicts["mtp_noise:1"]
+    assert replayed["per_position"][0] > 0.2  # a trained head: an acceptance a port can fall under
+    # The replay is vLLM's drafter round for round: the same counts where nothing is wrong.
+    assert abs(clean["drafts"] - replayed["drafts"]) <= 2, (clean["drafts"], replayed["drafts"])
+    assert all(abs(a - b) < 0.03 for a, b in zip(clean["per_position"], replayed["per_position"]))
+    assert not verdict["reasons"] and not verdict["inconclusive"], verdict
+    assert faulted["per_position"][0] < faulted_replayed["per_position"][0] - 0.1 and faulted_verdict["reasons"]
+
+
+class CountingHead:
+    """A stand-in MTP head that drafts "the token after its input token" (rows carry token ids as values)."""
+
+    def rows(self, hidden, next_ids):
+        return next_ids.float().unsqueeze(-1)
+
+    def states(self, x):
+        return x
+
+    def drafts(self, states):
+        return states[..., 0].long() + 1
+
+
+def test_vllms_rounds_are_replayed_with_each_draft_decided_by_the_targets_tokens(monkeypatch):
+    """Two draft tokens per round on a prompt of 2 and tokens counting up except where they jump (hand-computed).
+    Sequence 1 2 | 3 4 5 9 10 11 12 13 20: row 1 (token 3 follows) drafts 4, then 5: both right, next round at row
+    4 (token 9 follows: drafts 10, 11, both right), row 7 (drafts 13 right, 14 wrong), then row 9, which has no
+    token two ahead: the end. 3 rounds, 6 draft tokens; position 1 right 3 times, position 2 twice."""
+    import torch
+
+    from portcheck.model import mtp
+
+    monkeypatch.setattr(mtp, "_main_hidden", lambda model, seq: (torch.zeros(1, len(seq), 1), torch.tensor([seq])))
+    counts = mtp.simulate_rounds(None, CountingHead(), [1, 2, 3, 4, 5, 9, 10, 11, 12, 13, 20], 2, 2)
+    assert counts == {"num_drafts": 3, "num_draft_tokens": 6, "num_accepted_tokens": 5,
+                      "num_accepted_tokens_per_pos": [3, 2]}
+    one = mtp.simulate_rounds(None, CountingHead(), [1, 2, 3, 4, 5, 9, 10, 11, 12, 13, 20], 2, 1)
+    # rows 1 (4 right), 3 (6 wrong), 4 (10 right), 6 (12 right), 8 (14 wrong)
+    assert one == {"num_drafts": 5, "num_draft_tokens": 5, "num_accepted_tokens": 3,
+                   "num_accepted_tokens_per_pos": [3]}
+
+
+def test_the_reference_mtp_refuses_a_checkpoint_without_mtp_weights(tmp_path):
+    from safetensors.numpy import save_file
+
+    from portcheck.model.mtp import mtp_weights
+
+    save_file({"model.embed_tokens.weight": np.zeros((4, 2), np.float32)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(PortcheckError, match=r"has no mtp.\* weights: no reference MTP acceptance; remove the \+mtp "
+                                             r"run"):
+        mtp_weights(tmp_path)
+
+
+def test_the_report_states_the_mtp_figures_and_what_the_acceptance_check_said():
+    from portcheck.report.sections.modes import mtp_tables
+
+    compared = {"cpu-vllm-bf16+mtp": {
+        "mode": "mtp", "drafts": 50, "draft_tokens": 100, "accepted": 40, "acceptance_rate": 0.4,
+        "per_position": [0.6, 0.2], "mean_accepted_length": 1.8, "draft_tokens_per_accepted": 2.5,
+        "reference_acceptance": {"per_position": [0.62, 0.3], "drafts": 48},
+        "acceptance_by_steps": [{"steps": "1-64", "acceptance_rate": 0.5, "draft_tokens": 60},
+                                {"steps": "65-128", "acceptance_rate": 0.25, "draft_tokens": 40}],
+        "vs_base": {"tokens_equal": 3, "sequences": 4, "first_difference": [None, 17, None, None]},
+        "workload": {"prompts": 4, "max_tokens": 128}, "generate_seconds": 8.0, "base_generate_seconds": 10.0,
+        "verdict": {"reasons": [], "inconclusive": ["acceptance: draft position 1 accepted 60.0%, under ..."]}}}
+    tables = mtp_tables(compared, {"runs": {"cpu-vllm-bf16+mtp": "results/m/compare/cpu-vllm-bf16+mtp.mode.json"}})
+    row = tables["table"]["rows"][0]
+    assert row[1:8] == ["50 (100)", 40, "40%", "60%, 20%", "62%, 30% (48 rounds)", "1.80", "2.50"]
+    assert row[8] == "3 of 4 (first differing step 17)" and row[9] == "51.2 → 64.0 (1.25×)"
+    assert row[10].startswith("acceptance: draft position 1 accepted 60.0%")
+    assert tables["by_steps"]["header"] == ["Run", "steps 1-64", "steps 65-128"]
+    assert tables["by_steps"]["rows"] == [["cpu-vllm-bf16+mtp", "50% of 60", "25% of 40"]]
+    assert "results/m/compare/cpu-vllm-bf16+mtp.mode.json (drafts" in tables["table"]["source"]
+    assert mtp_tables({"x+chunked": {"mode": "chunked"}}, {"runs": {}}) is None

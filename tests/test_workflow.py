@@ -258,3 +258,22 @@ def test_task_accuracy_is_measured_through_lm_eval_on_every_engine(workflow_run)
         assert mc["n"] == 24 and mc["same_answer"] >= 0.9 and not mc["significantly_worse"]
         assert f"| {target} | portcheck\\_mc | acc | 24 |" in report
     assert "part of the verdict (`accuracy.in_verdict` is false)" in report
+
+
+def test_an_mtp_run_is_measured_against_the_reference_mtp(rerun_copy):
+    """One line in modes.runs adds the mtp run, the reference MTP's replay of it and its comparison, and nothing
+    else; the report's MTP table states vLLM's acceptance, the reference's and the check's verdict."""
+    set_config(rerun_copy, lambda c: c["modes"]["runs"].append("cpu-vllm-bf16+mtp"))
+    assert planned_jobs(rerun_copy) == {"run_mode": 1, "score_mode": 1, "score_mtp": 1, "compare_mode": 1,
+                                        "render_report": 1, "render_html": 1, "report": 1}
+    snakemake(rerun_copy, "report")
+    results = rerun_copy / "results" / MODEL
+    reference = json.loads((results / "cpu-vllm-bf16" / "modes" / "mtp.reference_acceptance.json").read_text())
+    compared = json.loads((results / "compare" / "cpu-vllm-bf16+mtp.mode.json").read_text())
+    assert reference["status"] == "measured" and reference["per_position"][0] > 0.2
+    assert abs(compared["per_position"][0] - reference["per_position"][0]) < 0.06
+    assert not [r for r in compared["verdict"]["reasons"] if r.startswith("acceptance")]
+    assert len(compared["acceptance_by_steps"]) == 4 and compared["base_generate_seconds"] > 0
+    report = (rerun_copy / "reports" / MODEL / "report.md").read_text()
+    assert "| cpu-vllm-bf16+mtp | " in report and "rounds) |" in report and "steps 97-128" in report
+    assert planned_jobs(rerun_copy) == {}

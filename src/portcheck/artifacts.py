@@ -49,6 +49,7 @@ WRITTEN_BY = {
     "mode_decode": "run_mode",
     "mode_proof": "run_mode",
     "mode_reference": "score_mode",
+    "mode_mtp_reference": "score_mtp",
     "mode_corpus": "run_mode",
     "mode_compare": "compare_mode",
     "bench": "run_benchmarks",
@@ -94,7 +95,8 @@ def compare_path(results: str, target: str, kind: str = "compare") -> str:
 # A mode run's files (<target>+<mode>): its decode dump and proof under the target's modes/, the reference's
 # scores of its tokens beside them (mode "base": the target's own base-configuration run, from dump_logits).
 MODE_FILES = {"mode_decode": "{mode}.safetensors", "mode_proof": "{mode}.json",
-              "mode_reference": "{mode}.reference.safetensors", "mode_corpus": "{mode}.corpus.safetensors"}
+              "mode_reference": "{mode}.reference.safetensors", "mode_corpus": "{mode}.corpus.safetensors",
+              "mode_mtp_reference": "{mode}.reference_acceptance.json"}
 
 
 def mode_path(results: str, target: str, mode: str, kind: str) -> str:

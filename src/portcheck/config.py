@@ -183,6 +183,7 @@ def _semantic_problems(config: dict, base_dir: Path, default_runs: list[str]) ->
     problems.extend(run_problems(config))
     problems.extend(bench_problems(config))
     problems.extend(run_target_problems(config, default_runs))
+    problems.extend(mtp_acceptance_problems(config["modes"]))
     model = config["model"]
     if model["source"] == "local":
         local = local_model_problems(model.get("path"), base_dir)
@@ -263,6 +264,16 @@ def run_target_problems(config: dict, default_runs: list[str]) -> list[str]:
             problems.append(f"modes.runs names {name}, but target {target} is not enabled; enable it "
                             f"(targets.{target}.enabled: true) or remove the run")
     return problems
+
+
+def mtp_acceptance_problems(modes: dict) -> list[str]:
+    """The golden per-position acceptance rates name one rate per draft position the mtp runs draft."""
+    golden = modes["mtp_acceptance"].get("golden")
+    if golden and len(golden) > int(modes["spec_tokens"]):
+        return [f"modes.mtp_acceptance.golden gives {len(golden)} per-position rates, but the mtp runs draft "
+                f"{modes['spec_tokens']} tokens (modes.spec_tokens); give at most {modes['spec_tokens']} rates or "
+                f"raise modes.spec_tokens to {len(golden)}"]
+    return []
 
 
 def three_way_problems(config: dict) -> list[str]:

@@ -6,11 +6,12 @@ from portcheck.workflow.script import run_script
 
 
 def main(smk):
-    keys = ("proof", "mode", "mode_reference", "base", "base_reference", "corpus", "corpus_reference", "base_corpus")
+    keys = ("proof", "mode", "mode_reference", "base", "base_reference", "corpus", "corpus_reference", "base_corpus",
+            "mtp_reference")
     paths = {key: smk.input[key] for key in keys if key in smk.input.keys()}
     p = smk.params
     write_json(smk.output[0], compare_mode_files(paths, dict(p.thresholds), p.tie_tolerance, dict(p.positions),
-                                                 p.score_from))
+                                                 p.score_from, dict(p.mtp_acceptance)))
 
 
 if __name__ == "__main__":

@@ -126,6 +126,18 @@ def _basis(basis: str) -> str:
 
 
 @lru_cache(maxsize=256)
+def binomial_lower_tail(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), exact (terms in log space: n may be thousands)."""
+    if p <= 0:
+        return 1.0
+    if p >= 1:
+        return float(k >= n)
+    log_p, log_q = math.log(p), math.log1p(-p)
+    terms = (math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
+             for i in range(0, min(k, n) + 1))
+    return min(1.0, sum(math.exp(t) for t in terms))
+
+
 def t_quantile(p: float, df: float) -> float:
     """Student t quantile for p >= 0.5 (no scipy here): bisection on the CDF, integrated with Simpson's rule."""
     low, high = 0.0, 1.0

@@ -24,12 +24,8 @@ ROW_FIELDS = ("logits", "topk_ids", "topk_logprobs", "token_logprobs")
 def score_decode(reference: str, model_dir: str | Path, settings: EngineSettings, decode_path: str | Path,
                  out_path: str | Path, storage: dict | None = None) -> None:
     """storage: the config's `logits` storage keys (dump/compact.py), as for the target's decode dump."""
-    decoded = read_dump(decode_path)
-    spec = decoded.meta.get("decode") or {}
-    prompts, tokens = spec.get("prompts"), [list(map(int, g)) for g in decoded.greedy_ids or []]
-    if not prompts or len(prompts) != len(tokens):
-        raise PortcheckError(f"{decode_path} is not a decode dump (no decode prompts and tokens in it); "
-                             "rerun the dump rule (dump_logits) of its target")
+    decoded, prompts, tokens = decoded_tokens(decode_path)
+    spec = decoded.meta["decode"]
     # The last decoded token is never input: step t's distribution needs prompt + tokens[:t].
     sequences = [[*p, *t[:-1]] for p, t in zip(prompts, tokens)]
     check_prompt_lengths(sequences, settings.max_model_len, [f"decoded sequence {i}" for i in range(len(prompts))])
@@ -48,6 +44,17 @@ def score_decode(reference: str, model_dir: str | Path, settings: EngineSettings
         "scored_for": decoded.meta.get("target"), "full_values": engine.full_values,
         "versions": stack_versions(), "run_seconds": round(time.perf_counter() - started, 3),
     }, Storage.from_config(storage or {}, text_settings(load_model_config(model_dir)).get("vocab_size")))
+
+
+def decoded_tokens(decode_path: str | Path) -> tuple:
+    """(the dump, its decode prompts, the tokens decoded after each): refused where the dump holds none."""
+    decoded = read_dump(decode_path)
+    prompts = (decoded.meta.get("decode") or {}).get("prompts")
+    tokens = [list(map(int, g)) for g in decoded.greedy_ids or []]
+    if not prompts or len(prompts) != len(tokens):
+        raise PortcheckError(f"{decode_path} is not a decode dump (no decode prompts and tokens in it); "
+                             "rerun the dump rule (dump_logits) of its target")
+    return decoded, [list(map(int, p)) for p in prompts], tokens
 
 
 def _decode_rows(scores: PromptScores, prompt_length: int) -> PromptScores:

@@ -46,6 +46,9 @@ CLASSES = {fault.name: fault for fault in (
     FaultClass("batch_noise", "an error that depends on batch composition (a kernel chosen by batch size, wrong "
                "when 3 or more sequences share a decode pass)", "noise as a share of the output's standard "
                "deviation", "largest batch affected (default 64)", 64, ("vllm",)),
+    FaultClass("mtp_noise", "the MTP drafter computing wrong (its attention layer run with the wrong spec-decode "
+               "metadata, say): seeded noise on the hidden states it drafts from", "noise as a share of their "
+               "standard deviation", None, None, ("vllm",)),
 )}
 
 

@@ -1,6 +1,7 @@
 """The fault plugin for vLLM (entry point `vllm.general_plugins`): patches vLLM the way vllm-ascend does, without
-replacing its classes. It rebinds QwenGatedDeltaNetAttention.forward_cpu and Qwen3NextAttention._project_qkv_gate
-and swaps a module-level GDN kernel of vLLM's CPU op, each to a function of this module that calls the original.
+replacing its classes. It rebinds QwenGatedDeltaNetAttention.forward_cpu, Qwen3NextAttention._project_qkv_gate
+and Qwen3_5MultiTokenPredictor.forward (the MTP drafter) and swaps a module-level GDN kernel of vLLM's CPU op, each
+to a function of this module that calls the original.
 Inert unless PORTCHECK_FAULT names a fault (portcheck.faults.catalog); unpatch() restores vLLM.
 
 The state faults act on vLLM's own state cache (layer.kv_cache[1]) before the CPU GDN kernel reads it: at a
@@ -60,6 +61,17 @@ def project_qkv_gate(self, qkv, positions):
     return _ORIGINALS["project_qkv_gate"](self, qkv, positions)
 
 
+def mtp_forward(self, *args, **kwargs):
+    """The MTP drafter with noise on the hidden states it drafts from (mtp_noise). Noise on the target's hidden
+    states it is fed instead moved the embedded model's acceptance by 2 points at a noise as large as the states:
+    its head drafts mostly from the token embedding."""
+    output = _ORIGINALS["mtp_forward"](self, *args, **kwargs)
+    fault = _fault()
+    if fault is not None and fault.name == "mtp_noise" and hasattr(output, "shape"):
+        return faults.spoiled_output(fault, output, seed=output.shape[0])
+    return output
+
+
 def kernel_slot() -> str:
     from vllm.model_executor.layers.mamba.ops.cpu import gdn_attention
 
@@ -114,6 +126,8 @@ def _check_applies(fault) -> None:
     if fault.name in STATE_FAULTS and kernel_slot() != KERNEL_SLOTS[0]:
         raise PortcheckError(f"fault {fault}: the state faults act in vLLM's CPU GDN kernel {KERNEL_SLOTS[0]}, "
                              f"which this vLLM line lacks (vLLM CPU 0.32 has it)")
+    if fault.name == "mtp_noise" and _mtp_predictor() is None:
+        raise PortcheckError(f"fault {fault}: this vLLM line has no Qwen3_5MultiTokenPredictor to feed noise to")
     if fault.name == "rope_offset" and not hasattr(qwen3_next.Qwen3NextAttention, "_project_qkv_gate"):
         raise PortcheckError(f"fault {fault}: this vLLM line's Qwen3NextAttention has no _project_qkv_gate to "
                              f"offset positions in (vLLM CPU 0.32 has it)")
@@ -143,6 +157,7 @@ def register() -> None:
     from vllm.model_executor.models import qwen3_next
 
     _check_applies(fault)
+    _patch_mtp()
     slot = kernel_slot()
     attention = qwen3_next.Qwen3NextAttention
     _FAULT[:] = [fault]
@@ -156,6 +171,22 @@ def register() -> None:
         attention._project_qkv_gate = project_qkv_gate
 
 
+def _mtp_predictor():
+    """vLLM's Qwen3.5 MTP module class, or None on a line without it."""
+    try:
+        from vllm.model_executor.models import qwen3_5_mtp
+    except ImportError:
+        return None
+    return getattr(qwen3_5_mtp, "Qwen3_5MultiTokenPredictor", None)
+
+
+def _patch_mtp() -> None:
+    predictor = _mtp_predictor()
+    if predictor is not None:
+        _ORIGINALS["mtp_forward"] = predictor.forward
+        predictor.forward = mtp_forward
+
+
 def unpatch() -> None:
     if not _ORIGINALS:
         return
@@ -166,6 +197,8 @@ def unpatch() -> None:
     qwen_gdn_linear_attn.QwenGatedDeltaNetAttention.forward_cpu = _ORIGINALS.pop("forward_cpu")
     for slot, original in _ORIGINALS.pop("kernel").items():
         setattr(gdn_attention, slot, original)
+    if "mtp_forward" in _ORIGINALS:
+        _mtp_predictor().forward = _ORIGINALS.pop("mtp_forward")
     if "project_qkv_gate" in _ORIGINALS:
         qwen3_next.Qwen3NextAttention._project_qkv_gate = _ORIGINALS.pop("project_qkv_gate")
     _FAULT.clear()

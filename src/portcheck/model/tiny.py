@@ -81,6 +81,8 @@ PROMPTS = [
 # One thread: float results depend on the thread count, and one thread is the same everywhere and
 # degrades least when other jobs share the machine.
 TRAIN = {"steps": 40, "batch": 16, "seq_len": 64, "lr": 4e-3, "warmup": 5, "threads": 1}
+# The MTP head: distilled from the finished main model (its drafts agree with it on ~53% of held-back rows).
+MTP_TRAIN = {"steps": 150, "batch": 8, "seq_len": 128, "lr": 5e-3, "held_back": 4}
 TARGET_TOP1 = 0.65  # mean top-1 probability over PROMPTS in fp32 after calibration
 # The dense Qwen3 learns little in the same 40 steps (loss 6.2 vs Qwen3.5's 3.7: full attention picks up local
 # context slower than Gated DeltaNet's short convolution); calibrating it to 0.65 takes a logit scale of ~13, which
@@ -244,6 +246,54 @@ def _train(model, token_ids: list[int], seed: int) -> list[float]:
     return losses
 
 
+def _train_mtp(model, config, mtp: dict, token_ids: list[int], seed: int) -> dict:
+    """Train the MTP head (in place in `mtp`) to draft what the finished main model predicts one token further:
+    row i (hidden state at i, token i+1) against the main model's distribution at i+1, on corpus windows; the main
+    model frozen, in the bf16 values it is saved with. A random head accepts nothing, so no acceptance check on it
+    could fail. Returns the first and last loss and the draft's top-1 agreement on the held-back windows."""
+    import torch
+
+    from portcheck.model.mtp import build_reference_mtp, text_model
+
+    length = MTP_TRAIN["seq_len"]
+    windows = [token_ids[i: i + length] for i in range(0, len(token_ids) - length, length)]
+    held_back, train = windows[: MTP_TRAIN["held_back"]], windows[MTP_TRAIN["held_back"]:]
+    with torch.no_grad():
+        outputs = [text_model(model)(input_ids=torch.tensor([w])).last_hidden_state for w in windows]
+        targets = [torch.softmax(model.lm_head(h), -1)[0] for h in outputs]
+    head = build_reference_mtp(config.get_text_config(), {k[len("mtp."):]: v.float() for k, v in mtp.items()},
+                               model.get_input_embeddings().weight, model.lm_head.weight)
+    trained = [p for name, p in head.named_parameters() if not name.startswith(("embed_tokens", "lm_head"))]
+    for p in trained:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(trained, lr=MTP_TRAIN["lr"])
+    order = torch.Generator().manual_seed(seed + 2)
+    first = len(held_back)
+
+    def loss_of(j: int):
+        logits = head(outputs[j][:, :-1], torch.tensor([windows[j][1:]]))[0][:-1]
+        return -(targets[j][1:-1] * torch.log_softmax(logits, -1)).sum(-1).mean()
+
+    head.train()
+    losses = []
+    for _ in range(MTP_TRAIN["steps"]):
+        picks = torch.randint(first, len(windows), (MTP_TRAIN["batch"],), generator=order).tolist()
+        loss = sum(loss_of(j) for j in picks) / len(picks)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    head.eval()
+    with torch.no_grad():
+        agree = [(head(outputs[j][:, :-1], torch.tensor([windows[j][1:]]))[0][:-1].argmax(-1)
+                  == targets[j][1:-1].argmax(-1)).float().mean().item() for j in range(first)]
+    state = head.state_dict()
+    for name in mtp:
+        mtp[name] = state[name[len("mtp."):]].detach().to(torch.bfloat16).contiguous()
+    return {**MTP_TRAIN, "windows": len(train), "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4),
+            "held_back_top1_agreement": round(sum(agree) / len(agree), 4)}
+
+
 def prompt_logits(model, encode: Callable[[str], list[int]], prompts: list[str] = PROMPTS) -> list:
     """fp32 logits at every position of each prompt (one forward per prompt, no padding)."""
     import torch
@@ -270,7 +320,8 @@ def _calibration_scale(logits: list, target: float) -> float:
 
 
 def _mtp_tensors(config, seed: int) -> dict:
-    """The MTP head of the real checkpoint (names/shapes as vLLM's Qwen3_5MTP loads them), random init.
+    """The MTP head of the real checkpoint (names/shapes as vLLM's Qwen3_5MTP loads them), initialised at random
+    (_train_mtp then trains it).
 
     transformers does not build it (it ignores ^mtp.*); vLLM's Qwen3_5ForConditionalGeneration skips it too,
     and its speculative-decoding drafter Qwen3_5MTP reads it. Norms are 1-centred ((1 + w)), so zeros.
@@ -420,7 +471,8 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, architecture: str = "qw
         model.to(torch.float32)
         top1_fp32 = mean_top1_prob(prompt_logits(model, encode))
 
-    mtp = _mtp_tensors(config, seed) if architecture == "qwen3.5" else {}
+        mtp = _mtp_tensors(config, seed) if architecture == "qwen3.5" else {}
+        mtp_train = _train_mtp(model, config, mtp, encode(text), seed) if mtp else None
     _save_weights(model, out / "model.safetensors", mtp)
     _save_configs(config, out)
     t = getattr(config, "text_config", config)
@@ -440,6 +492,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, architecture: str = "qw
         "special_token_ids": {name: tok.token_to_id(name) for name in QWEN_SPECIAL_TOKENS},
         "parameters": _param_counts(model, mtp),
         "train": {**TRAIN, "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4)},
+        **({"mtp_train": mtp_train} if mtp_train else {}),
         "logit_scale": scale,
         "mean_top1_prob": {"float32": top1_fp32, "bfloat16": top1_bf16},
         "sha256": {name: _sha256(out / name) for name in ("model.safetensors", "tokenizer.json")},

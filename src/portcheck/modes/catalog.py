@@ -94,11 +94,19 @@ def mode_settings(settings: EngineSettings, mode: str, modes: dict) -> EngineSet
     return dataclasses.replace(settings, **changes, extra={**settings.extra, "vllm_kwargs": engine})
 
 
-def check_mode_model(mode: str, model_text: dict, model_dir) -> None:
+def check_mode_model(mode: str, model_text: dict, model_dir, spec_tokens: int = 1) -> None:
     """A mode the model cannot run is refused before the engine starts."""
-    if mode == "mtp" and not int(model_text.get("mtp_num_hidden_layers") or 0):
+    if mode != "mtp":
+        return
+    layers = int(model_text.get("mtp_num_hidden_layers") or 0)
+    if not layers:
         raise PortcheckError(f"mode mtp needs MTP weights, and the model in {model_dir} has none "
                              "(config.json mtp_num_hidden_layers is 0 or absent); remove the +mtp run")
+    if spec_tokens > layers and spec_tokens % layers:  # vLLM's SpeculativeConfig rule (n_predict = MTP layers)
+        fits = ", ".join(str(n) for n in (*range(1, layers + 1), 2 * layers))
+        raise PortcheckError(f"modes.spec_tokens {spec_tokens} cannot be served by the model in {model_dir}: its "
+                             f"{layers} MTP layers draft in rounds of {layers}, so vLLM needs a count up to {layers} "
+                             f"or a multiple of it; set modes.spec_tokens to one of {fits}, ...")
 
 
 # -- where vLLM's own log-probs are still needed, and when the full vocabulary of them cannot be afforded ------------

@@ -21,19 +21,23 @@ from portcheck.compare import compact as c
 from portcheck.compare import metrics as m
 from portcheck.compare.compare import json_ready, kld_basis
 from portcheck.compare.positions import compare_by_position, position_verdict, sequence_side
-from portcheck.compare.statistics import ratio_check
+from portcheck.compare.statistics import binomial_lower_tail, ratio_check
 from portcheck.dump.logits_file import Dump, read_dump
 
 
+MTP_FIGURES = ("drafts", "draft_tokens", "accepted", "acceptance_rate", "mean_accepted_length", "per_position",
+               "draft_tokens_per_accepted", "acceptance_by_steps", "generate_seconds")
+
+
 def compare_mode_files(paths: dict, thresholds: dict, tie_tolerance: float, positions: dict,
-                       score_from: int = 0) -> dict[str, Any]:
+                       score_from: int = 0, mtp_acceptance: dict | None = None) -> dict[str, Any]:
     """paths: proof (<mode>.json), mode and base (decode dumps), mode_reference and base_reference (score_mode);
     where the corpus is scored also corpus (the run's windows), corpus_reference (the reference's) and base_corpus
-    (the base configuration's corpus comparison, compare/<target>.corpus.json)."""
+    (the base configuration's corpus comparison, compare/<target>.corpus.json). mtp_acceptance: the config's
+    modes.mtp_acceptance (golden per-position rates, tolerance) an mtp run is held to."""
     proof = read_artifact(paths["proof"], "mode_proof")
-    head = {key: proof.get(key) for key in ("run", "target", "mode", "description", "proof", "acceptance_rate",
-                                            "mean_accepted_length", "alone_vs_batch", "decode_seconds",
-                                            "workload")}
+    head = {key: proof.get(key) for key in ("run", "target", "mode", "description", "proof", "alone_vs_batch",
+                                            "decode_seconds", "workload", *MTP_FIGURES)}
     if proof.get("status") != "ran":  # "inconclusive": the mode acted, unproven where it matters (graph replay)
         return {**head, "status": "inconclusive" if proof.get("status") == "inconclusive" else "not run",
                 "reason": proof.get("proof")}
@@ -47,13 +51,63 @@ def compare_mode_files(paths: dict, thresholds: dict, tie_tolerance: float, posi
     prefill = prefill_check(paths, thresholds, tie_tolerance, positions, score_from) if "corpus" in paths else None
     if prefill:
         parts["prefill"] = prefill["verdict"]
+    if proof["mode"] == "mtp":
+        reference = read_artifact(paths["mtp_reference"], "mode_mtp_reference") if "mtp_reference" in paths \
+            else None
+        parts["acceptance"] = acceptance_verdict(proof.get("per_position"), mtp_acceptance or {}, reference,
+                                                 proof.get("drafts"))
+        head["reference_acceptance"] = reference
     verdict = _joined(parts)
     return json_ready({
         **head, "status": verdict["status"], "verdict": verdict, "vs_reference": mode_vs_ref, "prefill": prefill,
         "base_vs_reference": {key: base_vs_ref[key] for key in ("overall", "growth", "verdict", "kld_basis")},
         "vs_base": {**versus_base, **direct}, "base_decode_seconds": base.meta.get("run_seconds"),
+        "base_generate_seconds": base.meta.get("generate_seconds"),
         "paths": {key: str(value) for key, value in paths.items()},
     })
+
+
+def acceptance_verdict(per_position: list[float] | None, rule: dict, reference: dict | None = None,
+                       drafts: int | None = None, alpha: float = 0.05) -> dict[str, list[str]]:
+    """vllm-ascend's e2e MTP rule: each draft position's acceptance rate at least its golden rate minus the
+    tolerance; a position under that line fails only where its `drafts` make it significant (exact one-sided
+    binomial test against the line at `alpha`; else inconclusive: a few dozen drafts cannot tell 0.65 from 0.71).
+    The golden rates: the config's, else the reference MTP's per position (rule score_mtp: vLLM's rounds replayed
+    with the checkpoint's MTP weights on the reference's hidden states along the run's tokens). Without either, or
+    where golden minus tolerance is not above 0 (a head that accepts nothing cannot be caught accepting less), the
+    acceptance is stated, not judged: inconclusive (an MTP port accepting nothing, vllm-ascend #9871, would
+    otherwise pass)."""
+    verdict: dict[str, list[str]] = {"reasons": [], "inconclusive": [], "notes": []}
+    golden, tolerance = rule.get("golden"), float(rule.get("tolerance", 0.06))
+    replayed = (reference or {}).get("per_position")
+    if not golden and replayed:
+        golden = replayed
+        verdict["notes"].append(f"golden: the reference MTP's acceptance per position "
+                                f"{', '.join(f'{g:.1%}' for g in golden)} ({reference['drafts']} rounds replayed)")
+    if not golden:
+        why = (reference or {}).get("reason") or "no golden per-position rates (modes.mtp_acceptance.golden)"
+        verdict["inconclusive"].append(f"acceptance not judged: {why}")
+    elif all(gold - tolerance <= 0 for gold in golden):
+        verdict["inconclusive"].append(f"acceptance not judged: golden {', '.join(f'{g:.1%}' for g in golden)} "
+                                       f"minus {tolerance:.0%} leaves nothing a port could fall under (an "
+                                       "untrained MTP head?)")
+    elif not per_position or len(per_position) < len(golden):
+        verdict["inconclusive"].append(f"vLLM reported no per-position acceptance for {len(golden)} positions "
+                                       f"(spec_decode_num_accepted_tokens_per_pos: {per_position})")
+    else:
+        for i, (rate, gold) in enumerate(zip(per_position, golden)):
+            line = gold - tolerance
+            if rate >= line:
+                continue
+            text = f"draft position {i + 1} accepted {rate:.1%}, under its golden {gold:.1%} minus {tolerance:.0%}"
+            if drafts is None:
+                verdict["reasons"].append(text)
+                continue
+            p_value = binomial_lower_tail(round(rate * drafts), drafts, line)
+            (verdict["reasons"] if p_value < alpha else verdict["inconclusive"]).append(
+                f"{text} (exact binomial p = {p_value:.2g} over {drafts} drafts"
+                + ("" if p_value < alpha else f": too few drafts to tell at {alpha:g}") + ")")
+    return verdict
 
 
 def mode_vs_base(mode_result: dict, base_result: dict, positions: dict) -> dict[str, Any]:

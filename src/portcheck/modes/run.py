@@ -18,7 +18,8 @@ from portcheck.dump.compact import Storage
 from portcheck import logprobs as m
 from portcheck.dump.logits_file import first_difference
 from portcheck.dump.run import (check_full_vocab, corpus_windows, decode_rows, dump_meta, load_tokenizer,
-                                score_windows, tokenize, write_corpus_dump, write_decode_dump)
+                                score_windows, timed_generate, tokenize, write_corpus_dump,
+                                write_decode_dump)
 from portcheck.engines.outputs import DecodeScores
 from portcheck.engines.factory import make_engine
 from portcheck.engines.settings import EngineSettings
@@ -26,6 +27,8 @@ from portcheck.model.checkpoint import load_model_config, text_settings
 from portcheck.modes.catalog import MODES, check_mode_model, fallback_calls, mode_settings, parse_run
 from portcheck.modes.workload import batch_workload, mode_workload
 from portcheck.targets import parse_target
+
+MTP_STEP_BUCKETS = 4  # acceptance by decode steps: where an acceptance falling after several rounds shows
 
 
 def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings: EngineSettings, corpus_text: str,
@@ -43,7 +46,7 @@ def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings:
     batch = batch_workload(tokenizer, corpus_text, prompt_ids, modes, settings.max_model_len) \
         if run.mode == "batch" else None
     model_text = text_settings(load_model_config(model_dir))
-    check_mode_model(run.mode, model_text, model_dir)
+    check_mode_model(run.mode, model_text, model_dir, int(modes["spec_tokens"]))
     stored = Storage.from_config(storage or {}, model_text.get("vocab_size"))
     windows = corpus_windows(tokenizer, corpus, settings.max_model_len) if corpus else None
     engine_settings = mode_settings(settings, run.mode, modes)
@@ -71,6 +74,9 @@ def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings:
         evidence = {"cached_tokens": list(engine.cached_tokens), "counters": engine.counters(),
                     "passes": engine.pass_counts() if passes and passes.get("installed") else passes,
                     "compilation": engine.compilation() if run.mode == "graph" else None}
+        if run.mode == "mtp":
+            evidence["spec_by_steps"], evidence["generate_seconds"] = spec_by_steps(
+                engine, workload, steps, MTP_STEP_BUCKETS)
         if batch:
             evidence.update(alone_passes=alone_passes, batch_size=len(batch),
                             alone_vs_batch=alone_vs_batch(alone, decoded))
@@ -143,17 +149,82 @@ def mode_proof(mode: str, evidence: dict, workload: list[list[int]], modes: dict
     if mode == "batch":
         return batch_proof(evidence)
     if mode == "mtp":
-        drafts, draft_tokens = counters.get("vllm:spec_decode_num_drafts"), counters.get(
-            "vllm:spec_decode_num_draft_tokens")
-        accepted = counters.get("vllm:spec_decode_num_accepted_tokens")
-        if not drafts:
-            return not_run(f"vLLM's spec-decode counters show no draft (vllm:spec_decode_num_drafts {_int(drafts)})")
-        rate = accepted / draft_tokens if draft_tokens else None
-        return ran(f"{_int(drafts)} drafts of {_int(draft_tokens)} tokens, {_int(accepted)} accepted",
-                   acceptance_rate=rate, mean_accepted_length=1 + accepted / drafts)
+        return mtp_proof(evidence)
     if mode == "graph":
         return graph_proof(evidence.get("compilation") or {})
     return not_run(f"no proof defined for mode {mode}")
+
+
+SPEC_COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens", "num_accepted_tokens_per_pos")
+
+
+def spec_counters(counters: dict) -> dict[str, Any]:
+    """vLLM's spec-decode counters by short name (num_drafts, ...): `vllm:spec_decode_<name>` offline, with a
+    `_total` suffix on /metrics, `vllm_` on some lines; absent ones are missing from the result."""
+    found = {}
+    for name, value in counters.items():
+        short = name.split("spec_decode_", 1)[-1].removesuffix("_total")
+        if "spec_decode_" in name and short in SPEC_COUNTERS:
+            found[short] = value
+    return found
+
+
+def counter_delta(after: dict, before: dict) -> dict[str, Any]:
+    """Spec-decode counters accumulated between two readings (per-position lists element by element)."""
+    delta = {}
+    for name, value in after.items():
+        old = before.get(name)
+        if isinstance(value, list):
+            old = old or [0] * len(value)
+            delta[name] = [a - b for a, b in zip(value, old)]
+        else:
+            delta[name] = value - (old or 0)
+    return delta
+
+
+def acceptance(counts: dict) -> dict[str, Any]:
+    """Acceptance figures from spec-decode counts (vLLM's definitions: rate = accepted / draft tokens, mean
+    acceptance length = 1 + accepted / drafts, per-position rate = accepted at position i / drafts)."""
+    drafts, draft_tokens = counts.get("num_drafts") or 0, counts.get("num_draft_tokens") or 0
+    accepted = counts.get("num_accepted_tokens") or 0
+    per_pos = counts.get("num_accepted_tokens_per_pos")
+    return {"drafts": drafts, "draft_tokens": draft_tokens, "accepted": accepted,
+            "acceptance_rate": accepted / draft_tokens if draft_tokens else None,
+            "mean_accepted_length": 1 + accepted / drafts if drafts else None,
+            "per_position": [a / drafts for a in per_pos] if drafts and per_pos else None,
+            "draft_tokens_per_accepted": draft_tokens / accepted if accepted else None}
+
+
+def mtp_proof(evidence: dict) -> dict[str, Any]:
+    """Ran when vLLM's spec-decode counters show drafts; the figures: acceptance overall, per draft position, and by
+    decode steps (evidence["spec_by_steps"]: cumulative counts after generating the workload to each boundary)."""
+    counts = spec_counters(evidence.get("counters") or {})
+    if not counts.get("num_drafts"):
+        return not_run(f"vLLM's spec-decode counters show no draft (spec_decode_num_drafts "
+                       f"{_int(counts.get('num_drafts'))})")
+    figures = acceptance(counts)
+    by_steps, previous, start = [], {}, 1
+    for cumulative in evidence.get("spec_by_steps") or []:
+        part = acceptance(counter_delta(cumulative["counts"], previous))
+        by_steps.append({"steps": f"{start}-{cumulative['steps']}", **part})
+        previous, start = cumulative["counts"], cumulative["steps"] + 1
+    return ran(f"{_int(figures['drafts'])} drafts of {_int(figures['draft_tokens'])} tokens, "
+               f"{_int(figures['accepted'])} accepted", **figures, acceptance_by_steps=by_steps,
+               generate_seconds=evidence.get("generate_seconds"))
+
+
+def spec_by_steps(engine, workload: list[list[int]], steps: int, buckets: int) -> tuple[list[dict], float]:
+    """The workload generated greedily to each bucket boundary of the decode steps, the spec-decode counters read
+    around each: cumulative counts up to that step (a later bucket's acceptance is the difference; each run
+    replays the same greedy rounds, the last one cut at the boundary). Also the seconds of the full-length run,
+    the decode time with MTP."""
+    bounds = sorted({max(1, steps * i // buckets) for i in range(1, buckets + 1)})
+    cumulative, seconds = [], None
+    for bound in bounds:
+        before = spec_counters(engine.counters())
+        seconds = timed_generate(engine, workload, bound)
+        cumulative.append({"steps": bound, "counts": counter_delta(spec_counters(engine.counters()), before)})
+    return cumulative, seconds
 
 
 def graph_proof(facts: dict) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from portcheck.artifacts import read_artifact
 from portcheck.modes.catalog import MODES
-from portcheck.report.format import NOT_RUN, VERDICT_LABEL, pct, ratio, sci, table
+from portcheck.report.format import NOT_RUN, VERDICT_LABEL, decimal, pct, sci, speedup, table
 from portcheck.report.sections.positions import ratio_text
 from portcheck.report.sources import cite
 
@@ -38,8 +38,7 @@ def modes_section(modes: dict | None) -> dict:
             "by_target": by_target,
             "failures": failures, "inconclusive": inconclusive, "workload": workload,
             "modes": [{"name": name, "description": text} for name, text in MODES.items()],
-            "mtp": [_mtp(run, c) for run, c in compared.items() if c.get("mode") == "mtp" and c.get("acceptance_rate")
-                    is not None]}
+            "mtp": mtp_tables(compared, modes)}
 
 
 def _row(run: str, c: dict) -> list:
@@ -62,8 +61,57 @@ def _kld(comparison: dict) -> str:
            f"({comparison.get('kld_basis') or overall.get('kld_basis') or 'basis unknown'})"
 
 
-def _mtp(run: str, c: dict) -> dict:
-    return {"run": run, "acceptance_rate": pct(c.get("acceptance_rate")),
-            "mean_accepted_length": f"{c.get('mean_accepted_length'):.2f}",
-            "speedup": ratio(c["base_decode_seconds"] / c["decode_seconds"])
-            if c.get("decode_seconds") and c.get("base_decode_seconds") else "unknown"}
+MTP_HEADER = ["Run", "Drafts (draft tokens)", "Accepted", "Acceptance rate", "Per draft position",
+              "Reference MTP per position (rounds replayed)", "Mean acceptance length", "Draft tokens per accepted",
+              "Greedy tokens = base (first differing step)", "Decode tok/s base → mtp", "Acceptance check"]
+
+
+def mtp_tables(compared: dict[str, dict], modes: dict) -> dict | None:
+    """The mtp runs' acceptance (vLLM's spec-decode counters), losslessness against the base, speed, and acceptance
+    by decode steps (where an acceptance that falls after several rounds shows)."""
+    runs = {run: c for run, c in compared.items() if c.get("mode") == "mtp" and c.get("drafts")}
+    if not runs:
+        return None
+    sources = ", ".join(cite(modes["runs"][run], "drafts", "per_position", "reference_acceptance",
+                             "acceptance_by_steps", "vs_base", "generate_seconds", "base_generate_seconds", "verdict")
+                        for run in runs)
+    rows = [_mtp_row(run, c) for run, c in runs.items()]
+    bounds = next((c["acceptance_by_steps"] for c in runs.values() if c.get("acceptance_by_steps")), [])
+    by_steps = [[run, *[f"{pct(b['acceptance_rate'])} of {b['draft_tokens']}" for b in c.get("acceptance_by_steps")
+                        or []]] for run, c in runs.items()]
+    return {"table": table(MTP_HEADER, rows, sources),
+            "by_steps": table(["Run", *[f"steps {b['steps']}" for b in bounds]], by_steps, sources) if bounds
+            else None}
+
+
+def _mtp_row(run: str, c: dict) -> list:
+    versus = c.get("vs_base") or {}
+    differ = [str(d) for d in versus.get("first_difference") or [] if d is not None]
+    lossless = (f"{versus['tokens_equal']} of {versus['sequences']}"
+                + (f" (first differing step {', '.join(differ)})" if differ else "")) if "tokens_equal" in versus \
+        else "unknown"
+    verdict = c.get("verdict") or {}
+    check = "; ".join(r for r in verdict.get("reasons", []) + verdict.get("inconclusive", [])
+                      if r.startswith("acceptance:")) or "pass"
+    return [run, f"{c['drafts']} ({c.get('draft_tokens')})", c.get("accepted"), pct(c.get("acceptance_rate")),
+            ", ".join(pct(r) for r in c.get("per_position") or []) or "not reported",
+            _reference(c.get("reference_acceptance")), decimal(c.get("mean_accepted_length")),
+            decimal(c.get("draft_tokens_per_accepted"), missing="none accepted"), lossless, _speed(c), check]
+
+
+def _reference(reference: dict | None) -> str:
+    if not reference:
+        return "not measured"
+    if not reference.get("per_position"):
+        return f"not measured: {reference.get('reason', 'no round replayed')}"
+    return f"{', '.join(pct(r) for r in reference['per_position'])} ({reference['drafts']} rounds)"
+
+
+def _speed(c: dict) -> str:
+    """Decode tokens/s of the mode workload generated as one batch, base configuration and with MTP (one run each),
+    and the speed-up."""
+    workload, base, mtp = c.get("workload") or {}, c.get("base_generate_seconds"), c.get("generate_seconds")
+    if not (base and mtp and workload):
+        return "unknown"
+    tokens = workload["prompts"] * workload["max_tokens"]
+    return f"{tokens / base:.1f} → {tokens / mtp:.1f} ({speedup(base / mtp)})"
