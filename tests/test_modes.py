@@ -538,6 +538,14 @@ def test_vllms_rounds_are_replayed_with_each_draft_decided_by_the_targets_tokens
                    "num_accepted_tokens_per_pos": [3]}
 
 
+def test_the_reference_mtp_refuses_a_head_of_more_layers_than_it_replays():
+    from portcheck.model.mtp import build_reference_mtp
+
+    with pytest.raises(PortcheckError, match=r"has layers 0, 1; the reference MTP replays Qwen3.5's single MTP "
+                                             r"layer only: remove the \+mtp run or give modes.mtp_acceptance.golden"):
+        build_reference_mtp(None, {"layers.0.mlp.up_proj.weight": 0, "layers.1.mlp.up_proj.weight": 0}, None, None)
+
+
 def test_the_reference_mtp_refuses_a_checkpoint_without_mtp_weights(tmp_path):
     from safetensors.numpy import save_file
 
@@ -570,3 +578,17 @@ def test_the_report_states_the_mtp_figures_and_what_the_acceptance_check_said():
     assert tables["by_steps"]["rows"] == [["cpu-vllm-bf16+mtp", "50% of 60", "25% of 40"]]
     assert "results/m/compare/cpu-vllm-bf16+mtp.mode.json (drafts" in tables["table"]["source"]
     assert mtp_tables({"x+chunked": {"mode": "chunked"}}, {"runs": {}}) is None
+
+
+def test_the_reference_mtp_is_not_measured_where_the_reference_runs_vllm(tiny_model_dir, tmp_path):
+    """No engine starts; compare_mode then holds the run to modes.mtp_acceptance.golden, or does not judge it."""
+    from portcheck.modes.mtp_reference import score_mtp
+
+    decode_dump(tmp_path / "mtp.safetensors", [np.zeros((STEPS, VOCAB))], [list(range(1, STEPS + 1))],
+                "cpu-vllm-bf16")
+    score_mtp("cpu-vllm-fp32", tiny_model_dir, EngineSettings(), tmp_path / "mtp.safetensors", tmp_path / "ref.json",
+              spec_tokens=1)
+    reference = json.loads((tmp_path / "ref.json").read_text())
+    assert reference["status"] == "not measured" and "the reference cpu-vllm-fp32 runs vllm" in reference["reason"]
+    verdict = acceptance_verdict([0.5], {"golden": None}, reference, 100)
+    assert "acceptance not judged: the reference MTP runs on" in verdict["inconclusive"][0]

@@ -38,9 +38,21 @@ def mtp_weights(model_dir: str | Path) -> dict:
     return found
 
 
+def unsupported_head(weights: dict) -> str | None:
+    """Why the reference cannot replay this MTP head, or None. vLLM drafts step j with layer j mod n: a one-layer
+    replay of a deeper head would be wrong from the second draft on."""
+    deeper = sorted({k.split(".")[1] for k in weights if k.startswith("layers.") and not k.startswith("layers.0.")})
+    if deeper:
+        return (f"the checkpoint's MTP head has layers {', '.join(['0', *deeper])}; the reference MTP replays "
+                "Qwen3.5's single MTP layer only")
+    return None
+
+
 def build_reference_mtp(text_config, weights: dict, embedding, output):
     """The MTP head as an fp32 torch module; embedding and output: the main model's token embedding and lm_head
-    weights (shared with the head, as vLLM shares them). Its first layer makes the first draft."""
+    weights (shared with the head, as vLLM shares them). One MTP layer, as Qwen3.5 has."""
+    if problem := unsupported_head(weights):
+        raise PortcheckError(f"{problem}: remove the +mtp run or give modes.mtp_acceptance.golden from a trusted run")
     import torch
     from torch import nn
     from transformers.models.qwen3_5 import modeling_qwen3_5 as q

@@ -14,7 +14,7 @@ from portcheck.dump.decode_reference import decoded_tokens
 from portcheck.engines.factory import make_engine
 from portcheck.engines.settings import EngineSettings
 from portcheck.model.checkpoint import model_sha
-from portcheck.model.mtp import build_reference_mtp, mtp_weights, simulate_rounds
+from portcheck.model.mtp import build_reference_mtp, mtp_weights, simulate_rounds, unsupported_head
 from portcheck.modes.run import acceptance
 from portcheck.targets import parse_target
 
@@ -25,11 +25,13 @@ def score_mtp(reference: str, model_dir: str | Path, settings: EngineSettings, d
     target = parse_target(reference)
     head = {"target": decoded.meta.get("target"), "reference": reference, "spec_tokens": int(spec_tokens),
             "model_sha": model_sha(model_dir)}
-    if target.engine != "hf":
-        write_json(out_path, {**head, "status": "not measured", "reason": f"the reference MTP runs on the "
-                              f"reference's transformers model, and the reference {reference} runs {target.engine}"})
-        return
     weights = mtp_weights(model_dir)  # refused before the engine starts where the checkpoint has none
+    why_not = unsupported_head(weights) or (
+        f"the reference MTP runs on the reference's transformers model, and the reference {reference} runs "
+        f"{target.engine}" if target.engine != "hf" else None)
+    if why_not:  # the run is then held to modes.mtp_acceptance.golden, or not judged
+        write_json(out_path, {**head, "status": "not measured", "reason": why_not})
+        return
     started = time.perf_counter()
     with make_engine(target, model_dir, settings) as engine:
         model = engine.model
