@@ -118,8 +118,9 @@ DUMPED_KINDS = (
 )
 # What run_mode reads of the modes section (the run list itself is not one of its settings, nor the acceptance
 # rule compare_mode applies).
-MODE_SETTINGS = {key: value for key, value in config["modes"].items()
-                 if key not in ("enabled", "runs", "mtp_acceptance")}
+MODE_SETTINGS = {
+    key: value for key, value in config["modes"].items() if key not in ("enabled", "runs", "mtp_acceptance")
+}
 # What the dump's base run reads of it: the workload only (a mode's own knobs redo no dump).
 MODE_WORKLOAD = {key: config["modes"][key] for key in ("prompts", "prefix_tokens", "max_tokens")}
 # What a mode run reads of the corpus section: the windows it scores (not how they are compared).
