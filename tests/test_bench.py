@@ -288,7 +288,10 @@ def test_report_performance_section_shows_tables_roofline_flags_and_not_run(tmp_
                          bench_checks=check_benchmarks(seed, "Ascend 999", None, 0.25))
     missing = TargetData("cpu-vllm-bf16", "target",
                          absent={"bench": "results/x/bench.json is absent", "serve": "results/x/serve.json is absent"})
-    section = performance_section([ran, on_npu, unknown, missing])
+    on_gpu = TargetData("gpu-hf-bf16", "target", bench=seed, paths=paths,
+                        env={"gpu": [{"name": "NVIDIA H200", "memory": "143771 MiB", "driver": "580.159.04"}]},
+                        bench_checks=check_benchmarks(seed, None, None, 0.25))
+    section = performance_section([ran, on_npu, unknown, missing, on_gpu])
     views = {t["target"]: t for t in section["targets"]}
     assert views["cpu-vllm-bf16"]["bench"] is None and "absent" in views["cpu-vllm-bf16"]["bench_reason"]
     assert "vllm targets only" in views["cpu-hf-bf16"]["serve_reason"]
@@ -296,14 +299,20 @@ def test_report_performance_section_shows_tables_roofline_flags_and_not_run(tmp_
     assert "| 4 | 20 | 0.052 | 80 | 1,538.5 |" in sweep
     assert sweep.endswith(f"*Source: {cell(str(outputs['json']) + ' (throughput[1].rows)')}*")
     roofline = {row[0]: row for row in section["roofline"]["rows"]}
-    assert roofline["cpu-hf-bf16"][1].startswith("peak unknown") and roofline["cpu-hf-bf16"][4] == "unknown"
+    assert roofline["cpu-hf-bf16"][1] == "peak unknown (no hardware configured for this cpu target)"
+    assert roofline["cpu-hf-bf16"][4] == "unknown"
+    # the GPU the environment saw is named for the user to set, never taken as the peak
+    assert roofline["gpu-hf-bf16"][1] == ("peak unknown (no hardware configured for this gpu target; its environment "
+                                          "saw NVIDIA H200: name its entry of `hardware` in "
+                                          "targets.gpu-hf-bf16.hardware)") and roofline["gpu-hf-bf16"][2] == "unknown (not configured)"
     assert roofline["npu-vllm-bf16"][1:3] == ["Ascend 910B2 (third-party)", "1.60 TB/s"]
     assert roofline["npu-hf-bf16"][1] == "Ascend 999 (not in the hardware table: peak unknown)"
     assert roofline["cpu-vllm-bf16"][1] == "not run"
     failed = [row for row in section["consistency"]["rows"] if row[8].startswith("❌")]
     assert [(row[0], row[1]) for row in failed] == [("npu-vllm-bf16", "grid vs latency runs"),
-                                                    ("npu-hf-bf16", "grid vs latency runs")]
-    assert section["flags_failed"] == 2 and section["tolerance"] == "25%"
+                                                    ("npu-hf-bf16", "grid vs latency runs"),
+                                                    ("gpu-hf-bf16", "grid vs latency runs")]
+    assert section["flags_failed"] == 3 and section["tolerance"] == "25%"
 
 
 def test_run_benchmarks_refuses_an_oversized_grid_before_any_engine_start(tmp_path, fake_model):

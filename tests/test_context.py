@@ -3,6 +3,7 @@ with the whole window against the last 64 tokens, checked against hand-computed 
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -31,16 +32,42 @@ class RemembersEverything:
 
 
 def test_the_rise_is_the_loss_lost_with_the_far_context():
-    windows = [[(i * 3) % VOCAB for i in range(129)], [(i * 5) % VOCAB for i in range(129)]]
+    # the third window's next token is always 0, the uniform row's first (argmax) id: its top-1 does not change
+    windows = [[(i * 3) % VOCAB for i in range(129)], [(i * 5) % VOCAB for i in range(129)], [0] * 129]
     result = context_dependence(RemembersEverything(), windows, context=64, stride=16)
     # positions 64, 80, 96, 112 of each window (each < 128, the last row with a next token)
-    assert result["positions"] == 8 and result["windows"] == 2
+    assert result["positions"] == 12 and result["windows"] == 3
     assert result["loss_full"] == pytest.approx(-math.log(0.9), rel=1e-5)
     assert result["loss_cut"] == pytest.approx(math.log(VOCAB), rel=1e-6)
     assert result["rise"] == pytest.approx(math.log(VOCAB) + math.log(0.9), rel=1e-5)
-    assert result["rise_by_window"] == pytest.approx([result["rise"]] * 2, rel=1e-6)
+    assert result["rise_by_window"] == pytest.approx([result["rise"]] * 3, rel=1e-6)
+    # KL(whole || uniform over 8) with p(next) = 0.9 and 0.1 / 7 on each other id
+    kld = 0.9 * math.log(0.9 * VOCAB) + 0.1 * math.log(0.1 / 7 * VOCAB)
+    assert result["kld_whole_cut_mean"] == pytest.approx(kld, rel=1e-5)
+    assert result["top1_changed_rate"] == pytest.approx(8 / 12)
 
 
 def test_windows_no_longer_than_the_context_are_not_run_and_say_so():
     result = context_dependence(RemembersEverything(), [[1, 2, 3]], context=64)
     assert result == {"status": "not run", "reason": "no window is longer than 65 tokens"}
+
+
+def test_the_model_table_states_the_cut_as_a_multiple_of_the_bf16_floor(tmp_path):
+    from portcheck.report.load import TargetData
+    from portcheck.report.sections.model import context_table
+    from portcheck.targets import FLOOR_TARGET
+
+    path = tmp_path / "context.json"
+    path.write_text(json.dumps({"status": "ok", "reference": "cpu-hf-fp32", "context_tokens": 64, "stride": 16,
+                                "positions": 96, "windows": 8, "loss_full": 6.28, "loss_cut": 6.289, "rise": 0.009,
+                                "kld_whole_cut_mean": 0.02, "top1_changed_rate": 0.125}))
+    floor = TargetData(FLOOR_TARGET, "target", corpus_compare={"overall": {"kld_mean": 4e-5}},
+                       paths={"corpus_compare": "results/m/compare/cpu-hf-bf16.corpus.json"})
+    rows = {row[0]: row for row in context_table(str(path), floor)["rows"]}
+    assert rows["KL(whole ‖ cut), mean"][1] == "0.02 nats" and "500x the bf16 floor" in rows["KL(whole ‖ cut), mean"][2]
+    assert rows["top-1 changed by the cut"][1] == "12.5%"
+    # an artifact written before the KLD was measured: unknown, never a figure
+    path.write_text(json.dumps({"status": "ok", "reference": "cpu-hf-fp32", "context_tokens": 64, "stride": 16,
+                                "positions": 96, "windows": 8, "loss_full": 6.28, "loss_cut": 6.289, "rise": 0.009}))
+    rows = {row[0]: row for row in context_table(str(path), None)["rows"]}
+    assert rows["KL(whole ‖ cut), mean"][1] == "unknown" and "floor" not in rows["KL(whole ‖ cut), mean"][2]

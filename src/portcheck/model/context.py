@@ -16,32 +16,39 @@ STRIDE = 16  # every 16th position past the first chunk: one short forward each
 def context_dependence(engine, windows: list[list[int]], context: int = CONTEXT_TOKENS,
                        stride: int = STRIDE) -> dict:
     """Mean next-token loss (nats) at positions >= `context` of each window, with the whole window and with only the
-    last `context` tokens (position p: tokens p-context+1..p predict token p+1)."""
-    full, cut, per_window = [], [], []
+    last `context` tokens (position p: tokens p-context+1..p predict token p+1); and how far cutting moves the
+    distributions there: KL(whole || cut) and the share of positions whose top token changes. The loss rise says
+    whether the far context helps; the KLD says how much any carried-state fault could move the outputs at most
+    (one that loses everything beyond a chunk), useful or not."""
+    full, cut, per_window, kld, top1_changed = [], [], [], [], []
     for window in windows:
         positions = list(range(context, len(window) - 1, stride))
         if not positions:
             continue
-        whole = _losses(engine.score([window])[0].logits, window)
-        short = [_losses(scores.logits, window[p - context + 1: p + 2])[-1]
-                 for p, scores in zip(positions, engine.score([window[p - context + 1: p + 1] for p in positions]))]
-        full.extend(whole[positions])
+        whole_rows = _log_probs(engine.score([window])[0].logits)[positions]
+        cut_rows = _log_probs(np.stack([scores.logits[-1] for scores in engine.score(
+            [window[p - context + 1: p + 1] for p in positions])]))
+        targets = np.asarray([window[p + 1] for p in positions])
+        whole = -whole_rows[np.arange(len(positions)), targets]
+        short = -cut_rows[np.arange(len(positions)), targets]
+        full.extend(whole)
         cut.extend(short)
-        per_window.append(float(np.mean(short) - np.mean(whole[positions])))
+        per_window.append(float(np.mean(short) - np.mean(whole)))
+        kld.extend((np.exp(whole_rows) * (whole_rows - cut_rows)).sum(axis=1))
+        top1_changed.extend(whole_rows.argmax(axis=1) != cut_rows.argmax(axis=1))
     if not full:
         return {"status": "not run", "reason": f"no window is longer than {context + 1} tokens"}
     loss_full, loss_cut = float(np.mean(full)), float(np.mean(cut))
     return {"status": "ok", "context_tokens": context, "stride": stride, "positions": len(full),
             "windows": len(per_window), "loss_full": loss_full, "loss_cut": loss_cut, "rise": loss_cut - loss_full,
-            "rise_by_window": per_window}
+            "rise_by_window": per_window, "kld_whole_cut_mean": float(np.mean(kld)),
+            "top1_changed_rate": float(np.mean(top1_changed))}
 
 
-def _losses(logits, ids: list[int]) -> np.ndarray:
-    """Next-token loss at every row that has a next token: row i predicts ids[i + 1]."""
-    rows = np.asarray(logits, np.float64)[: len(ids) - 1]
+def _log_probs(logits) -> np.ndarray:
+    rows = np.asarray(logits, np.float64)
     shifted = rows - rows.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return -log_probs[np.arange(len(rows)), np.asarray(ids[1:len(rows) + 1])]
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
 def measure_context(reference: str, model_dir, settings, corpus: dict, out_path) -> None:

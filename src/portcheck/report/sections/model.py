@@ -9,7 +9,7 @@ from portcheck.artifacts import read_artifact
 from portcheck.report.format import ABSENT, NOT_RUN, UNKNOWN, gib, millions, num, show, table
 from portcheck.report.load import TargetData
 from portcheck.report.sources import cite, every_target
-from portcheck.targets import parse_target
+from portcheck.targets import FLOOR_TARGET, parse_target
 
 SHA_PREFIX = 16
 SEED_EOS_ID = 248044  # Qwen3.5's eos id, which the seed report's model table gives as vocab_size
@@ -20,13 +20,20 @@ MANIFEST_KEYS = ("source", "config", "parameters", "tensor_count", "text_tensors
 def model_section(manifest: dict | None, manifest_path: str | None, targets: list[TargetData],
                   context_path: str | None = None) -> dict:
     return {"table": model_table(manifest, manifest_path) if manifest is not None else None,
-            "settings": settings_table(targets), "context": context_table(context_path)}
+            "settings": settings_table(targets), "context": context_table(context_path, _floor(targets))}
 
 
-def context_table(path: str | None) -> dict | None:
-    """How much the model needs far context (rule measure_context); None where the corpus is off."""
+def _floor(targets: list[TargetData]) -> TargetData | None:
+    """The bf16 floor with its corpus comparison, the unit of the context table's KLD."""
+    return next((t for t in targets if t.name == FLOOR_TARGET and t.role == "target" and t.corpus_compare), None)
+
+
+def context_table(path: str | None, floor: TargetData | None = None) -> dict | None:
+    """How much the model needs far context (rule measure_context); None where the corpus is off. The KLD the cut
+    causes is given as a multiple of the bf16 floor's corpus KLD where the floor ran."""
     if not path:
         return None
+    sources = [cite(path, "loss_full", "loss_cut", "rise", "kld_whole_cut_mean", "top1_changed_rate")]
     c = read_artifact(path, "context")
     if c.get("status") != "ok":
         rows = [["far-context dependence", NOT_RUN, c.get("reason", UNKNOWN)]]
@@ -38,8 +45,21 @@ def context_table(path: str | None) -> dict | None:
                 ["next-token loss, last {} tokens only".format(n), f"{c['loss_cut']:.3f} nats",
                  "the same positions, the context cut to one Gated DeltaNet chunk"],
                 ["rise when the far context is cut", f"{c['rise']:+.3f} nats",
-                 _dependence_note(c)]]
-    return table(["Measure", "Value", "Note"], rows, cite(path, "loss_full", "loss_cut", "rise"))
+                 _dependence_note(c)],
+                *_moved_rows(c, floor, sources)]
+    return table(["Measure", "Value", "Note"], rows, "; ".join(sources))
+
+
+def _moved_rows(c: dict, floor: TargetData | None, sources: list[str]) -> list[list[str]]:
+    """How far the cut moves the distributions: the most any carried-state fault could move them."""
+    kld, changed = c.get("kld_whole_cut_mean"), c.get("top1_changed_rate")
+    note = "the same positions; the most a fault that loses everything beyond one chunk could move the outputs"
+    floor_kld = ((floor.corpus_compare or {}).get("overall") or {}).get("kld_mean") if floor else None
+    if kld is not None and floor_kld:
+        note += f": {kld / floor_kld:,.0f}x the bf16 floor's corpus KLD mean ({floor.name}, {floor_kld:.3g})"
+        sources.append(cite(floor.paths.get("corpus_compare", ""), "overall.kld_mean"))
+    return [["KL(whole ‖ cut), mean", UNKNOWN if kld is None else f"{kld:.3g} nats", note],
+            ["top-1 changed by the cut", UNKNOWN if changed is None else f"{changed:.1%}", "the same positions"]]
 
 
 def _dependence_note(c: dict) -> str:

@@ -94,8 +94,18 @@ def _hardware_text(t: TargetData) -> str:
     if name and peaks is None:
         return f"{name} (not in the hardware table: peak unknown)"
     if peaks is None:
-        return f"peak unknown (no hardware configured for this {parse_target(t.name).device} target)"
+        device = parse_target(t.name).device
+        return f"peak unknown (no hardware configured for this {device} target{_seen_gpu_hint(t, device)})"
     return f"{name} ({peaks.get('source', 'no source given')})"
+
+
+def _seen_gpu_hint(t: TargetData, device: str) -> str:
+    """The GPU the target's environment saw, named for the user to set (a hint, never used as the peak)."""
+    gpus = (t.env or {}).get("gpu") if device == "gpu" else None
+    names = sorted({g.get("name") for g in gpus or [] if g.get("name")})
+    if not names:
+        return ""
+    return f"; its environment saw {', '.join(names)}: name its entry of `hardware` in targets.{t.name}.hardware"
 
 
 def _consistency_table(targets: list[TargetData], flags: list[tuple[str, dict]]) -> dict:
