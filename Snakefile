@@ -20,6 +20,7 @@ include: "rules/compare.smk"
 include: "rules/modes.smk"
 include: "rules/benchmarks.smk"
 include: "rules/accuracy.smk"
+include: "rules/vision.smk"
 include: "rules/report.smk"
 include: "rules/shared_store.smk"
 

@@ -40,6 +40,8 @@ from portcheck.errors import PortcheckError  # noqa: E402
 from portcheck.accuracy.tasks import data_files as accuracy_task_data  # noqa: E402
 from portcheck.env.versions import distribution_version  # noqa: E402
 from portcheck.env import python_env  # noqa: E402
+from portcheck.vision.engines import IMAGE_ENGINES as VISION_ENGINES, NOT_WIRED as VISION_NOT_WIRED  # noqa: E402
+from portcheck.vision.images import image_problems as vision_image_problems  # noqa: E402
 from portcheck.targets import ENGINE_MODULES, FLOOR_TARGET, TARGET_PATTERN, floor_absence, parse_target  # noqa: E402
 from portcheck.workflow.code_inputs import PACKAGE_DIR, module_closure  # noqa: E402
 from portcheck.workflow.version_params import result_versions  # noqa: E402
@@ -70,6 +72,9 @@ except PortcheckError as error:
     raise WorkflowError(str(error))
 config.clear()
 config.update(_validated)
+_image_problems = vision_image_problems(config["vision"], workflow.basedir)
+if _image_problems:
+    raise WorkflowError("invalid config:\n  - " + "\n  - ".join(_image_problems))
 
 MODEL = config["model"]["name"]
 RESULTS = f"results/{MODEL}"
@@ -293,6 +298,31 @@ def bench_sources(wildcards):
 def accuracy_sources(wildcards):
     """lm-eval's driver, and the server it starts for a vllm target, with the one engine the target runs."""
     return package_sources("accuracy.evaluate", "benchmarks.serving", exclude=other_engines(wildcards))
+
+
+def vision_sources(wildcards):
+    """The vision stage with the one engine the target runs."""
+    return package_sources("vision.run", exclude=other_engines(wildcards))
+
+
+def vision_takes_images(target):
+    return parse_target(target).engine in VISION_ENGINES
+
+
+def vision_dumps(wildcards):
+    """compare_vision's inputs: both sides' image-prompt dumps where the target's engine takes images (none else:
+    the comparison is written not run, with vision_not_wired's reason)."""
+    if not vision_takes_images(wildcards.target):
+        return {}
+    return {
+        f"{side}_{kind}": target_file(kind, target)
+        for side, target in (("reference", REFERENCE), ("target", wildcards.target))
+        for kind in ("vision", "vision_blocks")
+    }
+
+
+def vision_not_wired(wildcards):
+    return None if vision_takes_images(wildcards.target) else VISION_NOT_WIRED
 
 
 def model_dir():

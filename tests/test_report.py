@@ -619,7 +619,7 @@ def test_every_anchor_link_resolves_to_a_heading(artifacts, tmp_path):
     links = re.findall(r"\]\((#[^)]*)\)", text)
     assert links == [H["artifacts"].replace("## ", "#").replace(". ", "-").lower(), "#6-precision-comparison",
                      "#7-long-context-precision", "#8-decode-path-precision", "#9-engine-modes",
-                     "#6-precision-comparison"]
+                     "#18-vision-tower", "#6-precision-comparison"]
     headings = {anchor(line.lstrip("#").strip()) for line in text.splitlines() if line.startswith("#")}
     assert set(links) <= headings
 
@@ -630,7 +630,7 @@ def test_section_headings_come_from_the_one_list(artifacts, tmp_path):
     assert rendered == [f"## {n}. {title}" for n, (_, title) in enumerate(SECTIONS, start=1)]
     assert rendered[:-1] == HEADINGS
     headings = section_headings()
-    assert headings["artifacts"]["anchor"] == "#19-artifacts" and headings["history"]["heading"] == "20. History"
+    assert headings["artifacts"]["anchor"] == "#20-artifacts" and headings["history"]["heading"] == "21. History"
     assert anchor("9. bf16 vs fp32: Theory (not a measurement)") == "#9-bf16-vs-fp32-theory-not-a-measurement"
 
 

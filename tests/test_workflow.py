@@ -166,8 +166,8 @@ def test_template_edit_reruns_only_the_render(rerun_copy):
 def test_threshold_change_reruns_only_compare_and_render(rerun_copy):
     set_config(rerun_copy, lambda c: c["compare"]["thresholds"]["kld_mean_max"].update(value=0.123))
     assert planned_jobs(rerun_copy) == {"compare_logits": 2, "compare_corpus": 2, "compare_decode": 2,
-                                        "compare_mode": 2, "plot_kld": 1, "plot_long_context": 1,
-                                        "render_report": 1, "render_html": 1, "report": 1}
+                                        "compare_mode": 2, "compare_vision": 2, "plot_kld": 1,
+                                        "plot_long_context": 1, "render_report": 1, "render_html": 1, "report": 1}
 
 
 def test_a_mode_knob_redoes_no_dump(rerun_copy):
@@ -183,7 +183,7 @@ def test_enabling_a_target_runs_only_that_target(rerun_copy):
         "capture_env": 1, "dump_logits": 1, "run_benchmarks": 1, "check_benchmarks": 1, "compare_logits": 1,
         "compare_corpus": 1, "score_decode": 1, "compare_decode": 1, "compare_layers": 1, "plot_kld": 1,
         "plot_long_context": 1, "plot_layers": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
-        "evaluate_accuracy": 1, "compare_accuracy": 1,
+        "evaluate_accuracy": 1, "compare_accuracy": 1, "dump_vision": 1, "compare_vision": 1,
     }
 
 
@@ -199,8 +199,9 @@ def test_hardware_peak_change_reruns_only_the_derived_figures(rerun_copy):
 def test_package_edit_reruns_the_rules_that_use_it(rerun_copy):
     edit(rerun_copy / "src" / "portcheck" / "compare" / "metrics.py", lambda t: t + "\n# edited\n")
     assert planned_jobs(rerun_copy) == {"compare_logits": 2, "compare_corpus": 2, "compare_decode": 2,
-                                        "compare_layers": 2, "compare_mode": 2, "plot_kld": 1, "plot_long_context": 1,
-                                        "plot_layers": 1, "render_report": 1, "render_html": 1, "report": 1}
+                                        "compare_layers": 2, "compare_mode": 2, "compare_vision": 2, "plot_kld": 1,
+                                        "plot_long_context": 1, "plot_layers": 1, "render_report": 1,
+                                        "render_html": 1, "report": 1}
 
 
 @pytest.mark.parametrize("module, serves", [("engine.py", False), ("engine_args.py", True),
@@ -224,7 +225,7 @@ def test_hf_engine_edit_leaves_the_vllm_target_alone(rerun_copy):
     edit(rerun_copy / "src" / "portcheck" / "engines" / "hf.py", lambda t: t + "\n# edited\n")
     plan = planned_jobs(rerun_copy)
     # the two hf targets; only cpu-hf-bf16 is benchmarked (bench.reference is false)
-    assert plan["dump_logits"] == 2 and plan["run_benchmarks"] == 1
+    assert plan["dump_logits"] == 2 and plan["run_benchmarks"] == 1 and plan["dump_vision"] == 2
     assert "check_serving" not in plan  # the vllm target's artifacts stay
 
 
@@ -258,6 +259,23 @@ def test_task_accuracy_is_measured_through_lm_eval_on_every_engine(workflow_run)
         assert mc["n"] == 24 and mc["same_answer"] >= 0.9 and not mc["significantly_worse"]
         assert f"| {target} | portcheck\\_mc | acc | 24 |" in report
     assert "part of the verdict (`accuracy.in_verdict` is false)" in report
+
+
+def test_image_prompts_are_compared_on_hf_and_said_not_run_on_vllm(workflow_run):
+    results = workflow_run / "results" / MODEL
+    report = (workflow_run / "reports" / MODEL / "report.md").read_text()
+    hf = json.loads((results / "compare" / "cpu-hf-bf16.vision.json").read_text())
+    assert hf["status"] == "pass" and hf["layout"]["same"] and hf["first_divergent"] is None
+    assert hf["prompts"] == ["shapes", "gradient-text", "shapes+gradient-text"] and hf["text"]["n_positions"] > 0
+    vllm = json.loads((results / "compare" / "cpu-vllm-bf16.vision.json").read_text())
+    assert vllm["status"] == "not run" and "vLLM's multi_modal_data is not wired" in vllm["reason"]
+    assert not (results / "cpu-vllm-bf16" / "vision.safetensors").exists()  # no engine started for it
+    from portcheck.report.render import section_headings
+
+    headings = section_headings()
+    section = report.split(f"## {headings['vision']['heading']}")[1].split(f"## {headings['plots']['heading']}")[0]
+    assert "| cpu-hf-bf16 | ✅ pass |" in section and "**cpu-hf-bf16, per vision block**" in section
+    assert "- Not run: cpu-vllm-bf16: image prompts reach only the hf engine so far" in section
 
 
 def test_an_mtp_run_is_measured_against_the_reference_mtp(rerun_copy):

@@ -31,6 +31,8 @@ TARGET_FILES = {
     "bench_checks": "bench_checks.json",
     "serve": "serve.json",
     "accuracy": "accuracy.json",
+    "vision": "vision.safetensors",
+    "vision_blocks": "vision_blocks.safetensors",
 }
 # The rule that writes each kind (the fix a reader names when an artifact is unreadable).
 WRITTEN_BY = {
@@ -58,6 +60,9 @@ WRITTEN_BY = {
     "serve": "check_serving",
     "accuracy": "evaluate_accuracy",
     "accuracy_compare": "compare_accuracy",
+    "vision": "dump_vision",
+    "vision_blocks": "dump_vision",
+    "vision_compare": "compare_vision",
     "compare": "compare_logits",
     "corpus_compare": "compare_corpus",
     "decode_compare": "compare_decode",
@@ -82,10 +87,11 @@ COMPARE_SUFFIXES = {
     "decode_compare": ".decode.json",
     "layers_compare": ".layers.json",
     "accuracy_compare": ".accuracy.json",
+    "vision_compare": ".vision.json",
 }
 # The comparisons the config can turn off: kind -> the config section whose `enabled` does.
 OPTIONAL_COMPARISONS = {"corpus_compare": "corpus", "decode_compare": "decode", "layers_compare": "layers",
-                        "accuracy_compare": "accuracy"}
+                        "accuracy_compare": "accuracy", "vision_compare": "vision"}
 
 
 def compare_path(results: str, target: str, kind: str = "compare") -> str:

@@ -17,7 +17,8 @@ from portcheck.faults import catalog as faults
 from portcheck.faults import hf_hooks
 from portcheck.engines.layer_hooks import LayerCapture, check_layer_indices, find_decoder_layers
 from portcheck.engines.outputs import (DecodeScores, Generation, LayerStates, PromptScores, TimedGeneration,
-                                       decode_row_ids, item)
+                                       VisionScores, decode_row_ids, item)
+from portcheck.errors import PortcheckError
 
 # Functions transformers swaps for optimised kernels (flash-linear-attention, causal-conv1d) when installed.
 GDN_FUNCTIONS = (
@@ -47,15 +48,17 @@ class HFEngine(Engine):
     def __init__(self, target, model_dir, settings):
         super().__init__(target, model_dir, settings)
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
         self.torch = torch
         self.device = devices.torch_device(target.device)
         devices.set_cpu_threads(settings.threads)
         start = time.perf_counter()
-        # The text-only class: AutoModelForCausalLM on a Qwen3_5ForConditionalGeneration checkpoint skips the vision tower.
+        # The text-only class unless language_model_only is off: AutoModelForCausalLM on a
+        # Qwen3_5ForConditionalGeneration checkpoint skips the vision tower; the vision check loads the whole model.
+        model_class = AutoModelForCausalLM if settings.language_model_only else AutoModelForImageTextToText
         config = transformers_config(self.model_dir)
-        self.model, self.loading_info = AutoModelForCausalLM.from_pretrained(
+        self.model, self.loading_info = model_class.from_pretrained(
             self.model_dir,
             **({"config": config} if config is not None else {}),
             dtype=getattr(torch, target.torch_dtype_name),
@@ -180,7 +183,7 @@ class HFEngine(Engine):
             "mtp_weights_present": item(facts["mtp_tensors"] > 0, "ok", f"{facts['mtp_tensors']} mtp.* tensors in the checkpoint"),
             "mtp_loaded": item(False, "ok", "transformers has no MTP module; MTP weights are ignored by this engine"),
             "vision_weights_present": item(facts["vision_tensors"] > 0, "ok", f"{facts['vision_tensors']} vision tensors in the checkpoint"),
-            "vision_loaded": item(False, "ok", "text-only class loaded; vision tower skipped"),
+            "vision_loaded": _vision_item(self.model),
             "ssm_state_dtype": self._state_dtype_item(),
             "weight_load_s": item(round(self.timings["weight_load_s"], 3), "ok", "from_pretrained + move to device"),
             "engine_start_s": item(round(self.timings["engine_start_s"], 3), "ok", "same as weight load for hf"),
@@ -202,6 +205,40 @@ class HFEngine(Engine):
         except Exception as exc:  # noqa: BLE001 - an adaptation fact, not a failure of the run
             return item(None, "not determined", f"could not read the cache: {exc}")
         return item(None, "not determined", "no recurrent state found in the cache")
+
+    # -- the vision tower -------------------------------------------------------------------------------------
+
+    def score_images(self, inputs) -> list[VisionScores]:
+        """Each image prompt through the whole model (settings.language_model_only off): the logits of the text
+        rows after the last image, every vision block's output and the merger's, the multimodal rotary position ids
+        the model computed, and the seconds the vision tower took."""
+        torch = self.torch
+        visual = getattr(getattr(self.model, "model", None), "visual", None)
+        if visual is None:
+            raise PortcheckError(f"{type(self.model).__name__} has no vision tower (model.visual): the vision check needs "
+                                 "the conditional-generation class; set vision.enabled: false for this model")
+        image_token = self.model.config.image_token_id
+        results = []
+        for vision_input in inputs:
+            capture = _VisionCapture(self.model, visual, self.target.device)
+            ids = torch.tensor([vision_input.input_ids], dtype=torch.long, device=self.device)
+            with capture, torch.inference_mode():
+                logits = self.model(
+                    input_ids=ids, mm_token_type_ids=(ids == image_token).long(),
+                    pixel_values=torch.from_numpy(vision_input.pixel_values).to(self.device, self.model.dtype),
+                    image_grid_thw=torch.from_numpy(vision_input.image_grid_thw).to(self.device)).logits[0]
+            rows = slice(vision_input.text_start, None)
+            results.append(VisionScores(
+                PromptScores(np.asarray(vision_input.input_ids[rows], dtype=np.int64), logits[rows].float().cpu().numpy()),
+                capture.blocks, capture.merger, capture.position_ids, capture.seconds))
+        return results
+
+    def vision_facts(self) -> dict[str, Any]:
+        """What ran of the vision tower: its class, blocks, and the patch embedding's implementation (vllm-ascend
+        rewrote the Conv3d as a linear layer)."""
+        visual = self.model.model.visual
+        return {"tower_class": type(visual).__name__, "blocks": len(visual.blocks),
+                "patch_embedding": type(visual.patch_embed.proj).__name__}
 
     # -- benchmarking -----------------------------------------------------------------------------------------
 
@@ -266,6 +303,57 @@ class HFEngine(Engine):
 
     def close(self):
         self.model = None
+
+
+def _vision_item(model):
+    if getattr(getattr(model, "model", None), "visual", None) is None:
+        return item(False, "ok", "text-only class loaded; vision tower skipped")
+    return item(True, "ok", "conditional-generation class loaded with its vision tower")
+
+
+class _VisionCapture:
+    """Forward hooks for one image prompt: every vision block's output, the merger's, the position ids the language
+    model received, and the vision tower's time (device synchronised at both ends)."""
+
+    def __init__(self, model, visual, device: str):
+        self.model, self.visual, self.device = model, visual, device
+        self.blocks, self.merger, self.position_ids, self.seconds, self._hooks = [], None, None, 0.0, []
+
+    def __enter__(self):
+        self._hooks = [block.register_forward_hook(self._keep_block) for block in self.visual.blocks]
+        self._hooks += [self.visual.merger.register_forward_hook(self._keep_merger),
+                        self.visual.register_forward_pre_hook(self._start),
+                        self.visual.register_forward_hook(self._stop),
+                        self.model.model.language_model.register_forward_pre_hook(self._keep_positions,
+                                                                                  with_kwargs=True)]
+        return self
+
+    def __exit__(self, *exc):
+        for hook in self._hooks:
+            hook.remove()
+
+    def _keep_block(self, module, args, output):
+        self.blocks.append(_host(output))
+
+    def _keep_merger(self, module, args, output):
+        self.merger = _host(output)
+
+    def _start(self, module, args):
+        devices.synchronize(self.device)
+        self._started = time.perf_counter()
+
+    def _stop(self, module, args, output):
+        devices.synchronize(self.device)
+        self.seconds += time.perf_counter() - self._started
+
+    def _keep_positions(self, module, args, kwargs):
+        positions = kwargs.get("position_ids")
+        self.position_ids = None if positions is None else positions.detach().cpu().numpy().astype(np.int64)
+
+
+def _host(output) -> np.ndarray:
+    tensor = output[0] if isinstance(output, (tuple, list)) else output
+    return tensor.detach().float().cpu().numpy()
 
 
 def recurrent_state(cache, index: int):

@@ -72,3 +72,17 @@ class LayerStates:
     gdn_layers: list[int] | None = None
     gdn_state_dtype: str | None = None
     gdn_reason: str = ""
+
+
+@dataclass
+class VisionScores:
+    """One image prompt through the whole model: `scores` holds the text rows after the last image; `blocks` each
+    vision block's output [patches, H], `merger` the merged image tokens [tokens, text H], `position_ids` the
+    multimodal rotary ids the language model received [3, 1, T] (None where not seen), `encode_seconds` the vision
+    tower's time."""
+
+    scores: PromptScores
+    blocks: list[np.ndarray]
+    merger: np.ndarray | None
+    position_ids: np.ndarray | None
+    encode_seconds: float

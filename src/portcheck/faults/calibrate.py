@@ -53,7 +53,9 @@ MAGNITUDES = {
 }
 # Classes the calibration's two engines (base, chunked) cannot show: mtp_noise acts in the MTP drafter only, whose
 # acceptance check is measured against the reference MTP in tests/test_modes.py.
-NOT_CALIBRATED = {"mtp_noise": "acts in the MTP drafter, which the calibration's engines do not start"}
+NOT_CALIBRATED = {"mtp_noise": "acts in the MTP drafter, which the calibration's engines do not start",
+                  "vision_noise": "acts in the vision tower, which the calibration's text-only engines do not run "
+                                  "(tests/test_vision.py measures its catch)"}
 CLEAN_RUNS = 10
 LAYERS = "layers over the floor (localises; not in the verdict)"
 CHECKS = ("corpus", "corpus growth", "corpus vs floor", "decode", "decode growth", "decode vs prefill", "chunked",

@@ -49,6 +49,9 @@ CLASSES = {fault.name: fault for fault in (
     FaultClass("mtp_noise", "the MTP drafter computing wrong (its attention layer run with the wrong spec-decode "
                "metadata, say): seeded noise on the hidden states it drafts from", "noise as a share of their "
                "standard deviation", None, None, ("vllm",)),
+    FaultClass("vision_noise", "the vision tower computing wrong (a block rewritten for the device, as vllm-ascend "
+               "rewrote the patch embedding's Conv3d): seeded noise on one vision block's output", "noise as a share "
+               "of the output's standard deviation", "vision block (default 0)", 0, ("hf",)),
 )}
 
 

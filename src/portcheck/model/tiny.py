@@ -413,6 +413,18 @@ def _save_configs(config, out: Path) -> None:
     eos = getattr(config, "text_config", config).eos_token_id
     # Only ids: sampling defaults here would silently change vLLM's default SamplingParams.
     GenerationConfig(eos_token_id=eos, pad_token_id=eos).save_pretrained(out)
+    if hasattr(config, "vision_config"):
+        (out / "preprocessor_config.json").write_text(json.dumps(_image_processor(config.vision_config), indent=2))
+
+
+def _image_processor(vision) -> dict:
+    """The real checkpoint's image processor settings (Qwen3-VL's), with a pixel range sized to the tiny model: one
+    to 64 merged image tokens (the real one allows 64 to 16,384)."""
+    group = vision.patch_size * vision.spatial_merge_size  # pixels per merged token, per side
+    return {"image_processor_type": "Qwen2VLImageProcessor", "patch_size": vision.patch_size,
+            "temporal_patch_size": vision.temporal_patch_size, "merge_size": vision.spatial_merge_size,
+            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_convert_rgb": True,
+            "size": {"shortest_edge": group * group, "longest_edge": 64 * group * group}}
 
 
 def _sha256(path: Path) -> str:

@@ -18,7 +18,8 @@ GIVEN_APART = {"compare": "comparison (compare/<target>.json)",
                "corpus_compare": "long-context comparison (compare/<target>.corpus.json)",
                "decode_compare": "decode-path comparison (compare/<target>.decode.json)",
                "layers_compare": "per-layer comparison (compare/<target>.layers.json)",
-               "accuracy_compare": "task-accuracy comparison (compare/<target>.accuracy.json)"}
+               "accuracy_compare": "task-accuracy comparison (compare/<target>.accuracy.json)",
+               "vision_compare": "vision comparison (compare/<target>.vision.json)"}
 NOT_GIVEN = "no {file} was given to the report (the rule that writes it did not run for this target)"
 
 
@@ -36,6 +37,7 @@ class TargetData:
     decode_compare: dict | None = None  # the decode-path comparison (compare/<target>.decode.json)
     layers_compare: dict | None = None  # the per-layer comparison (compare/<target>.layers.json)
     accuracy_compare: dict | None = None  # the task-accuracy comparison (compare/<target>.accuracy.json)
+    vision_compare: dict | None = None  # the image prompts' comparison (compare/<target>.vision.json)
     bench: dict | None = None
     bench_checks: dict | None = None  # the roofline and consistency flags derived from bench
     serve: dict | None = None

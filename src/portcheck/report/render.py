@@ -17,6 +17,7 @@ from portcheck.atomic import atomic_path
 from portcheck.report.format import cell, markdown_table
 from portcheck.report.load import load_targets, prompts_of
 from portcheck.report.sections.accuracy import accuracy_section
+from portcheck.report.sections.vision import vision_section
 from portcheck.report.sections.adaptation import adaptation_section
 from portcheck.report.sections.artifacts import artifacts_section
 from portcheck.report.sections.determinism import determinism_section
@@ -55,6 +56,7 @@ SECTIONS = (
     ("theory", "bf16 vs fp32: Theory (not a measurement)"),
     ("performance", "Performance"),
     ("accuracy", "Task accuracy (lm-eval)"),
+    ("vision", "Vision tower"),
     ("plots", "Plots"),
     ("artifacts", "Artifacts"),
     ("history", "History"),
@@ -108,6 +110,7 @@ def build_context(artifacts: dict, config: dict) -> dict:
         "theory": theory_section(targets),
         "performance": performance_section(targets),
         "accuracy": accuracy_section(targets),
+        "vision": vision_section(targets),
         "plots": plots_section(artifacts.get("plots") or {}),
         "artifacts": artifacts_section(artifacts, targets, config),
         "history": None,  # the run history (portcheck.report.history), filled in by the render rule

@@ -6,6 +6,7 @@ from portcheck.report.format import (DASH, INCONCLUSIVE, NO, NOT_RUN, UNKNOWN, V
                                      num, pct, sci, table)
 from portcheck.report.load import TargetData
 from portcheck.report.sections.accuracy import accuracy_status
+from portcheck.report.sections.vision import vision_status
 from portcheck.report.sections.positions import KINDS as POSITION_KINDS, growth_summary, position_status
 from portcheck.report.sources import cite, every_target
 
@@ -74,7 +75,7 @@ def agreement_status(data: TargetData, modes: dict[str, str] | None = None) -> s
 
 def agreement(data: TargetData, modes: dict[str, str] | None = None) -> tuple[str, str]:
     """(status, why): the seed-prompt verdict combined with the long-context, decode-path and engine-mode ones
-    (where configured), and task accuracy where accuracy.in_verdict. A failure of any fails; otherwise a part without a verdict (not run, unknown) leaves the
+    (where configured), the image prompts where they ran, and task accuracy where accuracy.in_verdict. A failure of any fails; otherwise a part without a verdict (not run, unknown) leaves the
     target unknown, and one that is inconclusive (a mode run that did not prove it ran too) makes it inconclusive;
     `why` names those parts and the first reason; pass only when every part passes."""
     if data.role == "reference":
@@ -86,6 +87,9 @@ def agreement(data: TargetData, modes: dict[str, str] | None = None) -> tuple[st
                   for kind in POSITION_KINDS if (status := position_status(data, kind))})
     parts.update({f"mode {mode}": (status if status in VERDICT_STATUSES else INCONCLUSIVE, status)
                   for mode, status in (modes or {}).items() if status != "pass"})
+    if vision := vision_status(data):
+        parts["image prompts"] = (vision if vision in VERDICT_STATUSES else UNKNOWN, _first_open_reason(
+            data.vision_compare.get("text")))
     if accuracy := accuracy_status(data):
         parts["task accuracy"] = (accuracy if accuracy in VERDICT_STATUSES else UNKNOWN, "")
     failed = [name for name, (status, _) in parts.items() if status == "fail"]

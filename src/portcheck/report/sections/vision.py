@@ -1,0 +1,75 @@
+"""Section Vision tower: each target's image prompts against the reference's (the text after the images, the image
+tokens and rotary positions, every vision block)."""
+
+from __future__ import annotations
+
+from portcheck.report.format import NOT_RUN, VERDICT_LABEL, YES, NO, UNKNOWN, num, pct, table
+from portcheck.report.sections.layers import precise_cosine
+from portcheck.report.load import TargetData
+from portcheck.report.sources import cite, every_target
+
+KIND = "vision_compare"
+
+
+def vision_section(targets: list[TargetData]) -> dict:
+    compared = [t for t in targets if t.role == "target"]
+    if compared and all(KIND in t.turned_off for t in compared):
+        return {"enabled": False}
+    measured = [t for t in compared if (t.vision_compare or {}).get("status") not in (None, NOT_RUN)]
+    absent = [f"{t.name}: {_why_not(t)}" for t in compared if t not in measured]
+    source = every_target(targets, KIND)
+    first = measured[0].vision_compare if measured else {}
+    return {"enabled": True, "absent": absent,
+            "table": table(["Target", "Verdict", "KLD mean", "Top-1 agreement", "Positions", "Image tokens",
+                            "Rotary positions", "First block over", "Patch embedding", "Encode / prompt (ms)"],
+                           [_row(t) for t in measured],
+                           cite(source, "status", "text.kld_mean", "text.top1_agreement", "text.n_positions",
+                                "layout", "first_divergent", "tower")) if measured else None,
+            "blocks": [{"target": t.name, "table": _blocks_table(t, source)} for t in measured],
+            "prompts": ", ".join(f"{p} ({_grid(g)})" for p, g in zip(first.get("prompts", []),
+                                                                    first.get("image_grid_thw", []))),
+            "thresholds": first.get("thresholds") or {}}
+
+
+def vision_status(data: TargetData) -> str | None:
+    """The vision comparison's verdict where it has one; None where it did not run (it then leaves the target's
+    verdict alone and the section says why)."""
+    status = (data.vision_compare or {}).get("status")
+    return status if status not in (None, NOT_RUN) else None
+
+
+def _why_not(t: TargetData) -> str:
+    if t.vision_compare is not None:
+        return t.vision_compare.get("reason", UNKNOWN)
+    return t.absent.get(KIND, NOT_RUN)
+
+
+def _row(t: TargetData) -> list[str]:
+    c = t.vision_compare
+    text, layout, tower = c["text"], c["layout"], c["tower"]["target"]
+    seconds = tower.get("encode_seconds") or []
+    return [t.name, VERDICT_LABEL.get(c["status"], c["status"]), num(text.get("kld_mean")),
+            pct(text.get("top1_agreement")), str(text.get("n_positions")),
+            YES if layout["image_spans_same"] else f"{NO} (count or position differs)",
+            _positions(layout), c["first_divergent"] or "none",
+            str(tower.get("patch_embedding")),
+            ", ".join(f"{1000 * s:.1f}" for s in seconds) or UNKNOWN]
+
+
+def _positions(layout: dict) -> str:
+    same = layout.get("positions_same")
+    if same is None:
+        return f"{UNKNOWN} (not captured)"
+    return f"{YES if same else NO} ({layout['positions_compared']} prompts)"
+
+
+def _blocks_table(t: TargetData, source: str) -> dict:
+    rows = [[b["name"], precise_cosine(b["cosine_min"]), pct(b["rel_l2_mean"]), pct(b["rel_l2_max"]),
+             num(b["max_abs_err"]), str(b["patches"]), "❌ yes" if b["over"] else "no"]
+            for b in t.vision_compare["blocks"]]
+    return table(["Block", "Cosine min", "Rel. L2 mean", "Rel. L2 max", "MaxAbsErr", "Patches / tokens", "Over"],
+                 rows, cite(source.replace("<target>", t.name) if "<target>" in source else source, "blocks"))
+
+
+def _grid(grids: list) -> str:
+    return " + ".join(f"{h}x{w} patches" for _, h, w in grids)

@@ -1,0 +1,152 @@
+"""The vision check (issue 19 section 2): images drawn from a seed, the user's images refused when unusable, image
+prompts through the whole model on hf, their comparison (text after the images, layout, blocks), and a fault in one
+vision block caught on top of the bf16 floor with the block named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from portcheck.engines.settings import EngineSettings
+from portcheck.errors import PortcheckError
+from portcheck.faults import catalog as faults
+from portcheck.faults import hf_hooks
+from portcheck.vision.blocks_file import read_blocks
+from portcheck.vision.compare import compare_vision, layout_check
+from portcheck.vision.images import generated_images, image_problems, image_prompts, load_image
+from portcheck.vision.prompts import vision_facts
+from portcheck.vision.run import dump_vision, prepare_inputs
+
+VISION = {"enabled": True, "images": [], "question": "What is in this picture?"}
+THRESHOLDS = {"kld_mean_max": {"value": 0.005}, "top1_agreement_min": {"value": 0.97}}
+LOCALISE = {"cosine_min": 0.99, "rel_l2_max": 0.05}
+
+
+@pytest.fixture(scope="module")
+def vision_model(tiny_model_dir):
+    if vision_facts(tiny_model_dir) is None:
+        pytest.skip("this line's stand-in model has no vision tower")
+    return tiny_model_dir
+
+
+def png_bytes(image) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_generated_images_are_the_same_for_a_seed_and_differ_across_seeds():
+    first, again, other = generated_images(0), generated_images(0), generated_images(1)
+    assert {name: image.size for name, image in first.items()} == {"shapes": (64, 48), "gradient-text": (128, 96)}
+    assert all(png_bytes(first[n]) == png_bytes(again[n]) for n in first)
+    assert all(png_bytes(first[n]) != png_bytes(other[n]) for n in first)
+    prompts = image_prompts(VISION, 0, None)
+    assert [(p.name, len(p.images)) for p in prompts] == [("shapes", 1), ("gradient-text", 1),
+                                                          ("shapes+gradient-text", 2)]
+
+
+def test_unusable_user_images_are_refused_with_the_fix(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "notes.png").write_text("not an image")
+    Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
+    problems = image_problems({**VISION, "images": ["missing.png", "notes.png", "big.png"]}, tmp_path)
+    assert len(problems) == 2
+    assert "missing.png does not exist" in problems[0] and "remove it from vision.images" in problems[0]
+    assert "notes.png is not an image" in problems[1] and "convert it to PNG or JPEG" in problems[1]
+    with pytest.raises(PortcheckError, match=r"300x200 = 60,000 pixels, over the model's limit of 4,096.*resize it"):
+        load_image(tmp_path / "big.png", 64 * 64)
+    assert load_image(tmp_path / "big.png", 60_000).size == (300, 200)
+    assert image_problems({**VISION, "enabled": False, "images": ["missing.png"]}, tmp_path) == []
+
+
+def test_a_model_without_a_vision_tower_is_refused_for_images_and_not_run_for_the_drawn_ones(vision_model, tmp_path):
+    text_only = tmp_path / "text-only"
+    shutil.copytree(vision_model, text_only)
+    config = json.loads((text_only / "config.json").read_text())
+    del config["vision_config"]
+    (text_only / "config.json").write_text(json.dumps(config))
+    (tmp_path / "cat.png").write_bytes(png_bytes(generated_images(0)["shapes"]))
+    with pytest.raises(PortcheckError, match="has no vision tower.*set vision.enabled: false and remove vision.images"):
+        prepare_inputs(text_only, EngineSettings(), {**VISION, "images": [str(tmp_path / "cat.png")]}, 0)
+    rows, blocks = tmp_path / "v.safetensors", tmp_path / "vb.safetensors"
+    dump_vision("cpu-hf-bf16", text_only, EngineSettings(), VISION, 0, rows, blocks)
+    meta, prompts = read_blocks(blocks)
+    assert meta["status"] == "not run" and "no vision tower" in meta["reason"] and prompts == []
+    assert compare_vision(rows, rows, blocks, blocks, THRESHOLDS, 1e-5, LOCALISE)["status"] == "not run"
+
+
+def test_a_checkpoint_without_processor_settings_is_refused_for_images_and_not_run_for_the_drawn_ones(
+        vision_model, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(vision_model, bare)
+    (bare / "preprocessor_config.json").unlink()
+    (tmp_path / "cat.png").write_bytes(png_bytes(generated_images(0)["shapes"]))
+    with pytest.raises(PortcheckError, match="has no preprocessor_config.json.*Qwen/Qwen3.5-0.8B-Base ships one"):
+        prepare_inputs(bare, EngineSettings(), {**VISION, "images": [str(tmp_path / "cat.png")]}, 0)
+    dump_vision("cpu-hf-bf16", bare, EngineSettings(), VISION, 0, tmp_path / "v", tmp_path / "vb")
+    assert read_blocks(tmp_path / "vb")[0]["status"] == "not run"
+
+
+def test_an_image_over_the_processor_limit_is_refused_before_the_engine(vision_model, tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.new("RGB", (1024, 1024)).save(tmp_path / "big.png")
+    started = []
+    monkeypatch.setattr("portcheck.vision.run.make_engine", lambda *a, **k: started.append(1))
+    with pytest.raises(PortcheckError, match="1024x1024 = 1,048,576 pixels, over the model's limit of 65,536"):
+        dump_vision("cpu-hf-bf16", vision_model, EngineSettings(), {**VISION, "images": [str(tmp_path / "big.png")]},
+                    0, tmp_path / "v", tmp_path / "vb")
+    assert not started
+
+
+def test_vllm_targets_are_refused_until_their_image_input_is_wired(vision_model, tmp_path):
+    with pytest.raises(PortcheckError, match="only the hf engine so far"):
+        dump_vision("cpu-vllm-bf16", vision_model, EngineSettings(), VISION, 0, tmp_path / "v", tmp_path / "vb")
+
+
+def test_layout_differences_fail_whatever_the_logits():
+    meta = {"vision": {"image_spans": [[[1, 4]]]}}
+    positions = np.arange(3 * 8).reshape(3, 8)
+    same = layout_check(meta, meta, [{"positions": positions}], [{"positions": positions.copy()}])
+    assert same == {"image_spans_same": True, "positions_same": True, "positions_compared": 1, "same": True}
+    shifted = layout_check(meta, meta, [{"positions": positions}], [{"positions": positions + 1}])
+    assert shifted["positions_same"] is False and not shifted["same"]
+    fewer = layout_check(meta, {"vision": {"image_spans": [[[1, 3]]]}}, [{"positions": None}], [{"positions": None}])
+    assert fewer["image_spans_same"] is False and fewer["positions_same"] is None and not fewer["same"]
+
+
+def dumps(model, tmp_path, target, fault=None, monkeypatch=None):
+    if fault:
+        monkeypatch.setenv(faults.ENV, fault)
+        monkeypatch.setenv(hf_hooks.TARGET_ENV, target)
+    rows, blocks = tmp_path / f"{target}{fault or ''}.safetensors", tmp_path / f"{target}{fault or ''}.blocks"
+    dump_vision(target, model, EngineSettings(threads=2), VISION, 0, rows, blocks)
+    if fault:
+        monkeypatch.delenv(faults.ENV)
+    return rows, blocks
+
+
+def test_image_prompts_pass_on_the_bf16_floor_and_a_vision_block_fault_fails_with_its_block_named(
+        vision_model, tmp_path, monkeypatch):
+    ref_rows, ref_blocks = dumps(vision_model, tmp_path, "cpu-hf-fp32")
+    floor_rows, floor_blocks = dumps(vision_model, tmp_path, "cpu-hf-bf16")
+    clean = compare_vision(ref_rows, floor_rows, ref_blocks, floor_blocks, THRESHOLDS, 1e-5, LOCALISE)
+    meta, prompts = read_blocks(floor_blocks)
+    # 4, 12 and 4 + 12 image tokens (64x48 -> 64x64 and 128x96 pixels in 32-pixel groups), 3 prompts
+    assert [[count for _, count in spans] for spans in meta["vision"]["image_spans"]] == [[4], [12], [4, 12]]
+    assert meta["vision"]["patch_embedding"] == "Conv3d" and meta["vision"]["blocks"] == len(prompts[0]["blocks"])
+    assert clean["status"] == "pass" and clean["layout"]["same"] and clean["layout"]["positions_compared"] == 3
+    assert clean["first_divergent"] is None and clean["text"]["n_positions"] > 0
+    assert 0 < clean["text"]["kld_mean"] < 0.005  # the bf16 floor: not exactly 0
+    noisy_rows, noisy_blocks = dumps(vision_model, tmp_path, "cpu-hf-bf16", "vision_noise:1:1", monkeypatch)
+    faulted = compare_vision(ref_rows, noisy_rows, ref_blocks, noisy_blocks, THRESHOLDS, 1e-5, LOCALISE)
+    print("clean", clean["text"]["kld_mean"], "fault", faulted["text"]["kld_mean"])
+    assert faulted["status"] == "fail" and faulted["first_divergent"] == "block 1"
+    assert faulted["text"]["kld_mean"] > 10 * clean["text"]["kld_mean"]
+    assert [b["over"] for b in faulted["blocks"]] == [False, True, True]
