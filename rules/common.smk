@@ -411,6 +411,13 @@ REPORT_ARTIFACTS = {
     "serve": target_files("serve", SERVED),
     "compare": compare_files("compare"),
     "modes": [mode_compare_file(run) for run in MODE_RUNS],
+    # Not read by the report: the reference's image-prompt dumps, made by every run that makes the reference (as
+    # its logits are), so that a host adding a target later takes them from a shared store instead of writing them.
+    "reference_vision": (
+        [target_file(kind, REFERENCE) for kind in ("vision", "vision_blocks")]
+        if config["vision"]["enabled"] and vision_takes_images(REFERENCE)
+        else []
+    ),
 }
 
 # The report's artifacts that are absent or edited are rebuilt (portcheck.workflow.rebuild): checked while the

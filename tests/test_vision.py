@@ -150,3 +150,15 @@ def test_image_prompts_pass_on_the_bf16_floor_and_a_vision_block_fault_fails_wit
     assert faulted["status"] == "fail" and faulted["first_divergent"] == "block 1"
     assert faulted["text"]["kld_mean"] > 10 * clean["text"]["kld_mean"]
     assert [b["over"] for b in faulted["blocks"]] == [False, True, True]
+
+
+def test_the_section_of_a_reference_only_run_or_an_unwired_target_shows_no_figures():
+    from portcheck.report.load import TargetData
+    from portcheck.report.sections.vision import vision_section, vision_status
+
+    alone = vision_section([TargetData("cpu-hf-fp32", "reference")])
+    assert alone["enabled"] and alone["table"] is None and alone["thresholds"] == "" and alone["absent"] == []
+    unwired = TargetData("cpu-vllm-bf16", "target", vision_compare={"status": "not run", "reason": "not wired"})
+    section = vision_section([TargetData("cpu-hf-fp32", "reference"), unwired])
+    assert section["table"] is None and section["absent"] == ["cpu-vllm-bf16: not wired"]
+    assert vision_status(unwired) is None  # leaves the target's verdict alone, never a pass

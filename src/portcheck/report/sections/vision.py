@@ -28,7 +28,7 @@ def vision_section(targets: list[TargetData]) -> dict:
             "blocks": [{"target": t.name, "table": _blocks_table(t, source)} for t in measured],
             "prompts": ", ".join(f"{p} ({_grid(g)})" for p, g in zip(first.get("prompts", []),
                                                                     first.get("image_grid_thw", []))),
-            "thresholds": first.get("thresholds") or {}}
+            "thresholds": _thresholds_text(first.get("thresholds"))}
 
 
 def vision_status(data: TargetData) -> str | None:
@@ -69,6 +69,13 @@ def _blocks_table(t: TargetData, source: str) -> dict:
             for b in t.vision_compare["blocks"]]
     return table(["Block", "Cosine min", "Rel. L2 mean", "Rel. L2 max", "MaxAbsErr", "Patches / tokens", "Over"],
                  rows, cite(source.replace("<target>", t.name) if "<target>" in source else source, "blocks"))
+
+
+def _thresholds_text(thresholds: dict | None) -> str:
+    """The localisation thresholds a comparison used; none where no target was compared (a reference-only run)."""
+    if not thresholds:
+        return ""
+    return f" (cosine ≥ {thresholds['cosine_min']}, relative L2 ≤ {thresholds['rel_l2_max']})"
 
 
 def _grid(grids: list) -> str:
