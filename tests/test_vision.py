@@ -121,6 +121,18 @@ def test_layout_differences_fail_whatever_the_logits():
     assert fewer["image_spans_same"] is False and fewer["positions_same"] is None and not fewer["same"]
 
 
+def test_blocks_of_other_shapes_are_named_over_without_figures():
+    from portcheck.vision.compare import block_rows
+
+    ref = [{"blocks": np.ones((2, 16, 4)), "merger": np.ones((4, 4))}]
+    other = [{"blocks": np.ones((2, 12, 4)), "merger": np.ones((3, 4))}]
+    rows = block_rows(ref, other, LOCALISE)
+    assert [(r["name"], r["over"], r.get("shapes_differ")) for r in rows] == [
+        ("block 0", True, True), ("block 1", True, True), ("merger", True, True)]
+    same = block_rows(ref, ref, LOCALISE)
+    assert [(r["over"], r["cosine_min"], r["rel_l2_mean"]) for r in same] == [(False, 1.0, 0.0)] * 3
+
+
 def dumps(model, tmp_path, target, fault=None, monkeypatch=None):
     if fault:
         monkeypatch.setenv(faults.ENV, fault)

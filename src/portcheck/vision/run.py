@@ -49,8 +49,9 @@ def dump_vision(target_name: str, model_dir, settings, vision: dict, seed: int, 
         write_not_run(rows_path, blocks_path, problem)
         return
     inputs = prepare_inputs(model_dir, settings, vision, seed)
+    settings = replace(settings, language_model_only=False)  # this job's run only: the whole model
     started = time.perf_counter()
-    with make_engine(target, model_dir, replace(settings, language_model_only=False)) as engine:
+    with make_engine(target, model_dir, settings) as engine:
         scored = engine.score_images(inputs)
         facts = engine.vision_facts()
     meta = {"target": target_name, "model_sha": model_sha(model_dir), "tokenizer_sha": tokenizer_sha(model_dir),

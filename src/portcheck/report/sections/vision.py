@@ -65,7 +65,7 @@ def _positions(layout: dict) -> str:
 
 def _blocks_table(t: TargetData, source: str) -> dict:
     rows = [[b["name"], precise_cosine(b["cosine_min"]), pct(b["rel_l2_mean"]), pct(b["rel_l2_max"]),
-             num(b["max_abs_err"]), str(b["patches"]), "❌ yes" if b["over"] else "no"]
+             num(b["max_abs_err"]), num(b["patches"]), "❌ yes" if b["over"] else "no"]
             for b in t.vision_compare["blocks"]]
     return table(["Block", "Cosine min", "Rel. L2 mean", "Rel. L2 max", "MaxAbsErr", "Patches / tokens", "Over"],
                  rows, cite(source.replace("<target>", t.name) if "<target>" in source else source, "blocks"))
