@@ -57,12 +57,14 @@ def test_upgrading_transformers_reruns_the_dumps_not_the_model(finished_run, tmp
     assert plan["compare_logits"] == 1 and plan["render_report"] == 1
     assert "fetch_model" not in plan and "write_manifest" not in plan
     assert plan["measure_context"] == 1  # the far-context measurement runs on the reference stack
+    assert plan["dump_vision"] == 2 and plan["compare_vision"] == 1  # the image prompts run through transformers
     # The dry run says why: the recorded and the installed versions. (`--list-changes params` cannot be used to
     # check this: Snakemake 9.27.1 lists an output of every job with recorded params, changed or not.)
     out = snakemake(finished_run, "report", "--dry-run", "--configfile", TEST_CONFIG).stdout
     reasons = [line for line in out.splitlines() if "Params have changed" in line]
-    # dump_logits and capture_env of both targets, run_benchmarks of the target under test, measure_context
-    assert len(reasons) == 2 * 2 + plan.get("run_benchmarks", 0) + plan["measure_context"]
+    # dump_logits, capture_env and dump_vision of both targets, run_benchmarks of the target under test,
+    # measure_context
+    assert len(reasons) == 3 * 2 + plan.get("run_benchmarks", 0) + plan["measure_context"]
     installed = metadata.version("transformers")
     assert all(f"'transformers': '{installed}'" in r and "'transformers': '99.0.0'" in r for r in reasons)
 
