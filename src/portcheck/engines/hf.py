@@ -213,7 +213,7 @@ class HFEngine(Engine):
         rows after the last image, every vision block's output and the merger's, the multimodal rotary position ids
         the model computed, and the seconds the vision tower took."""
         torch = self.torch
-        visual = getattr(getattr(self.model, "model", None), "visual", None)
+        visual = _visual(self.model)
         if visual is None:
             raise PortcheckError(f"{type(self.model).__name__} has no vision tower (model.visual): the vision check needs "
                                  "the conditional-generation class; set vision.enabled: false for this model")
@@ -305,8 +305,13 @@ class HFEngine(Engine):
         self.model = None
 
 
+def _visual(model):
+    """The vision tower of a conditional-generation model; None in a text-only class."""
+    return getattr(getattr(model, "model", None), "visual", None)
+
+
 def _vision_item(model):
-    if getattr(getattr(model, "model", None), "visual", None) is None:
+    if _visual(model) is None:
         return item(False, "ok", "text-only class loaded; vision tower skipped")
     return item(True, "ok", "conditional-generation class loaded with its vision tower")
 

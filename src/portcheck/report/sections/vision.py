@@ -15,7 +15,7 @@ def vision_section(targets: list[TargetData]) -> dict:
     compared = [t for t in targets if t.role == "target"]
     if compared and all(KIND in t.turned_off for t in compared):
         return {"enabled": False}
-    measured = [t for t in compared if (t.vision_compare or {}).get("status") not in (None, NOT_RUN)]
+    measured = [t for t in compared if vision_status(t) is not None]
     absent = [f"{t.name}: {_why_not(t)}" for t in compared if t not in measured]
     source = every_target(targets, KIND)
     first = measured[0].vision_compare if measured else {}
@@ -68,7 +68,7 @@ def _blocks_table(t: TargetData, source: str) -> dict:
              num(b["max_abs_err"]), num(b["patches"]), "❌ yes" if b["over"] else "no"]
             for b in t.vision_compare["blocks"]]
     return table(["Block", "Cosine min", "Rel. L2 mean", "Rel. L2 max", "MaxAbsErr", "Patches / tokens", "Over"],
-                 rows, cite(source.replace("<target>", t.name) if "<target>" in source else source, "blocks"))
+                 rows, cite(t.paths.get(KIND, source), "blocks"))
 
 
 def _thresholds_text(thresholds: dict | None) -> str:
