@@ -10,7 +10,7 @@ STAMP := $(VENV)/.portcheck-installed
 CORES ?= 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup report test test-vllm-matrix test-slurm lock clean bench-workflow bench-harness bench-compact calibrate
+.PHONY: setup report test test-vllm-matrix test-slurm lock clean bench-workflow bench-harness bench-compact bench-real-shape calibrate
 LINES ?= 0.18,0.23,0.32
 
 setup: $(STAMP)
@@ -74,6 +74,12 @@ lock: setup
 
 bench-workflow: setup
 	$(BIN)/python scripts/bench_workflow.py
+
+# The workflow on a random-weight checkpoint of Qwen3.5-0.8B's full shape (12-block vision tower, MTP head): each
+# job's and stage's cost printed. GOAL=<snakemake targets> runs a part (default: the whole report, hours on 2 cores).
+GOAL ?= report
+bench-real-shape: setup
+	$(BIN)/python scripts/bench_real_shape.py --goal $(GOAL)
 
 # This workflow's throughput vs `vllm bench throughput` (cpu-vllm-bf16), and the hf harness vs a bare loop.
 bench-harness: setup

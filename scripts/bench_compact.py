@@ -42,6 +42,10 @@ REAL_SHAPE = {  # reference.md section 1: Qwen3.5-0.8B's text_config
     "linear_key_head_dim": 128, "linear_value_head_dim": 128,
 }
 REAL_VOCAB = 248320
+REAL_VISION = {  # reference.md section 1: its vision_config (depth 12, hidden 768, 12 heads, intermediate 3072)
+    "vision_depth": 12, "vision_hidden_size": 768, "vision_num_heads": 12, "vision_intermediate_size": 3072,
+    "vision_num_position_embeddings": 2304,
+}
 PEAKED_TOP1 = 0.5  # mean top-1 probability of the scaled regime
 
 
@@ -57,9 +61,10 @@ def build_models(seed: int):
     return model, sum(p.numel() for p in model.parameters())
 
 
-def write_real_shape_checkpoint(out: Path, seed: int) -> Path:
+def write_real_shape_checkpoint(out: Path, seed: int, vision: dict | None = None) -> Path:
     """The real text shape as a checkpoint vLLM loads, built as portcheck.model.tiny builds the embedded model
-    (its tokenizer, special ids, vision tower and MTP head) with random weights; kept where it is complete."""
+    (its tokenizer, special ids, vision tower and MTP head) with random weights; kept where it is complete.
+    vision: the tower's shape (REAL_VISION: the real 12 blocks), the embedded model's 2-block tower without."""
     import torch
     from transformers.models.qwen3_5 import Qwen3_5ForConditionalGeneration
 
@@ -70,7 +75,7 @@ def write_real_shape_checkpoint(out: Path, seed: int) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tok = tiny.train_tokenizer(tiny.corpus_text())
     specials = tiny.special_token_ids(tok.token_to_id(tiny.QWEN_SPECIAL_TOKENS[0]))
-    config = tiny.tiny_config(REAL_VOCAB, **REAL_SHAPE, **specials)
+    config = tiny.tiny_config(REAL_VOCAB, **REAL_SHAPE, **(vision or {}), **specials)
     torch.manual_seed(seed)
     model = Qwen3_5ForConditionalGeneration(config).eval()
     tiny._save_weights(model, out / "model.safetensors", tiny._mtp_tensors(config, seed))

@@ -470,3 +470,32 @@ def test_a_grid_cell_or_latency_run_longer_than_max_model_len_is_refused():
             "targets.cpu-hf-bf16.max_model_len 40") in message
     # the reference is not benchmarked by default: its max_model_len limits no benchmark
     validated(lambda config: config["targets"]["cpu-hf-fp32"].update(max_model_len=257))
+
+
+def test_bench_real_shape_reads_each_jobs_time_from_snakemakes_log():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_real_shape import config, job_times
+
+    log = """[Fri Dec  4 16:58:30 2026]
+rule dump_vision:
+    input: a
+    output: results/m/cpu-vllm-bf16/vision.safetensors
+    jobid: 26
+    reason: Missing output files
+    wildcards: target=cpu-vllm-bf16
+[Fri Dec  4 16:58:31 2026]
+localrule report:
+    jobid: 1
+[Fri Dec  4 17:01:05 2026]
+Finished jobid: 26 (Rule: dump_vision)
+1 of 2 steps (50%) done
+[Fri Dec  4 17:01:07 2026]
+Finished jobid: 1 (Rule: report)
+"""
+    assert job_times(log) == [("dump_vision", "target=cpu-vllm-bf16", 155.0), ("report", "", 36.0 + 120.0)]
+    settings = config(ROOT / "m", ["bench.cell_budget_s=5", "targets.cpu-hf-bf16.enabled=false"])
+    assert settings["model"] == {"name": "real-shape", "source": "local", "path": str(ROOT / "m")}
+    assert settings["bench"] == {"cell_budget_s": 5}
+    assert settings["targets"] == {"cpu-vllm-bf16": {"logprobs_topk": 20}, "cpu-hf-bf16": {"enabled": False}}
