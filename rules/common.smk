@@ -310,15 +310,15 @@ def vision_takes_images(target):
 
 
 def vision_dumps(wildcards):
-    """compare_vision's inputs: both sides' image-prompt dumps where the target's engine takes images (none else:
-    the comparison is written not run, with vision_not_wired's reason)."""
+    """compare_vision's inputs: both sides' image-prompt dumps, and the bf16 floor's where it has one, where the
+    target's engine takes images (none else: the comparison is written not run, with vision_not_wired's reason)."""
     if not vision_takes_images(wildcards.target):
         return {}
-    return {
-        f"{side}_{kind}": target_file(kind, target)
-        for side, target in (("reference", REFERENCE), ("target", wildcards.target))
-        for kind in ("vision", "vision_blocks")
-    }
+    sides = [("reference", REFERENCE), ("target", wildcards.target)]
+    if not no_floor(wildcards):
+        sides.append(("floor", FLOOR_TARGET))  # the bf16 floor's image prompts, for the vs-floor checks
+    return {f"{side}_{kind}": target_file(kind, target) for side, target in sides
+            for kind in ("vision", "vision_blocks")}
 
 
 def vision_not_wired(wildcards):

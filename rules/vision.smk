@@ -1,7 +1,7 @@
 # Stage vision (portcheck/vision), where vision.enabled: image prompts (drawn from a seed, plus the user's files)
-# through the whole model of each target whose engine takes images (hf so far), then each target against the
+# through the whole model of each target whose engine takes images (hf, vllm), then each target against the
 # reference: the text after the images as the seed prompts are compared, the image tokens and rotary positions,
-# and every vision block.
+# and every vision block; each against the bf16 floor's image prompts where there is one.
 
 
 rule dump_vision:
@@ -39,7 +39,9 @@ rule compare_vision:
     params:
         thresholds=config["compare"]["thresholds"],
         tie_tolerance=config["compare"]["tie_tolerance"],
-        localise={key: config["layers"][key] for key in ("cosine_min", "rel_l2_max")},
+        localise={key: config["layers"][key] for key in ("cosine_min", "rel_l2_max", "floor_multiple_max")},
+        positions=config["compare"]["positions"],
+        no_floor=no_floor,
         not_wired=vision_not_wired,
     script:
         "../workflow/scripts/compare_vision.py"

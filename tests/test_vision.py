@@ -20,9 +20,10 @@ from portcheck.vision.images import generated_images, image_problems, image_prom
 from portcheck.vision.prompts import vision_facts
 from portcheck.vision.run import dump_vision, prepare_inputs
 
-VISION = {"enabled": True, "images": [], "question": "What is in this picture?"}
+VISION = {"enabled": True, "images": [], "question": "What is in this picture?", "draws": 3}
 THRESHOLDS = {"kld_mean_max": {"value": 0.005}, "top1_agreement_min": {"value": 0.97}}
-LOCALISE = {"cosine_min": 0.99, "rel_l2_max": 0.05}
+LOCALISE = {"cosine_min": 0.99, "rel_l2_max": 0.05, "floor_multiple_max": 2.0}
+POSITIONS = {"bucket": 64, "growth_max": 2.0, "growth_floor": 1e-9, "floor_max": 2.0, "confidence": 0.96}
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,12 @@ def test_generated_images_are_the_same_for_a_seed_and_differ_across_seeds():
     assert all(png_bytes(first[n]) == png_bytes(again[n]) for n in first)
     assert all(png_bytes(first[n]) != png_bytes(other[n]) for n in first)
     prompts = image_prompts(VISION, 0, None)
-    assert [(p.name, len(p.images)) for p in prompts] == [("shapes", 1), ("gradient-text", 1),
-                                                          ("shapes+gradient-text", 2)]
+    assert [(p.name, len(p.images)) for p in prompts] == [
+        ("shapes", 1), ("gradient-text", 1), ("shapes+gradient-text", 2),
+        ("shapes-2", 1), ("gradient-text-2", 1), ("shapes-2+gradient-text-2", 2),
+        ("shapes-3", 1), ("gradient-text-3", 1), ("shapes-3+gradient-text-3", 2)]
+    assert png_bytes(prompts[3].images[0]) != png_bytes(prompts[0].images[0])  # another draw, other pixels
+    assert len(image_prompts({**VISION, "draws": 1}, 0, None)) == 3
 
 
 def test_unusable_user_images_are_refused_with_the_fix(tmp_path):
@@ -105,9 +110,21 @@ def test_an_image_over_the_processor_limit_is_refused_before_the_engine(vision_m
     assert not started
 
 
-def test_vllm_targets_are_refused_until_their_image_input_is_wired(vision_model, tmp_path):
-    with pytest.raises(PortcheckError, match="only the hf engine so far"):
-        dump_vision("cpu-vllm-bf16", vision_model, EngineSettings(), VISION, 0, tmp_path / "v", tmp_path / "vb")
+def test_vllm_gets_one_image_token_per_image_and_its_expansion_is_read_back():
+    """vLLM's processor expands each <|image_pad|> itself (given expanded ids it expanded the first pad again:
+    17 ids ran as 20, measured); the ids it ran give the layout the check compares."""
+    from portcheck.engines.vllm.engine import _image_request
+    from portcheck.vision.prompts import VisionInput, image_spans
+
+    start, pad, end = 5, 7, 6
+    ids = [1, start, pad, pad, pad, end, start, pad, pad, end, 9, 10]
+    vision_input = VisionInput("two", ids, np.zeros((0, 1)), np.zeros((2, 3)), [(2, 3), (7, 2)], 9, ["a", "b"])
+    assert vision_input.unexpanded_ids() == [1, start, pad, end, start, pad, end, 9, 10]
+    assert image_spans(ids, pad) == [(2, 3), (7, 2)] and image_spans([1, 2], pad) == []
+    request = _image_request(vision_input, 4)
+    assert request["multi_modal_data"] == {"image": ["a", "b"]}
+    # unique per request: vLLM's encoder cache must not serve an image an earlier prompt had
+    assert request["multi_modal_uuids"] == {"image": ["portcheck-4-0", "portcheck-4-1"]}
 
 
 def test_layout_differences_fail_whatever_the_logits():
@@ -150,18 +167,41 @@ def test_image_prompts_pass_on_the_bf16_floor_and_a_vision_block_fault_fails_wit
     floor_rows, floor_blocks = dumps(vision_model, tmp_path, "cpu-hf-bf16")
     clean = compare_vision(ref_rows, floor_rows, ref_blocks, floor_blocks, THRESHOLDS, 1e-5, LOCALISE)
     meta, prompts = read_blocks(floor_blocks)
-    # 4, 12 and 4 + 12 image tokens (64x48 -> 64x64 and 128x96 pixels in 32-pixel groups), 3 prompts
-    assert [[count for _, count in spans] for spans in meta["vision"]["image_spans"]] == [[4], [12], [4, 12]]
+    # 4, 12 and 4 + 12 image tokens (64x48 -> 64x64 and 128x96 pixels in 32-pixel groups), 3 prompts per draw
+    assert [[count for _, count in spans] for spans in meta["vision"]["image_spans"]] == [[4], [12], [4, 12]] * 3
     assert meta["vision"]["patch_embedding"] == "Conv3d" and meta["vision"]["blocks"] == len(prompts[0]["blocks"])
-    assert clean["status"] == "pass" and clean["layout"]["same"] and clean["layout"]["positions_compared"] == 3
+    assert len(meta["vision"]["first_token_seconds"]) == 9 and all(s > 0 for s in meta["vision"]["first_token_seconds"])
+    assert clean["status"] == "pass" and clean["layout"]["same"] and clean["layout"]["positions_compared"] == 9
     assert clean["first_divergent"] is None and clean["text"]["n_positions"] > 0
     assert 0 < clean["text"]["kld_mean"] < 0.005  # the bf16 floor: not exactly 0
+    assert clean["vs_floor"] == {"status": "not run", "reason": "no floor: none given", "first_over": None}
     noisy_rows, noisy_blocks = dumps(vision_model, tmp_path, "cpu-hf-bf16", "vision_noise:1:1", monkeypatch)
     faulted = compare_vision(ref_rows, noisy_rows, ref_blocks, noisy_blocks, THRESHOLDS, 1e-5, LOCALISE)
     print("clean", clean["text"]["kld_mean"], "fault", faulted["text"]["kld_mean"])
     assert faulted["status"] == "fail" and faulted["first_divergent"] == "block 1"
     assert faulted["text"]["kld_mean"] > 10 * clean["text"]["kld_mean"]
     assert [b["over"] for b in faulted["blocks"]] == [False, True, True]
+
+
+def test_a_vision_fault_under_the_fixed_thresholds_fails_against_the_bf16_floor(vision_model, tmp_path,
+                                                                                 monkeypatch):
+    """Noise at 0.05x block 0's output spread: KLD ~4e-4, under kld_mean_max 0.005, top-1 unchanged, so the fixed
+    thresholds pass it; its KLD is ~3.5x the floor's (bounds 2.8x-4.5x over 9 prompts) and block 0's error ~16x
+    the floor's. A clean fp16 target (finer than bf16) passes the same checks; the floor itself names no floor."""
+    ref, floor = dumps(vision_model, tmp_path, "cpu-hf-fp32"), dumps(vision_model, tmp_path, "cpu-hf-bf16")
+    fp16 = dumps(vision_model, tmp_path, "cpu-hf-fp16")
+    noisy = dumps(vision_model, tmp_path, "cpu-hf-bf16", "vision_noise:0.05:0", monkeypatch)
+    clean = compare_vision(ref[0], fp16[0], ref[1], fp16[1], THRESHOLDS, 1e-5, LOCALISE, floor, POSITIONS)
+    faulted = compare_vision(ref[0], noisy[0], ref[1], noisy[1], THRESHOLDS, 1e-5, LOCALISE, floor, POSITIONS)
+    print("fp16", clean["vs_floor"]["reason"], "fault", faulted["vs_floor"]["reason"])
+    assert clean["status"] == "pass" and clean["vs_floor"]["status"] == "pass"
+    assert clean["vs_floor"]["first_over"] is None and all(b["floor_multiple"] < 2 for b in clean["blocks"])
+    assert faulted["text"]["verdict"]["status"] == "pass"  # the fixed thresholds alone would pass it
+    assert faulted["status"] == "fail" and faulted["vs_floor"]["status"] == "fail"
+    assert faulted["vs_floor"]["ratio_lower"] > POSITIONS["floor_max"]
+    assert faulted["vs_floor"]["units"] == {"compared": 9, "base": 9}
+    assert any("vs bf16 floor" in reason for reason in faulted["reasons"])
+    assert faulted["vs_floor"]["first_over"] == "block 0" and faulted["blocks"][0]["floor_multiple"] > 5
 
 
 def test_the_section_of_a_reference_only_run_or_an_unwired_target_shows_no_figures():
@@ -174,3 +214,71 @@ def test_the_section_of_a_reference_only_run_or_an_unwired_target_shows_no_figur
     section = vision_section([TargetData("cpu-hf-fp32", "reference"), unwired])
     assert section["table"] is None and section["absent"] == ["cpu-vllm-bf16: not wired"]
     assert vision_status(unwired) is None  # leaves the target's verdict alone, never a pass
+
+
+def test_the_section_shows_the_floor_ratio_and_block_multiples_and_unknown_for_older_artifacts():
+    from portcheck.report.load import TargetData
+    from portcheck.report.sections.vision import vision_section
+
+    block = {"name": "block 0", "cosine_min": 0.999, "rel_l2_mean": 0.06, "rel_l2_max": 0.1, "max_abs_err": 0.2,
+             "patches": 16, "over": True}
+    compared = {"status": "pass", "reasons": [], "inconclusive": [],
+                "text": {"kld_mean": 4e-4, "top1_agreement": 1.0, "n_positions": 90},
+                "layout": {"image_spans_same": True, "positions_same": True, "positions_compared": 9},
+                "first_divergent": "block 0", "tower": {"target": {"patch_embedding": "Conv3d"}},
+                "prompts": ["shapes"], "image_grid_thw": [[[1, 4, 4]]],
+                "thresholds": {"cosine_min": 0.99, "rel_l2_max": 0.05, "floor_multiple_max": 2.0}}
+    now = {**compared, "status": "fail", "reasons": ["vs bf16 floor: KLD of the target is 3.55x"],
+           "blocks": [{**block, "floor_multiple": 15.6, "over_floor": True}],
+           "vs_floor": {"status": "fail", "ratio": 3.55, "ratio_lower": 2.8, "ratio_upper": 4.51,
+                        "first_over": "block 0", "multiple_max": 2.0}}
+    older = {**compared, "blocks": [block]}
+    section = vision_section([TargetData("cpu-hf-fp32", "reference"),
+                              TargetData("npu-hf-bf16", "target", vision_compare=now),
+                              TargetData("gpu-hf-bf16", "target", vision_compare=older)])
+    new_row, old_row = section["table"]["rows"]
+    assert new_row[3] == "3.55x (2.8x-4.51x) ❌ fail" and new_row[9] == "block 0 (limit 2x)"
+    assert old_row[3] == "unknown" and old_row[9] == "unknown"
+    assert section["blocks"][0]["table"]["rows"][0][5] == "15.60x ❌"
+    assert section["blocks"][1]["table"]["rows"][0][5] == "unknown"
+    assert section["reasons"] == ["npu-hf-bf16: vs bf16 floor: KLD of the target is 3.55x"]
+
+
+def test_a_vllm_target_in_graph_mode_is_said_not_run_before_its_engine(vision_model, tmp_path, monkeypatch):
+    import portcheck.vision.run as run
+
+    monkeypatch.setattr(run, "make_engine", lambda *a, **k: pytest.fail("an engine started"))
+    rows, blocks = tmp_path / "v", tmp_path / "vb"
+    dump_vision("cpu-vllm-bf16", vision_model, EngineSettings(enforce_eager=False), VISION, 0, rows, blocks)
+    meta, _ = read_blocks(blocks)
+    assert meta["status"] == "not run" and "set enforce_eager: true" in meta["reason"]
+
+
+def test_a_vllm_stack_that_cannot_run_image_prompts_fails_the_check_and_the_report_says_why(
+        vision_model, tmp_path, monkeypatch):
+    """vLLM 0.23 with transformers 5.25 fails its own multimodal processor at engine start (measured): the target
+    fails the vision check with the engine's message; the hf reference's errors still stop the job."""
+    import portcheck.vision.run as run
+    from portcheck.report.load import TargetData
+    from portcheck.report.sections.vision import vision_section, vision_status
+
+    def broken(*_args, **_kwargs):
+        raise PortcheckError("vLLM could not start cpu-vllm-bf16 on m (RuntimeError: Engine core initialization "
+                             "failed.)\n--- last 60 lines of the vLLM log ---\n(Worker pid=1) INFO loading\n(Worker "
+                             "pid=1) ERROR 12-04 [executor.py:987] ValueError: Found 1 <|image_pad|> tokens in the text "
+                             "but no images were passed.\nRuntimeError: Worker failed")
+
+    monkeypatch.setattr(run, "make_engine", broken)
+    rows, blocks = tmp_path / "v", tmp_path / "vb"
+    dump_vision("cpu-vllm-bf16", vision_model, EngineSettings(), VISION, 0, rows, blocks)
+    with pytest.raises(PortcheckError, match="could not start"):
+        dump_vision("cpu-hf-fp32", vision_model, EngineSettings(), VISION, 0, tmp_path / "r", tmp_path / "rb")
+    compared = compare_vision(rows, rows, blocks, blocks, THRESHOLDS, 1e-5, LOCALISE)
+    assert compared["status"] == "fail" and "could not run the image prompts" in compared["reasons"][0]
+    target = TargetData("cpu-vllm-bf16", "target", vision_compare=compared)
+    section = vision_section([TargetData("cpu-hf-fp32", "reference"), target])
+    assert vision_status(target) == "fail" and section["table"]["rows"][0][:3] == ["cpu-vllm-bf16", "❌ fail", "—"]
+    assert section["blocks"] == [] and section["reasons"] == [
+        "cpu-vllm-bf16: vLLM could not run the image prompts: vLLM could not start cpu-vllm-bf16 on m (RuntimeError: "
+        "Engine core initialization failed.); first error in its log: ValueError: Found 1 <|image_pad|> tokens in "
+        "the text but no images were passed."]

@@ -215,7 +215,7 @@ def test_engine_edit_reruns_only_that_engines_targets(rerun_copy, module, serves
         "dump_logits": 1, "run_benchmarks": 1, "check_benchmarks": 1, "check_serving": 1, "compare_logits": 1,
         "compare_corpus": 1, "score_decode": 1, "compare_decode": 1, "compare_layers": 1, "plot_kld": 1,
         "plot_long_context": 1, "plot_layers": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
-        "run_mode": 2, "score_mode": 3, "compare_mode": 2, "plot_serve": 1,
+        "run_mode": 2, "score_mode": 3, "compare_mode": 2, "plot_serve": 1, "dump_vision": 1, "compare_vision": 1,
         # the server the accuracy stage starts is made from engine_args (which names the worker extension)
         **({"evaluate_accuracy": 1, "compare_accuracy": 1} if serves else {}),
     }
@@ -261,21 +261,30 @@ def test_task_accuracy_is_measured_through_lm_eval_on_every_engine(workflow_run)
     assert "part of the verdict (`accuracy.in_verdict` is false)" in report
 
 
-def test_image_prompts_are_compared_on_hf_and_said_not_run_on_vllm(workflow_run):
+def test_image_prompts_are_compared_on_hf_and_on_vllm(workflow_run):
     results = workflow_run / "results" / MODEL
     report = (workflow_run / "reports" / MODEL / "report.md").read_text()
     hf = json.loads((results / "compare" / "cpu-hf-bf16.vision.json").read_text())
     assert hf["status"] == "pass" and hf["layout"]["same"] and hf["first_divergent"] is None
-    assert hf["prompts"] == ["shapes", "gradient-text", "shapes+gradient-text"] and hf["text"]["n_positions"] > 0
+    assert hf["prompts"][:3] == ["shapes", "gradient-text", "shapes+gradient-text"] and hf["text"]["n_positions"] > 0
+    assert len(hf["prompts"]) == 9  # vision.draws 3
+    assert hf["vs_floor"]["status"] == "not run" and "cpu-hf-bf16 is the floor" in hf["vs_floor"]["reason"]
+    # vLLM: its own processor lays out the image tokens (read back), its worker gives the rows, blocks and positions
     vllm = json.loads((results / "compare" / "cpu-vllm-bf16.vision.json").read_text())
-    assert vllm["status"] == "not run" and "vLLM's multi_modal_data is not wired" in vllm["reason"]
-    assert not (results / "cpu-vllm-bf16" / "vision.safetensors").exists()  # no engine started for it
+    assert vllm["status"] == "pass" and vllm["layout"] == {"image_spans_same": True, "positions_same": True,
+                                                           "positions_compared": 9, "same": True}
+    assert vllm["vs_floor"]["status"] == "pass" and vllm["vs_floor"]["first_over"] is None
+    assert vllm["text"]["n_positions"] == hf["text"]["n_positions"] and vllm["text"]["kld_mean"] > 0
+    assert all(b["floor_multiple"] < 2 for b in vllm["blocks"])
+    assert vllm["tower"]["target"]["tower_class"] == "Qwen3_VisionTransformer"  # vLLM's own tower ran
+    assert all(s > 0 for s in vllm["tower"]["target"]["first_token_seconds"] + vllm["tower"]["target"]["encode_seconds"])
     from portcheck.report.render import section_headings
 
     headings = section_headings()
     section = report.split(f"## {headings['vision']['heading']}")[1].split(f"## {headings['plots']['heading']}")[0]
     assert "| cpu-hf-bf16 | ✅ pass |" in section and "**cpu-hf-bf16, per vision block**" in section
-    assert "- Not run: cpu-vllm-bf16: image prompts reach only the hf engine so far" in section
+    assert "| cpu-vllm-bf16 | ✅ pass |" in section and "**cpu-vllm-bf16, per vision block**" in section
+    assert "⚪ not run: cpu-hf-bf16 is the floor" in section and "Not run:" not in section
 
 
 def test_an_mtp_run_is_measured_against_the_reference_mtp(rerun_copy):

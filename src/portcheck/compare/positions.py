@@ -80,9 +80,9 @@ def vs_floor(target: dict, floor: dict, floor_path: str, positions: dict) -> dic
     own engine is the least any bf16 port adds, and a sound port adds about as much (clean vLLM bf16 on the embedded
     model: 0.9x); a fault that moves the KLD to a few times the floor is caught here even where it stays under the
     fixed thresholds, which are set for the real model."""
-    check = st.ratio_check(sequence_side(target), sequence_side(floor), True, positions["floor_max"],
-                           positions["growth_floor"], positions.get("confidence", 0.95), "of the target",
-                           "the bf16 floor's")
+    clip = positions["growth_floor"]  # seed-style comparisons (per_prompt rows) clip their logs at it
+    check = st.ratio_check(sequence_side(target, clip), sequence_side(floor, clip), True, positions["floor_max"],
+                           clip, positions.get("confidence", 0.95), "of the target", "the bf16 floor's")
     return {"floor": floor_path, "kld_floor": check["kld_base"], "kld_target": check["kld_compared"], **check}
 
 

@@ -211,27 +211,39 @@ class HFEngine(Engine):
     def score_images(self, inputs) -> list[VisionScores]:
         """Each image prompt through the whole model (settings.language_model_only off): the logits of the text
         rows after the last image, every vision block's output and the merger's, the multimodal rotary position ids
-        the model computed, and the seconds the vision tower took."""
+        the model computed, and the seconds the vision tower took; then the prompt again without the capture, timed
+        to its first token (the pixels to the first token's id, device synchronised)."""
         torch = self.torch
         visual = _visual(self.model)
         if visual is None:
             raise PortcheckError(f"{type(self.model).__name__} has no vision tower (model.visual): the vision check needs "
                                  "the conditional-generation class; set vision.enabled: false for this model")
-        image_token = self.model.config.image_token_id
         results = []
         for vision_input in inputs:
             capture = _VisionCapture(self.model, visual, self.target.device)
-            ids = torch.tensor([vision_input.input_ids], dtype=torch.long, device=self.device)
             with capture, torch.inference_mode():
-                logits = self.model(
-                    input_ids=ids, mm_token_type_ids=(ids == image_token).long(),
-                    pixel_values=torch.from_numpy(vision_input.pixel_values).to(self.device, self.model.dtype),
-                    image_grid_thw=torch.from_numpy(vision_input.image_grid_thw).to(self.device)).logits[0]
+                logits = self._image_logits(vision_input)
             rows = slice(vision_input.text_start, None)
             results.append(VisionScores(
                 PromptScores(np.asarray(vision_input.input_ids[rows], dtype=np.int64), logits[rows].float().cpu().numpy()),
-                capture.blocks, capture.merger, capture.position_ids, capture.seconds))
+                capture.blocks, capture.merger, capture.position_ids, capture.seconds,
+                first_token_seconds=self._first_token_seconds(vision_input)))
         return results
+
+    def _image_logits(self, vision_input):
+        torch = self.torch
+        ids = torch.tensor([vision_input.input_ids], dtype=torch.long, device=self.device)
+        return self.model(
+            input_ids=ids, mm_token_type_ids=(ids == self.model.config.image_token_id).long(),
+            pixel_values=torch.from_numpy(vision_input.pixel_values).to(self.device, self.model.dtype),
+            image_grid_thw=torch.from_numpy(vision_input.image_grid_thw).to(self.device)).logits[0]
+
+    def _first_token_seconds(self, vision_input) -> float:
+        devices.synchronize(self.target.device)
+        started = time.perf_counter()
+        with self.torch.inference_mode():
+            int(self._image_logits(vision_input)[-1].argmax())  # on the host: the device has finished
+        return time.perf_counter() - started
 
     def vision_facts(self) -> dict[str, Any]:
         """What ran of the vision tower: its class, blocks, and the patch embedding's implementation (vllm-ascend

@@ -79,10 +79,21 @@ class VisionScores:
     """One image prompt through the whole model: `scores` holds the text rows after the last image; `blocks` each
     vision block's output [patches, H], `merger` the merged image tokens [tokens, text H], `position_ids` the
     multimodal rotary ids the language model received [3, 1, T] (None where not seen), `encode_seconds` the vision
-    tower's time."""
+    tower's time, `input_ids` the whole prompt as the engine laid it out (None: as given)."""
 
     scores: PromptScores
     blocks: list[np.ndarray]
     merger: np.ndarray | None
     position_ids: np.ndarray | None
     encode_seconds: float
+    input_ids: list[int] | None = None  # the ids the engine ran, where it lays out the image tokens itself (vLLM)
+    first_token_seconds: float | None = None  # the prompt run again without the capture: pixels to first token
+
+
+def vision_tensors(f, prompts: int) -> list[dict]:
+    """Per prompt p of a vision-blocks safetensors file (an open safe_open handle): `block.<p>` [blocks, patches,
+    H], `merger.<p>` and `positions.<p>` (None where absent). Shared by the worker's file and the dump's."""
+    names = set(f.keys())
+    return [{"blocks": f.get_tensor(f"block.{p}"), "merger": f.get_tensor(f"merger.{p}"),
+             "positions": f.get_tensor(f"positions.{p}") if f"positions.{p}" in names else None}
+            for p in range(prompts)]

@@ -51,7 +51,7 @@ CLASSES = {fault.name: fault for fault in (
                "standard deviation", None, None, ("vllm",)),
     FaultClass("vision_noise", "the vision tower computing wrong (a block rewritten for the device, as vllm-ascend "
                "rewrote the patch embedding's Conv3d): seeded noise on one vision block's output", "noise as a share "
-               "of the output's standard deviation", "vision block (default 0)", 0, ("hf",)),
+               "of the output's standard deviation", "vision block (default 0)", 0, ("vllm", "hf")),
 )}
 
 

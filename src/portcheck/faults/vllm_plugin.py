@@ -1,7 +1,7 @@
 """The fault plugin for vLLM (entry point `vllm.general_plugins`): patches vLLM the way vllm-ascend does, without
-replacing its classes. It rebinds QwenGatedDeltaNetAttention.forward_cpu, Qwen3NextAttention._project_qkv_gate
-and Qwen3_5MultiTokenPredictor.forward (the MTP drafter) and swaps a module-level GDN kernel of vLLM's CPU op, each
-to a function of this module that calls the original.
+replacing its classes. It rebinds QwenGatedDeltaNetAttention.forward_cpu, Qwen3NextAttention._project_qkv_gate,
+Qwen3_5MultiTokenPredictor.forward (the MTP drafter) and Qwen3_VisionBlock.forward (the vision tower's blocks) and
+swaps a module-level GDN kernel of vLLM's CPU op, each to a function of this module that calls the original.
 Inert unless PORTCHECK_FAULT names a fault (portcheck.faults.catalog); unpatch() restores vLLM.
 
 The state faults act on vLLM's own state cache (layer.kv_cache[1]) before the CPU GDN kernel reads it: at a
@@ -72,6 +72,33 @@ def mtp_forward(self, *args, **kwargs):
     return output
 
 
+def vision_block_forward(self, *args, **kwargs):
+    """A vision block with seeded noise on its output where vision_noise names it (inert in a text-only run: the
+    tower does not run)."""
+    output = _ORIGINALS["vision_forward"](self, *args, **kwargs)
+    fault = _fault()
+    if fault is not None and fault.name == "vision_noise" and vision_block_index(self) == fault.where:
+        return faults.spoiled_output(fault, output)
+    return output
+
+
+def vision_block_index(block) -> int | None:
+    """The block's index in the tower, from the prefix vLLM gave its linear layers (visual.blocks.<i>.mlp...)."""
+    for module in block.modules():
+        prefix = getattr(module, "prefix", None)
+        if isinstance(prefix, str) and "blocks." in prefix:
+            return int(prefix.split("blocks.")[1].split(".")[0])
+    return None
+
+
+def _vision_block():
+    try:
+        from vllm.model_executor.models import qwen3_vl
+    except ImportError:
+        return None
+    return getattr(qwen3_vl, "Qwen3_VisionBlock", None)
+
+
 def kernel_slot() -> str:
     from vllm.model_executor.layers.mamba.ops.cpu import gdn_attention
 
@@ -128,6 +155,8 @@ def _check_applies(fault) -> None:
                              f"which this vLLM line lacks (vLLM CPU 0.32 has it)")
     if fault.name == "mtp_noise" and _mtp_predictor() is None:
         raise PortcheckError(f"fault {fault}: this vLLM line has no Qwen3_5MultiTokenPredictor to feed noise to")
+    if fault.name == "vision_noise" and _vision_block() is None:
+        raise PortcheckError(f"fault {fault}: this vLLM line has no Qwen3_VisionBlock to feed noise to")
     if fault.name == "rope_offset" and not hasattr(qwen3_next.Qwen3NextAttention, "_project_qkv_gate"):
         raise PortcheckError(f"fault {fault}: this vLLM line's Qwen3NextAttention has no _project_qkv_gate to "
                              f"offset positions in (vLLM CPU 0.32 has it)")
@@ -158,6 +187,7 @@ def register() -> None:
 
     _check_applies(fault)
     _patch_mtp()
+    _patch_vision()
     slot = kernel_slot()
     attention = qwen3_next.Qwen3NextAttention
     _FAULT[:] = [fault]
@@ -187,6 +217,13 @@ def _patch_mtp() -> None:
         predictor.forward = mtp_forward
 
 
+def _patch_vision() -> None:
+    block = _vision_block()
+    if block is not None:
+        _ORIGINALS["vision_forward"] = block.forward
+        block.forward = vision_block_forward
+
+
 def unpatch() -> None:
     if not _ORIGINALS:
         return
@@ -199,6 +236,8 @@ def unpatch() -> None:
         setattr(gdn_attention, slot, original)
     if "mtp_forward" in _ORIGINALS:
         _mtp_predictor().forward = _ORIGINALS.pop("mtp_forward")
+    if "vision_forward" in _ORIGINALS:
+        _vision_block().forward = _ORIGINALS.pop("vision_forward")
     if "project_qkv_gate" in _ORIGINALS:
         qwen3_next.Qwen3NextAttention._project_qkv_gate = _ORIGINALS.pop("project_qkv_gate")
     _FAULT.clear()

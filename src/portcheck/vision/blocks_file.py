@@ -12,14 +12,16 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from portcheck.atomic import atomic_path
+from portcheck.engines.outputs import vision_tensors
 from portcheck.errors import PortcheckError
 
 BLOCKS_FORMAT = "portcheck-vision-blocks"
 
 
-def write_not_run(rows_path, blocks_path, reason: str) -> None:
-    """Both files, holding only the reason (compare_vision reads it from the blocks file)."""
-    meta = {"status": "not run", "reason": reason, "prompts": []}
+def write_not_run(rows_path, blocks_path, reason: str, status: str = "not run") -> None:
+    """Both files, holding only the status ("not run", or "failed": the engine could not run the image prompts)
+    and the reason (compare_vision reads them from the blocks file)."""
+    meta = {"status": status, "reason": reason, "prompts": []}
     for path, name in ((rows_path, "portcheck-vision-not-run"), (blocks_path, BLOCKS_FORMAT)):
         with atomic_path(path) as tmp:
             save_file({"empty": np.zeros(0, np.float32)}, str(tmp),
@@ -45,7 +47,5 @@ def read_blocks(path) -> tuple[dict, list[dict]]:
         header = f.metadata() or {}
         if header.get("format") != BLOCKS_FORMAT:
             raise PortcheckError(f"{path} is not a portcheck vision-blocks file; delete it and rerun rule dump_vision")
-        meta, names = json.loads(header["meta"]), set(f.keys())
-        return meta, [{"blocks": f.get_tensor(f"block.{p}"), "merger": f.get_tensor(f"merger.{p}"),
-                       "positions": f.get_tensor(f"positions.{p}") if f"positions.{p}" in names else None}
-                      for p in range(len(meta["prompts"]))]
+        meta = json.loads(header["meta"])
+        return meta, vision_tensors(f, len(meta["prompts"]))

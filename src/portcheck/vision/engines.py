@@ -1,4 +1,5 @@
-"""Which engines take image prompts so far (light: rules/common.smk imports it while Snakemake parses)."""
+"""Which engines take image prompts (light: rules/common.smk imports it while Snakemake parses): transformers through
+the conditional-generation class with pixel values, vLLM through multi_modal_data."""
 
-IMAGE_ENGINES = ("hf",)
-NOT_WIRED = "image prompts reach only the hf engine so far (vLLM's multi_modal_data is not wired in portcheck yet)"
+IMAGE_ENGINES = ("hf", "vllm")
+NOT_WIRED = "image prompts reach only the hf and vllm engines"

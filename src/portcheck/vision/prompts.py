@@ -25,6 +25,26 @@ class VisionInput:
     image_grid_thw: np.ndarray  # int64 [images, 3]
     image_spans: list[tuple[int, int]]  # (first <|image_pad|> position, count) per image
     text_start: int  # the first compared row: the last <|vision_end|>
+    images: list  # the PIL images (vLLM takes them and runs its own processor)
+
+    def unexpanded_ids(self) -> list[int]:
+        """The ids with one <|image_pad|> per image, as vLLM takes them: its processor expands each into the
+        image's tokens itself, and the ids it ran are checked against input_ids (the layout check)."""
+        ids, skip = list(self.input_ids), {start + i for start, count in self.image_spans for i in range(1, count)}
+        return [token for position, token in enumerate(ids) if position not in skip]
+
+
+def image_spans(ids: list[int], image_token: int) -> list[tuple[int, int]]:
+    """(first position, count) of each run of `image_token` in ids: the layout an engine actually ran."""
+    spans: list[tuple[int, int]] = []
+    for position, token in enumerate(ids):
+        if token != image_token:
+            continue
+        if spans and sum(spans[-1]) == position:
+            spans[-1] = (spans[-1][0], spans[-1][1] + 1)
+        else:
+            spans.append((position, 1))
+    return spans
 
 
 def vision_facts(model_dir) -> dict | None:
@@ -77,4 +97,5 @@ def build_input(prompt: ImagePrompt, tokenizer, facts: dict, processor) -> Visio
         ids.append(facts["vision_end_token_id"])
     text_start = len(ids) - 1
     ids += list(tokenizer(prompt.question, add_special_tokens=False)["input_ids"])
-    return VisionInput(prompt.name, ids, np.asarray(out["pixel_values"], dtype=np.float32), grid, spans, text_start)
+    return VisionInput(prompt.name, ids, np.asarray(out["pixel_values"], dtype=np.float32), grid, spans, text_start,
+                       list(prompt.images))

@@ -4,6 +4,8 @@ tower's per-block outputs beside them. Images and the checkpoint are checked bef
 
 from __future__ import annotations
 
+import re
+import sys
 import time
 from dataclasses import asdict, replace
 
@@ -19,7 +21,7 @@ from portcheck.targets import parse_target
 from portcheck.vision.blocks_file import write_blocks, write_not_run
 from portcheck.vision.engines import IMAGE_ENGINES, NOT_WIRED
 from portcheck.vision.images import image_prompts
-from portcheck.vision.prompts import build_input, load_processor, max_pixels, vision_facts, vision_problem
+from portcheck.vision.prompts import build_input, image_spans, load_processor, max_pixels, vision_facts, vision_problem
 
 
 def prepare_inputs(model_dir, settings, vision: dict, seed: int):
@@ -48,21 +50,50 @@ def dump_vision(target_name: str, model_dir, settings, vision: dict, seed: int, 
         # nothing the user asked for is lost, so it is said not run; the user's own images are refused below
         write_not_run(rows_path, blocks_path, problem)
         return
+    if target.engine == "vllm" and not settings.enforce_eager:
+        # vLLM's worker captures the rows and blocks with Python wrappers, which a captured graph does not call
+        write_not_run(rows_path, blocks_path, "vLLM in graph mode (enforce_eager off): the worker's capture of the "
+                      "rows and vision blocks is not called in a graph; set enforce_eager: true on this target")
+        return
     inputs = prepare_inputs(model_dir, settings, vision, seed)
     settings = replace(settings, language_model_only=False)  # this job's run only: the whole model
     started = time.perf_counter()
-    with make_engine(target, model_dir, settings) as engine:
-        scored = engine.score_images(inputs)
-        facts = engine.vision_facts()
+    try:
+        with make_engine(target, model_dir, settings) as engine:
+            scored = engine.score_images(inputs)
+            facts = engine.vision_facts()
+    except PortcheckError as exc:
+        if target.engine != "vllm":
+            raise
+        # The stack could not run image prompts (measured: vLLM 0.23 with transformers 5.25 fails its own
+        # multimodal processor at engine start): the target fails the check, and the report still renders.
+        print(f"{target_name}: {exc}", file=sys.stderr)  # the whole message, log tail included, to the job's log
+        write_not_run(rows_path, blocks_path, f"vLLM could not run the image prompts: {_first_error(str(exc))}",
+                      status="failed")
+        return
+    image_token = vision_facts(model_dir)["image_token_id"]
     meta = {"target": target_name, "model_sha": model_sha(model_dir), "tokenizer_sha": tokenizer_sha(model_dir),
             "prompts_sha": sha256_json([[i.input_ids, _pixels_sha(i.pixel_values)] for i in inputs]),
             "prompts": [i.name for i in inputs], "settings": asdict(settings), "vision": {
-                **facts, "image_spans": [i.image_spans for i in inputs], "text_start": [i.text_start for i in inputs],
+                **facts, "text_start": [i.text_start for i in inputs],
+                # the layout the engine ran: vLLM expands the image tokens itself, transformers takes them as built
+                "image_spans": [i.image_spans if s.input_ids is None else image_spans(s.input_ids, image_token)
+                                for i, s in zip(inputs, scored)],
                 "image_grid_thw": [i.image_grid_thw.tolist() for i in inputs],
                 "encode_seconds": [round(s.encode_seconds, 4) for s in scored],
+                # hf: the model from processed pixels; vllm: the request from the images, its processor included
+                "first_token_seconds": [s.first_token_seconds and round(s.first_token_seconds, 4) for s in scored],
                 "run_seconds": round(time.perf_counter() - started, 3)}}
     write_dump(rows_path, [s.scores for s in scored], None, meta)
     write_blocks(blocks_path, scored, meta)
+
+
+def _first_error(message: str) -> str:
+    """The message's first line, and the first error its log tail names (the root cause, where the first line
+    says only that the engine failed)."""
+    first, *rest = message.splitlines() or [""]
+    cause = next((line.split("] ")[-1].strip() for line in rest if re.search(r"\w+(Error|Exception): ", line)), "")
+    return f"{first[:300]}" + (f"; first error in its log: {cause[:300]}" if cause else "")
 
 
 def _pixels_sha(pixels: np.ndarray) -> str:

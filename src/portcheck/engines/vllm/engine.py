@@ -30,7 +30,7 @@ from portcheck.faults import catalog as faults
 from portcheck.errors import PortcheckError
 from portcheck.engines.base import DTYPE_BYTES, Engine, check_prompt_lengths
 from portcheck.engines.outputs import (DecodeScores, Generation, LayerStates, PromptScores, TimedGeneration,
-                                       decode_row_ids)
+                                       VisionScores, decode_row_ids, vision_tensors)
 from portcheck.engines.settings import FULL_VOCAB_MAX_ENTRIES, EngineSettings
 from portcheck.engines.vllm import process
 from portcheck.engines.vllm.adaptation import adaptation_items, kv_items
@@ -398,6 +398,68 @@ class VLLMEngine(Engine):
         self._generate(what, [ids], params)
         return [[int(i) for i in ids]], len(ids)
 
+    # -- the vision tower: image prompts through vLLM's multimodal input (vision/run.py) ------------------------
+
+    def score_images(self, inputs) -> list[VisionScores]:
+        """Each image prompt alone (vision.prompts.VisionInput), its images as multi_modal_data under ids unique to
+        the request (vLLM's encoder cache would otherwise serve an image seen in an earlier prompt, and its tower
+        would not run): the whole logits rows from the worker, each vision block's output, the merger's, the
+        rotary positions, and the ids vLLM ran (its processor expands each <|image_pad|>; the layout check compares
+        them). Needs the language model and the tower in one engine (settings.language_model_only off)."""
+        vision = self._rpc("image prompts", "portcheck_vision_start")
+        if not vision.get("ok"):
+            raise PortcheckError(f"{self.target.name}: the vision tower cannot be captured in vLLM's worker: "
+                                 f"{vision.get('reason')}; set enforce_eager: true, or vision.enabled: false")
+        self.vision_tower = {key: vision[key] for key in ("tower_class", "blocks", "patch_embedding")}
+        pending, ran = iter(inputs), []
+        params = _sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+
+        def run(_expected: list[int]) -> tuple[list, int]:
+            request = _image_request(next(pending), len(ran))
+            output = self._call("image prompts", lambda: self.llm.generate([request], params, use_tqdm=False))[0]
+            ids = [int(t) for t in output.prompt_token_ids]
+            taken = self._rpc("image prompts", "portcheck_vision_take", len(ids))
+            if not taken.get("ok"):
+                raise PortcheckError(f"{self.target.name}: {taken.get('reason')}")
+            ran.append((ids, taken["seconds"]))
+            return [ids], len(ids)
+
+        rows = self._image_rows([i.input_ids for i in inputs], run, ran)
+        blocks = self._worker_file("image prompts", "portcheck_vision_write", read_vision_blocks)
+        first_token = [self._first_token_seconds(_image_request(i, len(inputs) + n), params)  # capture removed
+                       for n, i in enumerate(inputs)]
+        return [vision_scores(i, ids, scores, prompt_blocks, seconds, ttft)
+                for i, (ids, seconds), scores, prompt_blocks, ttft in zip(inputs, ran, rows, blocks, first_token)]
+
+    def _first_token_seconds(self, request: dict, params) -> float:
+        """The request from its images (vLLM's processor included) to its first token."""
+        started = time.perf_counter()
+        self._call("image prompts", lambda: self.llm.generate([request], params, use_tqdm=False))
+        return time.perf_counter() - started
+
+    def _image_rows(self, expected: list[list[int]], run, ran: list) -> list[PromptScores]:
+        started = self._rpc("image prompts", "portcheck_logits_start", "logits", 0, [])
+        if not started.get("ok"):
+            raise PortcheckError(f"{self.target.name}: the image prompts' logits rows cannot be read in vLLM's "
+                                 f"worker: {started.get('reason')}; set enforce_eager: true")
+        rows, problem = self._one_sequence_per_step(
+            "image prompts", "portcheck_logits", expected, lambda f, facts: _read_rows([i for i, _ in ran], f, facts),
+            run)
+        if rows is None:
+            raise PortcheckError(f"{self.target.name}: image prompts: {problem}")
+        return rows
+
+    def _worker_file(self, what: str, method: str, read):
+        with tempfile.TemporaryDirectory(prefix="portcheck-worker-") as folder:
+            path = str(Path(folder) / "captured.safetensors")
+            self._rpc(what, method, path)
+            with safe_open(path, framework="np") as f:
+                return read(f)
+
+    def vision_facts(self) -> dict[str, Any]:
+        """What ran of the vision tower (after score_images): its class, blocks and patch embedding."""
+        return dict(self.vision_tower)
+
     # -- engine-mode proof: the engine's own counters (modes/run.py) --------------------------------------------
 
     def counters(self) -> dict[str, float]:
@@ -618,6 +680,31 @@ def _chosen_logprobs(completion, tokens: list[int]) -> list[float] | None:
         tok, lps, _ = _position(completion.logprobs, position)
         chosen.append(next((float(lp) for tid, lp in zip(tok, lps) if tid == token), math.nan))
     return chosen
+
+
+def _image_request(vision_input, serial: int) -> dict:
+    """One image prompt as vLLM takes it; the images' ids (multi_modal_uuids, which replace vLLM's content hash)
+    are unique per request, so neither the processor cache nor the encoder cache serves an image seen before."""
+    images = vision_input.images
+    return {"prompt_token_ids": vision_input.unexpanded_ids(),
+            "multi_modal_data": {"image": images if len(images) > 1 else images[0]},
+            "multi_modal_uuids": {"image": [f"portcheck-{serial}-{n}" for n in range(len(images))]}}
+
+
+def read_vision_blocks(f) -> list[dict]:
+    """worker_vision's file: per prompt its blocks [blocks, patches, H], merger and positions (None if unseen)."""
+    return vision_tensors(f, sum(1 for name in f.keys() if name.startswith("block.")))
+
+
+def vision_scores(vision_input, ids: list[int], scores: PromptScores, blocks: dict, seconds: float,
+                  first_token_seconds: float) -> VisionScores:
+    """The rows from the last <|vision_end|> of the ids vLLM ran (the question's, whatever its image layout), and
+    that layout as vLLM made it."""
+    end = vision_input.input_ids[vision_input.text_start]
+    start = max(position for position, token in enumerate(ids) if token == end)
+    return VisionScores(PromptScores(np.asarray(ids[start:], dtype=np.int64), scores.logits[start:]),
+                        list(blocks["blocks"]), blocks["merger"], blocks["positions"], seconds, ids,
+                        first_token_seconds)
 
 
 def _read_rows(sequences: list[list[int]], f, facts: dict) -> list[PromptScores]:

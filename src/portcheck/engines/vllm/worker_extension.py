@@ -61,6 +61,22 @@ class PortcheckWorkerExtension:
 
         return worker_logits.write(path)
 
+    def portcheck_vision_start(self) -> dict:
+        """Hooks on the vision blocks, the merger and the model's rotary positions (image prompts); eager mode."""
+        from portcheck.engines.vllm import worker_vision
+
+        return worker_vision.start(self)
+
+    def portcheck_vision_take(self, tokens: int) -> dict:
+        from portcheck.engines.vllm import worker_vision
+
+        return worker_vision.take(tokens)
+
+    def portcheck_vision_write(self, path: str) -> dict:
+        from portcheck.engines.vllm import worker_vision
+
+        return worker_vision.write(path)
+
     def portcheck_set_fault(self, fault: str) -> dict:
         """Switch the fault plugin's fault in this worker (make calibrate: many faults per engine start)."""
         from portcheck.faults import vllm_plugin

@@ -3,8 +3,9 @@ tokens and rotary positions, every vision block)."""
 
 from __future__ import annotations
 
-from portcheck.report.format import NOT_RUN, VERDICT_LABEL, YES, NO, UNKNOWN, num, pct, table
+from portcheck.report.format import DASH, NOT_RUN, VERDICT_LABEL, YES, NO, UNKNOWN, num, pct, table
 from portcheck.report.sections.layers import precise_cosine
+from portcheck.report.sections.positions import ratio_text
 from portcheck.report.load import TargetData
 from portcheck.report.sources import cite, every_target
 
@@ -20,12 +21,17 @@ def vision_section(targets: list[TargetData]) -> dict:
     source = every_target(targets, KIND)
     first = measured[0].vision_compare if measured else {}
     return {"enabled": True, "absent": absent,
-            "table": table(["Target", "Verdict", "KLD mean", "Top-1 agreement", "Positions", "Image tokens",
-                            "Rotary positions", "First block over", "Patch embedding", "Encode / prompt (ms)"],
+            "table": table(["Target", "Verdict", "KLD mean", "vs bf16 floor (bounds)", "Top-1 agreement",
+                            "Positions", "Image tokens", "Rotary positions", "First block over",
+                            "First block over the floor", "Patch embedding", "Encode / prompt (ms)",
+                            "First token / prompt (ms, median)"],
                            [_row(t) for t in measured],
-                           cite(source, "status", "text.kld_mean", "text.top1_agreement", "text.n_positions",
-                                "layout", "first_divergent", "tower")) if measured else None,
-            "blocks": [{"target": t.name, "table": _blocks_table(t, source)} for t in measured],
+                           cite(source, "status", "text.kld_mean", "vs_floor", "text.top1_agreement",
+                                "text.n_positions", "layout", "first_divergent", "tower")) if measured else None,
+            "reasons": [f"{t.name}: {line}" for t in measured
+                        for line in t.vision_compare.get("reasons", []) + t.vision_compare.get("inconclusive", [])],
+            "blocks": [{"target": t.name, "table": _blocks_table(t, source)} for t in measured
+                       if "blocks" in t.vision_compare],
             "prompts": ", ".join(f"{p} ({_grid(g)})" for p, g in zip(first.get("prompts", []),
                                                                     first.get("image_grid_thw", []))),
             "thresholds": _thresholds_text(first.get("thresholds"))}
@@ -46,14 +52,38 @@ def _why_not(t: TargetData) -> str:
 
 def _row(t: TargetData) -> list[str]:
     c = t.vision_compare
+    if "text" not in c:  # the engine could not run the image prompts: the reason is listed under the table
+        return [t.name, VERDICT_LABEL.get(c["status"], c["status"])] + [DASH] * 11
     text, layout, tower = c["text"], c["layout"], c["tower"]["target"]
     seconds = tower.get("encode_seconds") or []
-    return [t.name, VERDICT_LABEL.get(c["status"], c["status"]), num(text.get("kld_mean")),
+    return [t.name, VERDICT_LABEL.get(c["status"], c["status"]), num(text.get("kld_mean")), _vs_floor(c),
             pct(text.get("top1_agreement")), str(text.get("n_positions")),
             YES if layout["image_spans_same"] else f"{NO} (count or position differs)",
-            _positions(layout), c["first_divergent"] or "none",
+            _positions(layout), c["first_divergent"] or "none", _first_over_floor(c),
             str(tower.get("patch_embedding")),
-            ", ".join(f"{1000 * s:.1f}" for s in seconds) or UNKNOWN]
+            ", ".join(f"{1000 * s:.1f}" for s in seconds) or UNKNOWN, _median_ms(tower.get("first_token_seconds"))]
+
+
+def _median_ms(seconds: list | None) -> str:
+    known = sorted(s for s in seconds or [] if s is not None)
+    return f"{1000 * known[len(known) // 2]:.1f}" if known else UNKNOWN
+
+
+def _vs_floor(c: dict) -> str:
+    """The text KLD's ratio to the bf16 floor's with its verdict, or why there is none (older artifacts: unknown)."""
+    check = c.get("vs_floor")
+    if not check:
+        return UNKNOWN
+    if check.get("status") == NOT_RUN:
+        return f"{VERDICT_LABEL.get(NOT_RUN, NOT_RUN)}: {check.get('reason', UNKNOWN)}"
+    return f"{ratio_text(check)} {VERDICT_LABEL.get(check.get('status'), UNKNOWN)}"
+
+
+def _first_over_floor(c: dict) -> str:
+    check = c.get("vs_floor") or {}
+    if check.get("status") in (None, NOT_RUN):
+        return UNKNOWN
+    return f"{check['first_over'] or 'none'} (limit {check['multiple_max']:g}x)"
 
 
 def _positions(layout: dict) -> str:
@@ -65,10 +95,17 @@ def _positions(layout: dict) -> str:
 
 def _blocks_table(t: TargetData, source: str) -> dict:
     rows = [[b["name"], precise_cosine(b["cosine_min"]), pct(b["rel_l2_mean"]), pct(b["rel_l2_max"]),
-             num(b["max_abs_err"]), num(b["patches"]), "❌ yes" if b["over"] else "no"]
+             num(b["max_abs_err"]), _times_floor(b), num(b["patches"]), "❌ yes" if b["over"] else "no"]
             for b in t.vision_compare["blocks"]]
-    return table(["Block", "Cosine min", "Rel. L2 mean", "Rel. L2 max", "MaxAbsErr", "Patches / tokens", "Over"],
-                 rows, cite(t.paths.get(KIND, source), "blocks"))
+    return table(["Block", "Cosine min", "Rel. L2 mean", "Rel. L2 max", "MaxAbsErr", "Rel. L2 × bf16 floor",
+                  "Patches / tokens", "Over"], rows, cite(t.paths.get(KIND, source), "blocks"))
+
+
+def _times_floor(block: dict) -> str:
+    multiple = block.get("floor_multiple")
+    if multiple is None:
+        return UNKNOWN
+    return f"{multiple:.2f}x" + (" ❌" if block.get("over_floor") else "")
 
 
 def _thresholds_text(thresholds: dict | None) -> str:
