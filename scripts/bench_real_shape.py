@@ -3,8 +3,9 @@
 Builds (once, kept in resources/bench/real-shape) the real text shape (24 layers, hidden 1024, 248,320 ids) with
 the real 12-block vision tower and the MTP head, random weights (scripts/bench_compact.py's builder), then runs the
 workflow on it in a fresh copy with `model.source: local` and the user's top-20 log-probs for cpu-vllm-bf16, and
-prints each job's wall time (from Snakemake's log: 1-second resolution, engine start included), each stage's
-total, and the stages inside the dumps (scripts/bench_workflow.py). Nothing is asserted.
+prints each job's wall time (from Snakemake's log: 1-second resolution, engine start included) and the run's peak
+resident memory while it ran (the whole process tree sampled every second: jobs running alongside are included),
+each rule's total, and the stages inside the dumps (scripts/bench_workflow.py). Nothing is asserted.
 
     python scripts/bench_real_shape.py [--goal report] [--cores 2] [--keep DIR] [--set key=value ...]
 
@@ -50,10 +51,10 @@ def config(model_dir: Path, overrides: list[str]) -> dict:
     return settings
 
 
-def job_times(log: str) -> list[tuple[str, str, float]]:
-    """(rule, wildcards, seconds) of each finished job, from the timestamps Snakemake prints before each job's start
-    and each "Finished jobid" line (a job's block names its jobid before its wildcards)."""
-    now, rule, job, started, names, done = None, None, None, {}, {}, []
+def job_times(log: str) -> list[dict]:
+    """Each finished job's rule, wildcards, start and end (epoch seconds), from the timestamps Snakemake prints
+    before each job's start and each "Finished jobid" line (a job's block names its jobid before its wildcards)."""
+    now, rule, job, jobs, done = None, None, None, {}, []
     for line in log.splitlines():
         text = line.strip()
         stamp = STAMP.match(text)
@@ -63,14 +64,62 @@ def job_times(log: str) -> list[tuple[str, str, float]]:
             rule, job = text.split()[1].rstrip(":"), None
         elif rule and text.startswith("jobid:"):
             job = text.split(":", 1)[1].strip()
-            started[job], names[job] = now, [rule, ""]
+            jobs[job] = {"rule": rule, "wildcards": "", "start": now}
         elif job and text.startswith("wildcards:"):
-            names[job][1] = text.split(":", 1)[1].strip()
+            jobs[job]["wildcards"] = text.split(":", 1)[1].strip()
         elif text.startswith("Finished jobid:"):
-            finished = text.split(":", 1)[1].split()[0]
-            if finished in started:
-                done.append((*names[finished], now - started[finished]))
+            finished = jobs.get(text.split(":", 1)[1].split()[0])
+            if finished:
+                done.append({**finished, "end": now})
     return done
+
+
+def run_sampled(command: list[str], cwd: Path, every: float = 1.0) -> tuple[subprocess.CompletedProcess, list]:
+    """Run the command and sample the resident memory of its whole process tree (engines' workers included) every
+    `every` seconds: (the finished process, [(epoch seconds, bytes)])."""
+    import psutil
+
+    samples = []
+    with subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        reader = _drain(proc.stdout)
+        root = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            samples.append((time.time(), _tree_rss(root)))
+            time.sleep(every)
+        output = reader()
+    return subprocess.CompletedProcess(command, proc.returncode, output, ""), samples
+
+
+def _drain(stream):
+    """Read a pipe in a thread (a full pipe would stall Snakemake); the returned function joins and gives the text."""
+    import threading
+
+    chunks = []
+    thread = threading.Thread(target=lambda: chunks.extend(stream), daemon=True)
+    thread.start()
+    return lambda: (thread.join(), "".join(chunks))[1]
+
+
+def _tree_rss(root) -> int:
+    import psutil
+
+    total = 0
+    try:
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:  # exited between the listing and the read
+            pass
+    return total
+
+
+def peak_during(samples: list, start: float, end: float) -> int | None:
+    """The largest sample in [start, end + 1) (the log's stamps are whole seconds); None where none fell in it."""
+    inside = [rss for at, rss in samples if start <= at < end + 1]
+    return max(inside) if inside else None
 
 
 def vision_costs(workdir: Path) -> list[str]:
@@ -111,19 +160,23 @@ def main() -> None:
         (workdir / "real-shape.yaml").write_text(yaml.safe_dump(config(model_dir, args.set)))
         started = time.perf_counter()
         # the targets first: --configfile takes every argument after it
-        run = subprocess.run([sys.executable, "-m", "snakemake", *args.goal, "--cores", str(args.cores),
-                              "--configfile", "real-shape.yaml"], cwd=workdir, capture_output=True, text=True)
+        run, samples = run_sampled([sys.executable, "-m", "snakemake", *args.goal, "--cores", str(args.cores),
+                                    "--configfile", "real-shape.yaml"], workdir)
         wall = time.perf_counter() - started
-        log = run.stdout + run.stderr
+        log = run.stdout
         (workdir / "bench-real-shape.log").write_text(log)
         jobs = job_times(log)
         stages = stage_costs(workdir) + vision_costs(workdir)
+    peak = max((rss for _, rss in samples), default=0)
     print(f"workflow {' '.join(args.goal)}: exit {run.returncode}, {wall:.0f} s wall on {args.cores} cores, "
-          f"{len(jobs)} jobs")
+          f"{len(jobs)} jobs, peak resident memory {peak / 2**30:.1f} GiB (every process of the run)")
+    print("per job: wall time, and the run's peak resident memory while it ran (jobs alongside it included):")
     totals = defaultdict(float)
-    for rule, wildcards, seconds in sorted(jobs, key=lambda job: -job[2]):
-        totals[rule] += seconds
-        print(f"  {seconds:7.0f} s  {rule} {wildcards}")
+    for job in sorted(jobs, key=lambda job: job["start"] - job["end"]):
+        seconds, rss = job["end"] - job["start"], peak_during(samples, job["start"], job["end"])
+        totals[job["rule"]] += seconds
+        memory = f"{rss / 2**30:5.1f} GiB" if rss else "    — GiB"
+        print(f"  {seconds:7.0f} s  {memory}  {job['rule']} {job['wildcards']}")
     print("per rule (job seconds summed):")
     for rule, seconds in sorted(totals.items(), key=lambda item: -item[1]):
         print(f"  {seconds:7.0f} s  {rule}")

@@ -476,7 +476,7 @@ def test_bench_real_shape_reads_each_jobs_time_from_snakemakes_log():
     import sys
 
     sys.path.insert(0, str(ROOT / "scripts"))
-    from bench_real_shape import config, job_times
+    from bench_real_shape import config, job_times, peak_during, run_sampled
 
     log = """[Fri Dec  4 16:58:30 2026]
 rule dump_vision:
@@ -494,8 +494,16 @@ Finished jobid: 26 (Rule: dump_vision)
 [Fri Dec  4 17:01:07 2026]
 Finished jobid: 1 (Rule: report)
 """
-    assert job_times(log) == [("dump_vision", "target=cpu-vllm-bf16", 155.0), ("report", "", 36.0 + 120.0)]
+    jobs = job_times(log)
+    assert [(j["rule"], j["wildcards"], j["end"] - j["start"]) for j in jobs] == [
+        ("dump_vision", "target=cpu-vllm-bf16", 155.0), ("report", "", 156.0)]
+    start = jobs[0]["start"]
+    samples = [(start - 5, 9), (start, 1), (start + 100, 7), (start + 155.5, 3), (start + 157, 8)]
+    assert peak_during(samples, start, jobs[0]["end"]) == 7 and peak_during(samples, start + 200, start + 300) is None
     settings = config(ROOT / "m", ["bench.cell_budget_s=5", "targets.cpu-hf-bf16.enabled=false"])
     assert settings["model"] == {"name": "real-shape", "source": "local", "path": str(ROOT / "m")}
     assert settings["bench"] == {"cell_budget_s": 5}
     assert settings["targets"] == {"cpu-vllm-bf16": {"logprobs_topk": 20}, "cpu-hf-bf16": {"enabled": False}}
+    run, samples = run_sampled([sys.executable, "-c", "import time; x = bytearray(64 << 20); time.sleep(1.5); "
+                                "print('done')"], ROOT, every=0.2)
+    assert run.returncode == 0 and run.stdout == "done\n" and max(rss for _, rss in samples) > 64 << 20

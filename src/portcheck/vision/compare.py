@@ -5,8 +5,8 @@ are compared per patch (cosine, relative L2, MaxAbsErr) with the per-layer thres
 them. Against the bf16 floor (FLOOR_TARGET's image prompts, as the corpus is): the text KLD's paired ratio by prompt
 enters the verdict (compare.positions.floor_max), and each block's relative L2 as a multiple of the floor's names
 the first block over layers.floor_multiple_max; the fixed thresholds are set for the real model, and a vision fault
-at 9-29x the floor's KLD passed them (measured). A target whose engine cannot take images yet is written not run,
-with the reason."""
+at 9-29x the floor's KLD passed them (measured). A target whose engine takes no images is written not run, with
+the reason; one whose stack could not run them (its dump says failed) fails, with the engine's error."""
 
 from __future__ import annotations
 
