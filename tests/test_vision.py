@@ -282,3 +282,63 @@ def test_a_vllm_stack_that_cannot_run_image_prompts_fails_the_check_and_the_repo
         "cpu-vllm-bf16: vLLM could not run the image prompts: vLLM could not start cpu-vllm-bf16 on m (RuntimeError: "
         "Engine core initialization failed.); first error in its log: ValueError: Found 1 <|image_pad|> tokens in "
         "the text but no images were passed."]
+
+
+def test_the_vllm_workers_vision_capture_keeps_each_prompts_blocks_merger_and_positions(tmp_path):
+    """worker_vision on a stand-in tower whose blocks, like vLLM's under support_torch_compile, are called through
+    a __call__ that skips forward hooks: the wrapped forwards still see every call; two calls of the tower in one
+    prompt (two images encoded apart) are concatenated; the wrappers are removed after write."""
+    import torch
+    from types import SimpleNamespace
+
+    from portcheck.engines.vllm import worker_vision
+    from portcheck.engines.outputs import vision_tensors
+    from safetensors import safe_open
+
+    class Block(torch.nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.scale = scale
+
+        def __call__(self, x):  # as vLLM's compiled-module __call__: straight to forward, no hooks
+            return self.forward(x)
+
+        def forward(self, x):
+            return x * self.scale
+
+    class Tower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([Block(2.0), Block(3.0)])
+            self.merger = torch.nn.Linear(4, 2, bias=False)
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return self.merger(x)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.visual = Tower()
+
+        def forward(self, input_ids, positions, pixels=()):
+            return [self.visual(p.unsqueeze(1)) for p in pixels]  # [patches, 1, H] like vLLM's tower
+
+    model = Model()
+    worker = SimpleNamespace(vllm_config=SimpleNamespace(model_config=SimpleNamespace(enforce_eager=True)),
+                             model_runner=SimpleNamespace(get_model=lambda: model))
+    started = worker_vision.start(worker)
+    assert started == {"ok": True, "tower_class": "Tower", "blocks": 2, "patch_embedding": "NoneType"}
+    first, second = torch.ones(3, 4), torch.full((2, 4), 2.0)
+    model(torch.zeros(5), torch.arange(15).reshape(3, 5), pixels=(first, second))
+    assert worker_vision.take(4) == {"ok": True, "patches": 5, "seconds": pytest.approx(0, abs=1.0), "positions": True}
+    model(torch.zeros(2), torch.zeros(3, 2, dtype=torch.long))  # a prompt whose tower did not run
+    assert not worker_vision.take(2)["ok"]
+    facts = worker_vision.write(str(tmp_path / "w.safetensors"))
+    assert facts["prompts"] == 1 and "forward" not in vars(model.visual.blocks[0])  # unwrapped
+    with safe_open(str(tmp_path / "w.safetensors"), framework="np") as f:
+        [kept] = vision_tensors(f, 1)
+    assert kept["blocks"].shape == (2, 5, 4) and np.allclose(kept["blocks"][1], np.r_[np.full((3, 4), 6.0),
+                                                                                      np.full((2, 4), 12.0)])
+    assert kept["merger"].shape == (5, 2) and np.array_equal(kept["positions"], np.arange(15).reshape(3, 5)[:, :4])
