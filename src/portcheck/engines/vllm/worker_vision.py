@@ -3,8 +3,9 @@ does on transformers. Every vision block's and the merger's output of the model 
 output kept, [patches, H] whatever vLLM's extra batch axis), the vision tower's time, and the multimodal rotary
 positions the model receives ([3, T] under mrope). Wrapped `forward`s, not forward hooks: vLLM's
 support_torch_compile gives the vision blocks a __call__ that calls forward directly, so their hooks never fire
-(measured on 0.32: the merger's hook fired, the blocks' did not). The driver runs one image prompt per step, calls take() after each, and write() puts the
-arrays in a safetensors file, so only a path and a few numbers cross the process boundary.
+(measured on 0.32: the merger's hook fired, the blocks' did not). The driver runs one image prompt per step, calls
+take() after each, and write() puts the arrays in a safetensors file, so only a path and a few numbers cross the
+process boundary.
 
 Import-light like worker_extension: vLLM's worker imports it by dotted path."""
 
@@ -19,11 +20,11 @@ _STATE: dict[str, Any] = {}
 
 
 def start(worker) -> dict:
-    """Install the hooks; {"ok": False, "reason"} where they cannot run."""
+    """Wrap the tower's and the model's forwards; {"ok": False, "reason"} where they would not be called."""
     stop()
     reason = graph_mode_reason(worker)
     if reason:
-        return {"ok": False, "reason": f"{reason}: forward hooks are traced into the graph, not called"}
+        return {"ok": False, "reason": f"{reason}: Python wrappers are traced into the graph, not called"}
     model = worker_model(worker)
     visual = getattr(model, "visual", None)
     if visual is None or not hasattr(visual, "blocks") or not hasattr(visual, "merger"):
