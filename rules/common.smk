@@ -317,8 +317,9 @@ def vision_dumps(wildcards):
     sides = [("reference", REFERENCE), ("target", wildcards.target)]
     if not no_floor(wildcards):
         sides.append(("floor", FLOOR_TARGET))  # the bf16 floor's image prompts, for the vs-floor checks
-    return {f"{side}_{kind}": target_file(kind, target) for side, target in sides
-            for kind in ("vision", "vision_blocks")}
+    return {
+        f"{side}_{kind}": target_file(kind, target) for side, target in sides for kind in ("vision", "vision_blocks")
+    }
 
 
 def vision_not_wired(wildcards):
