@@ -242,6 +242,10 @@ def test_the_section_shows_the_floor_ratio_and_block_multiples_and_unknown_for_o
     assert section["blocks"][0]["table"]["rows"][0][5] == "15.60x ❌"
     assert section["blocks"][1]["table"]["rows"][0][5] == "unknown"
     assert section["reasons"] == ["npu-hf-bf16: vs bf16 floor: KLD of the target is 3.55x"]
+    the_floor = {**older, "vs_floor": {"status": "not run", "reason": "cpu-hf-bf16 is the floor"}}
+    row = vision_section([TargetData("cpu-hf-fp32", "reference"),
+                          TargetData("cpu-hf-bf16", "target", vision_compare=the_floor)])["table"]["rows"][0]
+    assert row[3] == "⚪ not run: cpu-hf-bf16 is the floor" and row[9] == "—"
 
 
 def test_a_vllm_target_in_graph_mode_is_said_not_run_before_its_engine(vision_model, tmp_path, monkeypatch):

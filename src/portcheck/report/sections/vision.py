@@ -80,9 +80,13 @@ def _vs_floor(c: dict) -> str:
 
 
 def _first_over_floor(c: dict) -> str:
+    """The first block over the floor multiple; a dash where the floor check did not run (the reason is in the vs
+    bf16 floor cell), unknown for an artifact written before it existed."""
     check = c.get("vs_floor") or {}
-    if check.get("status") in (None, NOT_RUN):
+    if check.get("status") is None:
         return UNKNOWN
+    if check["status"] == NOT_RUN:
+        return DASH
     return f"{check['first_over'] or 'none'} (limit {check['multiple_max']:g}x)"
 
 
@@ -94,9 +98,10 @@ def _positions(layout: dict) -> str:
 
 
 def _blocks_table(t: TargetData, source: str) -> dict:
+    no_floor = (t.vision_compare.get("vs_floor") or {}).get("status") == NOT_RUN
     rows = [[b["name"], precise_cosine(b["cosine_min"]), pct(b["rel_l2_mean"]), pct(b["rel_l2_max"]),
-             num(b["max_abs_err"]), _times_floor(b), num(b["patches"]), "❌ yes" if b["over"] else "no"]
-            for b in t.vision_compare["blocks"]]
+             num(b["max_abs_err"]), DASH if no_floor else _times_floor(b), num(b["patches"]),
+             "❌ yes" if b["over"] else "no"] for b in t.vision_compare["blocks"]]
     return table(["Block", "Cosine min", "Rel. L2 mean", "Rel. L2 max", "MaxAbsErr", "Rel. L2 × bf16 floor",
                   "Patches / tokens", "Over"], rows, cite(t.paths.get(KIND, source), "blocks"))
 
