@@ -159,6 +159,7 @@ def table(rows: list[dict]) -> str:
 
 def _vision_cell(flow: dict) -> str:
     status, reason = flow.get("vision", "-"), flow.get("vision_reason") or ""
+    reason = reason.split("first error in its log: ")[-1]  # the root cause, where the engine's log named one
     return f"{status} ({reason[:120]})" if reason and status != "pass" else status
 
 
