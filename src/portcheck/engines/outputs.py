@@ -90,6 +90,19 @@ class VisionScores:
     first_token_seconds: float | None = None  # the prompt run again without the capture: pixels to first token
 
 
+def vision_arrays(prompts) -> dict[str, np.ndarray]:
+    """The tensors of a vision-blocks file from (blocks, merger, positions or None) per prompt: `block.<p>` float32
+    [blocks, patches, H], `merger.<p>` float32, `positions.<p>` int64 [3, T]. Written by the worker's capture and
+    the dump alike; vision_tensors reads them back."""
+    tensors = {}
+    for p, (blocks, merger, positions) in enumerate(prompts):
+        tensors[f"block.{p}"] = np.ascontiguousarray(np.stack(blocks), dtype=np.float32)
+        tensors[f"merger.{p}"] = np.ascontiguousarray(merger, dtype=np.float32)
+        if positions is not None:
+            tensors[f"positions.{p}"] = np.ascontiguousarray(np.reshape(positions, (3, -1)), dtype=np.int64)
+    return tensors
+
+
 def vision_tensors(f, prompts: int) -> list[dict]:
     """Per prompt p of a vision-blocks safetensors file (an open safe_open handle): `block.<p>` [blocks, patches,
     H], `merger.<p>` and `positions.<p>` (None where absent). Shared by the worker's file and the dump's."""

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from portcheck.atomic import atomic_path
-from portcheck.engines.outputs import vision_tensors
+from portcheck.engines.outputs import vision_arrays, vision_tensors
 from portcheck.errors import PortcheckError
 
 BLOCKS_FORMAT = "portcheck-vision-blocks"
@@ -30,12 +30,7 @@ def write_not_run(rows_path, blocks_path, reason: str, status: str = "not run") 
 
 def write_blocks(path, scored, meta: dict) -> None:
     """Per prompt: `block.<p>` [blocks, patches, H], `merger.<p>` [tokens, text H], `positions.<p>` [3, T]."""
-    tensors = {}
-    for p, s in enumerate(scored):
-        tensors[f"block.{p}"] = np.ascontiguousarray(np.stack(s.blocks), dtype=np.float32)
-        tensors[f"merger.{p}"] = np.ascontiguousarray(s.merger, dtype=np.float32)
-        if s.position_ids is not None:
-            tensors[f"positions.{p}"] = np.ascontiguousarray(s.position_ids.reshape(3, -1), dtype=np.int64)
+    tensors = vision_arrays((s.blocks, s.merger, s.position_ids) for s in scored)
     meta = {**meta, "status": "ok"}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": BLOCKS_FORMAT, "meta": json.dumps(meta, sort_keys=True)})

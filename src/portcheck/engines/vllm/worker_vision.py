@@ -99,18 +99,17 @@ def take(tokens: int) -> dict:
 
 
 def write(path: str) -> dict:
-    """block.<p> [blocks, patches, H], merger.<p>, positions.<p> where seen; then remove the hooks."""
+    """block.<p> [blocks, patches, H], merger.<p>, positions.<p> where seen (outputs.vision_arrays, the dump's
+    layout); then remove the wrappers."""
     import numpy as np
     from safetensors.numpy import save_file
 
-    tensors = {}
-    for p, kept in enumerate(_STATE.get("kept", [])):
-        tensors[f"block.{p}"] = np.ascontiguousarray(np.stack(kept["blocks"]), dtype=np.float32)
-        tensors[f"merger.{p}"] = np.ascontiguousarray(kept["merger"], dtype=np.float32)
-        if kept["positions"] is not None:
-            tensors[f"positions.{p}"] = np.ascontiguousarray(kept["positions"])
+    from portcheck.engines.outputs import vision_arrays
+
+    kept = _STATE.get("kept", [])
+    tensors = vision_arrays((k["blocks"], k["merger"], k["positions"]) for k in kept)
     save_file(tensors or {"empty": np.zeros(0, np.float32)}, path)
-    facts = {"prompts": len(_STATE.get("kept", [])), "seconds": [k["seconds"] for k in _STATE.get("kept", [])]}
+    facts = {"prompts": len(kept), "seconds": [k["seconds"] for k in kept]}
     stop()
     return facts
 
