@@ -18,6 +18,7 @@ def test_defaults_are_filled_in():
     assert config["targets"]["cpu-hf-fp32"]["logprobs_topk"] == 20
     assert config["model"]["trust_remote_code"] is False
     assert engine_settings(config, "cpu-hf-fp32").trust_remote_code is False
+    assert engine_settings(config, "cpu-hf-fp32").in_process is None  # vllm: on for cpu (engine_args)
 
 
 def test_unknown_key_is_named_with_allowed_keys():

@@ -8,13 +8,15 @@ import pytest
 from portcheck.benchmarks.serving import server_args
 from portcheck.engines.settings import EngineSettings
 from portcheck.engines.vllm.engine_args import (
-    CPU_DEFAULT_GPU_MEMORY_UTILIZATION, WORKER_EXTENSION_CLS, engine_arguments, llm_kwargs,
+    CPU_DEFAULT_GPU_MEMORY_UTILIZATION, WORKER_EXTENSION_CLS, engine_arguments, engine_env, llm_kwargs, offline_env,
+    runs_in_process,
 )
 from portcheck.targets import parse_target
 
 MODEL_DIR = "/models/tiny"
-# What only the offline engine is given: scoring's log-prob cap, the worker extension, its log config.
-OFFLINE_ONLY = {"max_logprobs", "worker_extension_cls", "log_config_file"}
+# What only the offline engine is given: scoring's log-prob cap, the worker extension, its log config, its process
+# layout (in-process: the "uni" executor).
+OFFLINE_ONLY = {"max_logprobs", "worker_extension_cls", "log_config_file", "distributed_executor_backend"}
 CASES = {
     "defaults": ("cpu-vllm-bf16", EngineSettings()),
     "cpu without a memory setting": ("cpu-vllm-fp32", EngineSettings(seed=7, max_model_len=256, enforce_eager=False)),
@@ -95,3 +97,26 @@ def test_a_dropped_flag_is_caught(serve_parser, dropped):
     broken = command[:start] + command[start + len(dropped):]
     field = dropped[0].removeprefix("--no-").removeprefix("--").replace("-", "_")
     assert set(mismatches(serve_parser, broken, offline_arguments("cpu-vllm-bf16", EngineSettings()))) == {field}
+
+
+@pytest.mark.parametrize(("target_name", "in_process", "version", "expected"), [
+    ("cpu-vllm-bf16", None, "0.32.0", True), ("cpu-vllm-bf16", None, "0.23.0+cpu", True),
+    ("cpu-vllm-bf16", None, "0.18.0", False), ("cpu-vllm-bf16", None, None, False),
+    ("gpu-vllm-bf16", None, "0.32.0", False), ("npu-vllm-bf16", None, "0.18.0", False),
+    ("cpu-vllm-bf16", False, "0.32.0", False), ("npu-vllm-bf16", True, "0.18.0", True),
+])
+def test_in_process_is_the_cpu_default_from_vllm_0_23_and_a_setting(target_name, in_process, version, expected,
+                                                                     monkeypatch):
+    """In-process: the offline engine's worker joins its core ("uni") and the core runs in the caller (its
+    environment); the served engine's arguments and environment are not touched."""
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    target, settings = parse_target(target_name), EngineSettings(in_process=in_process)
+    assert runs_in_process(target.device, settings, version) is expected
+    offline = llm_kwargs(target, MODEL_DIR, settings, in_process=expected)
+    assert offline.get("distributed_executor_backend") == ("uni" if expected else None)
+    assert offline_env(target.device, settings, expected).get("VLLM_ENABLE_V1_MULTIPROCESSING") == (
+        "0" if expected else None)
+    assert "distributed_executor_backend" not in engine_arguments(target, MODEL_DIR, settings)
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in engine_env(target.device, settings)
+    explicit = EngineSettings(extra={"vllm_kwargs": {"distributed_executor_backend": "mp"}})
+    assert llm_kwargs(target, MODEL_DIR, explicit, in_process=True)["distributed_executor_backend"] == "mp"

@@ -84,8 +84,10 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir, tmp_path_factory):
     # max_logprobs=-1 lets the same engine also serve the full-vocabulary test (one engine start per module).
+    # Its own processes (vLLM's default on gpu/npu), so the watchdog and engine-death tests have a process to kill;
+    # the in-process engine (the cpu default) is compared with it below.
     settings = EngineSettings(
-        max_model_len=MAX_MODEL_LEN, max_num_seqs=8, max_num_batched_tokens=512, logprobs_topk=TOPK,
+        max_model_len=MAX_MODEL_LEN, max_num_seqs=8, max_num_batched_tokens=512, logprobs_topk=TOPK, in_process=False,
         extra={"log_file": str(tmp_path_factory.mktemp("vllm_log") / "engine.log"),
                "vllm_kwargs": {"max_logprobs": -1}},
     )
@@ -407,6 +409,35 @@ def test_close_leaves_no_processes(engine):
     assert process.child_processes() == {}
     with pytest.raises(PortcheckError, match="closed"):
         engine.generate([[1, 2]], 1)
+
+
+def test_in_process_engine_gives_the_same_rows_and_puts_this_process_back(tiny_model_dir, prompts, rows, tmp_path,
+                                                                          monkeypatch):
+    """The cpu default: no EngineCore or worker process, the same raw logits rows as the module's engine in its own
+    processes, and at close this process as it was: torch.set_num_threads (vLLM's CPU worker replaces it), the CPU
+    affinity (it binds), vLLM's classes (the fault plugin patched them: a later engine must not inherit the fault).
+    The fault acts only where a prefill continues a carried state, so the one-piece seed prompts stay exact."""
+    import torch
+
+    from portcheck.faults import vllm_plugin
+
+    if not engine_args.runs_in_process("cpu", EngineSettings(), preflight.vllm_version()):
+        pytest.skip(f"vLLM {preflight.vllm_version()}: the cpu engine runs in its own processes on this line")
+    set_num_threads, affinity = torch.set_num_threads, os.sched_getaffinity(0)
+    monkeypatch.setenv("PORTCHECK_FAULT", "state_dropped:1")
+    settings = EngineSettings(max_model_len=MAX_MODEL_LEN, max_num_seqs=8, max_num_batched_tokens=512,
+                              logprobs_topk=TOPK, extra={"log_file": str(tmp_path / "engine.log")})
+    before = process.child_processes()  # the module's engine may still be open
+    with make_engine(parse_target("cpu-vllm-bf16"), tiny_model_dir, settings) as engine:
+        assert engine.in_process and engine.llm_kwargs["distributed_executor_backend"] == "uni"
+        assert process.started_since(before) == {}
+        assert vllm_plugin._ORIGINALS, "the fault plugin did not patch this process"
+        in_process_rows = engine.score(prompts)
+        assert "job's own process" in engine.peak_memory()["source"]
+    for ours, theirs in zip(in_process_rows, rows):
+        np.testing.assert_array_equal(ours.logits, theirs.logits)
+    assert torch.set_num_threads is set_num_threads and os.sched_getaffinity(0) == affinity
+    assert not vllm_plugin._ORIGINALS and vllm_plugin._fault() is None
 
 
 def test_decode_rows_are_the_steps_under_chunked_prefill_and_prefix_cache(tiny_model_dir, prompts, tmp_path):

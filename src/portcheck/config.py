@@ -27,6 +27,7 @@ ENGINE_SETTING_KEYS = (
     "max_num_seqs",
     "language_model_only",
     "logprobs_topk",
+    "in_process",
 )
 
 

@@ -24,4 +24,5 @@ class EngineSettings:
     max_num_seqs: int | None = None
     language_model_only: bool = True
     logprobs_topk: int = 20  # vllm: how many prompt logprobs per position; -1 = full vocabulary
+    in_process: bool | None = None  # vllm: engine core and worker in the caller's process; None = on cpu only
     extra: dict[str, Any] = field(default_factory=dict)

@@ -61,7 +61,9 @@ def adaptation_items(engine: VLLMEngine) -> dict[str, Any]:
     )
     items["engine_start_s"] = item(
         round(engine.timings["engine_start_s"], 3), "ok",
-        "wall time of vllm.LLM(...) (processes, weights, profiling, KV cache, warm-up)"
+        "wall time of vllm.LLM(...) ("
+        + ("in this process, the worker in it" if engine.in_process else "its processes")
+        + ", weights, profiling, KV cache, warm-up)"
         + (f"; vLLM's engine init {logged['engine_init_s']:.2f} s" if "engine_init_s" in logged else "")
         + f"; import vllm took {engine.timings['vllm_import_s']:.1f} s more",
     )

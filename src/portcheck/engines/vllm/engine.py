@@ -7,8 +7,9 @@ vLLM's prompt_logprobs[j] is the distribution of token j given the tokens before
 row t <- prompt_logprobs[t + 1] for t < T - 1, and the last row <- the first generated token's logprobs.
 vLLM computes both from the raw logits (logprobs_mode "raw_logprobs"), so they are not temperature-scaled.
 
-The engine runs in other processes (EngineCore, and a worker under it: process.py). Everything it needs from
-inside the worker comes through the worker extension (worker_extension.py); facts vLLM only logs are read from
+The engine runs in other processes (EngineCore, and a worker under it: process.py), or in this one where
+settings.in_process says so (the default on cpu: engine_args.runs_in_process). Everything it needs from inside the
+worker comes through the worker extension (worker_extension.py), in either case; facts vLLM only logs are read from
 its log (logs.py); the adaptation items are built in adaptation.py; vllm.LLM's arguments come from engine_args.py.
 """
 
@@ -34,7 +35,7 @@ from portcheck.engines.outputs import (DecodeScores, Generation, LayerStates, Pr
 from portcheck.engines.settings import FULL_VOCAB_MAX_ENTRIES, EngineSettings
 from portcheck.engines.vllm import process
 from portcheck.engines.vllm.adaptation import adaptation_items, kv_items
-from portcheck.engines.vllm.engine_args import engine_env, engine_fields, llm_kwargs
+from portcheck.engines.vllm.engine_args import engine_fields, llm_kwargs, offline_env, runs_in_process
 from portcheck.engines.vllm.logs import (apply_logging_config, log_tail_text, logged_figures, logging_route,
                                          logging_setup, read_log)
 from portcheck.engines.vllm.preflight import (
@@ -65,6 +66,7 @@ class VLLMEngine(Engine):
         super().__init__(target, model_dir, settings)
         self.llm = None
         self._children: dict[int, Any] = {}
+        self._process_state: dict[str, Any] | None = None
         self._closed = False
         self._worker_info: dict | None = None
         self.cached_tokens: list[int | None] = []
@@ -93,9 +95,11 @@ class VLLMEngine(Engine):
         self.log_path, log_config = logging_setup(settings.extra)
         fields = engine_fields()
         log_kwargs, log_env = logging_route(log_config, fields)
-        self.llm_kwargs = llm_kwargs(target, self.model_dir, settings, log_kwargs.get("log_config_file"))
+        self.in_process = runs_in_process(target.device, settings, self.vllm_version)
+        self.llm_kwargs = llm_kwargs(target, self.model_dir, settings, log_kwargs.get("log_config_file"),
+                                     in_process=self.in_process)
         check_engine_arguments(self.llm_kwargs, fields, self.vllm_version)
-        self.engine_env = {**engine_env(target.device, settings), **log_env}
+        self.engine_env = {**offline_env(target.device, settings, self.in_process), **log_env}
         if log_env:
             apply_logging_config(log_config)
 
@@ -103,9 +107,11 @@ class VLLMEngine(Engine):
         started = time.perf_counter()
         try:
             with process.environ(self.engine_env):
+                self._process_state = process.enter_in_process() if self.in_process else None
                 self.llm = LLM(**self.llm_kwargs)
         except Exception as exc:
             process.reap(process.started_since(before))
+            self._restore_process()
             raise PortcheckError(
                 f"vLLM could not start {target.name} on {self.model_dir} ({type(exc).__name__}: {exc})"
                 + log_tail_text(self.log_path)
@@ -570,7 +576,10 @@ class VLLMEngine(Engine):
     def peak_memory(self):
         try:
             results = self._call("memory query", lambda: self.llm.collective_rpc("portcheck_peak_memory", timeout=60))
-            return {k: results[0].get(k) for k in ("bytes", "source", "split")}
+            peak = {k: results[0].get(k) for k in ("bytes", "source", "split")}
+            if self.in_process:  # the worker's process is the job's: its peak includes the job's own work
+                peak["source"] += " (in-process: the job's own process)"
+            return peak
         except Exception as exc:  # noqa: BLE001
             return {"bytes": None, "source": f"not determined: {type(exc).__name__}: {exc}"}
 
@@ -623,7 +632,13 @@ class VLLMEngine(Engine):
         gc.collect()
         children, self._children = self._children, {}
         process.reap(children)
+        self._restore_process()
         self.timings["close_s"] = time.perf_counter() - started
+
+    def _restore_process(self) -> None:
+        saved, self._process_state = self._process_state, None
+        if saved is not None:
+            process.restore_process_state(saved)
 
     def __del__(self):
         with contextlib.suppress(Exception):

@@ -65,12 +65,15 @@ def engine_arguments(target, model_dir: str | Path, settings: EngineSettings) ->
 
 
 def llm_kwargs(target, model_dir: str | Path, settings: EngineSettings,
-               log_config_file: str | None = None) -> dict[str, Any]:
+               log_config_file: str | None = None, in_process: bool = False) -> dict[str, Any]:
     """engine_arguments plus what only the offline engine needs: prompt log-probs up to logprobs_topk (-1: the
-    full vocabulary), the worker extension it introspects through, and its log config. vllm_kwargs still win."""
+    full vocabulary), the worker extension it introspects through, its log config, and in-process the worker in the
+    engine core (the "uni" executor; offline_env puts the core in this process). vllm_kwargs still win."""
     kwargs = engine_arguments(target, model_dir, settings)
     topk = settings.logprobs_topk
     offline = {"max_logprobs": -1 if topk == -1 else max(int(topk), 1), "worker_extension_cls": WORKER_EXTENSION_CLS}
+    if in_process:
+        offline["distributed_executor_backend"] = "uni"
     if log_config_file:
         offline["log_config_file"] = log_config_file
     for key, value in offline.items():
@@ -94,6 +97,35 @@ def serve_cli_args(target, model_dir: str | Path, settings: EngineSettings) -> l
         else:
             args += [flag, str(value)]
     return args
+
+
+# The oldest vLLM line whose CPU engine runs in-process here (0.23 and 0.32 measured; 0.18's in-process engine was
+# killed for memory on a 24 GiB host, where its own processes run).
+IN_PROCESS_MIN_VLLM = (0, 23)
+
+
+def runs_in_process(device: str, settings: EngineSettings, vllm_version: str | None) -> bool:
+    """Whether the offline engine's core and worker run in the caller's process (settings.in_process; None: on cpu
+    from vLLM 0.23 on, where starting vLLM's two processes took ~30 of an engine start's ~40 s here; off on gpu and
+    npu, vLLM's default there, where a device fault then does not take the caller's process with it)."""
+    if settings.in_process is not None:
+        return bool(settings.in_process)
+    return device == "cpu" and _release(vllm_version) >= IN_PROCESS_MIN_VLLM
+
+
+def _release(version: str | None) -> tuple[int, ...]:
+    """(major, minor) of a version string such as "0.32.0+cpu"; (0, 0) when unknown."""
+    parts = (version or "").split("+")[0].split(".")[:2]
+    return tuple(int(p) for p in parts) if len(parts) == 2 and all(p.isdigit() for p in parts) else (0, 0)
+
+
+def offline_env(device: str, settings: EngineSettings, in_process: bool) -> dict[str, str]:
+    """engine_env plus, in-process, the offline engine's core in this process (`vllm serve` always keeps its own
+    processes: the server is a separate program either way)."""
+    env = engine_env(device, settings)
+    if in_process:
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    return env
 
 
 def engine_env(device: str, settings: EngineSettings) -> dict[str, str]:

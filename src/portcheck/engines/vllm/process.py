@@ -1,5 +1,6 @@
-"""The processes a vLLM engine runs in (EngineCore, and a worker under it): the environment they start with,
-finding them, noticing when one dies, and reaping them at close so another engine can start here."""
+"""The processes a vLLM engine runs in (EngineCore, and a worker under it; or this one, in-process): the
+environment they start with, finding them, noticing when one dies, reaping them at close so another engine can
+start here, and what an in-process engine changes in this process, put back at its close."""
 
 from __future__ import annotations
 
@@ -127,3 +128,29 @@ def fail_waiting_calls(engine_core: Any) -> None:
     for future in list((getattr(engine_core, "utility_results", None) or {}).values()):
         if not future.done():
             future.set_exception(engine_dead_error())
+
+
+def enter_in_process() -> dict[str, Any]:
+    """Before an in-process engine starts: what it changes in this process, to put back at its close (vLLM's CPU
+    worker replaces torch.set_num_threads with a function that refuses, and binds this process to its CPUs), and
+    the fault plugin patched in for the fault the environment names (vLLM loads its plugins once per process, so
+    a second engine here would not get it from vLLM)."""
+    import torch
+
+    from portcheck.faults import vllm_plugin
+
+    saved = {"set_num_threads": torch.set_num_threads, "affinity": os.sched_getaffinity(0)}
+    vllm_plugin.register()
+    return saved
+
+
+def restore_process_state(saved: dict[str, Any]) -> None:
+    """Undo an in-process engine's changes (enter_in_process), so a later engine or model here starts as the first."""
+    import torch
+
+    from portcheck.faults import vllm_plugin
+
+    torch.set_num_threads = saved["set_num_threads"]
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, saved["affinity"])
+    vllm_plugin.unpatch()
