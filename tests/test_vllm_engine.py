@@ -415,8 +415,8 @@ def test_in_process_engine_gives_the_same_rows_and_puts_this_process_back(tiny_m
                                                                           monkeypatch):
     """The cpu default: no EngineCore or worker process, the same raw logits rows as the module's engine in its own
     processes, and at close this process as it was: torch.set_num_threads (vLLM's CPU worker replaces it), the CPU
-    affinity (it binds), vLLM's classes (the fault plugin patched them: a later engine must not inherit the fault).
-    The fault acts only where a prefill continues a carried state, so the one-piece seed prompts stay exact."""
+    affinity (it binds), vLLM's classes (the fault plugin and the GDN call counters patched them: a later engine must
+    inherit neither)."""
     import torch
 
     from portcheck.faults import vllm_plugin
@@ -424,7 +424,7 @@ def test_in_process_engine_gives_the_same_rows_and_puts_this_process_back(tiny_m
     if not engine_args.runs_in_process("cpu", EngineSettings(), preflight.vllm_version()):
         pytest.skip(f"vLLM {preflight.vllm_version()}: the cpu engine runs in its own processes on this line")
     set_num_threads, affinity = torch.set_num_threads, os.sched_getaffinity(0)
-    monkeypatch.setenv("PORTCHECK_FAULT", "state_dropped:1")
+    monkeypatch.setenv("PORTCHECK_FAULT", "layer_scale:0")  # patched in, changing nothing
     settings = EngineSettings(max_model_len=MAX_MODEL_LEN, max_num_seqs=8, max_num_batched_tokens=512,
                               logprobs_topk=TOPK, extra={"log_file": str(tmp_path / "engine.log")})
     before = process.child_processes()  # the module's engine may still be open
@@ -438,6 +438,10 @@ def test_in_process_engine_gives_the_same_rows_and_puts_this_process_back(tiny_m
         np.testing.assert_array_equal(ours.logits, theirs.logits)
     assert torch.set_num_threads is set_num_threads and os.sched_getaffinity(0) == affinity
     assert not vllm_plugin._ORIGINALS and vllm_plugin._fault() is None
+    from vllm.model_executor.layers.mamba.gdn import qwen_gdn_linear_attn
+
+    forward = qwen_gdn_linear_attn.QwenGatedDeltaNetAttention.forward_cpu
+    assert forward.__module__.startswith("vllm.") and not hasattr(forward, "_portcheck_original")
 
 
 def test_decode_rows_are_the_steps_under_chunked_prefill_and_prefix_cache(tiny_model_dir, prompts, tmp_path):
@@ -448,7 +452,13 @@ def test_decode_rows_are_the_steps_under_chunked_prefill_and_prefix_cache(tiny_m
                               extra={"log_file": str(tmp_path / "engine.log"), "vllm_kwargs": {
                                   "enable_prefix_caching": True, "enable_chunked_prefill": True}})
     workload = [list(range(100, 260)) + ids for ids in prompts[:2]]  # a 160-token shared prefix
-    with make_engine(parse_target("cpu-vllm-bf16"), tiny_model_dir, settings) as engine:
+    try:
+        engine = make_engine(parse_target("cpu-vllm-bf16"), tiny_model_dir, settings)
+    except PortcheckError as exc:  # vLLM 0.23: prefix caching of a hybrid model takes chunks of a whole block only
+        if "Mamba cache align mode" not in str(exc):
+            raise
+        pytest.skip(f"this vLLM line refuses 16-token chunks with prefix caching: {str(exc).splitlines()[0][-140:]}")
+    with engine:
         engine.decode(workload, 8)
         decoded = engine.decode(workload, 8)
         assert engine.rows_fallback == "" and all(engine.cached_tokens), engine.cached_tokens

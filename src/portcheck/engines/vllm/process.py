@@ -145,11 +145,14 @@ def enter_in_process() -> dict[str, Any]:
 
 
 def restore_process_state(saved: dict[str, Any]) -> None:
-    """Undo an in-process engine's changes (enter_in_process), so a later engine or model here starts as the first."""
+    """Undo an in-process engine's changes (enter_in_process; the worker's GDN call counters, wrapped into vLLM's
+    classes here), so a later engine or model in this process starts as the first did."""
     import torch
 
+    from portcheck.engines.vllm import worker_extension
     from portcheck.faults import vllm_plugin
 
+    worker_extension.uninstall_gdn_counters()  # wrapped over the plugin's patches: undone first
     torch.set_num_threads = saved["set_num_threads"]
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, saved["affinity"])

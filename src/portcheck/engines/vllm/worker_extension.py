@@ -364,6 +364,7 @@ NOT_KERNEL_RE = re.compile(r"_?(register|resolve|log|compute|get|is|can)_")
 GDN_MODULE_RE = re.compile(r"(^|[._])(gdn|gated_delta|fla)([._]|$)|gdn_|_gdn")
 _COUNTS: Counter = Counter()
 _INSTALLED: dict[str, Any] = {"state": None}
+_WRAPPED: list[tuple[Any, str, Any]] = []  # (class or module, attribute, original) of each counter installed there
 
 
 def _function_name(obj: Any) -> str | None:
@@ -510,12 +511,12 @@ def install_gdn_counters(worker) -> dict:
         for klass in _own_mro(cls):
             for attr, value in list(vars(klass).items()):
                 if FORWARD_RE.match(attr) and _plain_function(value) and not hasattr(value, "_portcheck_original"):
-                    setattr(klass, attr, _counting(value, _function_name(value)))
+                    _wrap_counted(klass, attr, value)
                     wrapped.append(f"{_qualname(klass)}.{attr}")
         for module in _gdn_modules(cls):
             for attr, value in _kernel_bindings(module).items():
                 if _plain_function(value) and not hasattr(value, "_portcheck_original"):
-                    setattr(module, attr, _counting(value, _function_name(value)))
+                    _wrap_counted(module, attr, value)
                     wrapped.append(f"{module.__name__}.{attr}")
     for mixer in mixers:  # dispatch bound at construction: a bound method on the instance
         bound = mixer.__dict__.get("_forward_method")
@@ -524,6 +525,22 @@ def install_gdn_counters(worker) -> dict:
             mixer._forward_method = _counting(func, _function_name(func)).__get__(mixer)
     _INSTALLED["state"] = {"installed": True, "wrapped": sorted(set(wrapped)), "layers": len(mixers)}
     return _INSTALLED["state"]
+
+
+def _wrap_counted(owner, attr: str, original) -> None:
+    setattr(owner, attr, _counting(original, _function_name(original)))
+    _WRAPPED.append((owner, attr, original))
+
+
+def uninstall_gdn_counters() -> None:
+    """Put back what install_gdn_counters wrapped in classes and modules, last first. An in-process engine's close
+    calls it: its worker shares this process's vLLM classes with the next engine, which must find vLLM's own
+    functions (or a fault plugin's) and install counters of its own."""
+    while _WRAPPED:
+        owner, attr, original = _WRAPPED.pop()
+        setattr(owner, attr, original)
+    _COUNTS.clear()
+    _INSTALLED["state"] = None
 
 
 def gdn_counts() -> dict:
