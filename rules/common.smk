@@ -1,6 +1,7 @@
 # Config validation, and every name and input function the stage rule files share (no rule file defines a
 # name another one uses, so include order does not matter).
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from portcheck.artifacts import (  # noqa: E402
     mode_path,
     target_path,
 )
-from portcheck.modes.catalog import MODE_PATTERN, active_runs  # noqa: E402
+from portcheck.modes.catalog import MODE_PATTERN, active_runs, parse_run  # noqa: E402
 from portcheck.benchmarks.plan import benched_targets  # noqa: E402
 from portcheck.model.checkpoint import checkpoint_fingerprint  # noqa: E402
 from portcheck.workflow.rebuild import rebuild_damaged  # noqa: E402
@@ -114,13 +115,16 @@ LM_EVAL_VERSION = distribution_version("lm_eval", "lm-eval")
 # What a dump job writes: the optional kinds are named like the config sections that turn them on.
 # Engine-mode runs (<target>+<mode>) of enabled targets, and those whose target is not enabled (reported not run).
 MODE_RUNS, MODE_RUNS_NOT_RUN = active_runs(config)
-# What a dump job writes: the optional kinds are named like the config sections that turn them on; the base
-# configuration's decode of the mode workload where any mode run is configured.
+# What a dump job writes: the optional kinds are named like the config sections that turn them on.
 DUMPED_KINDS = (
     *DUMP_KINDS,
     *(kind for kind in (CORPUS_KIND, DECODE_KIND, LAYERS_KIND) if config[kind]["enabled"]),
-    *((MODES_KIND,) if MODE_RUNS else ()),
 )
+# The targets a mode run is set against: only their dump (dump_logits_with_mode_base) also decodes the mode workload
+# in the base configuration, modes/base. Nothing reads the reference's or another target's; at the real shape it
+# took 3 of the reference dump's 8 minutes.
+MODE_TARGETS = sorted({parse_run(run).target for run in MODE_RUNS})
+MODE_TARGET_PATTERN = "|".join(map(re.escape, MODE_TARGETS)) or "(?!)"  # (?!) matches nothing
 # What run_mode reads of the modes section (the run list itself is not one of its settings, nor the acceptance
 # rule compare_mode applies).
 MODE_SETTINGS = {
@@ -223,7 +227,7 @@ def engine_inputs():
 
 def mode_file(kind, mode="{mode}", target="{target}"):
     """results/<model>/<target>/modes/<mode>...: a mode run's decode dump, proof or reference scores (mode "base":
-    the target's own base-configuration run, written by dump_logits)."""
+    the target's own base-configuration run, written by dump_logits_with_mode_base)."""
     return mode_path(RESULTS, target, mode, kind)
 
 

@@ -25,12 +25,26 @@ rule dump_logits:
         corpus=config["corpus"],
         decode=config["decode"],
         layers=LAYER_CAPTURE,
-        modes=MODE_WORKLOAD if MODE_RUNS else None,
+        modes=None,
         storage=STORAGE,
         stack=stack_params,
         python_env=target_python_env,
     script:
         "../workflow/scripts/dump_logits.py"
+
+
+# A target that mode runs are set against (MODE_TARGETS): the same job, which also decodes the mode workload in the
+# target's base configuration (modes/base), in the same engine start.
+use rule dump_logits as dump_logits_with_mode_base with:
+    output:
+        **{kind: target_file(kind) for kind in (*DUMPED_KINDS, MODES_KIND)},
+    wildcard_constraints:
+        target=MODE_TARGET_PATTERN,
+    params:
+        modes=MODE_WORKLOAD,
+
+
+ruleorder: dump_logits_with_mode_base > dump_logits
 
 
 rule score_decode:

@@ -35,16 +35,19 @@ TIMEOUT = 3600
 
 
 def device_rules() -> set[str]:
-    """Rules whose gpu/npu resources follow the target (device_resources(...)) in rules/*.smk."""
-    names = set()
+    """Rules whose gpu/npu resources follow the target (device_resources(...)) in rules/*.smk, and the rules made
+    from one of them by `use rule <it> as <name>` (they inherit its resources)."""
+    names, derived = set(), []
     for path in (ROOT / "rules").glob("*.smk"):
         rule = None
         for line in path.read_text().splitlines():
             if m := re.match(r"rule (\w+):", line):
                 rule = m.group(1)
+            elif m := re.match(r"\s*use rule (\w+) as (\w+)", line):
+                derived.append(m.groups())
             elif rule and re.search(r"\b(gpu|npu)=device_resources\(", line):
                 names.add(rule)
-    return names
+    return names | {name for base, name in derived if base in names}
 
 
 def test_profile_places_every_device_rule():

@@ -94,6 +94,9 @@ def test_engine_modes_run_with_proof_and_are_judged_against_the_base(workflow_ru
         assert result["base_vs_reference"]["verdict"]["status"] == "pass"
         assert f"| {result['run']} | {result['proof']}" in report.replace("\\_", "_")
     assert "| cpu-vllm-bf16 | target |" in report and "chunked ✅ pass, prefix-cache ✅ pass" in report
+    # Only the target the mode runs are set against decodes the mode workload in its base configuration.
+    assert (results / "cpu-vllm-bf16" / "modes" / "base.safetensors").is_file()
+    assert not any((results / target / "modes").exists() for target in ("cpu-hf-fp32", "cpu-hf-bf16"))
 
 
 def test_long_context_precision_is_measured_on_every_engine(workflow_run):
@@ -212,7 +215,8 @@ def test_engine_edit_reruns_only_that_engines_targets(rerun_copy, module, serves
     # the vllm target's dump and benchmarks; its serving check because the dump it checks against is redone; its
     # mode runs, and the reference's scoring of them and of its base run
     assert planned_jobs(rerun_copy) == {
-        "dump_logits": 1, "run_benchmarks": 1, "check_benchmarks": 1, "check_serving": 1, "compare_logits": 1,
+        "dump_logits_with_mode_base": 1, "run_benchmarks": 1, "check_benchmarks": 1, "check_serving": 1,
+        "compare_logits": 1,
         "compare_corpus": 1, "score_decode": 1, "compare_decode": 1, "compare_layers": 1, "plot_kld": 1,
         "plot_long_context": 1, "plot_layers": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
         "run_mode": 2, "score_mode": 3, "compare_mode": 2, "plot_serve": 1, "dump_vision": 1, "compare_vision": 1,

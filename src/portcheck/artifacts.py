@@ -47,7 +47,7 @@ WRITTEN_BY = {
     "decode": "dump_logits",
     "decode_reference": "score_decode",
     "layers": "dump_logits",
-    "modes_base": "dump_logits",
+    "modes_base": "dump_logits_with_mode_base",
     "mode_decode": "run_mode",
     "mode_proof": "run_mode",
     "mode_reference": "score_mode",

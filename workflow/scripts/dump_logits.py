@@ -1,4 +1,5 @@
-"""Snakemake adapter: rule dump_logits -> portcheck.dump.run.run_target (one engine start per target)."""
+"""Snakemake adapter: rules dump_logits and dump_logits_with_mode_base -> portcheck.dump.run.run_target (one engine
+start per target)."""
 
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def main(smk):
 
 
 def modes_job(smk):
-    """The mode workload to decode in this (base) configuration (None: no mode run is configured)."""
+    """The mode workload to decode in this (base) configuration (None: no mode run is set against this target)."""
     if smk.params.modes is None:
         return None
     return {**smk.params.modes, "corpus_text": read_corpus_text(Path(smk.input.corpus))}

@@ -28,7 +28,7 @@ MODES = {
              "prefix), and each alone in the same engine start. Proof: the worker counted decode passes of "
              "batch_size tokens (one step of every sequence) in the batch and of 1 token alone",
 }
-# The {mode} wildcard of the mode rules (the base run, "base", is dump_logits' and never matches).
+# The {mode} wildcard of the mode rules (the base run, "base", is dump_logits_with_mode_base's and never matches).
 MODE_PATTERN = "|".join(re.escape(mode) for mode in MODES)
 
 
