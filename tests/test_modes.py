@@ -153,6 +153,13 @@ WORKLOAD = [[1] * 195, [2] * 196]
     ("prefix-cache", {"cached_tokens": [128, 128], "counters": {"vllm:prefix_cache_hits": 640}}, "ran",
      "read 256 prompt tokens from the prefix cache (128, 128 per request; vllm:prefix_cache_hits 640)"),
     ("prefix-cache", {"cached_tokens": [0, 0], "counters": {}}, "not run", "no prompt token came from the prefix"),
+    ("prefix-cache", {"cached_tokens": [0, 0], "counters": {}, "cache_block_tokens": 192}, "not run",
+     "no prompt token came from the prefix"),  # a block the prefix fills could have hit: no block reason
+    # the real Qwen3.5-0.8B's shape on vLLM 0.32 CPU: blocks of 640 tokens against the 192-token prefix
+    ("prefix-cache", {"cached_tokens": [0, 0], "counters": {}, "cache_block_tokens": 640}, "not run",
+     "vLLM's cache block is 640 tokens (cache_config.block_size, raised so one attention page holds a Gated DeltaNet "
+     "state), longer than the workload's shared prefix of 192 tokens: only whole blocks are cached, so nothing could "
+     "hit and the cache-filling pass was skipped; set modes.prefix_tokens to at least 640"),
     ("chunked", {"passes": {"installed": True, "passes": 70, "max_tokens": 64}}, "ran",
      "70 forward passes of at most 64 tokens for prompts of up to 196 tokens"),
     ("chunked", {"passes": {"installed": True, "passes": 66, "max_tokens": 391}}, "not run",

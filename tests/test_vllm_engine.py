@@ -462,6 +462,8 @@ def test_decode_rows_are_the_steps_under_chunked_prefill_and_prefix_cache(tiny_m
         engine.decode(workload, 8)
         decoded = engine.decode(workload, 8)
         assert engine.rows_fallback == "" and all(engine.cached_tokens), engine.cached_tokens
+        block = engine.cache_block_size()  # the unit cached: a hit is whole blocks (modes' not-run reason)
+        assert block and all(c % block == 0 for c in engine.cached_tokens), (block, engine.cached_tokens)
         own = engine.decode(workload, 8, together=True)  # vLLM's top-k of the same steps
     for d, o in zip(decoded, own):
         assert d.tokens == o.tokens

@@ -58,7 +58,8 @@ def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings:
         passes = engine.count_passes() if run.mode in ("chunked", "batch") else None
         if run.mode == "graph":
             engine.count_replays()  # graphs are captured at the engine start; the workload must replay them
-        if run.mode == "prefix-cache":
+        block = engine.cache_block_size() if run.mode == "prefix-cache" else None
+        if run.mode == "prefix-cache" and not prefix_under_block(block, modes):
             decode_rows(engine, workload, steps, stored)  # fills the cache; the second pass reads it
         if batch:  # alone as a batch of one: vLLM's log-probs on both sides of the alone-vs-batch figures
             alone = [engine.decode([ids], steps, together=True)[0] for ids in workload]
@@ -72,6 +73,7 @@ def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings:
         corpus_writer = score_windows(engine, windows, outputs.get("corpus"), stored)
         corpus_seconds = time.perf_counter() - corpus_started
         evidence = {"cached_tokens": list(engine.cached_tokens), "counters": engine.counters(),
+                    "cache_block_tokens": block,
                     "passes": engine.pass_counts() if passes and passes.get("installed") else passes,
                     "compilation": engine.compilation() if run.mode == "graph" else None}
         if run.mode == "mtp":
@@ -134,6 +136,13 @@ def mode_proof(mode: str, evidence: dict, workload: list[list[int]], modes: dict
             return ran(f"the measured pass read {sum(cached)} prompt tokens from the prefix cache "
                        f"({', '.join(map(str, cached))} per request; vllm:prefix_cache_hits {_int(hits)})")
         per_request = cached or "not reported"
+        block = evidence.get("cache_block_tokens")
+        if prefix_under_block(block, modes):
+            return not_run(f"vLLM's cache block is {block} tokens (cache_config.block_size, raised so one attention "
+                           "page holds a Gated DeltaNet state), longer than the workload's shared prefix of "
+                           f"{modes['prefix_tokens']} tokens: only whole blocks are cached, so nothing could hit and "
+                           f"the cache-filling pass was skipped; set modes.prefix_tokens to at least {block} "
+                           "(max_model_len must hold the prefix, a prompt and modes.max_tokens)")
         return not_run(f"no prompt token came from the prefix cache (cached tokens per request: {per_request}, "
                        f"vllm:prefix_cache_hits {_int(hits)})")
     if mode == "chunked":
@@ -268,6 +277,12 @@ def batch_proof(evidence: dict) -> dict[str, Any]:
 
 def _sci(value) -> str:
     return "unknown" if value is None else f"{value:.3g}"
+
+
+def prefix_under_block(block: int | None, modes: dict) -> bool:
+    """The workload's shared prefix is shorter than one prefix-cache block, so no prompt token can be read from
+    the cache (vLLM caches whole blocks only)."""
+    return block is not None and int(modes["prefix_tokens"]) < block
 
 
 def ran(proof: str, **figures) -> dict[str, Any]:

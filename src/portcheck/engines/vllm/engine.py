@@ -484,6 +484,14 @@ class VLLMEngine(Engine):
                 found[metric.name] = [a + b for a, b in zip(previous, metric.values)]
         return found
 
+    def cache_block_size(self) -> int | None:
+        """The prefix cache's block in tokens (cache_config.block_size: vLLM raises it for a hybrid model so one
+        attention page holds a Gated DeltaNet state; the front end's copy is synced from the engine core); only
+        whole blocks are cached. None where this vLLM does not expose it."""
+        engine = self.llm.llm_engine if self.llm is not None else None
+        size = getattr(getattr(getattr(engine, "vllm_config", None), "cache_config", None), "block_size", None)
+        return size if isinstance(size, int) else None
+
     def count_passes(self) -> dict:
         return self._rpc("forward-pass counter", "portcheck_count_passes")
 
