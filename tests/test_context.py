@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from portcheck.engines.base import Engine
 from portcheck.engines.outputs import PromptScores
 from portcheck.model.context import context_dependence
 
@@ -29,6 +30,8 @@ class RemembersEverything:
                 logits = np.zeros((len(ids), VOCAB))
             out.append(PromptScores(np.asarray(ids), logits.astype(np.float32)))
         return out
+
+    last_logits = Engine.last_logits  # the engines' default: each prompt scored, its last row
 
 
 def test_the_rise_is_the_loss_lost_with_the_far_context():
@@ -71,3 +74,22 @@ def test_the_model_table_states_the_cut_as_a_multiple_of_the_bf16_floor(tmp_path
                                 "positions": 96, "windows": 8, "loss_full": 6.28, "loss_cut": 6.289, "rise": 0.009}))
     rows = {row[0]: row for row in context_table(str(path), None)["rows"]}
     assert rows["KL(whole ‖ cut), mean"][1] == "unknown" and "floor" not in rows["KL(whole ‖ cut), mean"][2]
+
+
+def test_the_hf_reference_scores_the_cuts_batched_as_each_alone(tiny_model_dir):
+    """hf's last_logits: cuts of one length batched, the vocabulary projection on the last position only; each row
+    exactly what scoring the cut alone gives (prompts of mixed lengths go one by one)."""
+    from portcheck.engines.factory import make_engine
+    from portcheck.engines.settings import EngineSettings
+    from portcheck.targets import parse_target
+
+    cuts = [list(range(100 + i, 164 + i)) for i in range(20)]  # 20 x 64 tokens: two forwards of 16 and 4
+    mixed = [cuts[0], cuts[1][:40]]
+    with make_engine(parse_target("cpu-hf-fp32"), tiny_model_dir, EngineSettings(max_model_len=256)) as engine:
+        batched, mixed_rows = engine.last_logits(cuts), engine.last_logits(mixed)
+        alone = np.stack([scores.logits[-1] for scores in engine.score(cuts)])
+        mixed_alone = np.stack([scores.logits[-1] for scores in engine.score(mixed)])
+    assert batched.shape == alone.shape and batched.dtype == np.float32
+    np.testing.assert_array_equal(batched, alone)  # the same numbers (also at the real shape, measured)
+    np.testing.assert_array_equal(mixed_rows, mixed_alone)
+    assert not np.allclose(batched[0], batched[1], atol=1e-3)  # rows are each cut's own

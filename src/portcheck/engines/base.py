@@ -7,6 +7,8 @@ import abc
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from portcheck.errors import PortcheckError
 from portcheck.engines.outputs import DecodeScores, Generation, LayerStates, PromptScores, TimedGeneration
 from portcheck.engines.settings import EngineSettings
@@ -27,6 +29,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def score(self, prompts: list[list[int]]) -> list[PromptScores]:
         """Teacher-forced scores of every position of each prompt (token ids)."""
+
+    def last_logits(self, prompts: list[list[int]]) -> np.ndarray:
+        """The logits after the last token of each prompt, one row per prompt (engines that can batch prompts of
+        one length and skip the other positions' vocabulary projection do so)."""
+        return np.stack([scores.logits[-1] for scores in self.score(prompts)])
 
     @abc.abstractmethod
     def generate(

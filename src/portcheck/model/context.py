@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 CONTEXT_TOKENS = 64  # one Gated DeltaNet chunk
-STRIDE = 16  # every 16th position past the first chunk: one short forward each
+STRIDE = 16  # every 16th position past the first chunk; the cuts are scored in batches
 
 
 def context_dependence(engine, windows: list[list[int]], context: int = CONTEXT_TOKENS,
@@ -25,9 +25,8 @@ def context_dependence(engine, windows: list[list[int]], context: int = CONTEXT_
         positions = list(range(context, len(window) - 1, stride))
         if not positions:
             continue
-        whole_rows = _log_probs(engine.score([window])[0].logits)[positions]
-        cut_rows = _log_probs(np.stack([scores.logits[-1] for scores in engine.score(
-            [window[p - context + 1: p + 1] for p in positions])]))
+        whole_rows = _log_probs(np.asarray(engine.score([window])[0].logits)[positions])
+        cut_rows = _log_probs(engine.last_logits([window[p - context + 1: p + 1] for p in positions]))
         targets = np.asarray([window[p + 1] for p in positions])
         whole = -whole_rows[np.arange(len(positions)), targets]
         short = -cut_rows[np.arange(len(positions)), targets]
