@@ -91,15 +91,16 @@ class HFEngine(Engine):
         vocabulary projection on the last position only (logits_to_keep=1): measure_context scored each of its
         64-token cuts alone with every position's logits, most of its time at the real vocabulary."""
         torch = self.torch
-        if len({len(ids) for ids in prompts}) > 1:
+        lengths = {len(ids) for ids in prompts}
+        if len(lengths) != 1:  # none, or of several lengths: one by one
             return super().last_logits(prompts)
-        per_batch = max(1, LAST_LOGITS_TOKENS // max(1, len(prompts[0]) if prompts else 1))
+        per_batch = max(1, LAST_LOGITS_TOKENS // max(1, lengths.pop()))
         rows = []
         with torch.inference_mode():
             for start in range(0, len(prompts), per_batch):
                 input_ids = torch.tensor(prompts[start:start + per_batch], dtype=torch.long, device=self.device)
                 rows.append(self.model(input_ids=input_ids, logits_to_keep=1).logits[:, -1].float().cpu().numpy())
-        return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+        return np.concatenate(rows)
 
     def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, seed=None) -> list[Generation]:
         """One left-padded batch, as a serving engine would batch them; greedy when temperature is 0."""

@@ -488,9 +488,12 @@ class VLLMEngine(Engine):
         """The prefix cache's block in tokens (cache_config.block_size: vLLM raises it for a hybrid model so one
         attention page holds a Gated DeltaNet state; the front end's copy is synced from the engine core); only
         whole blocks are cached. None where this vLLM does not expose it."""
-        engine = self.llm.llm_engine if self.llm is not None else None
-        size = getattr(getattr(getattr(engine, "vllm_config", None), "cache_config", None), "block_size", None)
+        size = getattr(getattr(self._vllm_config(), "cache_config", None), "block_size", None)
         return size if isinstance(size, int) else None
+
+    def _vllm_config(self):
+        """The running engine's VllmConfig (the front end's copy); None before the start or after the close."""
+        return getattr(getattr(self.llm, "llm_engine", None), "vllm_config", None)
 
     def count_passes(self) -> dict:
         return self._rpc("forward-pass counter", "portcheck_count_passes")
@@ -592,10 +595,10 @@ class VLLMEngine(Engine):
             return {"bytes": None, "source": f"not determined: {type(exc).__name__}: {exc}"}
 
     def capacity(self):
-        engine = self.llm.llm_engine if self.llm is not None else None
-        cache_config = getattr(getattr(engine, "vllm_config", None), "cache_config", None)
-        items = kv_items(cache_config, self._logged_figures(), "not in vLLM's log", self.max_model_len)
-        scheduler = getattr(getattr(engine, "vllm_config", None), "scheduler_config", None)
+        config = self._vllm_config()
+        items = kv_items(getattr(config, "cache_config", None), self._logged_figures(), "not in vLLM's log",
+                         self.max_model_len)
+        scheduler = getattr(config, "scheduler_config", None)
         return {"kv_cache_tokens": items["kv_cache_tokens"]["value"], "max_concurrency": items["max_concurrency"]["value"],
                 "max_num_seqs": getattr(scheduler, "max_num_seqs", None), "max_model_len": self.max_model_len,
                 "note": items["kv_cache_tokens"]["note"]}
