@@ -1,5 +1,6 @@
 # Stage accuracy (portcheck/accuracy), where accuracy.enabled: lm-evaluation-harness tasks per target (the hf
-# reference through lm-eval's hf model, vllm targets through their own `vllm serve` with local-completions), then
+# reference through lm-eval's hf model, vllm targets through `vllm serve` with local-completions: the serving
+# check's server, which evaluates the target before it stops and hands the record over, else their own), then
 # each target against the reference item by item (same answers, exact McNemar, vllm-ascend's rtol rule).
 
 
@@ -7,6 +8,7 @@ rule evaluate_accuracy:
     input:
         **engine_inputs(),
         tasks=local(ACCURACY_TASK_DATA),
+        serving=serving_first,
         code=accuracy_sources,
     output:
         target_file("accuracy"),
@@ -18,14 +20,10 @@ rule evaluate_accuracy:
         gpu=device_resources("gpu"),
         npu=device_resources("npu"),
     params:
-        settings=target_settings,
-        # What the evaluation reads: the verdict's settings (rtol, alpha, in_verdict) rerun only the comparison.
-        accuracy={k: v for k, v in config["accuracy"].items() if k not in ("rtol", "alpha", "in_verdict")},
-        serve={k: config["serve"][k] for k in ("port", "start_timeout_s")},
-        stack=stack_params,
-        lm_eval=LM_EVAL_VERSION,
-        # lm-eval runs here; a vllm target's server runs in the target's own environment (not a hand-over).
-        server_env=target_python_env,
+        # settings, accuracy (not the verdict's rtol, alpha, in_verdict: those rerun only the comparison), serve,
+        # stack, lm_eval, server_env (lm-eval runs here; a vllm target's server in the target's environment).
+        measured=accuracy_params,
+        handoff=HANDOFF,
     script:
         "../workflow/scripts/evaluate_accuracy.py"
 

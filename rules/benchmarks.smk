@@ -45,7 +45,9 @@ rule check_benchmarks:
 
 
 # `vllm bench serve` (the target environment's) sweeps the load on real text (the corpus) from concurrency 1 to
-# saturation; the server's greedy tokens are checked against the dump's.
+# saturation; the server's greedy tokens are checked against the dump's. Before it stops, the server evaluates the
+# target's accuracy for rule evaluate_accuracy (HANDOFF; that code is not an input here: the record's request names
+# its digest, and the serving figures do not depend on it).
 rule check_serving:
     input:
         **engine_inputs(),
@@ -66,5 +68,6 @@ rule check_serving:
         settings=target_settings,
         serve=config["serve"],
         python_env=target_python_env,
+        handoff=HANDOFF,
     script:
         "../workflow/scripts/check_serving.py"

@@ -39,6 +39,7 @@ from portcheck.model.checkpoint import checkpoint_fingerprint  # noqa: E402
 from portcheck.workflow.rebuild import rebuild_damaged  # noqa: E402
 from portcheck.errors import PortcheckError  # noqa: E402
 from portcheck.accuracy.tasks import data_files as accuracy_task_data  # noqa: E402
+from portcheck.accuracy.evaluate import evaluation_params  # noqa: E402
 from portcheck.env.versions import distribution_version  # noqa: E402
 from portcheck.env import python_env  # noqa: E402
 from portcheck.vision.engines import IMAGE_ENGINES as VISION_ENGINES, NOT_WIRED as VISION_NOT_WIRED  # noqa: E402
@@ -399,6 +400,24 @@ def stack_params(wildcards):
 
 def target_python_env(wildcards):
     return python_env_dir(wildcards.target)
+
+
+# Where a job that has an engine up leaves a sibling job's result, under the request that job will make
+# (portcheck.workflow.handoff): the serving check evaluates its target's accuracy on its own server.
+HANDOFF = f"{RESULTS}/handoff"
+
+
+def accuracy_params(wildcards):
+    return evaluation_params(
+        config, wildcards.target, stack_params(wildcards), target_python_env(wildcards), LM_EVAL_VERSION
+    )
+
+
+def serving_first(wildcards):
+    """A served target's evaluation runs after its serving check, which hands the record over (one server start).
+    Not ancient(): Snakemake 9 then skips the evaluation's own rerun reasons whenever the serving check reruns. So a
+    serving rerun reruns the evaluation, which takes the record the serving check kept (no server, no lm-eval)."""
+    return target_file("serve", wildcards.target) if wildcards.target in SERVED else []
 
 
 # score_decode / score_mode run the reference's engine: in the reference's environment, with its versions.

@@ -207,9 +207,8 @@ def test_package_edit_reruns_the_rules_that_use_it(rerun_copy):
                                         "render_html": 1, "report": 1}
 
 
-@pytest.mark.parametrize("module, serves", [("engine.py", False), ("engine_args.py", True),
-                                             ("worker_extension.py", True)])
-def test_engine_edit_reruns_only_that_engines_targets(rerun_copy, module, serves):
+@pytest.mark.parametrize("module", ["engine.py", "engine_args.py", "worker_extension.py"])
+def test_engine_edit_reruns_only_that_engines_targets(rerun_copy, module):
     # Any module of the vllm engine package, matched by module path (not file stem)
     edit(rerun_copy / "src" / "portcheck" / "engines" / "vllm" / module, lambda t: t + "\n# edited\n")
     # the vllm target's dump and benchmarks; its serving check because the dump it checks against is redone; its
@@ -220,9 +219,24 @@ def test_engine_edit_reruns_only_that_engines_targets(rerun_copy, module, serves
         "compare_corpus": 1, "score_decode": 1, "compare_decode": 1, "compare_layers": 1, "plot_kld": 1,
         "plot_long_context": 1, "plot_layers": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
         "run_mode": 2, "score_mode": 3, "compare_mode": 2, "plot_serve": 1, "dump_vision": 1, "compare_vision": 1,
-        # the server the accuracy stage starts is made from engine_args (which names the worker extension)
-        **({"evaluate_accuracy": 1, "compare_accuracy": 1} if serves else {}),
+        # the evaluation follows its serving check, and takes the record that check made on its server (its own
+        # server would be made from engine_args, which names the worker extension: the request's code)
+        "evaluate_accuracy": 1, "compare_accuracy": 1,
     }
+
+
+def test_an_evaluation_change_starts_its_own_server_and_gives_the_same_items(rerun_copy):
+    # A setting of the evaluation only: the serving check's record was made for another request, so the evaluation
+    # starts its own server; the serving check is not redone, and the items are the handed-over record's.
+    results = rerun_copy / "results" / MODEL
+    handed = json.loads((results / "cpu-vllm-bf16" / "accuracy.json").read_text())
+    set_config(rerun_copy, lambda c: c["accuracy"].update(request_timeout_s=121))
+    assert planned_jobs(rerun_copy) == {"evaluate_accuracy": 3, "compare_accuracy": 2, "render_report": 1,
+                                        "render_html": 1, "report": 1}
+    snakemake(rerun_copy, f"results/{MODEL}/cpu-vllm-bf16/accuracy.json")
+    own = json.loads((results / "cpu-vllm-bf16" / "accuracy.json").read_text())
+    assert own["server"]["ready_s"] > 0 and "started_by" not in own["server"]
+    assert own["tasks"] == handed["tasks"]
 
 
 def test_hf_engine_edit_leaves_the_vllm_target_alone(rerun_copy):
@@ -251,6 +265,10 @@ def test_task_accuracy_is_measured_through_lm_eval_on_every_engine(workflow_run)
     reference = json.loads((results / "cpu-hf-fp32" / "accuracy.json").read_text())
     served = json.loads((results / "cpu-vllm-bf16" / "accuracy.json").read_text())
     assert reference["server"] is None and served["server"]["port"] > 0  # local-completions on `vllm serve`
+    # on the serving check's server, handed over: one `vllm serve` start for both
+    serve = json.loads((results / "cpu-vllm-bf16" / "serve.json").read_text())
+    assert served["server"] == {"port": serve["port"], "started_by": "check_serving"}
+    assert serve["handed_over"]["evaluate_accuracy"]["status"] == "ok"
     for record in (reference, served):
         assert {name: task["n"] for name, task in record["tasks"].items()} == {"portcheck_mc": 24, "portcheck_gen": 12}
     # The server's prompt log-probs score each choice as the hf reference does, to bf16 rounding.

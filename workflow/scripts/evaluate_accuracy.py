@@ -1,16 +1,23 @@
-"""Snakemake adapter: rule evaluate_accuracy -> portcheck.accuracy.evaluate (lm-eval on one target)."""
+"""Snakemake adapter: rule evaluate_accuracy -> portcheck.accuracy.evaluate (lm-eval on one target; a vllm target's
+record handed over by its serving check where that job evaluated it on its own server)."""
 
-from portcheck.accuracy.evaluate import evaluate_accuracy
+from portcheck.accuracy.evaluate import evaluate_accuracy, served_request
 from portcheck.engines.settings import EngineSettings
+from portcheck.workflow.handoff import take
 from portcheck.workflow.script import run_script
 
 
 def main(smk):
-    settings = dict(smk.params.settings)
+    params = dict(smk.params.measured)
+    settings = dict(params["settings"])
     settings["threads"] = settings["threads"] or smk.threads
-    evaluate_accuracy(smk.wildcards.target, smk.input.model, EngineSettings(**settings), dict(smk.params.accuracy),
-                      dict(smk.params.serve), output=smk.output[0], server_log=smk.log.server,
-                      python_env=smk.params.server_env)
+    handed_over = None
+    if smk.input.serving:
+        handed_over = take(smk.params.handoff, served_request(smk.wildcards.target, params, smk.input.manifest,
+                                                              smk.input.tasks))
+    evaluate_accuracy(smk.wildcards.target, smk.input.model, EngineSettings(**settings), dict(params["accuracy"]),
+                      dict(params["serve"]), output=smk.output[0], server_log=smk.log.server,
+                      python_env=params["server_env"], handed_over=handed_over)
 
 
 if __name__ == "__main__":

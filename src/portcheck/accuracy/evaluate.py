@@ -1,13 +1,17 @@
 """One target's task accuracy with lm-evaluation-harness, kept item by item. The hf engine runs in this process
 through lm-eval's `hf` model; a vLLM target is started as `vllm serve` on 127.0.0.1 (the serving check's server,
 from the same settings; in the target's own Python environment where it has one) and evaluated through lm-eval's
-`local-completions`, so the same code measures an NPU server. Tasks are loaded before the engine starts."""
+`local-completions`, so the same code measures an NPU server. Tasks are loaded before the engine starts.
+
+A vllm target's serving check, which runs first, evaluates it on its own server before stopping it and hands the
+record over (portcheck.workflow.handoff): the evaluation job then takes it instead of starting a second server,
+when its request (params, task data, checkpoint manifest, code) is the one the serving check answered."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from portcheck.accuracy.tasks import load_tasks
 from portcheck.atomic import write_json
@@ -15,9 +19,40 @@ from portcheck.errors import PortcheckError
 from portcheck.targets import Target, parse_target
 
 
+# The modules a vllm target's evaluation runs (its server included): the hand-off's code key.
+SERVED_MODULES = ("accuracy.evaluate", "benchmarks.serving")
+# Settings that only the comparison reads: no evaluation reruns for them.
+VERDICT_ONLY = ("rtol", "alpha", "in_verdict")
+
+
+def evaluation_params(config: dict, target_name: str, stack: dict, server_env: str | None,
+                      lm_eval: str | None) -> dict[str, Any]:
+    """Rule evaluate_accuracy's params for one target (the serving check rebuilds them to do that job's work on its
+    own server and hand it over: portcheck.workflow.handoff)."""
+    from portcheck.config import engine_settings
+
+    return {"settings": vars(engine_settings(config, target_name)),
+            "accuracy": {key: value for key, value in config["accuracy"].items() if key not in VERDICT_ONLY},
+            "serve": {key: config["serve"][key] for key in ("port", "start_timeout_s")},
+            "stack": stack, "lm_eval": lm_eval, "server_env": server_env}
+
+
+def served_request(target_name: str, params: dict, manifest: str | Path, task_files) -> dict:
+    """What a vllm target's evaluation depends on, as portcheck.workflow.handoff compares it."""
+    from portcheck.workflow.handoff import make_request
+
+    return make_request("evaluate_accuracy", target_name, params, {"manifest": manifest, "tasks": list(task_files)},
+                        SERVED_MODULES)
+
+
 def evaluate_accuracy(target_name: str, model_dir: str | Path, settings, accuracy: dict, serve: dict,
-                      output: str | Path, server_log: str | Path, python_env: str | None = None) -> dict:
-    """Run the configured tasks on the target and write `output` (atomically): each task's score and its items."""
+                      output: str | Path, server_log: str | Path, python_env: str | None = None,
+                      handed_over: dict | None = None) -> dict:
+    """Run the configured tasks on the target and write `output` (atomically): each task's score and its items.
+    `handed_over`: the record the serving check made on its own server for exactly this job (written as is)."""
+    if handed_over is not None:
+        write_json(output, handed_over)
+        return handed_over
     target = parse_target(target_name)
     if target.engine == "hf" and python_env:
         raise PortcheckError(f"accuracy: {target_name} runs in its own environment ({python_env}), but lm-eval's hf "
@@ -30,11 +65,47 @@ def evaluate_accuracy(target_name: str, model_dir: str | Path, settings, accurac
     else:
         results, server = _run_served(target_name, model_dir, settings, tasks, accuracy, serve, server_log,
                                       python_env)
-    record = {"target": target_name, "lm_eval": _version(), "limit": accuracy["limit"],
-              "num_fewshot": accuracy["num_fewshot"], "server": server,
-              "tasks": task_records(results), "seconds": round(time.perf_counter() - started, 3)}
+    record = accuracy_record(target_name, accuracy, server, results, started)
     write_json(output, record)
     return record
+
+
+def served_handover(config: dict, target_name: str, model_dir, settings, manifest: str | Path,
+                    store: str | Path) -> dict[str, Callable[[int], None]]:
+    """The serving check's offer to evaluate this target on its own server (one `vllm serve` start instead of
+    two): {"evaluate_accuracy": work(port)}, or {} where the accuracy stage is off, the job runs in the target's
+    own Python environment (lm-eval is portcheck's), or the store already holds this exact request's result."""
+    from portcheck.accuracy.tasks import data_files
+    from portcheck.env.versions import distribution_version
+    from portcheck.workflow.handoff import deposit, holds
+    from portcheck.workflow.version_params import result_versions
+
+    if not config["accuracy"]["enabled"] or config["targets"][target_name].get("python_env"):
+        return {}
+    params = evaluation_params(config, target_name, result_versions(target_name), None,
+                               distribution_version("lm_eval", "lm-eval"))
+    request = served_request(target_name, params, manifest, data_files())
+    if holds(store, request):
+        return {}
+
+    def evaluate(port: int) -> None:
+        deposit(store, request, evaluate_on_server(target_name, port, model_dir, settings, params["accuracy"]))
+
+    return {"evaluate_accuracy": evaluate}
+
+
+def evaluate_on_server(target_name: str, port: int, model_dir, settings, accuracy: dict) -> dict:
+    """The evaluation on a server that is already up (the serving check's): the record evaluate_accuracy writes."""
+    tasks = load_tasks(list(accuracy["tasks"]))
+    started = time.perf_counter()
+    results = _run(tasks, "local-completions", served_model_args(port, model_dir, settings, accuracy), accuracy)
+    return accuracy_record(target_name, accuracy, {"port": port, "started_by": "check_serving"}, results, started)
+
+
+def accuracy_record(target_name: str, accuracy: dict, server: dict | None, results: dict, started: float) -> dict:
+    return {"target": target_name, "lm_eval": _version(), "limit": accuracy["limit"],
+            "num_fewshot": accuracy["num_fewshot"], "server": server,
+            "tasks": task_records(results), "seconds": round(time.perf_counter() - started, 3)}
 
 
 def hf_model_args(target: Target, model_dir, settings) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shlex
 import signal
@@ -23,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from portcheck.benchmarks.serve_sweep import SERVED_MODEL_NAME, run_sweep
 from portcheck.atomic import write_json
@@ -31,6 +32,8 @@ from portcheck.engines.vllm.engine_args import engine_env, serve_cli_args
 from portcheck.engines.vllm.logs import log_tail as engine_log_tail
 from portcheck.errors import PortcheckError
 from portcheck.targets import parse_target
+
+log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 40
 
@@ -260,8 +263,10 @@ def seed_request(client, port: int, curl: dict) -> dict[str, Any]:
 
 def check_serving(target_name: str, model_dir: str | Path, settings, serve_config: dict, dump_path: str | Path,
                   output: str | Path, server_log: str | Path, corpus_path: str | Path,
-                  bench_log: str | Path) -> dict:
-    """Start the server for the target, sweep the load, check parity, stop it; write `output` (atomically)."""
+                  bench_log: str | Path, while_up: dict[str, Callable[[int], None]] | None = None) -> dict:
+    """Start the server for the target, sweep the load, check parity, stop it; write `output` (atomically).
+    `while_up`: other jobs' work done on the same server before it stops, by name (portcheck.workflow.handoff); a
+    failure there is logged and leaves that job to do its own work, it does not fail this check."""
     from transformers import AutoTokenizer
 
     from portcheck.config import read_corpus_text
@@ -285,6 +290,8 @@ def check_serving(target_name: str, model_dir: str | Path, settings, serve_confi
         client = _client(port, serve_config["request_timeout_s"])
         greedy = greedy_check(client, dump_path, serve_config.get("greedy_prompts"))
         seed = seed_request(client, port, serve_config["curl"])
+        measured_s = time.perf_counter() - started
+        handed_over = {name: _timed_work(name, work, port) for name, work in (while_up or {}).items()}
     finally:
         if server is not None:
             server.__exit__(None, None, None)
@@ -296,13 +303,23 @@ def check_serving(target_name: str, model_dir: str | Path, settings, serve_confi
         "server_ready_s": round(ready_s, 3),
         "input_len": input_len, "max_tokens": max_tokens, "percentiles": serve_config["percentiles"],
         "slo": serve_config["slo"], "errors": errors, "levels": levels, "sweep": sweep, "greedy_check": greedy, "seed_request": seed,
-        "total_s": round(time.perf_counter() - started, 3),
+        "total_s": round(measured_s, 3), "handed_over": handed_over,
         "definitions": "measured by vllm bench serve (its definitions: TTFT = time to the first token; TPOT = "
                        "(E2E - TTFT) / (output tokens - 1); ITL = gaps between streamed chunks; goodput = requests "
                        "per second that met every SLO)",
     }
     write_json(output, result)
     return result
+
+
+def _timed_work(name: str, work: Callable[[int], None], port: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        work(port)
+    except Exception as error:  # the other job does its own work: this check stands
+        log.warning("%s on this server failed (%s: %s); that job will start its own", name, type(error).__name__, error)
+        return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+    return {"status": "ok", "seconds": round(time.perf_counter() - started, 3)}
 
 
 def sweep_errors(sweep: dict) -> int:

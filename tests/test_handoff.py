@@ -1,0 +1,102 @@
+"""One server start for the serving check and the accuracy evaluation (issue 22): the hand-off store takes a
+record only for the exact request it was made for (params, inputs' content, code), and the serving check's offer
+is made only where the evaluation could use it. The end-to-end hit, and a miss that evaluates on its own server to
+the same items, run in the workflow tests (tests/test_workflow.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from portcheck.accuracy.evaluate import evaluation_params, served_handover, served_request
+from portcheck.benchmarks.serving import _timed_work
+from portcheck.workflow.handoff import deposit, handoff_path, holds, take
+
+from conftest import ROOT
+from conftest import default_config as shipped_config
+
+
+def default_config() -> dict:
+    """The shipped config with the schema's defaults filled in, as Snakemake's jobs see it."""
+    from portcheck.config import load_schema, validate_config
+
+    return validate_config(shipped_config(), load_schema(ROOT / "config" / "schema.yaml"), ROOT)
+
+RECORD = {"target": "cpu-vllm-bf16", "tasks": {"t": {"score": 0.5}}}
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    manifest, task = tmp_path / "manifest.json", tmp_path / "task.jsonl"
+    manifest.write_text('{"model": "m"}')
+    task.write_text('{"q": 1}\n')
+    return manifest, task
+
+
+def request_for(config, inputs, target="cpu-vllm-bf16"):
+    params = evaluation_params(config, target, {"vllm": "0.32.0"}, None, "0.4.13")
+    return served_request(target, params, inputs[0], [inputs[1]])
+
+
+def test_a_record_is_taken_for_the_same_request_only(tmp_path, inputs):
+    config = default_config()
+    request = request_for(config, inputs)
+    assert take(tmp_path, request) is None and not holds(tmp_path, request)
+    path = deposit(tmp_path, request, RECORD)
+    assert path == handoff_path(tmp_path, request) == tmp_path / "evaluate_accuracy" / "cpu-vllm-bf16.json"
+    assert holds(tmp_path, request) and take(tmp_path, json.loads(json.dumps(request))) == RECORD
+    config["accuracy"]["limit"] = 3  # a setting of the evaluation
+    assert take(tmp_path, request_for(config, inputs)) is None
+
+
+def test_an_edited_input_or_code_is_a_miss(tmp_path, inputs):
+    request = request_for(default_config(), inputs)
+    deposit(tmp_path, request, RECORD)
+    inputs[1].write_text('{"q": 2}\n')
+    assert take(tmp_path, request_for(default_config(), inputs)) is None
+    inputs[1].write_text('{"q": 1}\n')
+    assert take(tmp_path, request_for(default_config(), inputs)) == RECORD
+    stale = json.loads(json.dumps(request))
+    stale["code"]["accuracy/evaluate.py"] = "0" * 64
+    assert take(tmp_path, stale) is None
+
+
+def test_the_request_names_what_the_record_depends_on(inputs):
+    request = request_for(default_config(), inputs)
+    assert set(request) == {"rule", "target", "params", "inputs", "code"}
+    assert set(request["params"]) == {"settings", "accuracy", "serve", "stack", "lm_eval", "server_env"}
+    assert not {"rtol", "alpha", "in_verdict"} & set(request["params"]["accuracy"])  # the comparison's only
+    assert list(request["inputs"]) == ["manifest", "tasks"] and len(request["inputs"]["tasks"]) == 1
+    assert {"accuracy/evaluate.py", "benchmarks/serving.py", "workflow/handoff.py"} <= set(request["code"])
+
+
+def test_an_unreadable_or_foreign_record_is_a_miss(tmp_path, inputs):
+    request = request_for(default_config(), inputs)
+    handoff_path(tmp_path, request).parent.mkdir(parents=True)
+    handoff_path(tmp_path, request).write_text("{not json")
+    assert take(tmp_path, request) is None
+    handoff_path(tmp_path, request).write_text("[1, 2]")
+    assert take(tmp_path, request) is None
+
+
+def test_the_serving_check_offers_the_evaluation_only_where_it_can_be_used(tmp_path, inputs):
+    config = default_config()
+    target = "cpu-vllm-bf16"
+    offer = served_handover(config, target, tmp_path, None, inputs[0], tmp_path / "store")
+    assert list(offer) == ["evaluate_accuracy"]
+    config["accuracy"]["enabled"] = False
+    assert served_handover(config, target, tmp_path, None, inputs[0], tmp_path / "store") == {}
+    config["accuracy"]["enabled"] = True
+    config["targets"][target]["python_env"] = "envs/other"  # lm-eval is portcheck's, not that environment's
+    assert served_handover(config, target, tmp_path, None, inputs[0], tmp_path / "store") == {}
+
+
+def test_failed_work_on_the_server_is_reported_and_does_not_fail_the_check():
+    def broken(port):
+        raise ConnectionError(f"port {port} refused")
+
+    assert _timed_work("evaluate_accuracy", broken, 8000) == {
+        "status": "failed", "error": "ConnectionError: port 8000 refused"}
+    done = _timed_work("evaluate_accuracy", lambda port: None, 8000)
+    assert done["status"] == "ok" and done["seconds"] >= 0
