@@ -1,5 +1,5 @@
-# Stage benchmarks (portcheck/benchmarks): offline benchmarks per target (one engine start; the report asks them of
-# BENCHED, the reference only with bench.reference), the figures derived from them (roofline, cross-checks), and the
+# Stage benchmarks (portcheck/benchmarks): offline benchmarks per target (the report asks them of BENCHED, the
+# reference only with bench.reference; measured on the dump job's engine and handed over, else one engine start), the figures derived from them (roofline, cross-checks), and the
 # serving check per vllm target: `vllm serve` on 127.0.0.1, measured by `vllm bench serve` over a load sweep on
 # corpus text, and the server's greedy tokens against the offline dump's.
 
@@ -7,6 +7,7 @@
 rule run_benchmarks:
     input:
         **engine_inputs(),
+        dump=dump_first,
         code=bench_sources,
     output:
         json=target_file("bench"),
@@ -19,11 +20,11 @@ rule run_benchmarks:
         gpu=device_resources("gpu"),
         npu=device_resources("npu"),
     params:
-        settings=target_settings,
-        # What the measurements read: which targets are benchmarked and the checks' tolerance rerun no measurement.
-        bench={k: v for k, v in config["bench"].items() if k not in ("consistency_tolerance", "reference")},
-        stack=stack_params,
+        # settings, bench (not which targets are benchmarked nor the checks' tolerance: those rerun no
+        # measurement), stack
+        measured=benchmark_params,
         python_env=target_python_env,
+        handoff=HANDOFF,
     script:
         "../workflow/scripts/run_benchmarks.py"
 

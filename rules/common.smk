@@ -35,6 +35,7 @@ from portcheck.artifacts import (  # noqa: E402
 )
 from portcheck.modes.catalog import MODE_PATTERN, active_runs, parse_run  # noqa: E402
 from portcheck.benchmarks.plan import benched_targets  # noqa: E402
+from portcheck.benchmarks.offline import bench_params  # noqa: E402
 from portcheck.model.checkpoint import checkpoint_fingerprint  # noqa: E402
 from portcheck.workflow.rebuild import rebuild_damaged  # noqa: E402
 from portcheck.errors import PortcheckError  # noqa: E402
@@ -403,8 +404,19 @@ def target_python_env(wildcards):
 
 
 # Where a job that has an engine up leaves a sibling job's result, under the request that job will make
-# (portcheck.workflow.handoff): the serving check evaluates its target's accuracy on its own server.
+# (portcheck.workflow.handoff): the dump job benchmarks its target on its engine, the serving check evaluates its
+# target's accuracy on its server.
 HANDOFF = f"{RESULTS}/handoff"
+
+
+def benchmark_params(wildcards):
+    return bench_params(config, wildcards.target, stack_params(wildcards))
+
+
+def dump_first(wildcards):
+    """A target's benchmarks run after its dump, which hands the record over (one engine start). Not ancient(), as
+    for serving_first: a dump rerun reruns the benchmarks, which take the record the dump job kept."""
+    return target_file("logits", wildcards.target)
 
 
 def accuracy_params(wildcards):

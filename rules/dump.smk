@@ -1,6 +1,8 @@
 # Stage dump (portcheck/dump): one engine start per target serves the logit dump, the adaptation checklist,
 # the determinism test, the generation samples, the long-context corpus windows and the greedy decode with every
-# step's distribution; score_decode then has the reference's engine score each target's decoded tokens.
+# step's distribution, and measures the target's offline benchmarks for rule run_benchmarks (HANDOFF; that code is
+# not an input here: the record's request names its digest, and the dump does not depend on it); score_decode
+# then has the reference's engine score each target's decoded tokens.
 
 
 rule dump_logits:
@@ -29,6 +31,7 @@ rule dump_logits:
         storage=STORAGE,
         stack=stack_params,
         python_env=target_python_env,
+        handoff=HANDOFF,
     script:
         "../workflow/scripts/dump_logits.py"
 

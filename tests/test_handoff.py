@@ -10,8 +10,7 @@ import json
 import pytest
 
 from portcheck.accuracy.evaluate import evaluation_params, served_handover, served_request
-from portcheck.benchmarks.serving import _timed_work
-from portcheck.workflow.handoff import deposit, handoff_path, holds, take
+from portcheck.workflow.handoff import deposit, do_work, handoff_path, holds, take
 
 from conftest import ROOT
 from conftest import default_config as shipped_config
@@ -71,13 +70,18 @@ def test_the_request_names_what_the_record_depends_on(inputs):
     assert {"accuracy/evaluate.py", "benchmarks/serving.py", "workflow/handoff.py"} <= set(request["code"])
 
 
-def test_an_unreadable_or_foreign_record_is_a_miss(tmp_path, inputs):
+def test_an_unreadable_foreign_or_edited_record_is_a_miss(tmp_path, inputs):
     request = request_for(default_config(), inputs)
     handoff_path(tmp_path, request).parent.mkdir(parents=True)
     handoff_path(tmp_path, request).write_text("{not json")
     assert take(tmp_path, request) is None
     handoff_path(tmp_path, request).write_text("[1, 2]")
     assert take(tmp_path, request) is None
+    deposit(tmp_path, request, RECORD)  # a record edited by hand after it was written
+    stored = json.loads(handoff_path(tmp_path, request).read_text())
+    stored["record"]["tasks"]["t"]["score"] = 1.0
+    handoff_path(tmp_path, request).write_text(json.dumps(stored))
+    assert take(tmp_path, request) is None and not holds(tmp_path, request)
 
 
 def test_the_serving_check_offers_the_evaluation_only_where_it_can_be_used(tmp_path, inputs):
@@ -96,7 +100,30 @@ def test_failed_work_on_the_server_is_reported_and_does_not_fail_the_check():
     def broken(port):
         raise ConnectionError(f"port {port} refused")
 
-    assert _timed_work("evaluate_accuracy", broken, 8000) == {
+    assert do_work("evaluate_accuracy", broken, 8000) == {
         "status": "failed", "error": "ConnectionError: port 8000 refused"}
-    done = _timed_work("evaluate_accuracy", lambda port: None, 8000)
+    done = do_work("evaluate_accuracy", lambda port: None, 8000)
     assert done["status"] == "ok" and done["seconds"] >= 0
+
+
+def test_the_dump_job_offers_the_benchmarks_only_where_they_can_be_used(tmp_path, inputs):
+    from portcheck.benchmarks.offline import bench_params, bench_request, benchmark_handover
+
+    config = default_config()
+    store = tmp_path / "store"
+    assert list(benchmark_handover(config, "cpu-vllm-bf16", tmp_path, None, inputs[0], store)) == ["run_benchmarks"]
+    assert benchmark_handover(config, "cpu-hf-fp32", tmp_path, None, inputs[0], store) == {}  # bench.reference off
+    config["bench"]["reference"] = True
+    assert list(benchmark_handover(config, "cpu-hf-fp32", tmp_path, None, inputs[0], store)) == ["run_benchmarks"]
+    config["targets"]["cpu-hf-fp32"]["python_env"] = "envs/other"  # the job runs in another interpreter
+    assert benchmark_handover(config, "cpu-hf-fp32", tmp_path, None, inputs[0], store) == {}
+    # the store holds this exact request already: nothing to measure
+    from portcheck.workflow.version_params import result_versions
+
+    request = bench_request("cpu-vllm-bf16", bench_params(config, "cpu-vllm-bf16", result_versions("cpu-vllm-bf16")),
+                            None, inputs[0])
+    deposit(store, request, RECORD)
+    assert benchmark_handover(config, "cpu-vllm-bf16", tmp_path, None, inputs[0], store) == {}
+    # which targets are benchmarked and the checks' tolerance are not part of the measurement's request
+    assert not {"reference", "consistency_tolerance"} & set(request["params"]["measured"]["bench"])
+    assert {"benchmarks/offline.py", "engines/hf.py", "engines/vllm/engine.py"} <= set(request["code"])

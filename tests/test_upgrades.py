@@ -62,9 +62,9 @@ def test_upgrading_transformers_reruns_the_dumps_not_the_model(finished_run, tmp
     # check this: Snakemake 9.27.1 lists an output of every job with recorded params, changed or not.)
     out = snakemake(finished_run, "report", "--dry-run", "--configfile", TEST_CONFIG).stdout
     reasons = [line for line in out.splitlines() if "Params have changed" in line]
-    # dump_logits, capture_env and dump_vision of both targets, run_benchmarks of the target under test,
-    # measure_context
-    assert len(reasons) == 3 * 2 + plan.get("run_benchmarks", 0) + plan["measure_context"]
+    # dump_logits, capture_env and dump_vision of both targets, measure_context (run_benchmarks of the target under
+    # test reruns too, after its dump, whose rerun is the reason Snakemake gives for it)
+    assert len(reasons) == 3 * 2 + plan["measure_context"]
     installed = metadata.version("transformers")
     assert all(f"'transformers': '{installed}'" in r and "'transformers': '99.0.0'" in r for r in reasons)
 

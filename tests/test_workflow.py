@@ -128,6 +128,8 @@ def test_benchmarks_and_serving_are_measured_and_reported(workflow_run):
         assert bench["latency"]["tpot_s"]["p50"] > 0 and bench["latency"]["ttft_s"]["n"] == 8 * 3  # cpu override
         assert bench["memory"]["weights"]["bytes"] > 0 and bench["memory"]["peak"]["bytes"] > 0
         assert (results / target / "bench.csv").read_text().startswith("section,table,batch_size")
+        # measured on the dump job's engine and handed over: one engine start for both
+        assert bench["engine_started_by"] == "dump_logits" and bench["timings"]["engine_start_s"] > 0
     capacity = json.loads((results / "cpu-vllm-bf16" / "bench.json").read_text())["memory"]["capacity"]
     assert capacity["kv_cache_tokens"] > 0 and capacity["max_concurrency"] > 0
     serve = json.loads((results / "cpu-vllm-bf16" / "serve.json").read_text())
@@ -237,6 +239,17 @@ def test_an_evaluation_change_starts_its_own_server_and_gives_the_same_items(rer
     own = json.loads((results / "cpu-vllm-bf16" / "accuracy.json").read_text())
     assert own["server"]["ready_s"] > 0 and "started_by" not in own["server"]
     assert own["tasks"] == handed["tasks"]
+
+
+def test_a_benchmark_change_redoes_no_dump_and_measures_on_its_own_engine(rerun_copy):
+    results = rerun_copy / "results" / MODEL
+    set_config(rerun_copy, lambda c: c["bench"].update(seed=1))
+    assert planned_jobs(rerun_copy) == {"run_benchmarks": 2, "check_benchmarks": 2, "plot_bench": 1,
+                                        "render_report": 1, "render_html": 1, "report": 1}
+    snakemake(rerun_copy, f"results/{MODEL}/cpu-hf-bf16/bench.json")
+    own = json.loads((results / "cpu-hf-bf16" / "bench.json").read_text())
+    assert "engine_started_by" not in own and own["plan"]["seed"] == 1
+    assert own["timings"]["total_s"] > own["timings"]["engine_start_s"] > 0  # its own start, inside the job
 
 
 def test_hf_engine_edit_leaves_the_vllm_target_alone(rerun_copy):

@@ -1,8 +1,9 @@
 """Snakemake adapter: rules dump_logits and dump_logits_with_mode_base -> portcheck.dump.run.run_target (one engine
-start per target)."""
+start per target; the target's offline benchmarks measured on it and handed over to run_benchmarks)."""
 
 from pathlib import Path
 
+from portcheck.benchmarks.offline import benchmark_handover
 from portcheck.config import read_corpus_text
 from portcheck.engines.settings import EngineSettings
 from portcheck.dump.corpus import corpus_job
@@ -15,11 +16,16 @@ def main(smk):
     settings = dict(smk.params.settings)
     settings["threads"] = settings["threads"] or smk.threads
     settings["extra"] = {"log_file": smk.log.engine} if parse_target(smk.wildcards.target).engine == "vllm" else {}
+    settings = EngineSettings(**settings)
+    # smk.config: what rule run_benchmarks will be given, read without making it this job's rerun trigger.
+    config = getattr(smk, "config", None)
+    offers = benchmark_handover(config, smk.wildcards.target, smk.input.model, settings, smk.input.manifest,
+                                smk.params.handoff) if config else {}
     run_target(
         smk.wildcards.target,
         smk.input.model,
         list(smk.params.prompts),
-        EngineSettings(**settings),
+        settings,
         outputs=dict(smk.output.items()),
         greedy_tokens=smk.params.greedy_tokens,
         determinism=dict(smk.params.determinism),
@@ -29,6 +35,7 @@ def main(smk):
         layers=dict(smk.params.layers) if smk.params.layers["enabled"] else None,
         modes=modes_job(smk),
         storage=dict(smk.params.storage),
+        while_up=offers,
     )
 
 

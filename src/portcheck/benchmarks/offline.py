@@ -158,6 +158,14 @@ def run_benchmarks(
     tokenizer=None,
 ) -> dict:
     """Measure one target and write outputs["json"] and outputs["csv"] (atomically, at the end)."""
+    result = measure_target(target_name, model_dir, settings, bench_config, engine_factory, tokenizer)
+    write_outputs(result, outputs)
+    return result
+
+
+def measure_target(target_name: str, model_dir: str | Path, settings, bench_config: dict,
+                   engine_factory: Callable | None = None, tokenizer=None) -> dict:
+    """The benchmark record of one target: on an engine the factory starts (its own by default)."""
     from portcheck.model.checkpoint import load_model_config
 
     target = parse_target(target_name)
@@ -193,14 +201,65 @@ def run_benchmarks(
                   "capacity": engine.capacity()}
     timings.update({"grid_s": round(grid_s, 3), "latency_runs_s": round(latency_s, 3),
                     "total_s": round(time.perf_counter() - started, 3)})
-    result = {
+    return {
         "schema": SCHEMA_VERSION, "target": target_name, "device": target.device, "engine": target.engine,
         "dtype": target.dtype, "plan": plan, "limits": limits, "prompt_source": "random token ids (special ids "
         "excluded), fixed length, numpy default_rng(seed)", "percentiles": percentiles,
         "throughput": throughput, "latency": latency, "prefill": prefill, "memory": memory, "timings": timings,
     }
-    write_outputs(result, outputs)
-    return result
+
+
+# ---------------------------------------------------------------- one engine start with the dump
+
+# The modules the benchmarks run (the engines included): the hand-off's code key.
+BENCH_MODULES = ("benchmarks.offline",)
+# Settings that only the checks or the report read: no measurement reruns for them.
+NOT_MEASURED = ("consistency_tolerance", "reference")
+
+
+def bench_params(config: dict, target_name: str, stack: dict) -> dict[str, Any]:
+    """Rule run_benchmarks' params.measured for one target (the dump job rebuilds them to measure the target on
+    its own engine and hand the record over: portcheck.workflow.handoff)."""
+    from portcheck.config import engine_settings
+
+    return {"settings": vars(engine_settings(config, target_name)),
+            "bench": {key: value for key, value in config["bench"].items() if key not in NOT_MEASURED},
+            "stack": stack}
+
+
+def bench_request(target_name: str, measured: dict, python_env: str | None, manifest: str | Path) -> dict:
+    from portcheck.workflow.handoff import make_request
+
+    return make_request("run_benchmarks", target_name, {"measured": measured, "python_env": python_env},
+                        {"manifest": manifest}, BENCH_MODULES)
+
+
+def benchmark_handover(config: dict, target_name: str, model_dir, settings, manifest: str | Path,
+                       store: str | Path) -> dict[str, Callable]:
+    """The dump job's offer to benchmark its target on the engine it started (one engine start instead of two):
+    {"run_benchmarks": work(engine)}, or {} where the target is not benchmarked, runs in its own Python
+    environment, or the store already holds this exact request's record."""
+    import contextlib
+
+    from portcheck.benchmarks.plan import benched_targets
+    from portcheck.config import enabled_targets
+    from portcheck.workflow.handoff import deposit, holds
+    from portcheck.workflow.version_params import result_versions
+
+    benched = benched_targets(enabled_targets(config), config["reference"], config["bench"])
+    if target_name not in benched or config["targets"][target_name].get("python_env"):
+        return {}
+    measured = bench_params(config, target_name, result_versions(target_name))
+    request = bench_request(target_name, measured, None, manifest)
+    if holds(store, request):
+        return {}
+
+    def benchmark(engine) -> None:
+        result = measure_target(target_name, model_dir, settings, measured["bench"],
+                                lambda *_: contextlib.nullcontext(engine))
+        deposit(store, request, {**result, "engine_started_by": "dump_logits"})
+
+    return {"run_benchmarks": benchmark}
 
 
 # ---------------------------------------------------------------- artifacts

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shlex
 import signal
@@ -32,8 +31,7 @@ from portcheck.engines.vllm.engine_args import engine_env, serve_cli_args
 from portcheck.engines.vllm.logs import log_tail as engine_log_tail
 from portcheck.errors import PortcheckError
 from portcheck.targets import parse_target
-
-log = logging.getLogger(__name__)
+from portcheck.workflow.handoff import do_work
 
 LOG_TAIL_LINES = 40
 
@@ -291,7 +289,7 @@ def check_serving(target_name: str, model_dir: str | Path, settings, serve_confi
         greedy = greedy_check(client, dump_path, serve_config.get("greedy_prompts"))
         seed = seed_request(client, port, serve_config["curl"])
         measured_s = time.perf_counter() - started
-        handed_over = {name: _timed_work(name, work, port) for name, work in (while_up or {}).items()}
+        handed_over = {name: do_work(name, work, port) for name, work in (while_up or {}).items()}
     finally:
         if server is not None:
             server.__exit__(None, None, None)
@@ -310,16 +308,6 @@ def check_serving(target_name: str, model_dir: str | Path, settings, serve_confi
     }
     write_json(output, result)
     return result
-
-
-def _timed_work(name: str, work: Callable[[int], None], port: int) -> dict[str, Any]:
-    started = time.perf_counter()
-    try:
-        work(port)
-    except Exception as error:  # the other job does its own work: this check stands
-        log.warning("%s on this server failed (%s: %s); that job will start its own", name, type(error).__name__, error)
-        return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
-    return {"status": "ok", "seconds": round(time.perf_counter() - started, 3)}
 
 
 def sweep_errors(sweep: dict) -> int:

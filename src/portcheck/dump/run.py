@@ -4,10 +4,11 @@ test and the generation samples (engine starts dominate the cost on every device
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from portcheck.atomic import write_json
 from portcheck.model.checkpoint import load_model_config, model_sha, text_settings, tokenizer_sha
@@ -26,6 +27,9 @@ from portcheck.hashing import sha256_text
 from portcheck.modes.catalog import fallback_calls, full_vocab_problem
 from portcheck.modes.workload import mode_workload
 from portcheck.targets import parse_target
+from portcheck.workflow.handoff import do_work
+
+log = logging.getLogger(__name__)
 
 
 def prompts_sha(prompts: list[str]) -> str:
@@ -109,6 +113,7 @@ def run_target(
     layers: dict | None = None,
     modes: dict | None = None,
     storage: dict | None = None,
+    while_up: dict[str, Callable] | None = None,
 ) -> None:
     """Write outputs["logits"], ["adaptation"], and where given ["determinism"], ["samples"], ["corpus"],
     ["decode"]. corpus: {"text", "path", "sha256", "window_length", "windows"}: long-context windows scored in
@@ -118,7 +123,10 @@ def run_target(
     configuration, outputs["modes_base"], for the mode runs to be set against. storage: the config's `logits`
     (storage, full_max_vocab, compact_topk, compact_sample) for the corpus, decode and mode dumps; the seed
     prompts' dump keeps whole rows (msprobe's tensor metrics need them: vLLM's worker makes them from the model's
-    own logits, at any vocabulary). Each dump's metadata says what its rows hold (rows_meta)."""
+    own logits, at any vocabulary). Each dump's metadata says what its rows hold (rows_meta). while_up: other jobs'
+    work on this engine, by name (portcheck.workflow.handoff), done after the adaptation is read (its kernel call
+    counts stay the dump's) and before the long stages (a benchmark's peak memory stays its own); a failure there
+    is logged and leaves that job to start its own engine."""
     target = parse_target(target_name)
     tokenizer = load_tokenizer(model_dir, settings.trust_remote_code)
     prompt_ids = tokenize(tokenizer, prompts)
@@ -144,6 +152,8 @@ def run_target(
         scores_meta = rows_meta(engine)
         greedy = [engine.generate([ids], greedy_tokens)[0] for ids in prompt_ids]
         adaptation = engine.adaptation()
+        for name, work in (while_up or {}).items():
+            log.info("%s on this engine: %s", name, do_work(name, work, engine))
         if determinism:
             count = min(determinism["prompts"], len(prompt_ids))
             determinism_result = measure_determinism(

@@ -5,17 +5,19 @@ result only if its own request is equal, key for key; on any difference (a chang
 code, a different installed version) it does the work itself, as it always did. A change to one job's settings
 therefore reruns only that job, and a stale hand-off is never taken.
 
-One file per (rule, target), JSON, written atomically: a newer deposit replaces the older one."""
+One file per (rule, target), JSON, written atomically: a newer deposit replaces the older one. The record's SHA-256
+is kept beside it: a record edited after it was written is not taken (the sibling does its own work)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from portcheck.atomic import write_json
-from portcheck.hashing import sha256_file
+from portcheck.hashing import sha256_file, sha256_json
 from portcheck.workflow.code_inputs import PACKAGE_DIR, module_closure
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ def handoff_path(store: str | Path, request: dict) -> Path:
 
 def deposit(store: str | Path, request: dict, record: dict) -> Path:
     path = handoff_path(store, request)
-    write_json(path, {"request": request, "record": record})
+    write_json(path, {"request": request, "record": record, "record_sha256": sha256_json(record)})
     return path
 
 
@@ -69,4 +71,20 @@ def _stored(store, request: dict, explain: bool = False) -> dict | None:
             log.info("hand-off %s was made for another request (%s differ): doing the work here", path,
                      ", ".join(differs) or "its layout")
         return None
+    if sha256_json(stored.get("record")) != stored.get("record_sha256"):
+        log.warning("hand-off %s was edited after it was written: doing the work here", path)
+        return None
     return stored["record"]
+
+
+def do_work(name: str, work: Callable[[Any], None], engine: Any) -> dict[str, Any]:
+    """A sibling job's work on this job's engine (a server's port, an engine object): timed; a failure is logged
+    and reported, not raised: this job's own results stand, and the sibling does its own work."""
+    started = time.perf_counter()
+    try:
+        work(engine)
+    except Exception as error:
+        log.warning("%s on this engine failed (%s: %s); that job will start its own", name, type(error).__name__,
+                    error)
+        return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+    return {"status": "ok", "seconds": round(time.perf_counter() - started, 3)}
