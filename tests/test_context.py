@@ -78,7 +78,10 @@ def test_the_model_table_states_the_cut_as_a_multiple_of_the_bf16_floor(tmp_path
 
 def test_the_hf_reference_scores_the_cuts_batched_as_each_alone(tiny_model_dir):
     """hf's last_logits: cuts of one length batched, the vocabulary projection on the last position only; each row
-    exactly what scoring the cut alone gives (prompts of mixed lengths go one by one)."""
+    what scoring the cut alone gives, to fp32 rounding (prompts of mixed lengths go one by one, exactly). The decoder
+    stack gives the same hidden states bit for bit either way; the projection onto the vocabulary is a matrix product
+    whose kernel the BLAS picks by the number of rows: bit for bit on the host that first measured it, up to 1.4e-6
+    on an AMX host where a projection of a few rows rounds differently (measured, logits ~3 in size)."""
     from portcheck.engines.factory import make_engine
     from portcheck.engines.settings import EngineSettings
     from portcheck.targets import parse_target
@@ -90,6 +93,6 @@ def test_the_hf_reference_scores_the_cuts_batched_as_each_alone(tiny_model_dir):
         alone = np.stack([scores.logits[-1] for scores in engine.score(cuts)])
         mixed_alone = np.stack([scores.logits[-1] for scores in engine.score(mixed)])
     assert batched.shape == alone.shape and batched.dtype == np.float32
-    np.testing.assert_array_equal(batched, alone)  # the same numbers (also at the real shape, measured)
+    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-5)  # the same numbers to fp32 rounding
     np.testing.assert_array_equal(mixed_rows, mixed_alone)
     assert not np.allclose(batched[0], batched[1], atol=1e-3)  # rows are each cut's own

@@ -474,7 +474,10 @@ def test_the_mtp_mode_is_held_to_the_reference_mtp_and_catches_a_drafter_fed_wro
     give drafts per position, acceptance by decode steps (the buckets' drafts add up), the MTP decode time. The
     reference MTP (the mtp.* weights in PyTorch on the hf fp32 reference's hidden states, teacher-forced along the
     run's tokens) reaches the acceptance vLLM's drafter measured: the check passes. With the drafter fed noisy
-    hidden states (the fault plugin's mtp_noise) the acceptance falls and the check fails."""
+    hidden states (the fault plugin's mtp_noise) the acceptance falls and the check fails. At which draft position
+    depends on the head, which the host trains when it builds the embedded model: measured, mtp_noise:1 took position
+    1 from 76.5% to 56.7% on one host, and on an AMX host (its head: 55.2%, 34.3%) position 2 to 21.5% only, where
+    mtp_noise:2 took position 2 to 14.3% (the check failed, p = 8.6e-5)."""
     from test_vllm_introspection import fault_active
 
     from portcheck.modes.mtp_reference import score_mtp
@@ -485,7 +488,7 @@ def test_the_mtp_mode_is_held_to_the_reference_mtp_and_catches_a_drafter_fed_wro
     settings = EngineSettings(max_model_len=512, max_num_seqs=4, logprobs_topk=-1,
                               extra={"log_file": str(tmp_path / "engine.log")})
     verdicts = {}
-    for fault in (None, "mtp_noise:1"):
+    for fault in (None, "mtp_noise:2"):
         outputs = {"decode": tmp_path / f"{fault}.safetensors", "proof": tmp_path / f"{fault}.json"}
         with fault_active(fault) if fault else contextlib.nullcontext():
             run_mode("cpu-vllm-bf16+mtp", tiny_model_dir, prompts, settings, read_corpus_text(DEFAULT_CORPUS), modes,
@@ -504,13 +507,14 @@ def test_the_mtp_mode_is_held_to_the_reference_mtp_and_catches_a_drafter_fed_wro
         assert reference["status"] == "measured" and reference["draft_tokens"] == 2 * reference["drafts"]
         verdicts[fault] = (proof, reference, acceptance_verdict(
             proof["per_position"], {"golden": None, "tolerance": 0.06}, reference, proof["drafts"]))
-    (clean, replayed, verdict), (faulted, faulted_replayed, faulted_verdict) = verdicts[None], verdicts["mtp_noise:1"]
+    (clean, replayed, verdict), (faulted, faulted_replayed, faulted_verdict) = verdicts[None], verdicts["mtp_noise:2"]
     assert replayed["per_position"][0] > 0.2  # a trained head: an acceptance a port can fall under
     # The replay is vLLM's drafter round for round: the same counts where nothing is wrong.
     assert abs(clean["drafts"] - replayed["drafts"]) <= 2, (clean["drafts"], replayed["drafts"])
     assert all(abs(a - b) < 0.03 for a, b in zip(clean["per_position"], replayed["per_position"]))
     assert not verdict["reasons"] and not verdict["inconclusive"], verdict
-    assert faulted["per_position"][0] < faulted_replayed["per_position"][0] - 0.1 and faulted_verdict["reasons"]
+    fall = max(golden - rate for rate, golden in zip(faulted["per_position"], faulted_replayed["per_position"]))
+    assert fall > 0.1 and faulted_verdict["reasons"], (faulted["per_position"], faulted_verdict)
 
 
 class CountingHead:
