@@ -77,21 +77,15 @@ def served_handover(config: dict, target_name: str, model_dir, settings, manifes
     own Python environment (lm-eval is portcheck's), or the store already holds this exact request's result."""
     from portcheck.accuracy.tasks import data_files
     from portcheck.env.versions import distribution_version
-    from portcheck.workflow.handoff import deposit, holds
+    from portcheck.workflow.handoff import offer
     from portcheck.workflow.version_params import result_versions
 
     if not config["accuracy"]["enabled"] or config["targets"][target_name].get("python_env"):
         return {}
     params = evaluation_params(config, target_name, result_versions(target_name), None,
                                distribution_version("lm_eval", "lm-eval"))
-    request = served_request(target_name, params, manifest, data_files())
-    if holds(store, request):
-        return {}
-
-    def evaluate(port: int) -> None:
-        deposit(store, request, evaluate_on_server(target_name, port, model_dir, settings, params["accuracy"]))
-
-    return {"evaluate_accuracy": evaluate}
+    return offer(store, served_request(target_name, params, manifest, data_files()),
+                 lambda port: evaluate_on_server(target_name, port, model_dir, settings, params["accuracy"]))
 
 
 def evaluate_on_server(target_name: str, port: int, model_dir, settings, accuracy: dict) -> dict:

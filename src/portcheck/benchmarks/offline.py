@@ -243,23 +243,20 @@ def benchmark_handover(config: dict, target_name: str, model_dir, settings, mani
 
     from portcheck.benchmarks.plan import benched_targets
     from portcheck.config import enabled_targets
-    from portcheck.workflow.handoff import deposit, holds
+    from portcheck.workflow.handoff import offer
     from portcheck.workflow.version_params import result_versions
 
     benched = benched_targets(enabled_targets(config), config["reference"], config["bench"])
     if target_name not in benched or config["targets"][target_name].get("python_env"):
         return {}
     measured = bench_params(config, target_name, result_versions(target_name))
-    request = bench_request(target_name, measured, None, manifest)
-    if holds(store, request):
-        return {}
 
-    def benchmark(engine) -> None:
+    def benchmark(engine) -> dict:
         result = measure_target(target_name, model_dir, settings, measured["bench"],
                                 lambda *_: contextlib.nullcontext(engine))
-        deposit(store, request, {**result, "engine_started_by": "dump_logits"})
+        return {**result, "engine_started_by": "dump_logits"}
 
-    return {"run_benchmarks": benchmark}
+    return offer(store, bench_request(target_name, measured, None, manifest), benchmark)
 
 
 # ---------------------------------------------------------------- artifacts

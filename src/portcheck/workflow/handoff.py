@@ -44,6 +44,14 @@ def deposit(store: str | Path, request: dict, record: dict) -> Path:
     return path
 
 
+def offer(store: str | Path, request: dict, produce: Callable[[Any], dict]) -> dict[str, Callable[[Any], None]]:
+    """A job's offer to do a sibling's work on its engine: {the sibling's rule: work(engine)}, which deposits what
+    `produce(engine)` returns under `request`; {} where the store already holds this exact request's result."""
+    if holds(store, request):
+        return {}
+    return {request["rule"]: lambda engine: deposit(store, request, produce(engine))}
+
+
 def holds(store: str | Path, request: dict) -> bool:
     """Whether the store already has this exact request's result (the depositor need not redo it)."""
     return _stored(store, request) is not None
