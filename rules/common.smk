@@ -48,6 +48,10 @@ from portcheck.vision.images import image_problems as vision_image_problems  # n
 from portcheck.targets import ENGINE_MODULES, FLOOR_TARGET, TARGET_PATTERN, floor_absence, parse_target  # noqa: E402
 from portcheck.workflow.code_inputs import PACKAGE_DIR, module_closure  # noqa: E402
 from portcheck.workflow.version_params import result_versions  # noqa: E402
+from portcheck.workflow.snakemake_overheads import remove_overheads  # noqa: E402
+
+# Snakemake's pandas import in its params check, and its wait of up to 1 s before exiting a run that started jobs.
+remove_overheads()
 
 
 def _config_file_targets():

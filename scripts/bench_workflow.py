@@ -1,8 +1,8 @@
 """make bench-workflow: the workflow's own costs on the embedded default, printed as figures.
 
-  cold run        full `report` in a fresh copy (after set-up)          goal <= 120 s on 2 cores
+  cold run        full `report` in a fresh copy (after set-up)          goal <= 6 min on 2 cores
   no-op rerun     `report` with everything up to date, vs a one-rule   goal ratio <= 1.3
-                  Snakemake workflow's no-op
+                  Snakemake workflow's no-op (medians, the two interleaved)
   template rerun  `report` after editing only the template             goal <= 2x the no-op
 
   python scripts/bench_workflow.py [--configfile .test/config.yaml]   (another config: e.g. CI's, no vLLM)
@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COPY = ("Snakefile", "rules", "workflow", "config", "reports/templates", "src")
 TRIVIAL = 'rule all:\n    input: "a.txt"\n\nrule make_a:\n    output: "a.txt"\n    shell: "echo a > {output}"\n'
 REPEATS = 3
+NOOP_REPEATS = 7  # a no-op is ~1 s, and the ratio of two such medians moves by a few hundredths between runs
 
 
 def timed(workdir: Path, cores: int = 2, extra: tuple[str, ...] = ()) -> float:
@@ -55,9 +56,9 @@ def main() -> None:
         (trivial / "Snakefile").write_text(TRIVIAL)
         cold = timed(workdir, extra=extra)
         stages = stage_costs(workdir)
-        noop = statistics.median(timed(workdir, extra=extra) for _ in range(REPEATS))
         timed(trivial)
-        trivial_noop = statistics.median(timed(trivial) for _ in range(REPEATS))
+        pairs = [(timed(workdir, extra=extra), timed(trivial)) for _ in range(NOOP_REPEATS)]
+        noop, trivial_noop = (statistics.median(times) for times in zip(*pairs))
         template = workdir / "reports" / "templates" / "report.md.j2"
         renders = []
         for index in range(REPEATS):
@@ -65,7 +66,7 @@ def main() -> None:
             template.write_text(template.read_text() + f"\n<!-- bench {index} -->\n")
             renders.append(timed(workdir, extra=extra))
         render = statistics.median(renders)
-    print(f"cold run (report, 2 cores):     {cold:7.1f} s   goal <= 120 s")
+    print(f"cold run (report, 2 cores):     {cold:7.1f} s   goal <= 360 s")
     print(f"no-op rerun:                    {noop:7.2f} s")
     print(f"trivial workflow no-op:         {trivial_noop:7.2f} s")
     print(f"no-op ratio:                    {noop / trivial_noop:7.2f}     goal <= 1.3")

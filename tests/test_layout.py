@@ -62,6 +62,11 @@ def test_code_inputs_follow_absolute_relative_and_function_level_imports(tmp_pat
                      "late.py"}
 
 
+def test_a_rule_naming_a_module_the_package_lacks_is_refused_naming_it():
+    with pytest.raises(FileNotFoundError, match="no module dump.rnu in"):
+        module_closure("dump.rnu", "dump.run")
+
+
 def _relative_to(files, root):
     return {str(f.relative_to(root)) for f in files}
 

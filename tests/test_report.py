@@ -16,9 +16,10 @@ from portcheck.benchmarks.checks import check_benchmarks
 from portcheck.config import load_schema, validate_config
 from portcheck.errors import PortcheckError
 from portcheck.report import history, plots
-from portcheck.report.format import cell, markdown_table, pct, sci, table
+from portcheck.report.format import UNKNOWN, cell, markdown_table, pct, sci, table
 from portcheck.report.render import SECTIONS, anchor, build_context, render_report, section_headings
 from portcheck.report.sections.artifacts import regenerate_command
+from portcheck.report.sections.precision import per_prompt_table
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "reports" / "templates" / "report.md.j2"
@@ -94,6 +95,19 @@ def test_number_formats():
     assert pct(1.0) == "100%"
     assert pct(0.999996) == ">99.99%"
     assert pct(None) == "unavailable"
+
+
+def test_per_prompt_table_columns_are_the_union_of_the_rows_keys_and_a_missing_one_is_unavailable():
+    rows = [{"index": 1, "n_positions": 5, "kld_mean": 1e-3, "msprobe_pass": True},
+            {"index": 0, "n_positions": 4, "nonfinite_count": 2}]
+    t = per_prompt_table(rows, ["first prompt", "second prompt"], "compare/t.json: per_prompt")
+    assert t["header"] == ["#", "Prompt", "Positions", "KLD mean", "msprobe", "NaN/inf positions"]
+    assert t["rows"] == [["1", "second prompt", "5", "1.00e-03", "✅", "unavailable"],
+                         ["0", "first prompt", "4", "unavailable", "unavailable", "2"]]
+    # rows without an index are numbered by position; an index past the prompts reads unknown
+    assert [r[:2] for r in per_prompt_table([{"n_positions": 1}, {"index": 7}], ["a"], "s")["rows"]] == [
+        ["0", "a"], ["7", UNKNOWN]]
+    assert per_prompt_table([], ["a"], "s") == {"header": ["#", "Prompt"], "rows": [], "source": "s"}
 
 
 def test_regenerate_command_adds_configfile_only_when_not_default():

@@ -26,8 +26,19 @@ def module_file(module: str, package_dir: Path = PACKAGE_DIR) -> Path:
     return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
 
 
+@functools.lru_cache(maxsize=None)
+def _package_files(package_dir: Path) -> dict[str, Path]:
+    """Every module of the package by dotted name ('' for the package), from one directory walk: the closures ask
+    for a module's file thousands of times, and two stats each were a tenth of a no-op run."""
+    files = {}
+    for path in package_dir.rglob("*.py"):
+        parts = path.relative_to(package_dir).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return files
+
+
 def _exists(module: str, package_dir: Path) -> bool:
-    return module_file(module, package_dir).is_file()
+    return module in _package_files(package_dir)
 
 
 def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str | None:
@@ -45,7 +56,7 @@ def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str | None
 
 def imported_modules(module: str, package_dir: Path = PACKAGE_DIR) -> frozenset[str]:
     """The package modules `module` imports (`from portcheck.x import y` counts y when y is a module)."""
-    path = module_file(module, package_dir)
+    path = _package_files(package_dir).get(module) or module_file(module, package_dir)
     key = (path, path.stat().st_mtime_ns)
     if key not in _IMPORTS_CACHE:
         found: set[str] = set()
@@ -100,7 +111,17 @@ def module_closure(*modules: str, exclude: tuple[str, ...] = (), package_dir: Pa
 
 
 @functools.lru_cache(maxsize=None)
+def _import_graph(package_dir: Path) -> dict[str, frozenset[str]]:
+    """What each module of the package imports, read once per process for all the closures asked for."""
+    return {module: imported_modules(module, package_dir) for module in _package_files(package_dir)}
+
+
+@functools.lru_cache(maxsize=None)
 def _closure(modules: tuple[str, ...], exclude: tuple[str, ...], package_dir: Path) -> tuple[Path, ...]:
+    imports = _import_graph(package_dir)
+    unknown = [m for m in modules if not _exists(m, package_dir)]
+    if unknown:  # a misspelt module in a rule: refused while the workflow is parsed
+        raise FileNotFoundError(f"no module {', '.join(unknown)} in {package_dir}")
     seen: set[str] = set()
     pending = list(modules)
     while pending:
@@ -110,5 +131,6 @@ def _closure(modules: tuple[str, ...], exclude: tuple[str, ...], package_dir: Pa
         seen.add(module)
         parts = module.split(".") if module else []
         parents = {".".join(parts[:i]) for i in range(len(parts))}
-        pending.extend(imported_modules(module, package_dir) | parents)
-    return tuple(sorted({module_file(m, package_dir) for m in seen}))
+        pending.extend(imports.get(module, frozenset()) | parents)
+    files = _package_files(package_dir)
+    return tuple(sorted({files[m] for m in seen if m in files}))  # a namespace package has no file

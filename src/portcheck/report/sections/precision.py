@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pandas as pd
-
 from portcheck.report.format import (NOT_RUN, UNKNOWN, VERDICT_LABEL, VERDICT_STATUSES, clip, metric, num, pct, show,
                                      table)
 from portcheck.report.load import TargetData
@@ -104,23 +102,14 @@ def _check_row(check: dict) -> list[str]:
 
 
 def per_prompt_table(per_prompt: list[dict], prompts: list[str], source: str) -> dict:
-    frame = pd.DataFrame(per_prompt)
-    if frame.empty:
+    if not per_prompt:
         return table(["#", "Prompt"], [], source)
-    if "index" not in frame:
-        frame["index"] = range(len(frame))
-    columns = list(dict.fromkeys(key for key, _ in PER_PROMPT_COLUMNS if key in frame))
+    present = {key for row in per_prompt for key in row}
+    columns = list(dict.fromkeys(key for key, _ in PER_PROMPT_COLUMNS if key in present))
     labels = dict(PER_PROMPT_COLUMNS)
-    rows = [[str(row["index"]), clip(_prompt(prompts, row["index"]))]
-            + [metric_text(key, _scalar(row[key])) for key in columns] for _, row in frame.iterrows()]
+    rows = [[str(row.get("index", position)), clip(_prompt(prompts, row.get("index", position)))]
+            + [metric_text(key, row.get(key)) for key in columns] for position, row in enumerate(per_prompt)]
     return table(["#", "Prompt"] + [labels[key] for key in columns], rows, source)
-
-
-def _scalar(value: Any) -> Any:
-    # pandas turns missing values into NaN; the report says "unavailable" for them as for nulls.
-    if isinstance(value, float) and value != value:
-        return None
-    return value.item() if hasattr(value, "item") else value
 
 
 def _prompt(prompts: list[str], index: Any) -> str:

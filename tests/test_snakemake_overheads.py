@@ -1,0 +1,74 @@
+"""The two Snakemake costs portcheck removes (portcheck.workflow.snakemake_overheads) keep Snakemake's behaviour: the
+params serializer gives Snakemake's own text for every value, without importing pandas until pandas is imported, and
+the scheduler's reevaluation timer still wakes the scheduler but no longer holds the process at exit. Each check runs
+in a fresh interpreter: pytest's own may have imported pandas already."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from conftest import ROOT
+
+
+def run_python(code: str, timeout: float = 120) -> str:
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            timeout=timeout, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_params_serialize_as_snakemake_does_and_pandas_is_imported_only_when_a_param_could_be_a_dataframe():
+    out = run_python("""
+        import sys
+        from snakemake.persistence.file import FilePersistence
+        from portcheck.workflow.snakemake_overheads import serialize_params_lazily
+
+        persistence = object.__new__(FilePersistence)  # the serializers read no state
+        values = [1, 2.5, "text", None, True, [1, "a"], {"b": {"c": [1, 2]}}, ("t",), object()]
+        builtin = [persistence._serialize_param_builtin(v) for v in values]
+        assert serialize_params_lazily()
+        assert [persistence._serialize_param(v) for v in values] == builtin
+        assert "pandas" not in sys.modules
+        import pandas as pd
+        frame = pd.DataFrame({"a": [1, 2]})
+        assert persistence._serialize_param(frame) == persistence._serialize_param_pandas(frame)
+        assert persistence._serialize_param(frame) != persistence._serialize_param_builtin(frame)
+        assert [persistence._serialize_param(v) for v in values] == builtin
+        print("ok")
+    """)
+    assert out == "ok"
+
+
+def test_the_reevaluation_timer_still_wakes_the_scheduler_and_exit_does_not_wait_for_it():
+    # Unpatched, the second (600 s) timer would hold this interpreter for ten minutes: the timeout fails the test.
+    out = run_python("""
+        import threading
+        from types import SimpleNamespace
+        from snakemake.scheduling.job_scheduler import JobScheduler
+        from portcheck.workflow.snakemake_overheads import exit_without_waiting
+
+        assert exit_without_waiting()
+        scheduler = SimpleNamespace(_open_jobs=threading.Semaphore(0))
+        JobScheduler._schedule_reevalutation(scheduler, 0.05)
+        assert scheduler._open_jobs.acquire(timeout=30), "the timer did not wake the scheduler"
+        JobScheduler._schedule_reevalutation(scheduler, 600)
+        timers = [t for t in threading.enumerate() if isinstance(t, threading.Timer)]  # the first may linger
+        print(bool(timers) and all(t.daemon for t in timers))
+    """, timeout=60)
+    assert out == "True"
+
+
+def test_a_snakemake_without_the_replaced_names_is_left_as_it_is(monkeypatch):
+    from snakemake.persistence import PersistenceBase
+    from snakemake.scheduling.job_scheduler import JobScheduler
+
+    from portcheck.workflow import snakemake_overheads
+
+    monkeypatch.delattr(PersistenceBase, "_serialize_param_pandas")
+    monkeypatch.delattr(JobScheduler, snakemake_overheads.REEVALUATION)
+    serializer = PersistenceBase.__dict__["_serialize_param"]
+    assert snakemake_overheads.remove_overheads() == {"params_without_pandas": False, "exit_without_waiting": False}
+    assert PersistenceBase.__dict__["_serialize_param"] is serializer
+    assert not hasattr(JobScheduler, snakemake_overheads.REEVALUATION)
