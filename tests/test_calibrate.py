@@ -45,6 +45,8 @@ def test_the_short_calibration_catches_what_the_shipped_record_says(tiny_model_d
     config = validate_config(default_config(), load_schema(ROOT / "config" / "schema.yaml"), ROOT)
     record = calibrate.calibrate(tiny_model_dir, config, tmp_path, short=True, base_dir=ROOT)
     print(calibrate.table(record), record["seconds"])
+    from portcheck.env.capture import cpu_model
+    assert record["host"]["cpu"] == cpu_model() and record["host"]["torch"]  # the record names what measured it
     measured = {row["fault"]: row for row in record["detection"]}
     expected = {row["fault"]: row for row in shipped()["detection"] if row["fault"] in measured}
     assert set(measured) == set(expected) == set(calibrate.plan(short=True)[0])

@@ -50,3 +50,12 @@ def test_a_tree_without_a_readable_release_is_unknown_not_one_point_zero(tmp_pat
 
 def test_no_tree_is_absent(tmp_path):
     assert cann_version((str(tmp_path / "nowhere"),)) is None
+
+
+def test_float_kernel_flags_are_the_listed_ones_the_cpu_has_in_a_fixed_order():
+    from portcheck.env.capture import float_kernel_flags
+
+    cpuinfo = "processor\t: 0\nflags\t\t: fpu avx2 sse amx_tile avx512f amx_bf16 avx512_fp16\nbogomips\t: 1\n"
+    assert float_kernel_flags(cpuinfo) == ["amx_bf16", "amx_tile", "avx512_fp16", "avx512f", "avx2"]
+    assert float_kernel_flags("flags\t: fpu sse2\n") == []
+    assert float_kernel_flags("processor\t: 0\n") is None  # no flags line: unknown, not "none"

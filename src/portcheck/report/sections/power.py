@@ -25,6 +25,7 @@ def power_section() -> dict:
              for check, counts in (record.get("false_failures") or {}).items()]
     source = f"{path} (make calibrate, {record.get('date', UNKNOWN)}: {record.get('model', UNKNOWN)}, " \
              f"{record.get('target', UNKNOWN)} against {record.get('reference', UNKNOWN)})"
+    host = record.get("host")
     missed = [row["fault"] for row in record.get("detection") or [] if row.get("should_be_caught") and not row["caught"]]
     return {
         "available": True,
@@ -32,7 +33,16 @@ def power_section() -> dict:
                          "Caught by"], rows, source + ": detection"),
         "clean": table(["Check", "False failures", "Inconclusive"], clean, source + ": false_failures"),
         "missed": missed,
+        "host": host_text(host) if host else None,  # None: a record written before make calibrate kept its host
     }
+
+
+def host_text(host: dict) -> str:
+    """'<cpu> (<float kernel flags>), torch <v>, vllm <v>': what decides how this host's float kernels round."""
+    flags = host.get("float_kernel_flags")
+    flags_text = ", ".join(flags) if flags else ("none of the AVX2/AVX-512/AMX flags" if flags == [] else UNKNOWN)
+    return f"{host.get('cpu') or UNKNOWN} ({flags_text}), torch {host.get('torch') or UNKNOWN}, " \
+           f"vllm {host.get('vllm') or UNKNOWN}"
 
 
 def _multiple(value) -> str:
