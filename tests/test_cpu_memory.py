@@ -33,6 +33,17 @@ def real_shape(tmp_path):
     return checkpoint(tmp_path, text, REAL_WEIGHTS)
 
 
+@pytest.fixture
+def tiny_shape(tmp_path):
+    """The embedded model's text shape: 8 layers, 2 of them full attention, GDN with 2 heads of 64."""
+    text = {"num_hidden_layers": 8, "num_key_value_heads": 2, "head_dim": 64, "max_position_embeddings": 512,
+            "linear_num_key_heads": 2, "linear_num_value_heads": 2, "linear_key_head_dim": 64,
+            "linear_value_head_dim": 64, "linear_conv_kernel_dim": 4,
+            "layer_types": (["linear_attention"] * 3 + ["full_attention"]) * 2}
+    (tmp_path / "tiny").mkdir()
+    return checkpoint(tmp_path / "tiny", text, 6_791_488)
+
+
 def test_need_from_the_checkpoint(real_shape):
     need = cpu_memory.memory_need(real_shape, "bf16", 4096)
     assert need.kv_bytes_per_token == 6 * 2 * 2 * 256 * 2 == 12288
@@ -79,3 +90,31 @@ def test_the_engine_and_the_server_are_refused_before_they_start(real_shape, mon
             render(target, real_shape, small)
     # other devices are vLLM's own business (their share is of device memory, profiled by vLLM)
     assert engine_args.llm_kwargs(parse_target("gpu-vllm-bf16"), real_shape, small)["gpu_memory_utilization"] == 0.1
+
+
+def test_an_unset_share_sizes_the_kv_cache_for_max_num_seqs_sequences(tiny_shape, real_shape):
+    need = cpu_memory.memory_need(tiny_shape, "bf16", 512)
+    # KV 2 layers x 2 (K, V) x 2 heads x 64 x 2 B = 1,024 B/token; GDN state 6 layers x (2 x 64 x 64 x 4 B recurrent
+    # + (2 x 2 x 64 + 2 x 64) channels x 3 x 2 B conv) = 6 x 35,072 = 210,432 B a sequence
+    assert need.kv_bytes_per_token == 1024 and need.state_bytes_per_sequence == 210_432
+    per_sequence = 1024 * 512 + 210_432
+    assert need.kv_bytes_for(256) == 2 * 256 * per_sequence == 376_176_640
+    assert cpu_memory.kv_cache_bytes(need, 0.3, 24 * GIB, None) == 512 * 1024**2  # the floor: 359 MiB < 512 MiB
+    assert cpu_memory.kv_cache_bytes(need, 0.3, 24 * GIB, 1024) == 2 * 1024 * per_sequence
+    # 0.3 x 8 GiB - (1 GiB + 2 x 6,791,488 B) = 1,422,000,537 B, less than 1,504,706,560: the share sizes it
+    assert cpu_memory.kv_cache_bytes(need, 0.3, 8 * GIB, 1024) is None
+    # the real shape at 4,096 tokens: 2 x 256 x 50 MB > the 3.4 GiB the default share leaves: as before
+    assert cpu_memory.kv_cache_bytes(cpu_memory.memory_need(real_shape, "bf16", 4096), 0.3, 24 * GIB, None) is None
+    assert cpu_memory.kv_cache_bytes(None, 0.3, 24 * GIB, None) is None
+
+
+def test_the_explicit_kv_cache_reaches_the_engine_and_the_server_only_for_an_unset_share(tiny_shape, monkeypatch):
+    monkeypatch.setattr(cpu_memory, "host_memory", lambda: (24 * GIB, 22 * GIB))
+    target = parse_target("cpu-vllm-bf16")
+    unset = EngineSettings(max_model_len=512)
+    assert engine_args.llm_kwargs(target, tiny_shape, unset)["kv_cache_memory_bytes"] == 512 * 1024**2
+    served = engine_args.serve_cli_args(target, tiny_shape, unset)
+    assert served[served.index("--kv-cache-memory-bytes") + 1] == str(512 * 1024**2)
+    configured = EngineSettings(max_model_len=512, gpu_memory_utilization=0.3)
+    assert "kv_cache_memory_bytes" not in engine_args.llm_kwargs(target, tiny_shape, configured)
+    assert "kv_cache_memory_bytes" not in engine_args.llm_kwargs(parse_target("gpu-vllm-bf16"), tiny_shape, unset)

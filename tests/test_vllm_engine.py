@@ -18,7 +18,7 @@ from portcheck.engines.base import check_prompt_lengths
 from portcheck.engines.factory import make_engine
 from portcheck.engines.settings import EngineSettings
 from portcheck.engines.vllm import engine as vllm_engine
-from portcheck.engines.vllm import engine_args, logs, preflight, process
+from portcheck.engines.vllm import cpu_memory, engine_args, logs, preflight, process
 from portcheck.engines.vllm.preflight import check_vllm_stack
 from portcheck.errors import PortcheckError
 from portcheck.targets import parse_target
@@ -374,8 +374,14 @@ def test_peak_memory_carries_vllms_own_split(engine):
     split = peak["split"]
     assert split["kv_cache_allocated"] > 0
     assert split["kv_cache_allocated"] >= engine.capacity()["kv_cache_tokens"] * 1024  # 1,024 B per token (tiny)
-    if split["requested"]:  # what vLLM reserved holds what it allocated (aliasing storages counted once)
+    if split["requested"] and not split["kv_cache_explicit"]:  # the share holds what vLLM allocated (aliases once)
         assert split["kv_cache_allocated"] <= split["requested"]
+    # an unset share sizes the KV cache (cpu_memory.kv_cache_bytes); vLLM CPU 0.23 on allocates that, 0.18 ignores it
+    explicit = engine.llm_kwargs["kv_cache_memory_bytes"]
+    assert explicit == cpu_memory.MIN_KV_BYTES
+    if engine_args._release(engine.vllm_version) >= (0, 23):
+        assert split["kv_cache_explicit"] and split["kv_cache_budget"] == explicit
+        assert explicit * 0.9 <= split["kv_cache_allocated"] <= explicit
 
 
 # -- destructive: keep these last ------------------------------------------------------------------------------

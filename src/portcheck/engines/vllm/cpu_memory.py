@@ -7,7 +7,11 @@ sequence. Measured with vLLM CPU 0.32 (its log): the tiny model 0.93 GiB non-KV;
 Qwen3.5-0.8B's text shape (1.40 GiB of bf16 weights, 248,320-token vocabulary) 3.47 GiB at max_model_len 4,096 and
 3.78 GiB at 262,144, i.e. about 1 GiB of runtime plus twice the weights (the weights and the warm-up's activations,
 which the full vocabulary makes as large again). KV per token: 2 (K, V) x KV heads x head dim x dtype bytes per
-full-attention layer (12,288 B at the real shape; vLLM's own count there: 3.28 GiB for 284,359 tokens, 12.1 KB)."""
+full-attention layer (12,288 B at the real shape; vLLM's own count there: 3.28 GiB for 284,359 tokens, 12.1 KB).
+
+An unset share also sizes the KV cache explicitly (kv_cache_bytes) where the share would reserve more than the
+engine can use: vLLM allocates and zeroes the whole budget at each start (the tiny model's 6 GiB: vLLM's engine init
+5.6-6.9 s here; 512 MiB: 0.06-0.13 s) and its scheduler never holds more than max_num_seqs sequences."""
 
 from __future__ import annotations
 
@@ -24,6 +28,11 @@ WEIGHT_FACTOR = 2.0  # weights + the warm-up's activations, ~ as large again at 
 AUTO_MARGIN = 1.1  # what an unset share is sized with, over the estimate
 DEFAULT_SHARE = 0.3  # the share that starts the embedded and the real shape on a 24 GiB host (measured)
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+SSM_STATE_BYTES = 4  # vLLM CPU's GDN backend holds the recurrent state in fp32 (tests/test_vllm_engine.py reads it)
+CPU_MAX_NUM_SEQS = 256  # vLLM's max_num_seqs default on cpu for the offline engine (the server's: 128)
+# vLLM pads the GDN state pages to the attention page size (by 86.9% at the tiny shape, its log): 2 x the estimate.
+KV_PAGE_FACTOR = 2.0
+MIN_KV_BYTES = 512 * 1024**2  # a floor: the tiny model's estimate is ~0.3 GiB and vLLM rounds blocks up
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,12 @@ class CpuMemoryNeed:
     weight_bytes: int
     kv_bytes_per_token: int
     max_model_len: int
+    state_bytes_per_sequence: int = 0  # the linear-attention (GDN) layers' recurrent and conv state
+
+    def kv_bytes_for(self, sequences: int) -> int:
+        """The KV cache `sequences` sequences of max_model_len need, vLLM's page padding included (estimate)."""
+        per_sequence = self.kv_bytes_per_token * self.max_model_len + self.state_bytes_per_sequence
+        return int(KV_PAGE_FACTOR * sequences * per_sequence)
 
     @property
     def non_kv_bytes(self) -> int:
@@ -68,7 +83,18 @@ def memory_need(model_dir: str | Path, dtype: str, max_model_len: int | None) ->
         weight_bytes=int(stored * DTYPE_BYTES.get(dtype, 2) / 2),
         kv_bytes_per_token=full * 2 * heads * head_dim * DTYPE_BYTES.get(dtype, 2),
         max_model_len=int(max_model_len or text.get("max_position_embeddings") or 0),
+        state_bytes_per_sequence=_state_bytes(text, layer_types, DTYPE_BYTES.get(dtype, 2)),
     )
+
+
+def _state_bytes(text: dict, layer_types: list[str], dtype_bytes: int) -> int:
+    """One sequence's Gated DeltaNet state over the linear-attention layers: the recurrent state (value heads x key
+    dim x value dim, fp32) and the short convolution's (q, k and v channels x kernel - 1, model dtype)."""
+    key_heads, value_heads = text.get("linear_num_key_heads") or 0, text.get("linear_num_value_heads") or 0
+    key_dim, value_dim = text.get("linear_key_head_dim") or 0, text.get("linear_value_head_dim") or 0
+    recurrent = value_heads * key_dim * value_dim * SSM_STATE_BYTES
+    conv = (2 * key_heads * key_dim + value_heads * value_dim) * max((text.get("linear_conv_kernel_dim") or 1) - 1, 0)
+    return sum(kind == "linear_attention" for kind in layer_types) * (recurrent + conv * dtype_bytes)
 
 
 def host_memory() -> tuple[int, int]:
@@ -112,3 +138,13 @@ def cpu_memory_share(need: CpuMemoryNeed | None, configured: float | None, total
             + ", or free memory (other engines running?)"
         )
     return share
+
+
+def kv_cache_bytes(need: CpuMemoryNeed | None, share: float, total: int, max_num_seqs: int | None) -> int | None:
+    """An explicit KV cache for an unset share: what max_num_seqs sequences of max_model_len need (at least
+    MIN_KV_BYTES), where that is less than the share leaves after the engine's other memory; None otherwise, and
+    vLLM sizes the KV cache from the share (the real shape at the default settings)."""
+    if need is None:
+        return None
+    wanted = max(MIN_KV_BYTES, need.kv_bytes_for(max_num_seqs or CPU_MAX_NUM_SEQS))
+    return wanted if wanted < share * total - need.non_kv_bytes else None

@@ -57,8 +57,12 @@ def engine_arguments(target, model_dir: str | Path, settings: EngineSettings) ->
     }
     if target.device == "cpu":  # refused here, before an engine or server starts, when it cannot hold the model
         need = cpu_memory.memory_need(model_dir, target.dtype, settings.max_model_len)
-        optional["gpu_memory_utilization"] = cpu_memory.cpu_memory_share(
-            need, settings.gpu_memory_utilization, *cpu_memory.host_memory(), target=target.name)
+        total, available = cpu_memory.host_memory()
+        share = cpu_memory.cpu_memory_share(need, settings.gpu_memory_utilization, total, available,
+                                            target=target.name)
+        optional["gpu_memory_utilization"] = share
+        if settings.gpu_memory_utilization is None:  # a configured share is the user's sizing, left to vLLM
+            optional["kv_cache_memory_bytes"] = cpu_memory.kv_cache_bytes(need, share, total, settings.max_num_seqs)
     arguments.update({k: v for k, v in optional.items() if v is not None})
     arguments.update(settings.extra.get("vllm_kwargs") or {})
     return arguments

@@ -124,8 +124,9 @@ def memory_split(worker) -> dict:
     weights (model_runner.model_memory_usage, every line and vllm-ascend), peak activation during profiling
     (peak_activation_memory: vLLM 0.18-0.32, vllm-ascend 0.23), non-torch memory (non_torch_memory: vLLM 0.18/0.23,
     vllm-ascend 0.23; vLLM 0.32 keeps total_consumed = weights + non-torch only), the KV cache budget
-    (available_kv_cache_memory_bytes) and what was allocated (model_runner.kv_caches' storages, each counted once:
-    vLLM 0.32's KVCacheTensor entries alias one backing allocation, so their sizes overcount), the reservation
+    (available_kv_cache_memory_bytes, else kv_cache_memory_bytes where set) and what was allocated
+    (model_runner.kv_caches' storages, each counted once: vLLM 0.32's KVCacheTensor entries alias one backing
+    allocation, so their sizes overcount), the reservation
     (requested_memory; requested_cpu_memory on CPU) and the device's total."""
     runner = getattr(worker, "model_runner", None)
     weights = _number(getattr(runner, "model_memory_usage", None))
@@ -136,14 +137,27 @@ def memory_split(worker) -> dict:
         non_torch, non_torch_source = consumed - weights, "total_consumed - model_memory_usage"
     allocated = _storage_bytes(getattr(runner, "kv_caches", None))
     snapshot = getattr(worker, "init_snapshot", None)
+    cache = getattr(worker, "cache_config", None)
+    # vLLM CPU 0.18 sizes its KV cache from cpu_kvcache_space_bytes alone (VLLM_CPU_KVCACHE_SPACE, else half the
+    # host's RAM), whatever kv_cache_memory_bytes says; 0.23 and 0.32 honour kv_cache_memory_bytes
+    cpu_space = _number(getattr(cache, "cpu_kvcache_space_bytes", None))
+    explicit_kv = None if cpu_space is not None else _number(getattr(cache, "kv_cache_memory_bytes", None))
+    budget, budget_source = _number(getattr(worker, "available_kv_cache_memory_bytes", None)), None
+    if budget is not None:
+        budget_source = "available_kv_cache_memory_bytes"
+    elif cpu_space is not None or explicit_kv is not None:  # the CPU workers keep no available_kv_cache_memory_bytes
+        budget = cpu_space if cpu_space is not None else explicit_kv
+        budget_source = "cpu_kvcache_space_bytes" if cpu_space is not None else "kv_cache_memory_bytes"
     return {
         "weights": weights,
         "peak_activation": _number(getattr(worker, "peak_activation_memory", None)),
         "non_torch": non_torch,
         "non_torch_source": non_torch_source if non_torch is not None else None,
-        "kv_cache_budget": _number(getattr(worker, "available_kv_cache_memory_bytes", None)),
+        "kv_cache_budget": budget,
+        "kv_cache_budget_source": budget_source,
         "kv_cache_allocated": allocated,
         "requested": _number(getattr(worker, "requested_memory", None) or getattr(worker, "requested_cpu_memory", None)),
+        "kv_cache_explicit": explicit_kv is not None,  # kv_cache_memory_bytes, not the share, sized the KV cache
         "device_total": _number(getattr(snapshot, "total_memory", None)),
     }
 

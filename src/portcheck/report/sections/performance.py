@@ -209,7 +209,7 @@ SPLIT_ROWS = (
     ("weights", "… model weights", "vLLM: model_runner.model_memory_usage"),
     ("peak_activation", "… peak activation (profiling)", "vLLM: peak_activation_memory"),
     ("non_torch", "… non-torch memory", None),
-    ("kv_cache_budget", "… KV cache budget", "vLLM: available_kv_cache_memory_bytes"),
+    ("kv_cache_budget", "… KV cache budget", None),
     ("kv_cache_allocated", "… KV cache allocated", "vLLM: model_runner.kv_caches (distinct storages)"),
     ("requested", "… reserved share", "vLLM: total x gpu_memory_utilization"),
     ("device_total", "… device memory", "vLLM: init_snapshot.total_memory"),
@@ -222,8 +222,17 @@ def _memory_split_rows(split: dict) -> list[list]:
     if not any(split.get(key) is not None for key, _, _ in SPLIT_ROWS):
         return []
     return [[label, byte_size(split.get(key)) if split.get(key) is not None else UNKNOWN,
-             source or f"vLLM: {split.get('non_torch_source') or 'not kept by this vLLM'}"]
-            for key, label, source in SPLIT_ROWS]
+             _split_source(split, key, source)] for key, label, source in SPLIT_ROWS]
+
+
+def _split_source(split: dict, key: str, source: str | None) -> str:
+    """A split row's source: non-torch memory names the figure it came from; the reserved share says when an
+    explicit size (kv_cache_memory_bytes) sized the KV cache instead of it."""
+    if key == "requested" and split.get("kv_cache_explicit"):
+        return f"{source}; not what sized the KV cache: kv_cache_memory_bytes did"
+    if key == "kv_cache_budget":  # an artifact from before kv_cache_budget_source read the first
+        return f"vLLM: {split.get('kv_cache_budget_source') or 'available_kv_cache_memory_bytes'}"
+    return source or f"vLLM: {split.get('non_torch_source') or 'not kept by this vLLM'}"
 
 
 # ---------------------------------------------------------------- serving (serve.json: benchmarks/serving.py)
