@@ -52,6 +52,8 @@ from portcheck.workflow.snakemake_overheads import remove_overheads  # noqa: E40
 
 # Snakemake's pandas import in its params check, and its wait of up to 1 s before exiting a run that started jobs.
 remove_overheads()
+# The (config, schema) pairs the schema passed, by hash: a rerun on the same config skips importing jsonschema.
+VALID_CONFIGS = Path(".snakemake") / "portcheck" / "valid-configs"
 
 
 def _config_file_targets():
@@ -74,6 +76,7 @@ try:
         config,
         load_schema(Path(workflow.basedir) / "config" / "schema.yaml"),
         base_dir=workflow.basedir,
+        valid_cache=VALID_CONFIGS,
     )
 except PortcheckError as error:
     raise WorkflowError(str(error))

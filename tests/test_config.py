@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from conftest import ROOT, copy_workflow, default_config, problems_of, snakemake
 from portcheck.config import engine_settings, enabled_targets, load_schema, validate_config
+from portcheck.errors import PortcheckError
 
 SCHEMA = load_schema(ROOT / "config" / "schema.yaml")
 
@@ -86,3 +88,38 @@ def test_snakemake_refuses_bad_config_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "compare.tie_tolerance must be of type number, got 'small'" in result.stdout + result.stderr
     assert not (workdir / "results").exists() and not (workdir / "resources").exists()
+
+
+def test_a_config_the_schema_passed_passes_again_without_jsonschema(tmp_path, monkeypatch):
+    """A no-op rerun validates the same (config, schema) pair: its pass is remembered by hash, and the same config
+    comes back, defaults filled, with jsonschema unimportable; an edited config is checked by jsonschema again."""
+    import sys
+
+    cache = tmp_path / "valid-configs"
+    config = default_config()
+    first = validate_config(config, SCHEMA, ROOT, valid_cache=cache)
+    assert len(list(cache.iterdir())) == 1
+    monkeypatch.setitem(sys.modules, "jsonschema", None)  # any import of it now raises ImportError
+    assert validate_config(config, SCHEMA, ROOT, valid_cache=cache) == first
+    config["logits"]["greedy_tokens"] = 9
+    with pytest.raises(ImportError):
+        validate_config(config, SCHEMA, ROOT, valid_cache=cache)
+
+
+def test_a_config_the_schema_refuses_is_never_remembered(tmp_path):
+    cache = tmp_path / "valid-configs"
+    config = default_config()
+    config["logits"]["greedy_tokens"] = "eight"
+    for _ in range(2):  # refused the same way each time, with jsonschema's own description
+        with pytest.raises(PortcheckError, match="config key logits.greedy_tokens must be of type integer"):
+            validate_config(config, SCHEMA, ROOT, valid_cache=cache)
+    assert not cache.exists()
+    # the files on disk are checked every time: a pass of the schema does not pass a missing local model
+    config = default_config()
+    config["model"].update(source="local", path=str(tmp_path / "nowhere"))
+    messages = []
+    for _ in range(2):
+        with pytest.raises(PortcheckError, match="nowhere") as refused:
+            validate_config(config, SCHEMA, ROOT, valid_cache=cache)
+        messages.append(str(refused.value))
+    assert messages[0] == messages[1] and len(list(cache.iterdir())) == 1
