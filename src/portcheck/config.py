@@ -112,7 +112,7 @@ def override_problems(overrides: dict, defined_targets, source: str = "--config"
 
 def schema_problems(config: dict, schema: dict, valid_cache: str | Path | None = None) -> list[str]:
     """What the JSON schema finds wrong with `config`. A pair that passed is remembered in `valid_cache` by the
-    SHA-256 of both: the same pair passes again without importing jsonschema (~60 ms of a ~1 s no-op run). Only
+    SHA-256 of both: the same pair passes again without importing jsonschema (~30 ms of a 1.1 s no-op run). Only
     passes are kept, so a problem is always described by jsonschema itself; defaults and the checks against files
     on disk (_semantic_problems) run every time."""
     marker = None

@@ -226,8 +226,8 @@ def _memory_split_rows(split: dict) -> list[list]:
 
 
 def _split_source(split: dict, key: str, source: str | None) -> str:
-    """A split row's source: non-torch memory names the figure it came from; the reserved share says when an
-    explicit size (kv_cache_memory_bytes) sized the KV cache instead of it."""
+    """A split row's source: non-torch memory and the KV cache budget name the figure they came from; the reserved
+    share says when an explicit size (kv_cache_memory_bytes) sized the KV cache instead of it."""
     if key == "requested" and split.get("kv_cache_explicit"):
         return f"{source}; not what sized the KV cache: kv_cache_memory_bytes did"
     if key == "kv_cache_budget":  # an artifact from before kv_cache_budget_source read the first
