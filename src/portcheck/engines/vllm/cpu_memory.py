@@ -79,11 +79,12 @@ def memory_need(model_dir: str | Path, dtype: str, max_model_len: int | None) ->
     head_dim = text.get("head_dim") or text.get("hidden_size", 0) // max(text.get("num_attention_heads") or 1, 1)
     full = sum(kind == "full_attention" for kind in layer_types)
     stored = sum(f.stat().st_size for f in files)  # a bf16 checkpoint: the engine's dtype scales it
+    dtype_bytes = DTYPE_BYTES.get(dtype, 2)
     return CpuMemoryNeed(
-        weight_bytes=int(stored * DTYPE_BYTES.get(dtype, 2) / 2),
-        kv_bytes_per_token=full * 2 * heads * head_dim * DTYPE_BYTES.get(dtype, 2),
+        weight_bytes=int(stored * dtype_bytes / 2),
+        kv_bytes_per_token=full * 2 * heads * head_dim * dtype_bytes,
         max_model_len=int(max_model_len or text.get("max_position_embeddings") or 0),
-        state_bytes_per_sequence=_state_bytes(text, layer_types, DTYPE_BYTES.get(dtype, 2)),
+        state_bytes_per_sequence=_state_bytes(text, layer_types, dtype_bytes),
     )
 
 

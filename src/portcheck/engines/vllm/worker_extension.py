@@ -142,12 +142,11 @@ def memory_split(worker) -> dict:
     # host's RAM), whatever kv_cache_memory_bytes says; 0.23 and 0.32 honour kv_cache_memory_bytes
     cpu_space = _number(getattr(cache, "cpu_kvcache_space_bytes", None))
     explicit_kv = None if cpu_space is not None else _number(getattr(cache, "kv_cache_memory_bytes", None))
-    budget, budget_source = _number(getattr(worker, "available_kv_cache_memory_bytes", None)), None
-    if budget is not None:
-        budget_source = "available_kv_cache_memory_bytes"
-    elif cpu_space is not None or explicit_kv is not None:  # the CPU workers keep no available_kv_cache_memory_bytes
-        budget = cpu_space if cpu_space is not None else explicit_kv
-        budget_source = "cpu_kvcache_space_bytes" if cpu_space is not None else "kv_cache_memory_bytes"
+    # the budget: the first figure this vLLM keeps (the CPU workers keep no available_kv_cache_memory_bytes)
+    budget_source, budget = next(((name, value) for name, value in (
+        ("available_kv_cache_memory_bytes", _number(getattr(worker, "available_kv_cache_memory_bytes", None))),
+        ("cpu_kvcache_space_bytes", cpu_space), ("kv_cache_memory_bytes", explicit_kv)) if value is not None),
+        (None, None))
     return {
         "weights": weights,
         "peak_activation": _number(getattr(worker, "peak_activation_memory", None)),
