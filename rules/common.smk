@@ -206,6 +206,11 @@ def corpus_floor(wildcards):
     return floor_input("corpus", wildcards)
 
 
+def decode_floor(wildcards):
+    """compare_decode's bf16 floor: the floor target's engine on this target's decoded tokens (score_decode_floor)."""
+    return {} if no_floor(wildcards) else {"floor": target_file("decode_floor", wildcards.target)}
+
+
 def floor_input(kind, wildcards):
     if no_floor(wildcards):
         return {}
@@ -388,6 +393,11 @@ def reference_decode_sources(wildcards):
     return package_sources("dump.decode_reference", exclude=engines_other_than(REFERENCE))
 
 
+def floor_decode_sources(wildcards):
+    """The bf16 floor's scoring of decoded tokens with the floor target's one engine."""
+    return package_sources("dump.decode_reference", exclude=engines_other_than(FLOOR_TARGET))
+
+
 def context_sources(wildcards):
     """The reference's context-dependence measurement with the reference's one engine."""
     return package_sources("model.context", exclude=engines_other_than(REFERENCE))
@@ -442,6 +452,15 @@ def serving_first(wildcards):
 # score_decode / score_mode run the reference's engine: in the reference's environment, with its versions.
 REFERENCE_PYTHON_ENV = python_env_dir(REFERENCE)
 REFERENCE_STACK = result_versions(REFERENCE, environment=REFERENCE_PYTHON_ENV)
+# score_decode_floor runs the bf16 floor's engine (FLOOR_TARGET) the same way.
+FLOOR_DEVICE = parse_target(FLOOR_TARGET).device
+FLOOR_PYTHON_ENV = python_env_dir(FLOOR_TARGET) if FLOOR_TARGET in TARGETS else None
+FLOOR_STACK = result_versions(FLOOR_TARGET, environment=FLOOR_PYTHON_ENV) if FLOOR_TARGET in TARGETS else {}
+FLOOR_SETTINGS = vars(engine_settings(config, FLOOR_TARGET)) if FLOOR_TARGET in TARGETS else {}
+
+
+def floor_threads(wildcards):
+    return config["targets"][FLOOR_TARGET]["threads"] or workflow.cores
 
 
 # Every artifact the report reads, by render_report's input names (rules/report.smk).

@@ -41,6 +41,7 @@ rule compare_corpus:
 
 rule compare_decode:
     input:
+        unpack(decode_floor),
         reference=target_file("decode_reference"),
         target=target_file("decode"),
         # The same target's prefill precision, for the decode-vs-prefill check.
@@ -54,6 +55,7 @@ rule compare_decode:
         thresholds=config["compare"]["thresholds"],
         tie_tolerance=config["compare"]["tie_tolerance"],
         positions=config["compare"]["positions"],
+        no_floor=no_floor,
     script:
         "../workflow/scripts/compare_decode.py"
 

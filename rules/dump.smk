@@ -2,7 +2,7 @@
 # the determinism test, the generation samples, the long-context corpus windows and the greedy decode with every
 # step's distribution, and measures the target's offline benchmarks for rule run_benchmarks (HANDOFF; that code is
 # not an input here: the record's request names its digest, and the dump does not depend on it); score_decode
-# then has the reference's engine score each target's decoded tokens.
+# then has the reference's engine score each target's decoded tokens, score_decode_floor the bf16 floor's.
 
 
 rule dump_logits:
@@ -72,6 +72,29 @@ rule score_decode:
         python_env=REFERENCE_PYTHON_ENV,
     script:
         "../workflow/scripts/score_decode.py"
+
+
+# The bf16 floor's engine (FLOOR_TARGET) scores the same decoded tokens: compare_decode's decode-vs-floor check.
+use rule score_decode as score_decode_floor with:
+    input:
+        model=model_dir(),
+        decode=target_file("decode"),
+        code=floor_decode_sources,
+    output:
+        target_file("decode_floor"),
+    log:
+        main=f"logs/{MODEL}/score_decode_floor/{{target}}.log",
+        engine=f"logs/{MODEL}/score_decode_floor/{{target}}.engine.log",
+    threads: floor_threads
+    resources:
+        gpu=int(FLOOR_DEVICE == "gpu"),
+        npu=int(FLOOR_DEVICE == "npu"),
+    params:
+        reference=FLOOR_TARGET,
+        settings=FLOOR_SETTINGS,
+        storage=STORAGE,
+        stack=FLOOR_STACK,
+        python_env=FLOOR_PYTHON_ENV,
 
 
 # How much the model needs far context: the reference's loss with the whole corpus window against the last 64

@@ -29,6 +29,22 @@ def test_the_plan_runs_every_class_at_two_magnitudes_or_the_larger():
     assert clean == 2 and short == [f"{name}:{sizes[-1]:g}" for name, sizes in calibrate.MAGNITUDES.items()]
 
 
+def test_a_detection_row_names_the_checks_that_failed_and_those_left_inconclusive():
+    checks = {check: {"status": "pass"} for check in calibrate.CHECKS}
+    run = {"fault": "state_decay:1", "floor_multiple": {"corpus": 1.0, "decode": None, "chunked": 2.6, "batch": 1.2},
+           "layers": {"first_over": None}, "checks": {**checks, "chunked vs floor": {"status": "inconclusive"}}}
+    row = calibrate.detection([run])[0]
+    assert (row["caught"], row["caught_by"], row["inconclusive_on"]) == (False, [], ["chunked vs floor"])
+    assert not row["should_be_caught"] and row["largest_floor_multiple"] == 2.6  # under 3x the floor
+    record = {"detection": [row], "false_failures": {}}
+    assert "| `state_decay:1` | 1.0x, -, 2.6x, 1.2x | not caught (inconclusive: chunked vs floor) | - |" in \
+        calibrate.table(record)
+    run["checks"]["decode vs floor"] = {"status": "fail"}
+    row = calibrate.detection([run])[0]
+    assert row["caught_by"] == ["decode vs floor"] and "| decode vs floor | - |" in calibrate.table({**record,
+                                                                                                    "detection": [row]})
+
+
 def test_the_shipped_record_covers_every_class_and_ten_clean_runs():
     record = shipped()
     assert {row["fault"] for row in record["detection"]} == set(calibrate.plan(short=False)[0])

@@ -290,6 +290,10 @@ def faulty_runs(tiny_model_dir, tmp_path_factory):
         paths["decode_reference"] = out / name / "decode_reference.safetensors"
         score_decode("cpu-hf-fp32", tiny_model_dir, EngineSettings(threads=1), paths["decode"],
                      paths["decode_reference"])
+        if name == "bf16":  # the bf16 floor's scores of its own decoded tokens (rule score_decode_floor)
+            paths["decode_floor"] = out / name / "decode_floor.safetensors"
+            score_decode("cpu-hf-bf16", tiny_model_dir, EngineSettings(threads=1), paths["decode"],
+                         paths["decode_floor"])
         runs[name] = paths
     return runs
 
@@ -377,6 +381,37 @@ def test_decode_vs_prefill_catches_a_decode_only_error_on_a_bf16_floor(faulty_ru
                                   tmp_path / "corpus.json")
     assert result["decode_vs_prefill"]["status"] == "fail" and result["decode_vs_prefill"]["ratio"] > 3
     assert result["growth"]["status"] != "fail" and result["verdict"]["status"] == "fail"
+
+
+def test_decode_vs_floor_catches_a_decode_error_a_few_times_the_bf16_floor(faulty_runs, tmp_path):
+    """The bf16 decode path against the bf16 floor's teacher-forced scores of the same tokens (paired by decode
+    prompt): clean, about 1x, passes; its error doubled (KLD ~4x, far under every pooled threshold) fails; without a
+    floor the check is not run and says why."""
+    from portcheck.atomic import write_json
+    from portcheck.compare.positions import compare_decode_files
+
+    runs = faulty_runs
+    corpus = compare_corpus_files(runs["reference"]["corpus"], runs["bf16"]["corpus"], THRESHOLDS, 0.04, CHUNKS)
+    write_json(tmp_path / "corpus.json", corpus)
+    decode, positions = runs["bf16"], {**CHUNKS, "floor_max": 2.0}
+
+    def compared(target, **floor):
+        return compare_decode_files(decode["decode_reference"], target, THRESHOLDS, 0.04, positions,
+                                    tmp_path / "corpus.json", **floor)
+
+    clean = compared(decode["decode"], floor_path=decode["decode_floor"])
+    print("clean", clean["vs_floor"]["reason"])
+    assert clean["vs_floor"]["status"] == "pass" and clean["vs_floor"]["units"] == {"compared": 3, "base": 3}
+    assert clean["verdict"]["status"] == "pass"
+    worse = amplified(decode["decode_reference"], decode["decode"], 2.0, 0, tmp_path / "worse.safetensors")
+    result = compared(worse, floor_path=decode["decode_floor"])
+    print("doubled", result["vs_floor"]["reason"])
+    assert result["pooled"]["status"] == "pass" and result["overall"]["kld_mean"] < 5e-3
+    assert result["vs_floor"]["status"] == "fail" and result["vs_floor"]["ratio_lower"] > 2.0
+    assert any(r.startswith("vs bf16 floor: KLD of the target is") for r in result["verdict"]["reasons"])
+    alone = compared(worse, no_floor="no floor: cpu-hf-bf16 is disabled")
+    assert alone["vs_floor"] == {"status": "not run", "reason": "no floor: cpu-hf-bf16 is disabled"}
+    assert "vs bf16 floor" not in " ".join(alone["verdict"]["reasons"] + alone["verdict"]["inconclusive"])
 
 
 def test_mode_vs_base_catches_a_worse_mode_on_a_bf16_floor(faulty_runs, tmp_path):

@@ -870,6 +870,9 @@ def test_what_a_pass_is_worth_comes_from_the_calibration_record_or_says_unknown(
                   {"fault": "layer_scale:0.1", "what": "one layer off", "caught_by": [], "caught": False,
                    "should_be_caught": True, "floor_multiple": {"corpus": 4.2, "decode": None, "chunked": 4.21,
                                                                 "batch": 1.8}},
+                  {"fault": "state_decay:1", "what": "state decayed", "caught_by": [], "caught": False,
+                   "inconclusive_on": ["chunked vs floor"], "should_be_caught": False,
+                   "floor_multiple": {"chunked": 2.6}},
                   {"fault": "state_dropped:99", "what": "state ignored", "caught_by": ["chunked", "chunked growth"],
                    "caught": True, "should_be_caught": True, "floor_multiple": {"corpus": 0.9}}],
               "false_failures": {"corpus": {"runs": 10, "failed": 1, "inconclusive": 2}}}
@@ -877,7 +880,8 @@ def test_what_a_pass_is_worth_comes_from_the_calibration_record_or_says_unknown(
     section = power.power_section()
     rows = section["faults"]["rows"]
     assert rows[0] == ["`layer_scale:0.1`", "one layer off", "4.2×", "—", "4.2×", "1.8×", "not caught"]
-    assert rows[1][-1] == "chunked, chunked growth" and rows[1][3] == "—"
+    assert rows[1][-1] == "not caught (inconclusive: chunked vs floor)"
+    assert rows[2][-1] == "chunked, chunked growth" and rows[2][3] == "—"
     assert section["clean"]["rows"] == [["corpus", "1 of 10", "2"]]
     assert section["missed"] == ["layer_scale:0.1"]
     assert "make calibrate, 2026-12-03" in section["faults"]["source"]

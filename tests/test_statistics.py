@@ -75,6 +75,16 @@ def test_below_the_floor_passes():
     assert result["status"] == "pass" and "floor" in result["reason"]
 
 
+def test_a_side_of_means_counts_each_sequence_by_the_log_of_its_mean():
+    """The vs-floor checks' unit: log(mean KLD) per sequence, clipped at the floor; empty sequences left out."""
+    sequences = [np.array([1e-4, 3e-4]), np.array([0.0, 0.0]), np.array([])]
+    means = st.side(sequences, 1e-9, "exact", of_means=True)
+    assert means.log_means == pytest.approx([math.log(2e-4), math.log(1e-9)])
+    logs = st.side(sequences, 1e-9, "exact")
+    assert logs.log_means == pytest.approx([(math.log(1e-4) + math.log(3e-4)) / 2, math.log(1e-9)])
+    assert means.mean == logs.mean == pytest.approx(1e-4)  # 4e-4 over 4 positions
+
+
 # ---------------------------------------------------------------- calibration by simulation
 
 SIMULATIONS = 2000
@@ -140,3 +150,29 @@ def test_positions_as_units_would_fail_too_often():
                          first.std(ddof=1) / math.sqrt(first.size) / first.mean())
         failures += ratio - 1.96 * ratio * rel > 2.0
     assert failures / len(kld) > 0.15
+
+
+def floor_status(target: np.ndarray, floor: np.ndarray, settings: dict = SHIPPED) -> str:
+    """The vs-floor check's outcome (paired, each sequence by the log of its mean KLD) on [sequences, positions]."""
+    clip = settings["growth_floor"]
+    return st.ratio_check(st.side(list(target), clip, "exact", True), st.side(list(floor), clip, "exact", True), True,
+                          settings["floor_max"], clip, settings["confidence"], "target", "floor")["status"]
+
+
+@pytest.mark.parametrize("sequences", [8, 4])
+def test_floor_check_error_rates_paired_on_the_same_tokens(sequences):
+    """The target's KLD is the floor's at the same position times the true ratio times a position's own factor
+    (log-normal, sd 0.7, mean 1: the two engines round differently), on heavy-tailed, autocorrelated floor KLD.
+    8 windows (the corpus) or 4 decode prompts: at a true ratio of floor_max the check fails <= 5% of runs, a
+    healthy 1x passes >= 80%; with 8 units a 3x fault fails >= 80%."""
+    rng = np.random.default_rng(11)
+    floor = simulated_kld(rng, sequences, 128, sdlog=1.5, rho=0.5, window_sd=0.3)
+    own = np.exp(0.7 * rng.standard_normal(floor.shape) - 0.7**2 / 2)
+
+    def share(ratio: float, status: str) -> float:
+        return sum(floor_status(f * own_f * ratio, f) == status for f, own_f in zip(floor, own)) / len(floor)
+
+    assert share(SHIPPED["floor_max"], "fail") <= 0.05
+    assert share(1.0, "pass") >= 0.80
+    if sequences == 8:
+        assert share(3.0, "fail") >= 0.80

@@ -55,13 +55,20 @@ def test_decode_path_is_compared_on_every_engine(workflow_run):
     report = (workflow_run / "reports" / MODEL / "report.md").read_text()
     for target in ("cpu-hf-bf16", "cpu-vllm-bf16"):
         decode = json.loads((results / "compare" / f"{target}.decode.json").read_text())
-        assert decode["overall"]["n_positions"] == 4 * 128 and decode["decode"]["steps"] == 128
+        assert decode["overall"]["n_positions"] == 8 * 128 and decode["decode"]["steps"] == 128
         assert decode["decode_vs_prefill"]["prefill"].endswith(f"{target}.corpus.json")
         assert decode["verdict"]["status"] == "pass" and decode["kld_basis"] in ("exact", "estimate")
         assert f"### {target} vs cpu-hf-fp32, decode steps" in report
     # The reference scored each target's own tokens: the hf bf16 decode is as close as its prefill.
     bf16 = json.loads((results / "compare" / "cpu-hf-bf16.decode.json").read_text())
     assert bf16["decode_vs_prefill"]["status"] == "pass" and bf16["verdict"]["status"] == "pass"
+    assert bf16["vs_floor"] == {"status": "not run", "reason": bf16["vs_floor"]["reason"]}
+    assert "cpu-hf-bf16 is the floor" in bf16["vs_floor"]["reason"]
+    # The bf16 floor's engine scored the vLLM target's tokens too (score_decode_floor): paired by decode prompt.
+    vllm = json.loads((results / "compare" / "cpu-vllm-bf16.decode.json").read_text())
+    assert vllm["vs_floor"]["status"] == "pass" and vllm["vs_floor"]["units"] == {"compared": 8, "base": 8}
+    assert vllm["vs_floor"]["floor"].endswith("cpu-vllm-bf16/decode_floor.safetensors")
+    assert "vs the bf16 floor (cpu-hf-bf16, same decoded tokens)" in report
 
 
 def test_layers_are_compared_where_the_engine_captures_them(workflow_run):
@@ -90,7 +97,7 @@ def test_engine_modes_run_with_proof_and_are_judged_against_the_base(workflow_ru
     assert "forward passes of at most 64 tokens" in chunked["proof"]
     for result in (prefix, chunked):
         assert result["status"] == "pass", result["verdict"]
-        assert result["vs_reference"]["overall"]["n_positions"] == 4 * 128 and result["vs_base"]["sequences"] == 4
+        assert result["vs_reference"]["overall"]["n_positions"] == 8 * 128 and result["vs_base"]["sequences"] == 8
         assert result["base_vs_reference"]["verdict"]["status"] == "pass"
         assert f"| {result['run']} | {result['proof']}" in report.replace("\\_", "_")
     assert "| cpu-vllm-bf16 | target |" in report and "chunked ✅ pass, prefix-cache ✅ pass" in report
@@ -186,9 +193,10 @@ def test_enabling_a_target_runs_only_that_target(rerun_copy):
     set_config(rerun_copy, lambda c: c["targets"].setdefault("cpu-hf-fp16", {}).update(enabled=True))
     assert planned_jobs(rerun_copy) == {
         "capture_env": 1, "dump_logits": 1, "run_benchmarks": 1, "check_benchmarks": 1, "compare_logits": 1,
-        "compare_corpus": 1, "score_decode": 1, "compare_decode": 1, "compare_layers": 1, "plot_kld": 1,
-        "plot_long_context": 1, "plot_layers": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
-        "evaluate_accuracy": 1, "compare_accuracy": 1, "dump_vision": 1, "compare_vision": 1,
+        "compare_corpus": 1, "score_decode": 1, "score_decode_floor": 1, "compare_decode": 1, "compare_layers": 1,
+        "plot_kld": 1, "plot_long_context": 1, "plot_layers": 1, "plot_bench": 1, "render_report": 1,
+        "render_html": 1, "report": 1, "evaluate_accuracy": 1, "compare_accuracy": 1, "dump_vision": 1,
+        "compare_vision": 1,
     }
 
 
@@ -218,9 +226,10 @@ def test_engine_edit_reruns_only_that_engines_targets(rerun_copy, module):
     assert planned_jobs(rerun_copy) == {
         "dump_logits_with_mode_base": 1, "run_benchmarks": 1, "check_benchmarks": 1, "check_serving": 1,
         "compare_logits": 1,
-        "compare_corpus": 1, "score_decode": 1, "compare_decode": 1, "compare_layers": 1, "plot_kld": 1,
-        "plot_long_context": 1, "plot_layers": 1, "plot_bench": 1, "render_report": 1, "render_html": 1, "report": 1,
-        "run_mode": 2, "score_mode": 3, "compare_mode": 2, "plot_serve": 1, "dump_vision": 1, "compare_vision": 1,
+        "compare_corpus": 1, "score_decode": 1, "score_decode_floor": 1, "compare_decode": 1, "compare_layers": 1,
+        "plot_kld": 1, "plot_long_context": 1, "plot_layers": 1, "plot_bench": 1, "render_report": 1,
+        "render_html": 1, "report": 1, "run_mode": 2, "score_mode": 3, "compare_mode": 2, "plot_serve": 1,
+        "dump_vision": 1, "compare_vision": 1,
         # the evaluation follows its serving check, and takes the record that check made on its server (its own
         # server would be made from engine_args, which names the worker extension: the request's code)
         "evaluate_accuracy": 1, "compare_accuracy": 1,

@@ -8,7 +8,7 @@ from portcheck.workflow.script import run_script
 def main(smk):
     p = smk.params
     result = compare_decode_files(smk.input.reference, smk.input.target, dict(p.thresholds), p.tie_tolerance,
-                                  dict(p.positions), smk.input.prefill)
+                                  dict(p.positions), smk.input.prefill, smk.input.get("floor"), p.no_floor or "")
     write_json(smk.output[0], result)
 
 

@@ -58,10 +58,12 @@ def compare_corpus_files(ref_path, tgt_path, thresholds: dict, tie_tolerance: fl
 
 
 def compare_decode_files(ref_path, tgt_path, thresholds: dict, tie_tolerance: float, positions: dict,
-                         prefill_path) -> dict[str, Any]:
+                         prefill_path, floor_path=None, no_floor: str = "") -> dict[str, Any]:
     """The decode steps: the target's decode dump against the reference's teacher-forced scores of the same
     tokens (rule score_decode); rows are decode steps. prefill_path: the same target's prefill comparison
-    (compare/<target>.corpus.json, or the seed prompts' compare/<target>.json) for the decode-vs-prefill check."""
+    (compare/<target>.corpus.json, or the seed prompts' compare/<target>.json) for the decode-vs-prefill check.
+    floor_path: the bf16 floor's teacher-forced scores of the same tokens (rule score_decode_floor) for the
+    decode-vs-floor check (paired by decode prompt); without one, `no_floor` says why it did not run."""
     ref, tgt = read_dump(ref_path), read_dump(tgt_path)
     result = compare_by_position(ref, tgt, thresholds, tie_tolerance, positions)
     decode = tgt.meta.get("decode") or {}
@@ -70,19 +72,26 @@ def compare_decode_files(ref_path, tgt_path, thresholds: dict, tie_tolerance: fl
     prefill_kind = "corpus_compare" if str(prefill_path).endswith(".corpus.json") else "compare"
     result["decode_vs_prefill"] = decode_vs_prefill(result, read_artifact(prefill_path, prefill_kind),
                                                     str(prefill_path), positions)
-    result["verdict"] = position_verdict(result["pooled"], result["growth"], result["nonfinite"],
-                                         {"decode vs prefill": result["decode_vs_prefill"]})
+    ratios = {"decode vs prefill": result["decode_vs_prefill"]}
+    if floor_path is not None:
+        floor = compare_by_position(ref, read_dump(floor_path), thresholds, tie_tolerance, positions)
+        result["vs_floor"] = ratios["vs bf16 floor"] = vs_floor(result, floor, str(floor_path), positions)
+    elif no_floor:
+        result["vs_floor"] = {"status": "not run", "reason": no_floor}
+    result["verdict"] = position_verdict(result["pooled"], result["growth"], result["nonfinite"], ratios)
     return json_ready(result)
 
 
 def vs_floor(target: dict, floor: dict, floor_path: str, positions: dict) -> dict[str, Any]:
-    """The target's KLD against the bf16 floor's on the same windows (paired): bf16 rounding on the reference's
-    own engine is the least any bf16 port adds, and a sound port adds about as much (clean vLLM bf16 on the embedded
-    model: 0.9x); a fault that moves the KLD to a few times the floor is caught here even where it stays under the
-    fixed thresholds, which are set for the real model."""
-    clip = positions["growth_floor"]  # seed-style comparisons (per_prompt rows) clip their logs at it
-    check = st.ratio_check(sequence_side(target, clip), sequence_side(floor, clip), True, positions["floor_max"],
-                           clip, positions.get("confidence", 0.95), "of the target", "the bf16 floor's")
+    """The target's KLD against the bf16 floor's on the same windows or tokens (paired, each sequence by the log of
+    its mean KLD: the floor multiple faults are sized in): bf16 rounding on the reference's own engine is the least
+    any bf16 port adds, and a sound port adds about as much (clean vLLM bf16 on the embedded model: 0.9x on the
+    corpus, 1.2x on the decode path); a fault that moves the KLD to a few times the floor is caught here even where
+    it stays under the fixed thresholds, which are set for the real model."""
+    clip = positions["growth_floor"]
+    check = st.ratio_check(sequence_side(target, clip, True), sequence_side(floor, clip, True), True,
+                           positions["floor_max"], clip, positions.get("confidence", 0.95), "of the target",
+                           "the bf16 floor's")
     return {"floor": floor_path, "kld_floor": check["kld_base"], "kld_target": check["kld_compared"], **check}
 
 
@@ -96,15 +105,17 @@ def decode_vs_prefill(decode: dict, prefill: dict, prefill_path: str, positions:
     return {"prefill": prefill_path, "kld_prefill": check["kld_base"], "kld_decode": check["kld_compared"], **check}
 
 
-def sequence_side(comparison: dict, floor: float | None = None) -> st.Side:
-    """A ratio side from a comparison JSON: a comparison by position carries `sequences` (per-sequence mean log KLD);
-    the seed prompts' comparison carries each prompt's KLD row (per_prompt.kld)."""
+def sequence_side(comparison: dict, floor: float | None = None, of_means: bool = False) -> st.Side:
+    """A ratio side from a comparison JSON: a comparison by position carries `sequences` (per-sequence mean log KLD
+    and mean KLD); the seed prompts' comparison carries each prompt's KLD row (per_prompt.kld). of_means: each
+    sequence by the log of its mean KLD, clipped at floor (statistics.side)."""
+    basis = comparison.get("kld_basis") or "exact"
     if "sequences" in comparison:
         s = comparison["sequences"]
-        return st.Side(list(s["log_kld_mean"]), (comparison.get("overall") or {}).get("kld_mean"),
-                       comparison.get("kld_basis") or "exact")
+        logs = [float(st.log_kld(v, floor)) for v in s["kld_mean"]] if of_means else list(s["log_kld_mean"])
+        return st.Side(logs, (comparison.get("overall") or {}).get("kld_mean"), basis)
     rows = [np.asarray([v for v in p.get("kld") or [] if v is not None]) for p in comparison.get("per_prompt") or []]
-    return st.side(rows, floor, comparison.get("kld_basis") or "exact")
+    return st.side(rows, floor, basis, of_means)
 
 
 def compare_by_position(ref: Dump, tgt: Dump, thresholds: dict, tie_tolerance: float, positions: dict,

@@ -19,6 +19,11 @@ Why this shape (measured and simulated, tests/test_statistics.py):
   (a state lost at chunk starts on a model that forgets fast) moves the arithmetic mean far more (measured: a
   chunked-prefill fault 2.0x in mean log, 126x in mean KLD); the pooled thresholds (kld_mean_max, kld_p99_max) and
   the worst bucket judge that, and the ratio tables show both sides' mean KLD beside the ratio.
+- The checks against the bf16 floor count each sequence by the log of its mean KLD instead (`of_means`): both
+  sides score the same tokens, so a spike of the target's is mostly the floor's spike at the same position and the
+  paired difference stays close to normal, and the floor multiple a fault is sized in (make calibrate) is a ratio of
+  mean KLDs, which the mean log understates (a 3.0x decode fault reads 2.1x in mean log). Resampling the embedded
+  model's 80 clean corpus windows at a true ratio of floor_max: 5.3% false failures at 8 windows, as for the mean log.
 """
 
 from __future__ import annotations
@@ -48,11 +53,13 @@ def log_kld(kld: np.ndarray, floor: float) -> np.ndarray:
     return np.log(np.maximum(np.asarray(kld, dtype=np.float64), floor))
 
 
-def side(sequences: list[np.ndarray], floor: float, basis: str) -> Side:
-    """A Side from each sequence's KLD values (NaN-free); sequences with no positions are left out."""
+def side(sequences: list[np.ndarray], floor: float, basis: str, of_means: bool = False) -> Side:
+    """A Side from each sequence's KLD values (NaN-free); sequences with no positions are left out. of_means: each
+    sequence counts by the log of its mean KLD instead of its mean log KLD (the vs-floor checks)."""
     kept = [np.asarray(s, dtype=np.float64) for s in sequences if len(s)]
     every = np.concatenate(kept) if kept else np.zeros(0)
-    return Side([float(log_kld(s, floor).mean()) for s in kept], float(every.mean()) if every.size else None, basis)
+    logs = [log_kld(s.mean(), floor) if of_means else log_kld(s, floor).mean() for s in kept]
+    return Side([float(v) for v in logs], float(every.mean()) if every.size else None, basis)
 
 
 def ratio_check(grown: Side, base: Side, paired: bool, growth_max: float, floor: float, confidence: float,
@@ -138,6 +145,7 @@ def binomial_lower_tail(k: int, n: int, p: float) -> float:
     return min(1.0, sum(math.exp(t) for t in terms))
 
 
+@lru_cache(maxsize=1024)
 def t_quantile(p: float, df: float) -> float:
     """Student t quantile for p >= 0.5 (no scipy here): bisection on the CDF, integrated with Simpson's rule."""
     low, high = 0.0, 1.0

@@ -2,10 +2,10 @@
 (other corpus windows, other decode prompts) on the target cpu-vllm-bf16, against the hf fp32 reference, with the
 bf16 floor (cpu-hf-bf16) as the unit: which checks fail, and the clean runs' false failures per check.
 
-The checks are the report's own functions on the report's default settings: the corpus (pooled + growth), the
-decode steps (pooled + growth + decode vs prefill), the chunked-prefill mode (pooled + growth + vs base) and the
-batch mode (pooled + vs base). Faults are switched inside two running engines (base and chunked) through the
-worker's portcheck_set_fault, so the whole table costs two engine starts.
+The checks are the report's own functions on the report's default settings: the corpus (pooled + growth + vs
+floor), the decode steps (pooled + growth + decode vs prefill + vs floor), the chunked-prefill mode (pooled + growth
++ vs floor + vs base) and the batch mode (pooled + vs base). Faults are switched inside two running engines (base
+and chunked) through the worker's portcheck_set_fault, so the whole table costs two engine starts.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ NOT_CALIBRATED = {"mtp_noise": "acts in the MTP drafter, which the calibration's
                                   "(tests/test_vision.py measures its catch)"}
 CLEAN_RUNS = 10
 LAYERS = "layers over the floor (localises; not in the verdict)"
-CHECKS = ("corpus", "corpus growth", "corpus vs floor", "decode", "decode growth", "decode vs prefill", "chunked",
-          "chunked growth", "chunked vs floor", "chunked vs base", "batch", "batch vs base")
+CHECKS = ("corpus", "corpus growth", "corpus vs floor", "decode", "decode growth", "decode vs prefill",
+          "decode vs floor", "chunked", "chunked growth", "chunked vs floor", "chunked vs base", "batch",
+          "batch vs base")
 
 
 def plan(short: bool) -> tuple[list[str], int]:
@@ -197,7 +198,7 @@ class Calibration:
         corpus = self._compare_corpus(k, self.out / f"{name}.corpus.safetensors", floor=True)
         corpus_json = self.out / f"{name}.corpus.json"
         corpus_json.write_text(json.dumps(corpus), encoding="utf-8")
-        decode = self._compare_decode(name, "decode", corpus_json)
+        decode = self._compare_decode(name, "decode", corpus_json, floor=True)
         batch = self._compare_decode(name, "batch", corpus_json)
         chunked = self._compare_corpus(k, self.out / f"{name}.chunked.safetensors", floor=True)
         layers = compare_layers_files(self.out / f"{REFERENCE}.{k}.layers.safetensors",
@@ -206,7 +207,7 @@ class Calibration:
         results = {
             "corpus": corpus["pooled"], "corpus growth": corpus["growth"], "corpus vs floor": corpus["vs_floor"],
             "decode": decode["pooled"], "decode growth": decode["growth"],
-            "decode vs prefill": decode["decode_vs_prefill"],
+            "decode vs prefill": decode["decode_vs_prefill"], "decode vs floor": decode["vs_floor"],
             "chunked": chunked["pooled"], "chunked growth": chunked["growth"], "chunked vs floor": chunked["vs_floor"],
             "chunked vs base": mode_vs_base(chunked, corpus, self.positions),
             "batch": batch["pooled"], "batch vs base": mode_vs_base(batch, decode, self.positions),
@@ -224,21 +225,21 @@ class Calibration:
         }
 
     def _floor_kld(self, name: str, kind: str) -> float | None:
-        """The bf16 floor's mean KLD on the tokens this run decoded (cpu-hf-bf16 teacher-forced)."""
-        path = self.out / f"{name}.{kind}.safetensors"
-        floor = self.out / f"{name}.{kind}.floor.safetensors"
-        score_decode(FLOOR_TARGET, self.model_dir, EngineSettings(threads=1), path, floor, self.config.get("logits"))
-        reference = self.out / f"{name}.{kind}.reference.safetensors"
+        """The bf16 floor's mean KLD on the tokens this run decoded (cpu-hf-bf16 teacher-forced, _compare_decode)."""
+        reference, floor = (self.out / f"{name}.{kind}.{side}.safetensors" for side in ("reference", "floor"))
         return compare_corpus_files(reference, floor, {}, self.compare["tie_tolerance"],
                                     self.positions)["overall"]["kld_mean"]
 
-    def _compare_decode(self, name: str, kind: str, prefill_json: Path) -> dict:
+    def _compare_decode(self, name: str, kind: str, prefill_json: Path, floor: bool = False) -> dict:
+        """The run's decoded tokens scored by the reference and by the bf16 floor (score_decode, as the workflow's
+        score_decode and score_decode_floor), compared as compare_decode does (floor: with the vs-floor check)."""
         path = self.out / f"{name}.{kind}.safetensors"
-        reference = self.out / f"{name}.{kind}.reference.safetensors"
-        score_decode(REFERENCE, self.model_dir, EngineSettings(threads=1), path, reference,
-                     self.config.get("logits"))
-        return compare_decode_files(reference, path, self.compare["thresholds"], self.compare["tie_tolerance"],
-                                    self.positions, prefill_json)
+        scored = {target: self.out / f"{name}.{kind}.{side}.safetensors"
+                  for target, side in ((REFERENCE, "reference"), (FLOOR_TARGET, "floor"))}
+        for target, out in scored.items():
+            score_decode(target, self.model_dir, EngineSettings(threads=1), path, out, self.config.get("logits"))
+        return compare_decode_files(scored[REFERENCE], path, self.compare["thresholds"], self.compare["tie_tolerance"],
+                                    self.positions, prefill_json, scored[FLOOR_TARGET] if floor else None)
 
 
 def _outcome(result: dict) -> dict[str, Any]:
@@ -296,15 +297,17 @@ def false_failures(clean: list[dict]) -> dict[str, dict]:
 
 
 def detection(fault_runs: list[dict]) -> list[dict]:
-    """One row per fault run: its size in floor multiples and the checks that failed."""
+    """One row per fault run: its size in floor multiples, the checks that failed and those left inconclusive."""
     rows = []
     for run in fault_runs:
-        failed = [check for check in CHECKS if run["checks"][check]["status"] == "fail"]
+        failed, unsure = ([check for check in CHECKS if run["checks"][check]["status"] == status]
+                          for status in ("fail", "inconclusive"))
         multiples = {kind: value for kind, value in run["floor_multiple"].items() if value is not None}
         rows.append({"fault": run["fault"], "what": faults.CLASSES[faults.parse(run["fault"]).name].what,
                      "layers": run["layers"],
                      "largest_floor_multiple": max(multiples.values()) if multiples else None,
                      "floor_multiple": run["floor_multiple"], "caught_by": failed, "caught": bool(failed),
+                     "inconclusive_on": unsure,
                      "should_be_caught": bool(multiples) and max(multiples.values()) >= 3.0})
     return rows
 
@@ -316,7 +319,7 @@ def table(record: dict) -> str:
     for row in record["detection"]:
         m = row["floor_multiple"]
         sizes = ", ".join("-" if m[k] is None else f"{m[k]:.1f}x" for k in ("corpus", "decode", "chunked", "batch"))
-        lines.append(f"| `{row['fault']}` | {sizes} | {', '.join(row['caught_by']) or 'not caught'} | "
+        lines.append(f"| `{row['fault']}` | {sizes} | {faults.caught_text(row)} | "
                      f"{row['layers']['first_over'] or '-'} |")
     lines += ["", "| check | false failures | inconclusive |", "|---|---|---|"]
     for check, counts in record["false_failures"].items():

@@ -121,3 +121,12 @@ def adaptation_item(injected: bool = True) -> dict:
         return {}
     return {"injected_fault": {"value": str(fault), "status": "failed",
                                "note": f"{ENV} is set: {CLASSES[fault.name].what}; unset it for a real report"}}
+
+
+def caught_text(row: dict) -> str:
+    """A detection row's outcome (make calibrate): the checks that failed, else 'not caught' with the checks the fault
+    left inconclusive, which keep a report on such a port from passing."""
+    if row.get("caught_by"):
+        return ", ".join(row["caught_by"])
+    unsure = ", ".join(row.get("inconclusive_on") or [])
+    return f"not caught (inconclusive: {unsure})" if unsure else "not caught"

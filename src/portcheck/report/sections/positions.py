@@ -10,8 +10,10 @@ from portcheck.report.load import TargetData
 from portcheck.report.sources import cite, every_target, shipped_record
 from portcheck.targets import FLOOR_TARGET
 
-# The comparisons by position: artifact kind -> (what a position is, the config key that turns it off).
-KINDS = {"corpus_compare": ("Positions", "corpus.enabled"), "decode_compare": ("Decode steps", "decode.enabled")}
+# The comparisons by position: artifact kind -> (what a position is, the config key that turns it off, what the
+# bf16 floor scored for the vs-floor check).
+KINDS = {"corpus_compare": ("Positions", "corpus.enabled", "same windows"),
+         "decode_compare": ("Decode steps", "decode.enabled", "same decoded tokens")}
 COLUMNS = ("n", "KLD mean ± stderr", "KLD p99", "× bf16 floor", "Top-1 (ties as agreement)", "RMS Δp", "PPL ref",
            "PPL target", "Against the thresholds")
 # A bucket localises (the verdict rests on all positions pooled and on the ratio checks): its words say so.
@@ -94,7 +96,7 @@ def _target(data: TargetData, kind: str, floor_data: TargetData | None) -> dict:
                      f"{VERDICT_LABEL.get(NOT_RUN, NOT_RUN)}: {floor_check.get('reason', UNKNOWN)}"])
         keys.append("vs_floor")
     elif floor_check:
-        rows.append(_ratio_row(f"vs the bf16 floor ({FLOOR_TARGET}, same windows)", floor_check,
+        rows.append(_ratio_row(f"vs the bf16 floor ({FLOOR_TARGET}, {KINDS[kind][2]})", floor_check,
                                floor_check.get("kld_floor"), floor_check.get("kld_target")))
         keys.append("vs_floor")
     paths = comparison.get("decode_vs_prefill")

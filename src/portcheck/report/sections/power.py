@@ -4,6 +4,7 @@ caught it, and the clean runs' false failures."""
 
 from __future__ import annotations
 
+from portcheck.faults.catalog import caught_text
 from portcheck.report.format import UNKNOWN, table
 from portcheck.report.sources import shipped_record
 
@@ -20,7 +21,7 @@ def power_section() -> dict:
     for row in record.get("detection") or []:
         multiples = row.get("floor_multiple") or {}
         rows.append([f"`{row['fault']}`", row.get("what", UNKNOWN), *(_multiple(multiples.get(k)) for k in KINDS),
-                     ", ".join(row.get("caught_by") or []) or "not caught"])
+                     caught_text(row)])
     clean = [[check, f"{counts['failed']} of {counts['runs']}", str(counts["inconclusive"])]
              for check, counts in (record.get("false_failures") or {}).items()]
     source = f"{path} (make calibrate, {record.get('date', UNKNOWN)}: {record.get('model', UNKNOWN)}, " \
