@@ -72,9 +72,13 @@ def test_the_short_calibration_catches_what_the_shipped_record_says(tiny_model_d
         # host that builds it; vLLM's bf16 kernels use AMX where the CPU has it). Measured on an AMX host (whose
         # record ships now) against the previous record's host: state_dropped:99's chunked vs base 2.09x (bounds
         # 1.95x-2.24x, inconclusive) against 2.16x (2.03x-2.29x, fail), and layer_noise:0.3's batch perplexity
-        # within 1% against 1.12%.
-        assert measured[fault]["caught"] == row["caught"], (fault, measured[fault])
-        assert not row["caught"] or set(row["caught_by"]) & set(measured[fault]["caught_by"]), (fault, measured[fault])
+        # within 1% against 1.12%. So a fault the record misses may fail here only on a check the record found at its
+        # edge (inconclusive: state_decay:1's chunked vs floor, 2.43x with bounds 1.98x-2.97x).
+        caught_by = set(measured[fault]["caught_by"])
+        if row["caught"]:
+            assert caught_by & set(row["caught_by"]), (fault, measured[fault])
+        else:
+            assert caught_by <= set(row.get("inconclusive_on") or []), (fault, measured[fault])
     assert measured["state_dropped:99"]["caught"] and measured["batch_noise:0.1"]["caught"]
     assert all(counts["failed"] == 0 for counts in record["false_failures"].values()), record["false_failures"]
     assert measured["layer_noise:0.3"]["layers"]["first_over"] == "layer 5"  # the fault's layer is named

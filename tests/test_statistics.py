@@ -163,8 +163,8 @@ def floor_status(target: np.ndarray, floor: np.ndarray, settings: dict = SHIPPED
 def test_floor_check_error_rates_paired_on_the_same_tokens(sequences):
     """The target's KLD is the floor's at the same position times the true ratio times a position's own factor
     (log-normal, sd 0.7, mean 1: the two engines round differently), on heavy-tailed, autocorrelated floor KLD.
-    8 windows (the corpus) or 4 decode prompts: at a true ratio of floor_max the check fails <= 5% of runs, a
-    healthy 1x passes >= 80%; with 8 units a 3x fault fails >= 80%."""
+    8 windows (the corpus, the decode prompts) or 4 (the old decode default): at a true ratio of floor_max the check
+    fails <= 5% of runs, a healthy 1x passes >= 80%; with 8 units a 3x fault fails >= 80%."""
     rng = np.random.default_rng(11)
     floor = simulated_kld(rng, sequences, 128, sdlog=1.5, rho=0.5, window_sd=0.3)
     own = np.exp(0.7 * rng.standard_normal(floor.shape) - 0.7**2 / 2)

@@ -1,7 +1,8 @@
 """Sections Long-context precision and Decode-path precision: each target against the reference by bucket of
 positions (corpus windows: compare/<target>.corpus.json; decode steps: compare/<target>.decode.json), the growth of
 KLD past the first bucket (one Gated DeltaNet chunk), and the bf16 noise floor (cpu-hf-bf16's KLD in the same
-bucket) where that target ran."""
+bucket, on its own windows or decode, where that target ran; the vs-floor check's row: on the same windows or the
+target's decoded tokens)."""
 
 from __future__ import annotations
 
