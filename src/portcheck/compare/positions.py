@@ -43,13 +43,11 @@ def compare_corpus_files(ref_path, tgt_path, thresholds: dict, tie_tolerance: fl
     without one, `no_floor` says why it did not run."""
     ref, tgt = read_dump(ref_path), read_dump(tgt_path)
     result = compare_by_position(ref, tgt, thresholds, tie_tolerance, positions, score_from)
-    if floor_path is not None:
-        floor = compare_by_position(ref, read_dump(floor_path), thresholds, tie_tolerance, positions, score_from)
-        result["vs_floor"] = vs_floor(result, floor, str(floor_path), positions)
+    check = floor_check(ref, result, floor_path, no_floor, thresholds, tie_tolerance, positions, score_from)
+    if check:
+        result["vs_floor"] = check
         result["verdict"] = position_verdict(result["pooled"], result["growth"], result["nonfinite"],
-                                             {"vs bf16 floor": result["vs_floor"]})
-    elif no_floor:
-        result["vs_floor"] = {"status": "not run", "reason": no_floor}
+                                             {"vs bf16 floor": check})
     storage = storage or {}
     error = estimator_error(ref, tgt, int(storage.get("compact_topk", 256)), int(storage.get("compact_sample", 128)))
     return json_ready({**result, "corpus": tgt.meta.get("corpus"), "storage": {
@@ -73,13 +71,21 @@ def compare_decode_files(ref_path, tgt_path, thresholds: dict, tie_tolerance: fl
     result["decode_vs_prefill"] = decode_vs_prefill(result, read_artifact(prefill_path, prefill_kind),
                                                     str(prefill_path), positions)
     ratios = {"decode vs prefill": result["decode_vs_prefill"]}
-    if floor_path is not None:
-        floor = compare_by_position(ref, read_dump(floor_path), thresholds, tie_tolerance, positions)
-        result["vs_floor"] = ratios["vs bf16 floor"] = vs_floor(result, floor, str(floor_path), positions)
-    elif no_floor:
-        result["vs_floor"] = {"status": "not run", "reason": no_floor}
+    check = floor_check(ref, result, floor_path, no_floor, thresholds, tie_tolerance, positions)
+    if check:
+        result["vs_floor"] = ratios["vs bf16 floor"] = check
     result["verdict"] = position_verdict(result["pooled"], result["growth"], result["nonfinite"], ratios)
     return json_ready(result)
+
+
+def floor_check(ref: Dump, result: dict, floor_path, no_floor: str, thresholds: dict, tie_tolerance: float,
+                positions: dict, score_from: int = 0) -> dict[str, Any] | None:
+    """The vs-floor check of a comparison by position (`result`) on the floor's dump of the same windows or tokens;
+    without one, "not run" with `no_floor`'s reason (a check the verdict ignores); None where neither is given."""
+    if floor_path is None:
+        return {"status": "not run", "reason": no_floor} if no_floor else None
+    floor = compare_by_position(ref, read_dump(floor_path), thresholds, tie_tolerance, positions, score_from)
+    return vs_floor(result, floor, str(floor_path), positions)
 
 
 def vs_floor(target: dict, floor: dict, floor_path: str, positions: dict) -> dict[str, Any]:

@@ -198,7 +198,7 @@ class Calibration:
         corpus = self._compare_corpus(k, self.out / f"{name}.corpus.safetensors", floor=True)
         corpus_json = self.out / f"{name}.corpus.json"
         corpus_json.write_text(json.dumps(corpus), encoding="utf-8")
-        decode = self._compare_decode(name, "decode", corpus_json, floor=True)
+        decode = self._compare_decode(name, "decode", corpus_json)
         batch = self._compare_decode(name, "batch", corpus_json)
         chunked = self._compare_corpus(k, self.out / f"{name}.chunked.safetensors", floor=True)
         layers = compare_layers_files(self.out / f"{REFERENCE}.{k}.layers.safetensors",
@@ -216,7 +216,8 @@ class Calibration:
         return {
             "kld_mean": {"corpus": corpus["overall"]["kld_mean"], "decode": decode["overall"]["kld_mean"],
                          "chunked": chunked["overall"]["kld_mean"], "batch": batch["overall"]["kld_mean"]},
-            "floor_kld_mean": {"decode": self._floor_kld(name, "decode"), "batch": self._floor_kld(name, "batch")},
+            # the floor's KLD on the tokens each run decoded (batch's vs-floor check is not one of CHECKS)
+            "floor_kld_mean": {"decode": decode["vs_floor"]["kld_floor"], "batch": batch["vs_floor"]["kld_floor"]},
             "checks": {check: _outcome(result) for check, result in results.items()},
             # the per-layer comparison localises; it is not part of the verdict
             "layers": {"over_floor": floor.get("status"), "first_over": (floor.get("first_over") or {}).get("name"),
@@ -224,22 +225,16 @@ class Calibration:
                        "first_divergent": (layers.get("first_divergent") or {}).get("name")},
         }
 
-    def _floor_kld(self, name: str, kind: str) -> float | None:
-        """The bf16 floor's mean KLD on the tokens this run decoded (cpu-hf-bf16 teacher-forced, _compare_decode)."""
-        reference, floor = (self.out / f"{name}.{kind}.{side}.safetensors" for side in ("reference", "floor"))
-        return compare_corpus_files(reference, floor, {}, self.compare["tie_tolerance"],
-                                    self.positions)["overall"]["kld_mean"]
-
-    def _compare_decode(self, name: str, kind: str, prefill_json: Path, floor: bool = False) -> dict:
+    def _compare_decode(self, name: str, kind: str, prefill_json: Path) -> dict:
         """The run's decoded tokens scored by the reference and by the bf16 floor (score_decode, as the workflow's
-        score_decode and score_decode_floor), compared as compare_decode does (floor: with the vs-floor check)."""
+        score_decode and score_decode_floor), compared as compare_decode does, with the vs-floor check."""
         path = self.out / f"{name}.{kind}.safetensors"
         scored = {target: self.out / f"{name}.{kind}.{side}.safetensors"
                   for target, side in ((REFERENCE, "reference"), (FLOOR_TARGET, "floor"))}
         for target, out in scored.items():
             score_decode(target, self.model_dir, EngineSettings(threads=1), path, out, self.config.get("logits"))
         return compare_decode_files(scored[REFERENCE], path, self.compare["thresholds"], self.compare["tie_tolerance"],
-                                    self.positions, prefill_json, scored[FLOOR_TARGET] if floor else None)
+                                    self.positions, prefill_json, scored[FLOOR_TARGET])
 
 
 def _outcome(result: dict) -> dict[str, Any]:
