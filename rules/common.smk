@@ -115,6 +115,7 @@ SERVED = [t for t in TARGETS if parse_target(t).engine == "vllm"]  # the serving
 # The targets whose offline benchmarks the report asks for: the reference's only with bench.reference.
 BENCHED = benched_targets(TARGETS, REFERENCE, config["bench"])
 CORPUS = config["corpus"]["enabled"]
+DECODE = config["decode"]["enabled"]
 # The corpus text, an input of every dump (another text redoes the dumps); local(): it stays on each host.
 CORPUS_TEXT = local(os.path.relpath(corpus_path(config, workflow.basedir)))
 # The accuracy stage's shipped lm-eval task data (an edit reruns the evaluations), and the lm-eval version (an
@@ -230,6 +231,8 @@ def dump_inputs():
 
 MANIFEST = f"{RESULTS}/manifest.json"
 CONTEXT = f"{RESULTS}/context.json"  # the reference's far-context dependence (rule measure_context)
+# The MTP head's acceptance along the reference's own greedy decode (rule measure_mtp; the model section).
+MTP_HEAD = f"{RESULTS}/mtp_head.json"
 
 
 def engine_inputs():
@@ -468,6 +471,7 @@ REPORT_ARTIFACTS = {
     **{kind: compare_files(kind) for kind in OPTIONAL_COMPARISONS},
     "manifest": MANIFEST,
     "context": [CONTEXT] if CORPUS else [],
+    "mtp_head": [MTP_HEAD] if DECODE else [],
     "per_target": [target_file(kind, t) for t in TARGETS for kind in REPORTED_KINDS if kind != "bench" or t in BENCHED],
     "bench_checks": target_files("bench_checks", BENCHED),
     "serve": target_files("serve", SERVED),

@@ -78,10 +78,33 @@ rule score_mtp:
         reference=REFERENCE,
         settings=vars(engine_settings(config, REFERENCE)),
         spec_tokens=config["modes"]["spec_tokens"],
+        head_required=True,
         stack=REFERENCE_STACK,
         python_env=REFERENCE_PYTHON_ENV,
     script:
         "../workflow/scripts/score_mtp.py"
+
+
+# The MTP head's own acceptance, for the model section: score_mtp's replay on the reference's greedy decode of the
+# decode prompts (the reference's tokens decide what is accepted), with no vLLM run; a checkpoint without an MTP head
+# is "not measured" there, not refused.
+use rule score_mtp as measure_mtp with:
+    input:
+        model=model_dir(),
+        decode=target_file("decode", REFERENCE),
+        code=mtp_reference_sources,
+    output:
+        MTP_HEAD,
+    log:
+        main=f"logs/{MODEL}/measure_mtp.log",
+        engine=f"logs/{MODEL}/measure_mtp.engine.log",
+    params:
+        reference=REFERENCE,
+        settings=vars(engine_settings(config, REFERENCE)),
+        spec_tokens=config["modes"]["spec_tokens"],
+        head_required=False,
+        stack=REFERENCE_STACK,
+        python_env=REFERENCE_PYTHON_ENV,
 
 
 rule compare_mode:

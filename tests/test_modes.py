@@ -568,6 +568,42 @@ def test_the_reference_mtp_refuses_a_checkpoint_without_mtp_weights(tmp_path):
         mtp_weights(tmp_path)
 
 
+def test_the_model_sections_mtp_head_is_not_measured_on_a_checkpoint_without_one(tmp_path):
+    """measure_mtp (head_required=False) writes "not measured" with the reason and starts no engine; score_mtp (an
+    +mtp run, which needs the head) refuses the same checkpoint."""
+    from safetensors.numpy import save_file
+
+    from portcheck.modes.mtp_reference import score_mtp
+    from portcheck.report.sections.model import mtp_table
+
+    save_file({"model.embed_tokens.weight": np.zeros((4, 2), np.float32)}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text("{}")
+    decode_dump(tmp_path / "decode.safetensors", [np.zeros((STEPS, VOCAB))], [list(range(1, STEPS + 1))],
+                "cpu-hf-fp32")
+    args = ("cpu-hf-fp32", tmp_path, EngineSettings(), tmp_path / "decode.safetensors", tmp_path / "head.json", 1)
+    score_mtp(*args, head_required=False)
+    head = json.loads((tmp_path / "head.json").read_text())
+    assert head["status"] == "not measured" and head["reason"].endswith("has no mtp.* weights (no MTP head)")
+    assert mtp_table(str(tmp_path / "head.json"))["rows"] == [["MTP head acceptance", "not run", head["reason"]]]
+    with pytest.raises(PortcheckError, match=r"no reference MTP acceptance; remove the \+mtp run"):
+        score_mtp(*args)
+
+
+def test_the_model_section_states_the_mtp_heads_acceptance(tmp_path):
+    from portcheck.report.sections.model import mtp_table
+
+    path = tmp_path / "mtp_head.json"
+    path.write_text(json.dumps({"status": "measured", "reference": "cpu-hf-fp32", "spec_tokens": 2, "drafts": 300,
+                                "draft_tokens": 600, "accepted": 240, "acceptance_rate": 0.4,
+                                "per_position": [0.55, 0.25], "mean_accepted_length": 1.8}))
+    rows = mtp_table(str(path))["rows"]
+    assert rows[0][:2] == ["MTP head acceptance rate", "40%"]
+    assert rows[0][2].startswith("300 speculative rounds of 2 draft tokens (modes.spec_tokens) replayed along "
+                                 "cpu-hf-fp32's greedy decode")
+    assert rows[1][1] == "55%, 25%" and rows[2][1] == "1.80"
+    assert mtp_table(None) is None
+
+
 def test_the_report_states_the_mtp_figures_and_what_the_acceptance_check_said():
     from portcheck.report.sections.modes import mtp_tables
 

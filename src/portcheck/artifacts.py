@@ -13,6 +13,7 @@ from portcheck.errors import PortcheckError
 
 MANIFEST = "manifest.json"
 CONTEXT = "context.json"
+MTP_HEAD = "mtp_head.json"
 HISTORY = "history.jsonl"
 # Per-target artifacts: kind -> file name under results/<model>/<target>/.
 TARGET_FILES = {
@@ -39,6 +40,7 @@ TARGET_FILES = {
 WRITTEN_BY = {
     "manifest": "write_manifest",
     "context": "measure_context",
+    "mtp_head": "measure_mtp",
     "env": "capture_env",
     "logits": "dump_logits",
     "adaptation": "dump_logits",
@@ -211,6 +213,8 @@ def kind_of(path: str) -> str | None:
         return "manifest"
     if path.endswith("/" + CONTEXT):
         return "context"
+    if path.endswith("/" + MTP_HEAD):
+        return "mtp_head"
     if "/compare/" in path:
         if path.endswith(".mode.json"):
             return "mode_compare"

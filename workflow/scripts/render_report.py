@@ -15,6 +15,7 @@ def main(smk):
         "reference": p.reference,
         "manifest": smk.input.manifest,
         "context": smk.input.context[0] if smk.input.context else None,
+        "mtp_head": smk.input.mtp_head[0] if smk.input.mtp_head else None,
         # The inputs, not paths rebuilt from params: with a storage plugin they are the local copies.
         "targets": {t: {kind: _input(smk.input.per_target, t, kind) for kind in REPORTED_KINDS} for t in p.targets},
         "compare": dict(zip(p.compared, smk.input.compare)),

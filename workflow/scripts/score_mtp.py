@@ -1,5 +1,5 @@
-"""Snakemake adapter: rule score_mtp -> portcheck.modes.mtp_reference.score_mtp (the reference MTP's acceptance on
-an mtp run's tokens)."""
+"""Snakemake adapter: rules score_mtp and measure_mtp -> portcheck.modes.mtp_reference.score_mtp (the reference MTP's
+acceptance on an mtp run's tokens, or on the reference's own greedy decode)."""
 
 from portcheck.engines.settings import EngineSettings
 from portcheck.modes.mtp_reference import score_mtp
@@ -11,7 +11,7 @@ def main(smk):
     settings["threads"] = settings["threads"] or smk.threads
     settings["extra"] = {}
     score_mtp(smk.params.reference, smk.input.model, EngineSettings(**settings), smk.input.decode, smk.output[0],
-              smk.params.spec_tokens)
+              smk.params.spec_tokens, smk.params.head_required)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ PREFIX = "mtp."
 HEAD_TENSORS = ("fc.weight", "pre_fc_norm_embedding.weight", "pre_fc_norm_hidden.weight", "norm.weight")
 
 
-def mtp_weights(model_dir: str | Path) -> dict:
-    """The checkpoint's mtp.* tensors (fp32), by name without the prefix; refused where there are none."""
+def mtp_weights(model_dir: str | Path, required: bool = True) -> dict:
+    """The checkpoint's mtp.* tensors (fp32), by name without the prefix; refused where there are none (empty where
+    not `required`)."""
     from safetensors import safe_open
 
     found = {}
@@ -32,7 +33,7 @@ def mtp_weights(model_dir: str | Path) -> dict:
             for name in f.keys():
                 if name.startswith(PREFIX):
                     found[name[len(PREFIX):]] = f.get_tensor(name).float()
-    if not found:
+    if not found and required:
         raise PortcheckError(f"the checkpoint in {model_dir} has no mtp.* weights: no reference MTP acceptance; "
                              "remove the +mtp run or use a checkpoint with its MTP head")
     return found

@@ -2,7 +2,10 @@
 engine (transformers) gives the main model's hidden states along prompt + decoded tokens; the MTP head run in
 PyTorch from the `mtp.*` weights (model/mtp.py) replays vLLM's speculative rounds along them (drafts from the
 reference's states, the target's tokens deciding what is accepted); the counts, in vLLM's definitions, are the
-reference acceptance per draft position that compare_mode holds the run's measured acceptance to."""
+reference acceptance per draft position that compare_mode holds the run's measured acceptance to.
+
+Rule measure_mtp runs the same on the reference's own greedy decode: the MTP head's acceptance as the weights make
+it, for the model section, with no vLLM run (a checkpoint without an MTP head is then "not measured", not refused)."""
 
 from __future__ import annotations
 
@@ -20,15 +23,13 @@ from portcheck.targets import parse_target
 
 
 def score_mtp(reference: str, model_dir: str | Path, settings: EngineSettings, decode_path: str | Path,
-              out_path: str | Path, spec_tokens: int) -> None:
+              out_path: str | Path, spec_tokens: int, head_required: bool = True) -> None:
     decoded, prompts, tokens = decoded_tokens(decode_path)
     target = parse_target(reference)
     head = {"target": decoded.meta.get("target"), "reference": reference, "spec_tokens": int(spec_tokens),
             "model_sha": model_sha(model_dir)}
-    weights = mtp_weights(model_dir)  # refused before the engine starts where the checkpoint has none
-    why_not = unsupported_head(weights) or (
-        f"the reference MTP runs on the reference's transformers model, and the reference {reference} runs "
-        f"{target.engine}" if target.engine != "hf" else None)
+    weights = mtp_weights(model_dir, required=head_required)  # refused before the engine starts
+    why_not = _why_not_replayed(weights, model_dir, reference, target.engine)
     if why_not:  # the run is then held to modes.mtp_acceptance.golden, or not judged
         write_json(out_path, {**head, "status": "not measured", "reason": why_not})
         return
@@ -43,6 +44,17 @@ def score_mtp(reference: str, model_dir: str | Path, settings: EngineSettings, d
         total = {name: _add(total.get(name), value) for name, value in counts.items()}
     write_json(out_path, {**head, "status": "measured", **acceptance(total), "per_sequence": per_sequence,
                           "run_seconds": round(time.perf_counter() - started, 3)})
+
+
+def _why_not_replayed(weights: dict, model_dir, reference: str, engine: str) -> str | None:
+    if not weights:
+        return f"the checkpoint in {model_dir} has no mtp.* weights (no MTP head)"
+    if problem := unsupported_head(weights):
+        return problem
+    if engine != "hf":
+        return (f"the reference MTP runs on the reference's transformers model, and the reference {reference} runs "
+                f"{engine}")
+    return None
 
 
 def _add(total, value):

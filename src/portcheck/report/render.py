@@ -95,7 +95,7 @@ def build_context(artifacts: dict, config: dict) -> dict:
         "targets": [t.name for t in targets],
         "summary": summary_section(targets, manifest, manifest_path, prompts, modes.get("by_target") or {}),
         "power": power_section(),
-        "model": model_section(manifest, manifest_path, targets, artifacts.get("context")),
+        "model": model_section(manifest, manifest_path, targets, artifacts.get("context"), artifacts.get("mtp_head")),
         "environment": environment_section(targets),
         "adaptation": adaptation_section(targets),
         "precision": precision_section(targets, prompts),
@@ -118,9 +118,10 @@ def build_context(artifacts: dict, config: dict) -> dict:
 
 
 def report_inputs(artifacts: dict) -> list[str]:
-    """Every artifact file the report reads: the manifest, the context measurement, each target's files, every
-    comparison, every mode run's."""
-    files = [artifacts.get("manifest"), artifacts.get("context"), *(artifacts.get("modes") or {}).get("runs", {}).values()]
+    """Every artifact file the report reads: the manifest, the context and MTP head measurements, each target's files,
+    every comparison, every mode run's."""
+    files = [artifacts.get("manifest"), artifacts.get("context"), artifacts.get("mtp_head"),
+             *(artifacts.get("modes") or {}).get("runs", {}).values()]
     files += [path for paths in artifacts["targets"].values() for path in paths.values()]
     files += [path for kind in ("compare", *OPTIONAL_COMPARISONS) for path in (artifacts.get(kind) or {}).values()]
     return [str(path) for path in files if path]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from portcheck.artifacts import read_artifact
-from portcheck.report.format import ABSENT, NOT_RUN, UNKNOWN, gib, millions, num, show, table
+from portcheck.report.format import ABSENT, NOT_RUN, UNKNOWN, gib, millions, num, pct, show, table
 from portcheck.report.load import TargetData
 from portcheck.report.sources import cite, every_target
 from portcheck.targets import FLOOR_TARGET, parse_target
@@ -18,9 +18,10 @@ MANIFEST_KEYS = ("source", "config", "parameters", "tensor_count", "text_tensors
 
 
 def model_section(manifest: dict | None, manifest_path: str | None, targets: list[TargetData],
-                  context_path: str | None = None) -> dict:
+                  context_path: str | None = None, mtp_path: str | None = None) -> dict:
     return {"table": model_table(manifest, manifest_path) if manifest is not None else None,
-            "settings": settings_table(targets), "context": context_table(context_path, _floor(targets))}
+            "settings": settings_table(targets), "context": context_table(context_path, _floor(targets)),
+            "mtp": mtp_table(mtp_path)}
 
 
 def _floor(targets: list[TargetData]) -> TargetData | None:
@@ -48,6 +49,28 @@ def context_table(path: str | None, floor: TargetData | None = None) -> dict | N
                  _dependence_note(c)],
                 *_moved_rows(c, floor, sources)]
     return table(["Measure", "Value", "Note"], rows, "; ".join(sources))
+
+
+def mtp_table(path: str | None) -> dict | None:
+    """The MTP head's acceptance as its weights make it (rule measure_mtp): vLLM's speculative rounds replayed along
+    the reference's own greedy decode; None where the decode is off."""
+    if not path:
+        return None
+    m = read_artifact(path, "mtp_head")
+    source = cite(path, "acceptance_rate", "per_position", "drafts", "draft_tokens")
+    if m.get("status") != "measured":
+        return table(["Measure", "Value", "Note"], [["MTP head acceptance", NOT_RUN, m.get("reason", UNKNOWN)]],
+                     source)
+    spec = m["spec_tokens"]
+    where = (f"{m['drafts']} speculative rounds of {spec} draft token{'s' if spec > 1 else ''} "
+             f"(modes.spec_tokens) replayed along {m['reference']}'s greedy decode of the decode prompts, its own "
+             "hidden states feeding the head and its tokens deciding what is accepted")
+    rows = [["MTP head acceptance rate", pct(m.get("acceptance_rate")), where],
+            ["per draft position", ", ".join(pct(r) for r in m.get("per_position") or []) or UNKNOWN,
+             "accepted at that position / rounds"],
+            ["mean acceptance length", UNKNOWN if m.get("mean_accepted_length") is None
+             else f"{m['mean_accepted_length']:.2f}", "1 + accepted / rounds (vLLM's definition)"]]
+    return table(["Measure", "Value", "Note"], rows, source)
 
 
 def _moved_rows(c: dict, floor: TargetData | None, sources: list[str]) -> list[list[str]]:
