@@ -11,7 +11,7 @@ import pytest
 
 from portcheck.engines.base import Engine
 from portcheck.engines.outputs import PromptScores
-from portcheck.model.context import context_dependence
+from portcheck.model.context import FAR_REPEATS, context_dependence
 
 VOCAB = 8
 
@@ -48,6 +48,26 @@ def test_the_rise_is_the_loss_lost_with_the_far_context():
     kld = 0.9 * math.log(0.9 * VOCAB) + 0.1 * math.log(0.1 / 7 * VOCAB)
     assert result["kld_whole_cut_mean"] == pytest.approx(kld, rel=1e-5)
     assert result["top1_changed_rate"] == pytest.approx(8 / 12)
+
+
+def test_far_repeats_are_the_positions_only_the_far_context_can_predict():
+    """Token 7 opens the window, is absent for 99 tokens, then returns: p = 99 (next token 7 at 100) is the one
+    position whose next token is in the window only beyond the last 64 (all others are among 0-6, always near)."""
+    from portcheck.model.context import far_repeat_positions
+
+    window = [7, *[i % 7 for i in range(99)], 7, *[i % 7 for i in range(40)]]
+    assert far_repeat_positions(window, 64, 12) == [99]
+    assert far_repeat_positions([1, *range(10, 80), 1, *range(100, 170), 1], 64, 12) == [70, 141]
+    assert far_repeat_positions([1, *range(10, 80), 1, *range(100, 170), 1], 64, 1) == [70]  # evenly spaced, capped
+    result = context_dependence(RemembersEverything(), [window], context=64, stride=16)
+    far = result["far_repeats"]
+    assert far["positions"] == 1 and far["per_window_max"] == FAR_REPEATS
+    assert far["loss_full"] == pytest.approx(-math.log(0.9), rel=1e-5)
+    assert far["loss_cut"] == pytest.approx(math.log(VOCAB), rel=1e-6) and far["top1_changed_rate"] == 1.0
+    assert result["positions"] == 5  # the strided sample (64, 80, ..., 128) stays as it was
+    none = context_dependence(RemembersEverything(), [[i % 7 for i in range(129)]], context=64)
+    assert none["far_repeats"] == {"status": "not run",
+                                   "reason": "no window's next token is held only beyond its last 64"}
 
 
 def test_windows_no_longer_than_the_context_are_not_run_and_say_so():

@@ -166,6 +166,21 @@ def test_reference_is_peaked_like_a_trained_model(workflow_run):
     assert 0.3 <= top1.mean() <= 0.95
 
 
+def test_the_model_section_measures_the_far_repeats_apart(workflow_run):
+    """measure_context scores, beside every 16th position, the far repeats: positions whose next token is in the
+    window only beyond the last 64 tokens (at most 8 per window), where only the far context can help; the model
+    section gives their losses whole and cut."""
+    context = json.loads((workflow_run / "results" / MODEL / "context.json").read_text())
+    far = context["far_repeats"]
+    print({k: far[k] for k in ("positions", "loss_full", "loss_cut", "rise", "top1_changed_rate")}, context["rise"])
+    assert far["per_window_max"] == 8 and 8 < far["positions"] <= 8 * context["windows"]
+    assert far["rise"] == pytest.approx(far["loss_cut"] - far["loss_full"])
+    report = (workflow_run / "reports" / MODEL / "report.md").read_text()
+    assert (f"| next-token loss at the far repeats, whole / cut | {far['loss_full']:.3f} / {far['loss_cut']:.3f} "
+            f"nats | {far['positions']} positions (at most 8 per window)") in report
+    assert f"| rise at the far repeats | {far['rise']:+.3f} nats |" in report
+
+
 def test_the_mtp_head_drafts_and_the_model_section_says_how_well(workflow_run):
     """Rule measure_mtp: the embedded model's MTP head, its rounds replayed along the reference's own greedy decode of
     the 8 decode prompts, reaches issue 18's goal (>= 40% at one draft token); the model section gives the figure and

@@ -11,37 +11,64 @@ import numpy as np
 
 CONTEXT_TOKENS = 64  # one Gated DeltaNet chunk
 STRIDE = 16  # every 16th position past the first chunk; the cuts are scored in batches
+FAR_REPEATS = 8  # per window, at most: positions whose next token the window holds only beyond the cut
 
 
 def context_dependence(engine, windows: list[list[int]], context: int = CONTEXT_TOKENS,
-                       stride: int = STRIDE) -> dict:
+                       stride: int = STRIDE, far_repeats: int = FAR_REPEATS) -> dict:
     """Mean next-token loss (nats) at positions >= `context` of each window, with the whole window and with only the
     last `context` tokens (position p: tokens p-context+1..p predict token p+1); and how far cutting moves the
     distributions there: KL(whole || cut) and the share of positions whose top token changes. The loss rise says
     whether the far context helps; the KLD says how much any carried-state fault could move the outputs at most
-    (one that loses everything beyond a chunk), useful or not."""
-    full, cut, per_window, kld, top1_changed = [], [], [], [], []
+    (one that loses everything beyond a chunk), useful or not. Measured on every `stride`th position (a sample of the
+    text), and apart on the far repeats: positions whose next token is in the window only beyond the cut, where
+    recalling the far context is the only way to be right (at most `far_repeats` per window, evenly spaced)."""
+    sampled, repeats, per_window = [], [], []
     for window in windows:
-        positions = list(range(context, len(window) - 1, stride))
-        if not positions:
+        strided = list(range(context, len(window) - 1, stride))
+        if not strided:
             continue
+        copies = far_repeat_positions(window, context, far_repeats)
+        positions = sorted(set(strided) | set(copies))
         whole_rows = _log_probs(np.asarray(engine.score([window])[0].logits)[positions])
         cut_rows = _log_probs(engine.last_logits([window[p - context + 1: p + 1] for p in positions]))
-        targets = np.asarray([window[p + 1] for p in positions])
-        whole = -whole_rows[np.arange(len(positions)), targets]
-        short = -cut_rows[np.arange(len(positions)), targets]
-        full.extend(whole)
-        cut.extend(short)
-        per_window.append(float(np.mean(short) - np.mean(whole)))
-        kld.extend((np.exp(whole_rows) * (whole_rows - cut_rows)).sum(axis=1))
-        top1_changed.extend(whole_rows.argmax(axis=1) != cut_rows.argmax(axis=1))
-    if not full:
+        rows = dict(zip(positions, _position_figures(window, positions, whole_rows, cut_rows)))
+        sampled.extend(rows[p] for p in strided)
+        repeats.extend(rows[p] for p in copies)
+        per_window.append(float(np.mean([rows[p][1] - rows[p][0] for p in strided])))
+    if not sampled:
         return {"status": "not run", "reason": f"no window is longer than {context + 1} tokens"}
-    loss_full, loss_cut = float(np.mean(full)), float(np.mean(cut))
-    return {"status": "ok", "context_tokens": context, "stride": stride, "positions": len(full),
-            "windows": len(per_window), "loss_full": loss_full, "loss_cut": loss_cut, "rise": loss_cut - loss_full,
-            "rise_by_window": per_window, "kld_whole_cut_mean": float(np.mean(kld)),
-            "top1_changed_rate": float(np.mean(top1_changed))}
+    return {"status": "ok", "context_tokens": context, "stride": stride, **_summary(sampled),
+            "windows": len(per_window), "rise_by_window": per_window,
+            "far_repeats": {"per_window_max": far_repeats, **_summary(repeats)} if repeats else {
+                "status": "not run", "reason": f"no window's next token is held only beyond its last {context}"}}
+
+
+def far_repeat_positions(window: list[int], context: int, limit: int) -> list[int]:
+    """Positions p >= context whose next token occurs in the window more than `context` tokens back and not in the
+    last `context` (a copy only the far context allows); at most `limit`, evenly spaced."""
+    found = [p for p in range(context, len(window) - 1)
+             if window[p + 1] in window[: p - context + 1] and window[p + 1] not in window[p - context + 1: p + 1]]
+    if len(found) <= limit:
+        return found
+    return [found[i * len(found) // limit] for i in range(limit)]
+
+
+def _position_figures(window, positions, whole_rows, cut_rows) -> list[tuple]:
+    """(loss whole, loss cut, KL(whole || cut), top-1 changed) at each position."""
+    targets = np.asarray([window[p + 1] for p in positions])
+    whole = -whole_rows[np.arange(len(positions)), targets]
+    short = -cut_rows[np.arange(len(positions)), targets]
+    kld = (np.exp(whole_rows) * (whole_rows - cut_rows)).sum(axis=1)
+    changed = whole_rows.argmax(axis=1) != cut_rows.argmax(axis=1)
+    return list(zip(whole.tolist(), short.tolist(), kld.tolist(), changed.tolist()))
+
+
+def _summary(figures: list[tuple]) -> dict:
+    whole, short, kld, changed = (np.asarray(column, dtype=np.float64) for column in zip(*figures))
+    return {"positions": len(figures), "loss_full": float(whole.mean()), "loss_cut": float(short.mean()),
+            "rise": float(short.mean() - whole.mean()), "kld_whole_cut_mean": float(kld.mean()),
+            "top1_changed_rate": float(changed.mean())}
 
 
 def _log_probs(logits) -> np.ndarray:

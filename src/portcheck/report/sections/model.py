@@ -34,7 +34,7 @@ def context_table(path: str | None, floor: TargetData | None = None) -> dict | N
     causes is given as a multiple of the bf16 floor's corpus KLD where the floor ran."""
     if not path:
         return None
-    sources = [cite(path, "loss_full", "loss_cut", "rise", "kld_whole_cut_mean", "top1_changed_rate")]
+    sources = [cite(path, "loss_full", "loss_cut", "rise", "kld_whole_cut_mean", "top1_changed_rate", "far_repeats")]
     c = read_artifact(path, "context")
     if c.get("status") != "ok":
         rows = [["far-context dependence", NOT_RUN, c.get("reason", UNKNOWN)]]
@@ -47,7 +47,8 @@ def context_table(path: str | None, floor: TargetData | None = None) -> dict | N
                  "the same positions, the context cut to one Gated DeltaNet chunk"],
                 ["rise when the far context is cut", f"{c['rise']:+.3f} nats",
                  _dependence_note(c)],
-                *_moved_rows(c, floor, sources)]
+                *_moved_rows(c, floor, sources),
+                *_far_repeat_rows(c)]
     return table(["Measure", "Value", "Note"], rows, "; ".join(sources))
 
 
@@ -85,8 +86,27 @@ def _moved_rows(c: dict, floor: TargetData | None, sources: list[str]) -> list[l
             ["top-1 changed by the cut", UNKNOWN if changed is None else f"{changed:.1%}", "the same positions"]]
 
 
+def _far_repeat_rows(c: dict) -> list[list[str]]:
+    """The positions where only the far context can help (measure_context's far repeats)."""
+    far = c.get("far_repeats")
+    if far is None:
+        return []
+    if far.get("status") == "not run":
+        return [["at the far repeats", NOT_RUN, far["reason"]]]
+    what = (f"{far['positions']} positions (at most {far['per_window_max']} per window) whose next token is in the "
+            f"window only beyond the last {c['context_tokens']} tokens")
+    return [["next-token loss at the far repeats, whole / cut", f"{far['loss_full']:.3f} / {far['loss_cut']:.3f} nats",
+             what],
+            ["rise at the far repeats", f"{far['rise']:+.3f} nats",
+             f"top-1 changed by the cut at {far['top1_changed_rate']:.1%} of them"]]
+
+
 def _dependence_note(c: dict) -> str:
     """What the rise means for the checks that need a carried state."""
+    far_rise = (c.get("far_repeats") or {}).get("rise")
+    if far_rise is not None and far_rise >= 0.5:
+        return ("the model recalls tokens from beyond one chunk (the far repeats below): a fault in a carried state "
+                "(GDN state across chunks, attention far back) moves its outputs there")
     if c["rise"] < 0.05:
         return ("the model barely uses context beyond one chunk: a fault in a carried state (GDN state across "
                 "chunks, attention far back) hardly moves its outputs, so the checks on them have little to see")
