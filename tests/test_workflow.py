@@ -195,7 +195,7 @@ def test_the_mtp_head_drafts_and_the_model_section_says_how_well(workflow_run):
     report = (workflow_run / "reports" / MODEL / "report.md").read_text()
     row = f"| MTP head acceptance rate | {pct(head['acceptance_rate'])} | {head['drafts']} speculative rounds"
     assert row in report
-    assert f"results/{MODEL}/mtp_head.json (acceptance_rate" in report
+    assert f"results/{MODEL}/mtp\\_head.json (acceptance\\_rate" in report  # markdown-escaped
 
 
 def test_second_run_does_nothing(workflow_run):
