@@ -99,12 +99,7 @@ use rule score_mtp as measure_mtp with:
         main=f"logs/{MODEL}/measure_mtp.log",
         engine=f"logs/{MODEL}/measure_mtp.engine.log",
     params:
-        reference=REFERENCE,
-        settings=vars(engine_settings(config, REFERENCE)),
-        spec_tokens=config["modes"]["spec_tokens"],
         head_required=False,
-        stack=REFERENCE_STACK,
-        python_env=REFERENCE_PYTHON_ENV,
 
 
 rule compare_mode:

@@ -241,3 +241,12 @@ def test_files_forced_twice_are_all_forced():
     force_rebuild(workflow, ["b.json"])
     workflow.dag_settings = SimpleNamespace(forcerun=frozenset())
     assert workflow.dag_settings.forcerun == {"a.json", "b.json"}
+
+
+def test_each_per_model_artifact_names_its_kind_and_the_rule_that_rewrites_it():
+    from portcheck.artifacts import WRITTEN_BY, kind_of
+
+    for name, kind, rule in [("manifest.json", "manifest", "write_manifest"), ("context.json", "context",
+                             "measure_context"), ("mtp_head.json", "mtp_head", "measure_mtp")]:
+        assert kind_of(f"results/m/{name}") == kind and WRITTEN_BY[kind] == rule
+    assert kind_of("results/m/t/modes/mtp.reference_acceptance.json") == "mode_mtp_reference"

@@ -14,6 +14,8 @@ from portcheck.errors import PortcheckError
 MANIFEST = "manifest.json"
 CONTEXT = "context.json"
 MTP_HEAD = "mtp_head.json"
+# Per-model artifacts: kind -> file name under results/<model>/.
+MODEL_FILES = {"manifest": MANIFEST, "context": CONTEXT, "mtp_head": MTP_HEAD}
 HISTORY = "history.jsonl"
 # Per-target artifacts: kind -> file name under results/<model>/<target>/.
 TARGET_FILES = {
@@ -209,12 +211,9 @@ def writer_of(path: str | os.PathLike) -> str:
 def kind_of(path: str) -> str | None:
     """The artifact kind a results path holds (None: not one of artifacts.py's)."""
     path = path.replace(os.sep, "/")
-    if path.endswith("/" + MANIFEST):
-        return "manifest"
-    if path.endswith("/" + CONTEXT):
-        return "context"
-    if path.endswith("/" + MTP_HEAD):
-        return "mtp_head"
+    per_model = [kind for kind, name in MODEL_FILES.items() if path.endswith("/" + name)]
+    if per_model:
+        return per_model[0]
     if "/compare/" in path:
         if path.endswith(".mode.json"):
             return "mode_compare"

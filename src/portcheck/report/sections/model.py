@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from portcheck.artifacts import read_artifact
-from portcheck.report.format import ABSENT, NOT_RUN, UNKNOWN, gib, millions, num, pct, show, table
+from portcheck.report.format import ABSENT, NOT_RUN, UNKNOWN, decimal, gib, millions, num, pct, show, table
 from portcheck.report.load import TargetData
 from portcheck.report.sources import cite, every_target
 from portcheck.targets import FLOOR_TARGET, parse_target
@@ -69,8 +69,8 @@ def mtp_table(path: str | None) -> dict | None:
     rows = [["MTP head acceptance rate", pct(m.get("acceptance_rate")), where],
             ["per draft position", ", ".join(pct(r) for r in m.get("per_position") or []) or UNKNOWN,
              "accepted at that position / rounds"],
-            ["mean acceptance length", UNKNOWN if m.get("mean_accepted_length") is None
-             else f"{m['mean_accepted_length']:.2f}", "1 + accepted / rounds (vLLM's definition)"]]
+            ["mean acceptance length", decimal(m.get("mean_accepted_length")),
+             "1 + accepted / rounds (vLLM's definition)"]]
     return table(["Measure", "Value", "Note"], rows, source)
 
 
