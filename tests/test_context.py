@@ -51,14 +51,19 @@ def test_the_rise_is_the_loss_lost_with_the_far_context():
 
 
 def test_far_repeats_are_the_positions_only_the_far_context_can_predict():
-    """Token 7 opens the window, is absent for 99 tokens, then returns: p = 99 (next token 7 at 100) is the one
-    position whose next token is in the window only beyond the last 64 (all others are among 0-6, always near)."""
+    """The stretch 5 6 5 6 7 opens the window, is absent for 95 tokens, then returns: p = 103 (after 5 6 5 6, next
+    token 7) is the one position that continues 4+ tokens of a stretch held only beyond the last 64 (5 and 6 recur
+    within 64 tokens; every other token is among 0-4, always near). The longest matches are taken first."""
     from portcheck.model.context import far_repeat_positions
 
-    window = [7, *[i % 7 for i in range(99)], 7, *[i % 7 for i in range(40)]]
-    assert far_repeat_positions(window, 64, 12) == [99]
-    assert far_repeat_positions([1, *range(10, 80), 1, *range(100, 170), 1], 64, 12) == [70, 141]
-    assert far_repeat_positions([1, *range(10, 80), 1, *range(100, 170), 1], 64, 1) == [70]  # evenly spaced, capped
+    window = [5, 6, 5, 6, 7, *[i % 5 for i in range(95)], 5, 6, 5, 6, 7, *[i % 5 for i in range(40)]]
+    assert far_repeat_positions(window, 64, 12) == [103]
+    stretch = [20, 21, 22, 23, 24]
+    twice = [9, *stretch, *range(30, 100), *stretch, *range(100, 170), 9, *stretch]  # 9 20 21 22 23: 4 tokens, then 5
+    assert far_repeat_positions(twice, 64, 12) == [79, 154, 155]
+    assert far_repeat_positions(twice, 64, 1) == [155]  # capped: the longest match
+    assert far_repeat_positions(twice, 64, 12, min_match=5) == [155]
+    assert far_repeat_positions([1, *range(10, 80), 1, *range(100, 170), 1], 64, 12) == []  # 1 follows 79, then 169
     result = context_dependence(RemembersEverything(), [window], context=64, stride=16)
     far = result["far_repeats"]
     assert far["positions"] == 1 and far["per_window_max"] == FAR_REPEATS
@@ -67,7 +72,7 @@ def test_far_repeats_are_the_positions_only_the_far_context_can_predict():
     assert result["positions"] == 5  # the strided sample (64, 80, ..., 128) stays as it was
     none = context_dependence(RemembersEverything(), [[i % 7 for i in range(129)]], context=64)
     assert none["far_repeats"] == {"status": "not run",
-                                   "reason": "no window's next token is held only beyond its last 64"}
+                                   "reason": "no window repeats a stretch from beyond its last 64"}
 
 
 def test_windows_no_longer_than_the_context_are_not_run_and_say_so():

@@ -249,9 +249,64 @@ def test_the_dense_stand_in_is_a_calibrated_qwen3_with_the_same_tokenizer(tmp_pa
     config = json.loads((tmp_path / "dense" / "config.json").read_text())
     assert config["architectures"] == ["Qwen3ForCausalLM"] and config["num_hidden_layers"] == 8
     assert set(summary["text"]["layer_types"]) == {"full_attention"} and summary["parameters"]["mtp"] == 0
+    assert summary["train"]["shipped"] is None and summary["train"]["steps"] == 40  # the short run, not shipped
     assert (tmp_path / "dense" / "tokenizer.json").read_bytes() == (model_dir / "tokenizer.json").read_bytes()
     assert abs(summary["mean_top1_prob"]["float32"] - 0.3) < 0.01  # calibrated through the (plain) final norm
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "dense"), dtype=torch.float32)
     assert type(model).__name__ == "Qwen3ForCausalLM"
     with pytest.raises(ValueError, match="tiny architecture must be one of"):
         build_tiny_model(tmp_path / "other", architecture="llama")
+
+
+def test_the_shipped_text_model_is_what_its_script_trains():
+    """The shipped weights come from `make train-tiny` (scripts/train_tiny.py): the curriculum's first steps, rerun
+    here from the build's initialisation, reach the state the run recorded, bit for bit on the stack that trained it
+    (the same float kernels and torch; other kernels round differently, so there the first losses must agree to
+    1e-4), and the file is the one the run wrote."""
+    from importlib import resources
+
+    from portcheck.env.capture import float_kernel_flags
+    from portcheck.model import curriculum, tiny
+
+    record = tiny.shipped_text_record()
+    assert record["recipe"] == json.loads(json.dumps(curriculum.RECIPE)), "the recipe changed: make train-tiny"
+    shipped = resources.files("portcheck.model.data").joinpath(tiny.SHIPPED_TEXT_WEIGHTS).read_bytes()
+    assert hashlib.sha256(shipped).hexdigest() == record["sha256"]
+    model, losses = tiny.train_text_model(record["seed"], steps=record["prefix_steps"])
+    assert losses == pytest.approx(record["prefix_losses"], rel=1e-4)
+    if record["host"]["float_kernels"] == float_kernel_flags() and record["host"]["torch"] == torch.__version__:
+        assert curriculum.text_state_sha256(model) == record["prefix_text_sha256"], "make train-tiny"
+
+
+def test_the_build_uses_the_shipped_text_model_and_it_recalls_far_back(built, tensors):
+    """Every text tensor of the default checkpoint is the shipped one (the final norm carries the calibration scale);
+    the run's record measured recall beyond one chunk on held-out rows (the workflow test measures it again on the
+    corpus, through measure_context)."""
+    from importlib import resources
+
+    from safetensors.torch import load
+
+    from portcheck.model import tiny
+
+    shipped = load(resources.files("portcheck.model.data").joinpath(tiny.SHIPPED_TEXT_WEIGHTS).read_bytes())
+    assert built[1]["train"]["shipped"] == tiny.SHIPPED_TEXT_WEIGHTS
+    checked = [name for name in shipped if name != "model.language_model.norm.weight"]
+    assert len(checked) > 50
+    assert all(torch.equal(tensors[name], shipped[name].to(torch.bfloat16)) for name in checked)
+    far = built[1]["train"]["far_context"]
+    assert far["loss_whole"] < 0.5 < 2.5 < far["loss_cut"], far
+
+
+def test_shipped_text_weights_of_another_shape_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from portcheck.model import tiny
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(2, 2)
+
+    save_file({"b.weight": torch.zeros(2, 2)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ValueError, match="does not hold this model's text tensors"):
+        tiny._load_text_weights(Model(), tmp_path / "w.safetensors")

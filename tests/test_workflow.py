@@ -166,18 +166,20 @@ def test_reference_is_peaked_like_a_trained_model(workflow_run):
     assert 0.3 <= top1.mean() <= 0.95
 
 
-def test_the_model_section_measures_the_far_repeats_apart(workflow_run):
-    """measure_context scores, beside every 16th position, the far repeats: positions whose next token is in the
-    window only beyond the last 64 tokens (at most 8 per window), where only the far context can help; the model
-    section gives their losses whole and cut."""
+def test_the_embedded_model_needs_the_far_context_and_the_model_section_says_so(workflow_run):
+    """Issue 18: the shipped text model recalls the corpus's restated facts from beyond one chunk. measure_context
+    scores apart the far repeats (positions that continue 4+ tokens of a stretch the window holds only beyond the last
+    64, at most 8 per window): cutting the context there costs the embedded model about a nat (0.99 measured), and
+    the report says a carried state matters."""
     context = json.loads((workflow_run / "results" / MODEL / "context.json").read_text())
     far = context["far_repeats"]
     print({k: far[k] for k in ("positions", "loss_full", "loss_cut", "rise", "top1_changed_rate")}, context["rise"])
-    assert far["per_window_max"] == 8 and 8 < far["positions"] <= 8 * context["windows"]
-    assert far["rise"] == pytest.approx(far["loss_cut"] - far["loss_full"])
+    assert far["per_window_max"] == 8 and far["min_match"] == 4 and 8 <= far["positions"] <= 8 * context["windows"]
+    assert far["rise"] == pytest.approx(far["loss_cut"] - far["loss_full"]) and far["rise"] > 0.5
     report = (workflow_run / "reports" / MODEL / "report.md").read_text()
     assert (f"| next-token loss at the far repeats, whole / cut | {far['loss_full']:.3f} / {far['loss_cut']:.3f} "
-            f"nats | {far['positions']} positions (at most 8 per window)") in report
+            f"nats | {far['positions']} positions (at most 8 per window) that continue 4+ tokens") in report
+    assert "the model recalls tokens from beyond one chunk (the far repeats below)" in report
     assert f"| rise at the far repeats | {far['rise']:+.3f} nats |" in report
 
 

@@ -11,7 +11,8 @@ import numpy as np
 
 CONTEXT_TOKENS = 64  # one Gated DeltaNet chunk
 STRIDE = 16  # every 16th position past the first chunk; the cuts are scored in batches
-FAR_REPEATS = 8  # per window, at most: positions whose next token the window holds only beyond the cut
+FAR_REPEATS = 8  # per window, at most: positions that continue a stretch the window holds only beyond the cut
+MIN_MATCH = 4  # tokens of that stretch before the next token
 
 
 def context_dependence(engine, windows: list[list[int]], context: int = CONTEXT_TOKENS,
@@ -21,8 +22,8 @@ def context_dependence(engine, windows: list[list[int]], context: int = CONTEXT_
     distributions there: KL(whole || cut) and the share of positions whose top token changes. The loss rise says
     whether the far context helps; the KLD says how much any carried-state fault could move the outputs at most
     (one that loses everything beyond a chunk), useful or not. Measured on every `stride`th position (a sample of the
-    text), and apart on the far repeats: positions whose next token is in the window only beyond the cut, where
-    recalling the far context is the only way to be right (at most `far_repeats` per window, evenly spaced)."""
+    text), and apart on the far repeats: positions that continue a stretch of text the window holds only beyond the
+    cut, where recalling the far context is the only way to be right (at most `far_repeats` per window)."""
     sampled, repeats, per_window = [], [], []
     for window in windows:
         strided = list(range(context, len(window) - 1, stride))
@@ -38,20 +39,33 @@ def context_dependence(engine, windows: list[list[int]], context: int = CONTEXT_
         per_window.append(float(np.mean([rows[p][1] - rows[p][0] for p in strided])))
     if not sampled:
         return {"status": "not run", "reason": f"no window is longer than {context + 1} tokens"}
+    far = ({"per_window_max": far_repeats, "min_match": MIN_MATCH, **_summary(repeats)} if repeats else
+           {"status": "not run", "reason": f"no window repeats a stretch from beyond its last {context}"})
     return {"status": "ok", "context_tokens": context, "stride": stride, **_summary(sampled),
-            "windows": len(per_window), "rise_by_window": per_window,
-            "far_repeats": {"per_window_max": far_repeats, **_summary(repeats)} if repeats else {
-                "status": "not run", "reason": f"no window's next token is held only beyond its last {context}"}}
+            "windows": len(per_window), "rise_by_window": per_window, "far_repeats": far}
 
 
-def far_repeat_positions(window: list[int], context: int, limit: int) -> list[int]:
-    """Positions p >= context whose next token occurs in the window more than `context` tokens back and not in the
-    last `context` (a copy only the far context allows); at most `limit`, evenly spaced."""
-    found = [p for p in range(context, len(window) - 1)
-             if window[p + 1] in window[: p - context + 1] and window[p + 1] not in window[p - context + 1: p + 1]]
-    if len(found) <= limit:
-        return found
-    return [found[i * len(found) // limit] for i in range(limit)]
+def far_repeat_positions(window: list[int], context: int, limit: int, min_match: int = MIN_MATCH) -> list[int]:
+    """Positions p >= context whose last `min_match`+ tokens and next token repeat a stretch that the window held
+    more than `context` tokens back, where token p+1 is not in the last `context` (a copy, as an induction head makes,
+    that only the far context allows); at most `limit`, the longest matches first, in window order. A next token seen
+    far back after other words is seldom predictable from that (natural text's far repeats are mostly such)."""
+    matches = {}
+    for p in range(context, len(window) - 1):
+        if window[p + 1] not in window[p - context + 1: p + 1]:
+            longest = max((_match_length(window, j, p) for j in range(p - context) if window[j + 1] == window[p + 1]),
+                          default=0)
+            if longest >= min_match:
+                matches[p] = longest
+    return sorted(sorted(matches, key=lambda p: (-matches[p], p))[:limit])
+
+
+def _match_length(window: list[int], j: int, p: int) -> int:
+    """How many tokens ending at j equal those ending at p."""
+    length = 0
+    while length <= j and window[j - length] == window[p - length]:
+        length += 1
+    return length
 
 
 def _position_figures(window, positions, whole_rows, cut_rows) -> list[tuple]:

@@ -3,8 +3,10 @@
 The real Qwen3.5-0.8B cannot be downloaded everywhere the workflow runs (CI, laptops), so the tests and the
 dry-run path use this stand-in: same classes, same layer pattern (3 Gated DeltaNet : 1 gated full attention),
 same rope/mrope layout, tied embeddings, a vision tower and MTP tensors, a byte-level BPE tokenizer with Qwen's
-special tokens, all a few MB. A short deterministic training run on a shipped corpus makes its next-token
-distributions peaked and its greedy continuations text-like, so agreement metrics behave as on a real model.
+special tokens, all a few MB. Its text weights are shipped: the far-context curriculum (curriculum.py) taught them
+to recall a fact stated chunks earlier, so a fault in a carried state moves its outputs; the build loads them and
+calibrates the logits so that its next-token distributions are peaked, as on a real model. Other seeds and sizes
+train a short run instead (TRAIN; a model that forgets within a few tokens).
 
 `architecture="qwen3"` builds a dense Qwen3 of the same text sizes and tokenizer instead (`model.source:
 tiny-qwen3`): the stand-in for vLLM lines whose CPU backend cannot load Qwen3.5 (vLLM 0.18).
@@ -23,6 +25,10 @@ from typing import Any, Callable, Iterator
 from portcheck.atomic import atomic_path
 
 CORPUS_RESOURCE = "tiny_corpus.txt"
+# The Qwen3.5 text model of seed 0 after the far-context curriculum (curriculum.py; minutes on one core): shipped with
+# the record of its run (scripts/train_tiny.py writes both; tests/test_tiny.py reruns its first steps).
+SHIPPED_TEXT_WEIGHTS = "tiny_qwen3_5_text.safetensors"
+SHIPPED_TEXT_RECORD = "tiny_qwen3_5_text.json"
 
 # Size settings. Head dims stay >= 64 because vLLM's CPU attention kernel rejects 32.
 TINY_DEFAULTS: dict[str, Any] = {
@@ -77,13 +83,20 @@ PROMPTS = [
     "人工智能将会",
 ]
 
-# ~20 s on 2 cores; enough for greedy continuations like "The capital of France is Paris.".
-# One thread: float results depend on the thread count, and one thread is the same everywhere and
-# degrades least when other jobs share the machine.
+# The short run of the dense Qwen3 and of non-default Qwen3.5 builds: ~20 s on 2 cores; enough for greedy
+# continuations like "The capital of France is Paris.". One thread: float results depend on the thread count, and
+# one thread is the same everywhere and degrades least when other jobs share the machine.
 TRAIN = {"steps": 40, "batch": 16, "seq_len": 64, "lr": 4e-3, "warmup": 5, "threads": 1}
-# The MTP head: distilled from the finished main model (its drafts agree with it on ~53% of held-back rows).
-MTP_TRAIN = {"steps": 150, "batch": 8, "seq_len": 128, "lr": 5e-3, "held_back": 4}
-TARGET_TOP1 = 0.65  # mean top-1 probability over PROMPTS in fp32 after calibration
+# The MTP head: distilled from the finished main model on corpus windows and on the main model's own greedy
+# continuations of `greedy` training-text prefixes (self-distillation, as speculative heads are trained: the drafts are
+# judged on greedy decodes, which drift from any text; on corpus windows alone the shipped model's head accepted 2-16%
+# along the reference's greedy decode, 97.7% with them).
+MTP_TRAIN = {"steps": 150, "batch": 8, "seq_len": 128, "lr": 5e-3, "held_back": 4, "greedy": 8}
+# Mean top-1 probability over PROMPTS in fp32 after calibration: a model trained for 40 steps on the corpus has
+# memorised it and takes 0.65 (a real model's peakedness) cheaply. The shipped far-context model generalises: its
+# held-out loss is 5.60 nats unscaled (top-1 0.17), 6.09 at 0.35 and 10.1 at 0.65, so it is scaled to 0.35.
+TARGET_TOP1 = 0.65
+SHIPPED_TARGET_TOP1 = 0.35
 # The dense Qwen3 learns little in the same 40 steps (loss 6.2 vs Qwen3.5's 3.7: full attention picks up local
 # context slower than Gated DeltaNet's short convolution); calibrating it to 0.65 takes a logit scale of ~13, which
 # multiplies bf16 rounding into KLDs above the thresholds (5.8e-3 measured on vLLM 0.18). 0.3 takes a scale of ~3.
@@ -222,6 +235,54 @@ def _deterministic_torch(seed: int, threads: int) -> Iterator[None]:
             torch.set_num_threads(prev_threads)
 
 
+def train_text_model(seed: int = 0, steps: int | None = None, on_step=None):
+    """The Qwen3.5 text model trained by the far-context curriculum from the build's own initialisation (what the
+    shipped weights are; `steps` stops early). Returns the model and its losses."""
+    from portcheck.model import curriculum
+
+    text = corpus_text()
+    tok = train_tokenizer(text)
+    config, model_class = _config_and_class("qwen3.5", _padded_vocab(tok.get_vocab_size()),
+                                            tok.token_to_id(QWEN_SPECIAL_TOKENS[0]), {})
+    with _deterministic_torch(seed, curriculum.RECIPE["threads"]):
+        model = model_class(config)
+        losses = curriculum.train(model, tok, text, seed, steps=steps, on_step=on_step)
+    return model, losses
+
+
+def shipped_text_record() -> dict:
+    return json.loads(resources.files("portcheck.model.data").joinpath(SHIPPED_TEXT_RECORD).read_text())
+
+
+def _load_text_weights(model, path) -> None:
+    """Every text-model tensor from `path` (the vision tower keeps its seeded initialisation)."""
+    import torch
+    from safetensors.torch import load
+
+    shipped = load(path.read_bytes())
+    state = model.state_dict()
+    text = {name for name in state if not name.startswith("model.visual.") and name != "lm_head.weight"}
+    if set(shipped) != text:
+        raise ValueError(f"{path.name} does not hold this model's text tensors: missing "
+                         f"{sorted(text - set(shipped))[:3]}, extra {sorted(set(shipped) - text)[:3]}")
+    with torch.no_grad():
+        for name in sorted(text):
+            state[name].copy_(shipped[name].to(state[name].dtype))
+
+
+def _text_training(model, architecture: str, token_ids: list[int], seed: int, overrides: dict) -> dict:
+    """The default Qwen3.5 (seed 0, default sizes) takes the shipped far-context weights; any other build trains the
+    short run here (seconds; its model forgets within a few tokens). Returns the training's summary."""
+    record = shipped_text_record() if architecture == "qwen3.5" and not overrides else {}
+    if seed == record.get("seed"):
+        _load_text_weights(model, resources.files("portcheck.model.data").joinpath(SHIPPED_TEXT_WEIGHTS))
+        return {"shipped": SHIPPED_TEXT_WEIGHTS, "target_top1": SHIPPED_TARGET_TOP1,
+                **{k: record[k] for k in ("recipe", "steps", "far_context")}}
+    losses = _train(model, token_ids, seed)
+    return {**TRAIN, "shipped": None, "target_top1": TARGET_TOP1 if architecture == "qwen3.5" else DENSE_TARGET_TOP1,
+            "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4)}
+
+
 def _train(model, token_ids: list[int], seed: int) -> list[float]:
     """Short AdamW run on random corpus windows; returns the loss per step."""
     import torch
@@ -246,19 +307,39 @@ def _train(model, token_ids: list[int], seed: int) -> list[float]:
     return losses
 
 
-def _train_mtp(model, config, mtp: dict, token_ids: list[int], seed: int) -> dict:
+def _mtp_prefixes(encode: Callable[[str], list[int]], seed: int) -> list[list[int]]:
+    """MTP_TRAIN["greedy"] prefixes of 4-23 tokens from the pydoc training text (not the prompts the drafts are
+    measured on), seeded."""
+    import torch
+
+    from portcheck.model.curriculum import topics_text
+
+    topics = encode(topics_text()[:200_000])
+    draw = torch.Generator().manual_seed(seed + 5)
+    prefixes = []
+    for _ in range(MTP_TRAIN["greedy"]):
+        start, length = (int(torch.randint(low, high, (1,), generator=draw)) for low, high in
+                         ((0, len(topics) - 40), (4, 24)))
+        prefixes.append(topics[start: start + length])
+    return prefixes
+
+
+def _train_mtp(model, config, mtp: dict, token_ids: list[int], prefixes: list[list[int]], seed: int) -> dict:
     """Train the MTP head (in place in `mtp`) to draft what the finished main model predicts one token further:
-    row i (hidden state at i, token i+1) against the main model's distribution at i+1, on corpus windows; the main
-    model frozen, in the bf16 values it is saved with. A random head accepts nothing, so no acceptance check on it
-    could fail. Returns the first and last loss and the draft's top-1 agreement on the held-back windows."""
+    row i (hidden state at i, token i+1) against the main model's distribution at i+1, on corpus windows and on the
+    main model's greedy continuations of `prefixes`; the main model frozen, in the bf16 values it is saved with. A
+    random head accepts nothing, so no acceptance check on it could fail. Returns the first and last loss and the
+    draft's top-1 agreement on the held-back corpus windows."""
     import torch
 
     from portcheck.model.mtp import build_reference_mtp, text_model
 
     length = MTP_TRAIN["seq_len"]
     windows = [token_ids[i: i + length] for i in range(0, len(token_ids) - length, length)]
-    held_back, train = windows[: MTP_TRAIN["held_back"]], windows[MTP_TRAIN["held_back"]:]
+    held_back = windows[: MTP_TRAIN["held_back"]]
     with torch.no_grad():
+        windows += [model.generate(torch.tensor([p]), max_new_tokens=length, do_sample=False)[0].tolist()
+                    for p in prefixes]
         outputs = [text_model(model)(input_ids=torch.tensor([w])).last_hidden_state for w in windows]
         targets = [torch.softmax(model.lm_head(h), -1)[0] for h in outputs]
     head = build_reference_mtp(config.get_text_config(), {k[len("mtp."):]: v.float() for k, v in mtp.items()},
@@ -290,8 +371,8 @@ def _train_mtp(model, config, mtp: dict, token_ids: list[int], seed: int) -> dic
     state = head.state_dict()
     for name in mtp:
         mtp[name] = state[name[len("mtp."):]].detach().to(torch.bfloat16).contiguous()
-    return {**MTP_TRAIN, "windows": len(train), "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4),
-            "held_back_top1_agreement": round(sum(agree) / len(agree), 4)}
+    return {**MTP_TRAIN, "windows": len(windows) - len(held_back), "first_loss": round(losses[0], 4),
+            "last_loss": round(losses[-1], 4), "held_back_top1_agreement": round(sum(agree) / len(agree), 4)}
 
 
 def prompt_logits(model, encode: Callable[[str], list[int]], prompts: list[str] = PROMPTS) -> list:
@@ -474,9 +555,8 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, architecture: str = "qw
 
     with _deterministic_torch(seed, TRAIN["threads"]):
         model = model_class(config)
-        losses = _train(model, encode(text), seed)
-        target_top1 = TARGET_TOP1 if architecture == "qwen3.5" else DENSE_TARGET_TOP1
-        scale = _calibration_scale(prompt_logits(model, encode), target_top1)
+        training = _text_training(model, architecture, encode(text), seed, overrides)
+        scale = _calibration_scale(prompt_logits(model, encode), training["target_top1"])
         _scale_final_norm(model, scale)
         model.to(torch.bfloat16)  # the checkpoint is bf16, as the real one; measure what is saved
         top1_bf16 = mean_top1_prob(prompt_logits(model, encode))
@@ -484,7 +564,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, architecture: str = "qw
         top1_fp32 = mean_top1_prob(prompt_logits(model, encode))
 
         mtp = _mtp_tensors(config, seed) if architecture == "qwen3.5" else {}
-        mtp_train = _train_mtp(model, config, mtp, encode(text), seed) if mtp else None
+        mtp_train = _train_mtp(model, config, mtp, encode(text), _mtp_prefixes(encode, seed), seed) if mtp else None
     _save_weights(model, out / "model.safetensors", mtp)
     _save_configs(config, out)
     t = getattr(config, "text_config", config)
@@ -503,7 +583,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, architecture: str = "qw
         "tokenizer_vocab_size": tok.get_vocab_size(),
         "special_token_ids": {name: tok.token_to_id(name) for name in QWEN_SPECIAL_TOKENS},
         "parameters": _param_counts(model, mtp),
-        "train": {**TRAIN, "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4)},
+        "train": training,
         **({"mtp_train": mtp_train} if mtp_train else {}),
         "logit_scale": scale,
         "mean_top1_prob": {"float32": top1_fp32, "bfloat16": top1_bf16},

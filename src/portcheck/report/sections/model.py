@@ -93,8 +93,9 @@ def _far_repeat_rows(c: dict) -> list[list[str]]:
         return []
     if far.get("status") == "not run":
         return [["at the far repeats", NOT_RUN, far["reason"]]]
-    what = (f"{far['positions']} positions (at most {far['per_window_max']} per window) whose next token is in the "
-            f"window only beyond the last {c['context_tokens']} tokens")
+    what = (f"{far['positions']} positions (at most {far['per_window_max']} per window) that continue "
+            f"{far['min_match']}+ tokens of a stretch the window holds only beyond the last {c['context_tokens']} "
+            "tokens (the next token included)")
     return [["next-token loss at the far repeats, whole / cut", f"{far['loss_full']:.3f} / {far['loss_cut']:.3f} nats",
              what],
             ["rise at the far repeats", f"{far['rise']:+.3f} nats",
