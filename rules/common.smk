@@ -302,12 +302,13 @@ def engines_other_than(target):
 def fetch_inputs():
     """A download does not depend on the tiny model's code: editing it must not re-download a checkpoint."""
     if config["model"]["source"].startswith("tiny"):
-        # the default Qwen3.5's shipped text weights (portcheck.model.tiny.SHIPPED_TEXT_*)
-        shipped = ["tiny_qwen3_5_text.safetensors", "tiny_qwen3_5_text.json"]
+        # the default Qwen3.5's shipped text weights (portcheck.model.tiny.SHIPPED_TEXT_*); its MTP head's greedy
+        # prefixes come from the curriculum's text (model.curriculum is among the sources)
+        shipped = ["tiny_qwen3_5_text.safetensors", "tiny_qwen3_5_text.json", "pydoc_topics.txt.gz"]
         shipped = shipped if config["model"]["source"] == "tiny" else []
-        # not the curriculum: the build loads what it trained (make train-tiny), it does not run it
-        return package_sources("model.acquire", exclude=("model.curriculum",)) + local(
-            [f"src/portcheck/model/data/{name}" for name in ["tiny_corpus.txt", *shipped]])
+        return package_sources("model.acquire") + local(
+            [f"src/portcheck/model/data/{name}" for name in ["tiny_corpus.txt", *shipped]]
+        )
     return package_sources("model.acquire", exclude=("model.tiny",))
 
 

@@ -200,7 +200,9 @@ def test_run_target_streams_compact_corpus_and_decode_dumps(tiny_model_dir, tmp_
     result = compare_corpus_files(runs["cpu-hf-fp32"]["corpus"], target["corpus"], THRESHOLDS, 0.04, CHUNKS, 0)
     assert result["kld_basis"] == "estimate" and result["storage"]["target"] == "compact"
     assert result["storage"]["target_bytes"] < result["storage"]["reference_bytes"] / 4
-    assert result["overall"]["kld_mean"] > 0 and result["verdict"]["status"] == "pass"
+    # The pooled figures pass; growth over 2 windows may be too few units to decide (1.3x, bounds 0.35x-4.8x).
+    assert result["overall"]["kld_mean"] > 0 and result["pooled"]["status"] == "pass"
+    assert result["verdict"]["status"] != "fail" and not result["verdict"]["reasons"], result["verdict"]
     decode_reference = tmp_path / "decode_reference.safetensors"
     score_decode("cpu-hf-fp32", tiny_model_dir, EngineSettings(threads=1), target["decode"], decode_reference,
                  {"storage": "compact", "compact_topk": 128, "compact_sample": 128})

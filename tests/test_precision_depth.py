@@ -365,7 +365,9 @@ def test_growth_catches_an_error_growing_past_the_first_chunk_on_a_bf16_floor(fa
 
 def test_decode_vs_prefill_catches_a_decode_only_error_on_a_bf16_floor(faulty_runs, tmp_path):
     """The bf16 decode path against its teacher-forced reference: clean, it decodes as precisely as it prefills;
-    with its decode error tripled (KLD ~9x), decode vs prefill fails while the decode's own growth does not move."""
+    with its decode error multiplied by 6 (KLD ~36x), decode vs prefill fails while the decode's own growth does not
+    move. (The shipped model's clean decode is a quarter of its prefill's KLD: tripled, it read 2.29x the prefill's,
+    bounds 1.01x-5.19x over 3 and 2 sequences, inconclusive.)"""
     from portcheck.atomic import write_json
     from portcheck.compare.positions import compare_decode_files
 
@@ -375,10 +377,13 @@ def test_decode_vs_prefill_catches_a_decode_only_error_on_a_bf16_floor(faulty_ru
     decode = runs["bf16"]
     clean = compare_decode_files(decode["decode_reference"], decode["decode"], THRESHOLDS, 0.04, CHUNKS,
                                  tmp_path / "corpus.json")
-    assert clean["decode_vs_prefill"]["status"] == "pass" and clean["verdict"]["status"] == "pass"
-    worse = amplified(decode["decode_reference"], decode["decode"], 3.0, 0, tmp_path / "worse.safetensors")
+    # Nothing fails clean; the decode's growth over 3 sequences may be too few units to decide (1.11x, bounds
+    # 0.41x-3.04x on the shipped model).
+    assert clean["decode_vs_prefill"]["status"] == "pass" and not clean["verdict"]["reasons"], clean["verdict"]
+    worse = amplified(decode["decode_reference"], decode["decode"], 6.0, 0, tmp_path / "worse.safetensors")
     result = compare_decode_files(decode["decode_reference"], worse, THRESHOLDS, 0.04, CHUNKS,
                                   tmp_path / "corpus.json")
+    print(result["decode_vs_prefill"]["reason"])
     assert result["decode_vs_prefill"]["status"] == "fail" and result["decode_vs_prefill"]["ratio"] > 3
     assert result["growth"]["status"] != "fail" and result["verdict"]["status"] == "fail"
 
@@ -402,7 +407,7 @@ def test_decode_vs_floor_catches_a_decode_error_a_few_times_the_bf16_floor(fault
     clean = compared(decode["decode"], floor_path=decode["decode_floor"])
     print("clean", clean["vs_floor"]["reason"])
     assert clean["vs_floor"]["status"] == "pass" and clean["vs_floor"]["units"] == {"compared": 3, "base": 3}
-    assert clean["verdict"]["status"] == "pass"
+    assert clean["verdict"]["status"] != "fail" and not clean["verdict"]["reasons"], clean["verdict"]
     worse = amplified(decode["decode_reference"], decode["decode"], 2.0, 0, tmp_path / "worse.safetensors")
     result = compared(worse, floor_path=decode["decode_floor"])
     print("doubled", result["vs_floor"]["reason"])

@@ -108,6 +108,14 @@ def rows(engine, prompts):
     return engine.score(prompts)
 
 
+def bf16_steps(logits: np.ndarray, steps: int = 2) -> np.ndarray:
+    """Per row, `steps` bf16 steps (8 significant bits) at the row's largest |logit|: how far two vLLM passes whose
+    batches differ may put a log-prob, each rounding the bf16 logits its own way. Measured on the shipped model: up to
+    0.034 at logits ~5.5 (a step there: 0.031) for a 3-token seed prompt, 0.056 at ~9 (0.0625) for a decode step; 0
+    wherever the batch is the same."""
+    return steps * 2.0 ** (np.floor(np.log2(np.abs(logits).max(axis=1, keepdims=True))) - 7)
+
+
 # -- no engine needed ------------------------------------------------------------------------------------------
 
 
@@ -260,7 +268,7 @@ def test_full_vocabulary_scores(engine, prompts, scores, hf_logprobs, monkeypatc
 def test_seed_rows_are_the_models_raw_logits_whatever_logprobs_topk(engine, prompts, rows, scores, hf_logits,
                                                                     tmp_path):
     """At logprobs_topk 5 the seed prompts still get whole raw logits rows from the worker: HF fp32's within bf16,
-    vLLM's own top-k log-probs exactly, and a dump of kind full whose KLD against the reference is exact and whose
+    vLLM's own top-k log-probs to the bf16 rounding of a logit (exactly where the batch is the same), and a dump of kind full whose KLD against the reference is exact and whose
     msprobe metrics compare raw logits."""
     from portcheck.compare.compare import kld_basis, msprobe_basis
     from portcheck.dump.logits_file import read_dump, write_dump
@@ -272,8 +280,8 @@ def test_seed_rows_are_the_models_raw_logits_whatever_logprobs_topk(engine, prom
         assert r.topk_ids is None and r.logits.dtype == np.float32 and r.logits.shape == ref.shape
         assert np.abs(np.logaddexp.reduce(r.logits, axis=1)).min() > 1  # raw logits, not log-probs
         np.testing.assert_allclose(r.logits, ref, atol=0.15, rtol=0.02)
-        np.testing.assert_allclose(np.take_along_axis(log_softmax(r.logits), s.topk_ids, axis=1), s.topk_logprobs,
-                                   atol=2e-3)
+        gap = np.abs(np.take_along_axis(log_softmax(r.logits), s.topk_ids, axis=1) - s.topk_logprobs)
+        assert (gap <= bf16_steps(r.logits)).all(), (gap.max(axis=1), bf16_steps(r.logits)[:, 0])
         np.testing.assert_allclose(r.token_logprobs, s.token_logprobs, atol=2e-3)
     meta = {"model_sha": "m", "tokenizer_sha": "t", "prompts_sha": "p"}
     write_dump(tmp_path / "ref.safetensors", [PromptScores(np.asarray(ids), logits=ref)
@@ -473,8 +481,9 @@ def test_decode_rows_are_the_steps_under_chunked_prefill_and_prefix_cache(tiny_m
         own = engine.decode(workload, 8, together=True)  # vLLM's top-k of the same steps
     for d, o in zip(decoded, own):
         assert d.tokens == o.tokens
-        np.testing.assert_allclose(np.take_along_axis(log_softmax(d.scores.logits), o.scores.topk_ids, axis=1),
-                                   o.scores.topk_logprobs, atol=0.05)
+        mine = np.take_along_axis(log_softmax(d.scores.logits), o.scores.topk_ids, axis=1)
+        gap = np.abs(mine - o.scores.topk_logprobs)
+        assert (gap <= bf16_steps(d.scores.logits)).all(), (gap.max(axis=1), bf16_steps(d.scores.logits)[:, 0])
 
 
 def test_unregistered_architecture_is_refused_before_the_engine_starts(tiny_model_dir, tmp_path):
