@@ -94,6 +94,15 @@ def test_full_vocabulary_log_probs_vllm_would_return_where_its_worker_cannot_hoo
                          "cpu-vllm-bf16+graph")
 
 
+def test_the_repeated_token_share_counts_decoded_tokens_equal_to_the_one_before():
+    """Two decodes: 5 5 5 7 (two of three pairs repeat) and 1 2 (none): 2 of 4 pairs; a decode of one token has no
+    pair, and none at all gives None, not 0."""
+    from portcheck.modes.mtp_reference import repeated_token_share
+
+    assert repeated_token_share([[5, 5, 5, 7], [1, 2]]) == pytest.approx(0.5)
+    assert repeated_token_share([[3], [4, 4]]) == 1.0 and repeated_token_share([[3]]) is None
+
+
 def test_mtp_without_mtp_weights_is_refused_before_the_engine_starts():
     with pytest.raises(PortcheckError, match="mode mtp needs MTP weights, and the model in m has none"):
         check_mode_model("mtp", {"mtp_num_hidden_layers": 0}, "m")

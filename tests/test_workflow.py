@@ -198,6 +198,9 @@ def test_the_mtp_head_drafts_and_the_model_section_says_how_well(workflow_run):
     row = f"| MTP head acceptance rate | {pct(head['acceptance_rate'])} | {head['drafts']} speculative rounds"
     assert row in report
     assert f"results/{MODEL}/mtp\\_head.json (acceptance\\_rate" in report  # markdown-escaped
+    # The greedy decode of the decode prompts loops (whitespace): the report says how much, beside the acceptance.
+    assert 0 < head["repeated_token_share"] < 1
+    assert f"| decoded tokens repeating the one before | {pct(head['repeated_token_share'])} |" in report
 
 
 def test_second_run_does_nothing(workflow_run):

@@ -43,7 +43,15 @@ def score_mtp(reference: str, model_dir: str | Path, settings: EngineSettings, d
     for counts in per_sequence:
         total = {name: _add(total.get(name), value) for name, value in counts.items()}
     write_json(out_path, {**head, "status": "measured", **acceptance(total), "per_sequence": per_sequence,
+                          "repeated_token_share": repeated_token_share(tokens),
                           "run_seconds": round(time.perf_counter() - started, 3)})
+
+
+def repeated_token_share(tokens: list[list[int]]) -> float | None:
+    """The share of decoded tokens equal to the one before them: a decode that loops on one token is easy to draft,
+    so an acceptance read on it says less about the head."""
+    pairs = [(a, b) for sequence in tokens for a, b in zip(sequence, sequence[1:])]
+    return sum(a == b for a, b in pairs) / len(pairs) if pairs else None
 
 
 def _why_not_replayed(weights: dict, model_dir, reference: str, engine: str) -> str | None:

@@ -58,7 +58,7 @@ def mtp_table(path: str | None) -> dict | None:
     if not path:
         return None
     m = read_artifact(path, "mtp_head")
-    source = cite(path, "acceptance_rate", "per_position", "drafts", "draft_tokens")
+    source = cite(path, "acceptance_rate", "per_position", "drafts", "draft_tokens", "repeated_token_share")
     if m.get("status") != "measured":
         return table(["Measure", "Value", "Note"], [["MTP head acceptance", NOT_RUN, m.get("reason", UNKNOWN)]],
                      source)
@@ -70,7 +70,10 @@ def mtp_table(path: str | None) -> dict | None:
             ["per draft position", ", ".join(pct(r) for r in m.get("per_position") or []) or UNKNOWN,
              "accepted at that position / rounds"],
             ["mean acceptance length", decimal(m.get("mean_accepted_length")),
-             "1 + accepted / rounds (vLLM's definition)"]]
+             "1 + accepted / rounds (vLLM's definition)"],
+            ["decoded tokens repeating the one before", pct(m.get("repeated_token_share")),
+             "a decode that loops on one token (whitespace, say) is easy to draft: the higher this, the less the "
+             "acceptance says about the head"]]
     return table(["Measure", "Value", "Note"], rows, source)
 
 
