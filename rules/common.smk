@@ -122,7 +122,6 @@ CORPUS_TEXT = local(os.path.relpath(corpus_path(config, workflow.basedir)))
 # upgrade reruns them): lm-eval runs in this environment for every target.
 ACCURACY_TASK_DATA = [os.path.relpath(path) for path in accuracy_task_data()]
 LM_EVAL_VERSION = distribution_version("lm_eval", "lm-eval")
-# What a dump job writes: the optional kinds are named like the config sections that turn them on.
 # Engine-mode runs (<target>+<mode>) of enabled targets, and those whose target is not enabled (reported not run).
 MODE_RUNS, MODE_RUNS_NOT_RUN = active_runs(config)
 # What a dump job writes: the optional kinds are named like the config sections that turn them on.
@@ -304,8 +303,11 @@ def fetch_inputs():
     if config["model"]["source"].startswith("tiny"):
         # the default Qwen3.5's shipped text weights (portcheck.model.tiny.SHIPPED_TEXT_*); its MTP head's greedy
         # prefixes come from the curriculum's text (model.curriculum is among the sources)
-        shipped = ["tiny_qwen3_5_text.safetensors", "tiny_qwen3_5_text.json", "pydoc_topics.txt.gz"]
-        shipped = shipped if config["model"]["source"] == "tiny" else []
+        shipped = (
+            ["tiny_qwen3_5_text.safetensors", "tiny_qwen3_5_text.json", "pydoc_topics.txt.gz"]
+            if config["model"]["source"] == "tiny"
+            else []
+        )
         return package_sources("model.acquire") + local(
             [f"src/portcheck/model/data/{name}" for name in ["tiny_corpus.txt", *shipped]]
         )

@@ -120,3 +120,46 @@ def test_in_process_is_the_cpu_default_from_vllm_0_23_and_a_setting(target_name,
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in engine_env(target.device, settings)
     explicit = EngineSettings(extra={"vllm_kwargs": {"distributed_executor_backend": "mp"}})
     assert llm_kwargs(target, MODEL_DIR, explicit, in_process=True)["distributed_executor_backend"] == "mp"
+
+
+@pytest.mark.parametrize(("device", "kv_bytes", "env_only", "already", "expected"), [
+    ("cpu", 512 * 1024**2, True, None, "1"), ("cpu", 3 * 1024**3 + 1, True, None, "4"),
+    ("cpu", 512 * 1024**2, False, None, None), ("cpu", None, True, None, None),
+    ("cpu", 512 * 1024**2, True, "6", None), ("npu", 512 * 1024**2, True, None, None),
+])
+def test_a_vllm_that_reads_only_its_kv_space_variable_gets_the_same_kv_cache_size(device, kv_bytes, env_only,
+                                                                                  already, expected, monkeypatch):
+    """vLLM CPU 0.18 ignores kv_cache_memory_bytes and takes VLLM_CPU_KVCACHE_SPACE (whole GiB, rounded up here),
+    else half the host's RAM: the explicit size reaches it there, unless the variable is set already (the user's)."""
+    from portcheck.engines.vllm import engine_args
+
+    monkeypatch.setattr(engine_args, "kv_space_from_env_only", lambda: env_only)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    if already:
+        monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", already)
+    assert engine_env(device, EngineSettings(), kv_bytes).get("VLLM_CPU_KVCACHE_SPACE") == expected
+    assert offline_env(device, EngineSettings(), True, kv_bytes).get("VLLM_CPU_KVCACHE_SPACE") == expected
+
+
+@pytest.mark.parametrize(("line", "env_only"), [("0.18", True), ("0.32", False), (None, False)])
+def test_which_vllm_reads_only_its_kv_space_variable_is_read_from_its_cache_config(line, env_only, tmp_path,
+                                                                                   monkeypatch):
+    """Feature detection on vLLM's own source, laid out as each line ships it (0.18's CacheConfig keeps
+    cpu_kvcache_space_bytes; 0.32's does not); no vLLM installed: False."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from portcheck.engines.vllm import engine_args
+
+    fields = {"0.18": "    cpu_kvcache_space_bytes: int | None = None\n",
+              "0.32": "    kv_cache_memory_bytes: int | None = None\n"}
+    if line:
+        (tmp_path / "vllm" / "config").mkdir(parents=True)
+        (tmp_path / "vllm" / "config" / "cache.py").write_text(f"class CacheConfig:\n{fields[line]}")
+    spec = SimpleNamespace(submodule_search_locations=[str(tmp_path / "vllm")]) if line else None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec if name == "vllm" else None)
+    engine_args.kv_space_from_env_only.cache_clear()
+    try:
+        assert engine_args.kv_space_from_env_only() is env_only
+    finally:
+        engine_args.kv_space_from_env_only.cache_clear()

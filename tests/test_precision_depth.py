@@ -625,3 +625,33 @@ def test_the_floor_check_catches_an_error_a_few_times_the_bf16_floor_under_every
     alone = compare_corpus_files(reference, doubled, THRESHOLDS, 0.04, positions, no_floor="no floor: disabled")
     assert alone["vs_floor"] == {"status": "not run", "reason": "no floor: disabled"}
     assert alone["verdict"]["status"] == "pass"
+
+
+def test_hf_decode_in_batches_gives_each_prompt_alone_s_tokens_and_rows(tiny_model_dir, monkeypatch):
+    """The hf engine decodes the prompts left-padded together: the same greedy tokens as each prompt alone and the
+    same step rows to fp32 rounding (the batch's matrix products round apart, 1e-5 measured), in prompt order;
+    batches of one (DECODE_ROWS_BYTES too small for two) are each prompt alone, bit for bit."""
+    from portcheck.engines import hf
+    from portcheck.engines.factory import make_engine
+    from portcheck.engines.settings import EngineSettings
+    from portcheck.targets import parse_target
+
+    prompts = [[11, 12, 13, 14, 15, 16, 17], [40, 41, 42], [7, 8, 9, 10, 11]]
+    with make_engine(parse_target("cpu-hf-fp32"), tiny_model_dir, EngineSettings(threads=1)) as engine:
+        batches, generate_steps = [], engine._generate_steps
+        monkeypatch.setattr(engine, "_generate_steps", lambda batch, *a: batches.append(len(batch)) or
+                            generate_steps(batch, *a))
+        together = engine.decode(prompts, 24)
+        assert batches == [3]
+        alone = [engine.decode([ids], 24)[0] for ids in prompts]
+        monkeypatch.setattr(hf, "DECODE_ROWS_BYTES", 1)
+        one_by_one = engine.decode(prompts, 24)
+        assert batches[-3:] == [1, 1, 1]
+        vocab = engine._vocab_size()
+    for batched, single, ids in zip(together, alone, prompts):
+        assert batched.prompt == ids and batched.tokens == single.tokens
+        assert batched.scores.logits.shape == single.scores.logits.shape == (24, vocab)
+        np.testing.assert_allclose(batched.scores.logits, single.scores.logits, rtol=0, atol=1e-4)
+        assert list(batched.scores.input_ids) == list(single.scores.input_ids)
+    for first, second in zip(one_by_one, alone):
+        assert first.tokens == second.tokens and np.array_equal(first.scores.logits, second.scores.logits)

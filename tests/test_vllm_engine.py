@@ -119,6 +119,20 @@ def bf16_steps(logits: np.ndarray, steps: int = 2) -> np.ndarray:
 # -- no engine needed ------------------------------------------------------------------------------------------
 
 
+def test_a_pass_is_split_by_request_as_the_model_runner_laid_it_out():
+    """worker_logits.pass_layout reads the runner's input_batch (request ids in pass order) and query_start_loc
+    (each request's first row; stale entries past num_reqs ignored); a runner without them: None (decoded alone)."""
+    from types import SimpleNamespace
+
+    from portcheck.engines.vllm.worker_logits import pass_layout
+
+    runner = SimpleNamespace(input_batch=SimpleNamespace(req_ids=["3-a", "1-b", "stale"], num_reqs=2),
+                             query_start_loc=SimpleNamespace(np=np.array([0, 1, 6, 6, 6])))
+    assert pass_layout(runner) == [("3-a", 0, 1), ("1-b", 1, 6)]
+    assert pass_layout(SimpleNamespace(input_batch=runner.input_batch)) is None
+    assert pass_layout(None) is None
+
+
 def test_check_prompt_lengths_names_the_prompt():
     check_prompt_lengths([[1] * 9, [2] * 3], 10, names=["short one", "other"])
     with pytest.raises(PortcheckError, match=r"prompt 1 \('the long prompt'\) has 10 tokens.*max_model_len 10"):
@@ -317,6 +331,30 @@ def test_decode_steps_are_rows_from_the_worker(engine, prompts, rows):
     assert "one batch" in engine.rows_fallback and together[0].scores.topk_ids.shape == (steps, TOPK)
 
 
+def test_decode_rows_of_one_batch_are_each_prompt_alone_s_to_bf16_rounding(engine, prompts, monkeypatch):
+    """The prompts decoded as one batch (each pass's rows split by request in the worker) give each prompt alone's
+    tokens and rows, in prompt order, to the rounding of the batch's bf16 matrix products (one ulp of a logit,
+    0.0625 at 8-16, measured); not where the prompts would not be prefilled whole in the first pass."""
+    steps, chosen = 12, [prompts[1], prompts[0], prompts[2]]
+    assert engine.batch_decodes(chosen) and not engine.batch_decodes(chosen[:1])
+    assert not engine.batch_decodes([list(range(1, 300))] * 2)  # 598 tokens > max_num_batched_tokens 512
+    batched, problem = engine._decode_in_worker(chosen, steps, None, True)
+    alone, _ = engine._decode_in_worker(chosen, steps, None, False)
+    assert problem == "" and [d.prompt for d in batched] == chosen
+    for b, a in zip(batched, alone):
+        assert b.tokens == a.tokens and b.scores.logits.shape == a.scores.logits.shape == (steps, engine.vocab_size)
+        assert (np.abs(b.scores.logits - a.scores.logits) <= bf16_steps(a.scores.logits)).all()
+    decoded = engine.decode(chosen, steps)
+    assert engine.rows_fallback == "" and [d.tokens for d in decoded] == [a.tokens for a in alone]
+    # where the batch's rows cannot be taken, each prompt alone
+    tried, decode_in_worker = [], engine._decode_in_worker
+    monkeypatch.setattr(engine, "_decode_in_worker", lambda p, n, c, batch: tried.append(batch) or (
+        (None, "no layout") if batch else decode_in_worker(p, n, c, batch)))
+    fallback = engine.decode(chosen, steps)
+    assert tried == [True, False] and engine.rows_fallback == ""
+    assert [d.scores.logits.tolist() for d in fallback] == [a.scores.logits.tolist() for a in alone]
+
+
 def test_greedy_generate_is_deterministic_and_matches_last_row(engine, prompts, scores):
     first = engine.generate(prompts, 6)
     second = engine.generate(prompts, 6)
@@ -384,12 +422,15 @@ def test_peak_memory_carries_vllms_own_split(engine):
     assert split["kv_cache_allocated"] >= engine.capacity()["kv_cache_tokens"] * 1024  # 1,024 B per token (tiny)
     if split["requested"] and not split["kv_cache_explicit"]:  # the share holds what vLLM allocated (aliases once)
         assert split["kv_cache_allocated"] <= split["requested"]
-    # an unset share sizes the KV cache (cpu_memory.kv_cache_bytes); vLLM CPU 0.23 on allocates that, 0.18 ignores it
+    # an unset share sizes the KV cache (cpu_memory.kv_cache_bytes); vLLM CPU 0.23 on allocates that
     explicit = engine.llm_kwargs["kv_cache_memory_bytes"]
     assert explicit == cpu_memory.MIN_KV_BYTES
     if engine_args._release(engine.vllm_version) >= (0, 23):
         assert split["kv_cache_explicit"] and split["kv_cache_budget"] == explicit
         assert explicit * 0.9 <= split["kv_cache_allocated"] <= explicit
+    else:  # 0.18 reads VLLM_CPU_KVCACHE_SPACE alone: the same size, rounded up to whole GiB, not half the host's RAM
+        assert engine.engine_env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+        assert split["kv_cache_budget_source"] == "cpu_kvcache_space_bytes" and split["kv_cache_budget"] == 1024**3
 
 
 # -- destructive: keep these last ------------------------------------------------------------------------------

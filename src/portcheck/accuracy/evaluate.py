@@ -123,9 +123,9 @@ def served_model_args(port: int, model_dir, settings, accuracy: dict) -> dict[st
 
 def _run_served(target_name, model_dir, settings, tasks, accuracy, serve, server_log, python_env):
     from portcheck.benchmarks.serving import start_server
-    from portcheck.engines.vllm.engine_args import engine_env
+    from portcheck.engines.vllm.engine_args import server_env
 
-    env = engine_env(parse_target(target_name).device, settings)
+    env = server_env(parse_target(target_name), model_dir, settings)
     server, port, command, ready_s = start_server(target_name, model_dir, settings, serve, server_log, env,
                                                   python_env=python_env)
     try:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 from portcheck.benchmarks.serve_sweep import SERVED_MODEL_NAME, run_sweep
 from portcheck.atomic import write_json
-from portcheck.engines.vllm.engine_args import engine_env, serve_cli_args
+from portcheck.engines.vllm.engine_args import serve_cli_args, server_env
 from portcheck.engines.vllm.logs import log_tail as engine_log_tail
 from portcheck.errors import PortcheckError
 from portcheck.targets import parse_target
@@ -278,7 +278,7 @@ def check_serving(target_name: str, model_dir: str | Path, settings, serve_confi
                              f"{settings.max_model_len} of {target_name}; shrink them")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=settings.trust_remote_code)
     corpus_text = read_corpus_text(Path(corpus_path))
-    env = engine_env(target.device, settings)  # the offline engine's environment, from the same settings
+    env = server_env(target, model_dir, settings)  # the offline engine's environment, from the same settings
     started = time.perf_counter()
     server = None
     try:

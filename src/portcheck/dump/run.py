@@ -170,7 +170,7 @@ def run_target(
         decode_seconds = time.perf_counter() - decode_started
         if modes:
             modes_started = time.perf_counter()
-            modes_base = decode_rows(engine, workload, int(modes["max_tokens"]), stored)
+            modes_base = decode_rows(engine, workload, int(modes["max_tokens"]), stored, alone=True)  # as the runs
             modes_seconds = time.perf_counter() - modes_started
             # the decode time an mtp run is set against (adding one must not redo this dump)
             generate_seconds = timed_generate(engine, workload, int(modes["max_tokens"]))
@@ -242,12 +242,12 @@ def compact_sample(engine, storage: Storage):
 
 
 def decode_rows(engine, prompts: list[list[int]], max_tokens: int, storage: Storage,
-                together: bool = False) -> tuple[list[DecodeScores], dict]:
+                together: bool = False, alone: bool = False) -> tuple[list[DecodeScores], dict]:
     """The engine's greedy decode with each step's rows (compact records made by the engine where storage is
     compact and it makes them: vLLM's worker), and what the decode dump's metadata says of them (write_decode_dump)."""
     sample = compact_sample(engine, storage) if storage.compact and hasattr(engine, "vocab_size") else None
     compact = (storage.topk, [] if sample is None else sample.tolist()) if storage.compact else None
-    decoded = engine.decode(prompts, max_tokens, together=together, compact=compact)
+    decoded = engine.decode(prompts, max_tokens, together=together, compact=compact, alone=alone)
     if any(d.scores.sample_logprobs is None and d.scores.logits is None for d in decoded):
         sample = None  # the engine's top-k: no sample to keep
     return decoded, {**rows_meta(engine), "sample": sample}

@@ -48,10 +48,12 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def decode(self, prompts: list[list[int]], max_new_tokens: int, together: bool = False,
-               compact: tuple[int, list[int]] | None = None) -> list[DecodeScores]:
+               compact: tuple[int, list[int]] | None = None, alone: bool = False) -> list[DecodeScores]:
         """Greedy continuations through the engine's decode path, with every step's distribution (what the decode
         kernels computed), for the reference to score teacher-forced. together: all prompts in one batch, whatever
-        the engine would otherwise do (the batch mode); engines that decode one prompt at a time ignore it.
+        the engine would otherwise do (the batch mode); engines that decode one prompt at a time ignore it. alone:
+        each prompt alone, where the engine would batch them (the mode workload, whose runs are set against each
+        other step by step: a batch's rounding would show as a difference between them).
         compact: (top-k, sample ids) where the dump keeps compact records, for engines that make them themselves
         (vLLM's worker); engines returning whole rows ignore it (the dump writer reduces them)."""
 

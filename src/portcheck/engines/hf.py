@@ -45,6 +45,7 @@ def transformers_config(model_dir):
 
 
 LAST_LOGITS_TOKENS = 1024  # tokens per batched forward in last_logits (activations of ~15 MB a layer at 0.8B)
+DECODE_ROWS_BYTES = 1 << 30  # step rows a batched decode holds: 8 prompts x 128 steps at 248,320 ids
 
 
 class HFEngine(Engine):
@@ -110,17 +111,26 @@ class HFEngine(Engine):
         chosen = logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
         return [Generation(t.tolist(), c.tolist()) for t, c in zip(new_tokens, chosen)]
 
-    def decode(self, prompts, max_new_tokens, together=False, compact=None) -> list[DecodeScores]:
-        """Each prompt alone (no padding), greedy, with the raw logits of every step: the recurrent GDN update and
-        the KV-cached attention, not the chunked prefill."""
+    def decode(self, prompts, max_new_tokens, together=False, compact=None, alone=False) -> list[DecodeScores]:
+        """Greedy, with the raw logits of every step: the recurrent GDN update and the KV-cached attention, not the
+        chunked prefill. The prompts go left-padded in batches (generate's padding: masked in attention, zeroed
+        before each GDN layer) of up to DECODE_ROWS_BYTES of step rows, not one by one: at the real shape 2.6x
+        faster, the same tokens and the rows within 2e-5 of each prompt alone in fp32 (tests/test_precision_depth.py
+        checks it on the embedded model)."""
+        per_batch = 1 if alone else max(1, DECODE_ROWS_BYTES // (4 * max(1, max_new_tokens) * self._vocab_size()))
         results = []
-        for ids in prompts:
-            new_tokens, step_logits = self._generate_steps([ids], max_new_tokens, {"do_sample": False}, None)
-            tokens = new_tokens[0].tolist()
-            logits = self.torch.stack([step[0] for step in step_logits]).numpy()
-            results.append(DecodeScores(list(ids), tokens, PromptScores(
-                input_ids=np.asarray(decode_row_ids(ids, tokens), dtype=np.int64), logits=logits)))
+        for start in range(0, len(prompts), per_batch):
+            batch = prompts[start:start + per_batch]
+            new_tokens, step_logits = self._generate_steps(batch, max_new_tokens, {"do_sample": False}, None)
+            rows = self.torch.stack(step_logits, dim=1).numpy()  # [batch, step, vocabulary]
+            step_logits.clear()
+            for ids, tokens, logits in zip(batch, new_tokens.tolist(), rows):
+                results.append(DecodeScores(list(ids), tokens, PromptScores(
+                    input_ids=np.asarray(decode_row_ids(ids, tokens), dtype=np.int64), logits=logits)))
         return results
+
+    def _vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
 
     def layer_states(self, prompts, indices=None) -> LayerStates:
         """Forward hooks on the decoder layers and the final norm of the model transformers built; each GDN

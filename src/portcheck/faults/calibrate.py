@@ -3,8 +3,9 @@
 bf16 floor (cpu-hf-bf16) as the unit: which checks fail, and the clean runs' false failures per check.
 
 The checks are the report's own functions on the report's default settings: the corpus (pooled + growth + vs
-floor), the decode steps (pooled + growth + decode vs prefill + vs floor), the chunked-prefill mode (pooled + growth
-+ vs floor + vs base) and the batch mode (pooled + vs base). Faults are switched inside two running engines (base
+floor), the decode steps (pooled + growth + decode vs prefill + vs floor; the workload decoded as the decode dump
+decodes, in one batch where it fits), the chunked-prefill mode (pooled + growth + vs floor + vs base) and the batch
+mode (pooled + vs base: the workload decoded each prompt alone, as the mode runs' base). Faults are switched inside two running engines (base
 and chunked) through the worker's portcheck_set_fault, so the whole table costs two engine starts.
 """
 
@@ -179,9 +180,11 @@ class Calibration:
                 self._corpus_dump(engine, self.windows(k), self.out / f"{name}.corpus.safetensors", TARGET)
                 self._layers(engine, k, self.out / f"{name}.layers.safetensors", TARGET)
                 steps = int(self.modes["max_tokens"])
-                write_decode_dump(self.out / f"{name}.decode.safetensors",
-                                  decode_rows(engine, self.workload(k), steps, self.storage), self._meta(TARGET), steps,
-                                  self.storage)
+                # the decode dump's decode (one batch where it fits) and the mode runs' base (each prompt alone)
+                for kind, alone in (("decode", False), ("base", True)):
+                    write_decode_dump(self.out / f"{name}.{kind}.safetensors",
+                                      decode_rows(engine, self.workload(k), steps, self.storage, alone=alone),
+                                      self._meta(TARGET), steps, self.storage)
                 decoded, held = decode_rows(engine, self.batch(k), steps, self.storage, together=True)
                 write_decode_dump(self.out / f"{name}.batch.safetensors", (decoded[: int(self.modes["prompts"])], held),
                                   self._meta(TARGET), steps, self.storage)
@@ -200,6 +203,7 @@ class Calibration:
         corpus_json.write_text(json.dumps(corpus), encoding="utf-8")
         decode = self._compare_decode(name, "decode", corpus_json)
         batch = self._compare_decode(name, "batch", corpus_json)
+        base = self._compare_decode(name, "base", corpus_json)
         chunked = self._compare_corpus(k, self.out / f"{name}.chunked.safetensors", floor=True)
         layers = compare_layers_files(self.out / f"{REFERENCE}.{k}.layers.safetensors",
                                       self.out / f"{name}.layers.safetensors", self.config["layers"],
@@ -210,7 +214,7 @@ class Calibration:
             "decode vs prefill": decode["decode_vs_prefill"], "decode vs floor": decode["vs_floor"],
             "chunked": chunked["pooled"], "chunked growth": chunked["growth"], "chunked vs floor": chunked["vs_floor"],
             "chunked vs base": mode_vs_base(chunked, corpus, self.positions),
-            "batch": batch["pooled"], "batch vs base": mode_vs_base(batch, decode, self.positions),
+            "batch": batch["pooled"], "batch vs base": mode_vs_base(batch, base, self.positions),
         }
         floor = layers.get("floor") or {}
         return {

@@ -60,13 +60,13 @@ def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings:
             engine.count_replays()  # graphs are captured at the engine start; the workload must replay them
         block = engine.cache_block_size() if run.mode == "prefix-cache" else None
         if run.mode == "prefix-cache" and not prefix_under_block(block, modes):
-            decode_rows(engine, workload, steps, stored)  # fills the cache; the second pass reads it
+            decode_rows(engine, workload, steps, stored, alone=True)  # fills the cache; the second pass reads it
         if batch:  # alone as a batch of one: vLLM's log-probs on both sides of the alone-vs-batch figures
             alone = [engine.decode([ids], steps, together=True)[0] for ids in workload]
             alone_passes = engine.pass_counts() if passes and passes.get("installed") else passes
             passes = engine.count_passes()
         decode_started = time.perf_counter()
-        decoded, held = decode_rows(engine, batch or workload, steps, stored, together=bool(batch))
+        decoded, held = decode_rows(engine, batch or workload, steps, stored, together=bool(batch), alone=True)
         decoded = decoded[: len(workload)]
         decode_seconds = time.perf_counter() - decode_started
         corpus_started = time.perf_counter()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import math
 import tempfile
 import time
@@ -44,8 +45,7 @@ from portcheck.engines.vllm.preflight import (
 
 # settings.extra keys read here; extra["vllm_kwargs"] is passed to vllm.LLM verbatim (and wins over our defaults).
 EXTRA_KEYS = ("vllm_kwargs", "log_file", "ignore_eos", "full_vocab_max_entries")
-
-
+log = logging.getLogger(__name__)
 # A decode step's log-prob of its token as the worker computed it may differ from vLLM's own by a few bf16 ulps of
 # a logit (0.0625 at magnitude 10; the worker multiplies 64 rows at once): beyond this the rows are not the steps.
 DECODE_ROW_TOLERANCE = 0.5
@@ -99,7 +99,8 @@ class VLLMEngine(Engine):
         self.llm_kwargs = llm_kwargs(target, self.model_dir, settings, log_kwargs.get("log_config_file"),
                                      in_process=self.in_process)
         check_engine_arguments(self.llm_kwargs, fields, self.vllm_version)
-        self.engine_env = {**offline_env(target.device, settings, self.in_process), **log_env}
+        self.engine_env = {**offline_env(target.device, settings, self.in_process,
+                                       self.llm_kwargs.get("kv_cache_memory_bytes")), **log_env}
         if log_env:
             apply_logging_config(log_config)
 
@@ -282,17 +283,21 @@ class VLLMEngine(Engine):
                             token_logprobs=token_logprobs)
 
     def decode(self, prompts: list[list[int]], max_new_tokens: int, together: bool = False,
-               compact: tuple[int, list[int]] | None = None) -> list[DecodeScores]:
-        """Greedy decoding through the engine's decode path with each step's distribution: each sequence alone, the
-        steps' rows made in the worker (whole raw logits, or compact records where compact = (top-k, sample ids)),
-        so the decode KLD is exact or an estimate. vLLM's own log-probs where the worker cannot make them (graph
-        mode, speculative decoding) or `together` (one batch, whose passes' rows the worker does not map to
-        sequences): rows_fallback says why."""
+               compact: tuple[int, list[int]] | None = None, alone: bool = False) -> list[DecodeScores]:
+        """Greedy decoding through the engine's decode path with each step's distribution, the steps' rows made in
+        the worker (whole raw logits, or compact records where compact = (top-k, sample ids)), so the decode KLD is
+        exact or an estimate: the prompts decoded as one batch where that changes no prefill (batch_decodes),
+        else (or `alone`) each alone. vLLM's own log-probs where the worker cannot make them (graph mode, speculative decoding)
+        or `together` (the batch mode, kept on vLLM's own log-probs): rows_fallback says why."""
         check_prompt_lengths(prompts, self.max_model_len, new_tokens=max_new_tokens)
         if together:
             self.rows_fallback = "decoded as one batch: the worker's rows are not mapped to the batch's sequences"
         else:
-            decoded, self.rows_fallback = self._decode_in_worker(prompts, int(max_new_tokens), compact)
+            batched = not alone and self.batch_decodes(prompts)
+            decoded, self.rows_fallback = self._decode_in_worker(prompts, int(max_new_tokens), compact, batched)
+            if decoded is None and batched:
+                log.info("decode rows as one batch: %s; trying each prompt alone", self.rows_fallback)
+                decoded, self.rows_fallback = self._decode_in_worker(prompts, int(max_new_tokens), compact, False)
             if decoded is not None:
                 self.full_values = "logits"
                 return decoded
@@ -328,7 +333,7 @@ class VLLMEngine(Engine):
         started = self._rpc("per-layer capture", "portcheck_layers_start", indices)
         if not started.get("ok"):
             return LayerStates(None, status=started.get("status", "not run"), reason=started.get("reason", ""))
-        read, problem = self._one_sequence_per_step("per-layer capture", "portcheck_layers", prompts, _read_layers)
+        read, problem = self._capture_in_worker("per-layer capture", "portcheck_layers", prompts, _read_layers)
         if read is None:
             return LayerStates(None, status="not determined", reason=problem)
         hidden, states, facts = read
@@ -348,15 +353,27 @@ class VLLMEngine(Engine):
         started = self._rpc(what, "portcheck_logits_start", kind, int(topk), [int(i) for i in sample_ids])
         if not started.get("ok"):
             return None, started.get("reason", "")
-        return self._one_sequence_per_step(what, "portcheck_logits", prompts, partial(_read_rows, prompts))
+        return self._capture_in_worker(what, "portcheck_logits", prompts, partial(_read_rows, prompts))
 
-    def _decode_in_worker(self, prompts: list[list[int]], max_new_tokens: int,
-                          compact: tuple[int, list[int]] | None) -> tuple[list[DecodeScores] | None, str]:
-        """Each sequence decoded alone; the hook then sees its uncached prompt rows and one row per later step, so
-        the last max_new_tokens rows are the steps' distributions (step 0: the last prompt row). Checked: the rows
-        seen, and each step's log-prob of its token against vLLM's own."""
+    def batch_decodes(self, prompts: list[list[int]]) -> bool:
+        """Whether the prompts are decoded as one batch: where every prompt is prefilled whole in the batch's first
+        pass, as it would be alone (they fit max_num_batched_tokens and max_num_seqs: the chunked mode's small
+        budget keeps each prompt alone) and prefix caching is off (a later prompt reads what an earlier one
+        cached). A decode step's rows then differ from each prompt alone only by the rounding of the batch's
+        matrix products (bf16: one ulp of a logit, tests/test_vllm_engine.py)."""
+        scheduler = getattr(self._vllm_config(), "scheduler_config", None)
+        budget, seqs = (getattr(scheduler, name, None) for name in ("max_num_batched_tokens", "max_num_seqs"))
+        return (len(prompts) > 1 and not self.llm_kwargs.get("enable_prefix_caching") and isinstance(budget, int)
+                and isinstance(seqs, int) and sum(map(len, prompts)) <= budget and len(prompts) <= seqs)
+
+    def _decode_in_worker(self, prompts: list[list[int]], max_new_tokens: int, compact: tuple[int, list[int]] | None,
+                          batched: bool) -> tuple[list[DecodeScores] | None, str]:
+        """The prompts decoded as one batch (batched) or each alone; the hook sees each sequence's uncached prompt
+        rows and one row per later step, so its last max_new_tokens rows are the steps' distributions (step 0: the
+        last prompt row). Checked: the rows seen, and each step's log-prob of its token against vLLM's own."""
         kind, topk, sample = ("logits", 0, []) if compact is None else ("compact", compact[0], list(compact[1]))
-        started = self._rpc("decode rows", "portcheck_logits_start", kind, int(topk), [int(i) for i in sample], True)
+        started = self._rpc("decode rows", "portcheck_logits_start", kind, int(topk), [int(i) for i in sample], True,
+                            batched)
         if not started.get("ok"):
             return None, started.get("reason", "")
         params = _sampling_params(max_tokens=max_new_tokens, temperature=0.0, logprobs=0, detokenize=False,
@@ -364,32 +381,39 @@ class VLLMEngine(Engine):
         completions: list[tuple[list[int], list[float]]] = []
         self.cached_tokens = []  # per request: prompt tokens vLLM served from its prefix cache
 
-        def run(ids: list[int]) -> tuple[list, int]:
-            output = self._generate("decoding", [ids], params)[0]
-            self.cached_tokens.append(getattr(output, "num_cached_tokens", None))
-            tokens = [int(t) for t in output.outputs[0].token_ids]
-            completions.append((tokens, _chosen_logprobs(output.outputs[0], tokens)))
-            seen = len(ids) - (self.cached_tokens[-1] or 0) + len(tokens) - 1
-            return [decode_row_ids(ids, tokens), seen], seen
+        def run(batch: list[list[int]]) -> tuple[list, list[int]]:
+            row_ids, seen = [], []
+            for ids, output in zip(batch, self._generate("decoding", batch, params)):
+                self.cached_tokens.append(getattr(output, "num_cached_tokens", None))
+                tokens = [int(t) for t in output.outputs[0].token_ids]
+                completions.append((tokens, _chosen_logprobs(output.outputs[0], tokens)))
+                row_ids.append(decode_row_ids(ids, tokens))
+                seen.append(len(ids) - (self.cached_tokens[-1] or 0) + len(tokens) - 1)
+            return ([row_ids, seen], seen) if batched else ([row_ids[0], seen[0]], seen[0])
 
-        decoded, problem = self._one_sequence_per_step("decode rows", "portcheck_logits", prompts,
-                                                       partial(_read_decoded, prompts, completions), run)
+        units = [prompts] if batched else [[ids] for ids in prompts]
+        decoded, problem = self._capture_in_worker("decode rows", "portcheck_logits", units,
+                                                       partial(_read_decoded, prompts, completions), run,
+                                                       take="take_batch" if batched else "take")
         return (None, problem) if decoded is None else _checked_steps(decoded, completions)
 
-    def _one_sequence_per_step(self, what: str, worker_prefix: str, sequences: list[list[int]], read, run=None):
-        """Each sequence run alone by run(ids) -> (the arguments of the worker's <worker_prefix>_take, the rows its
-        hooks must have seen); by default teacher-forced with prompt log-probs, so vLLM's prefix cache cannot skip
-        positions. Then <worker_prefix>_write to a file that read(safetensors handle, the worker's facts) turns
-        into the result: (result, "") or (None, the problem)."""
+    def _capture_in_worker(self, what: str, worker_prefix: str, sequences: list, read, run=None,
+                               take: str = "take"):
+        """Each unit of `sequences` (a sequence, alone in its engine steps; or a batch, for a run and take made for
+        one) run by run(unit) -> (the arguments of the worker's <worker_prefix>_<take>, the rows its hooks must
+        have seen); by default a sequence teacher-forced with prompt log-probs, so vLLM's prefix cache cannot skip
+        positions. Then
+        <worker_prefix>_write to a file that read(safetensors handle, the worker's facts) turns into the result:
+        (result, "") or (None, the problem)."""
         run = run or partial(self._teacher_forced, what)
         problem = ""
         for ids in sequences:
             take_args, rows = run(ids)
-            taken = self._rpc(what, f"{worker_prefix}_take", *take_args)
+            taken = self._rpc(what, f"{worker_prefix}_{take}", *take_args)
             if taken.get("tokens") != rows:
                 problem = taken.get("reason") or (
-                    f"the worker's hooks saw {taken.get('tokens')} positions where {rows} were run for a "
-                    f"{len(ids)}-token sequence (positions served from a cache, or padded graphs)")
+                    f"the worker's hooks saw {taken.get('tokens')} positions where {rows} were run for "
+                    f"{_described(ids)} (positions served from a cache, or padded graphs)")
                 break
         with tempfile.TemporaryDirectory(prefix="portcheck-worker-") as folder:
             path = str(Path(folder) / "captured.safetensors")
@@ -448,7 +472,7 @@ class VLLMEngine(Engine):
         if not started.get("ok"):
             raise PortcheckError(f"{self.target.name}: the image prompts' logits rows cannot be read in vLLM's "
                                  f"worker: {started.get('reason')}; set enforce_eager: true")
-        rows, problem = self._one_sequence_per_step(
+        rows, problem = self._capture_in_worker(
             "image prompts", "portcheck_logits", expected, lambda f, facts: _read_rows([i for i, _ in ran], f, facts),
             run)
         if rows is None:
@@ -654,6 +678,13 @@ class VLLMEngine(Engine):
     def __del__(self):
         with contextlib.suppress(Exception):
             self.close()
+
+
+def _described(unit: list) -> str:
+    """A sequence (token ids) or a batch of them, in words."""
+    if unit and isinstance(unit[0], list):
+        return f"a batch of {len(unit)} sequences"
+    return f"a {len(unit)}-token sequence"
 
 
 def _match_id(request_id: str, ids: list[str]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -123,19 +124,49 @@ def _release(version: str | None) -> tuple[int, ...]:
     return tuple(int(p) for p in parts) if len(parts) == 2 and all(p.isdigit() for p in parts) else (0, 0)
 
 
-def offline_env(device: str, settings: EngineSettings, in_process: bool) -> dict[str, str]:
+def offline_env(device: str, settings: EngineSettings, in_process: bool,
+                kv_bytes: int | None = None) -> dict[str, str]:
     """engine_env plus, in-process, the offline engine's core in this process (`vllm serve` always keeps its own
     processes: the server is a separate program either way)."""
-    env = engine_env(device, settings)
+    env = engine_env(device, settings, kv_bytes)
     if in_process:
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     return env
 
 
-def engine_env(device: str, settings: EngineSettings) -> dict[str, str]:
+def engine_env(device: str, settings: EngineSettings, kv_bytes: int | None = None) -> dict[str, str]:
     """Environment variables the settings map to: settings.threads pins vLLM's CPU OpenMP threads to the first
-    CPUs of this process's affinity (unless VLLM_CPU_OMP_THREADS_BIND is already set)."""
+    CPUs of this process's affinity (unless VLLM_CPU_OMP_THREADS_BIND is already set); kv_bytes (the
+    kv_cache_memory_bytes of engine_arguments) also sizes the KV cache of a vLLM whose CPU worker reads only
+    VLLM_CPU_KVCACHE_SPACE (whole GiB; unless already set)."""
+    env = {}
     if device == "cpu" and settings.threads and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
         cpus = sorted(os.sched_getaffinity(0))[: int(settings.threads)]
-        return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus))}
-    return {}
+        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cpus))
+    if device == "cpu" and kv_bytes and "VLLM_CPU_KVCACHE_SPACE" not in os.environ and kv_space_from_env_only():
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(math.ceil(kv_bytes / cpu_memory.GIB))
+    return env
+
+
+@functools.lru_cache(maxsize=1)
+def kv_space_from_env_only() -> bool:
+    """Whether the installed vLLM's CPU worker sizes its KV cache from VLLM_CPU_KVCACHE_SPACE alone, else half the
+    host's RAM, whatever kv_cache_memory_bytes says: 0.18, whose CacheConfig keeps cpu_kvcache_space_bytes for the
+    worker to return (0.23 and 0.32 dropped the field and honour kv_cache_memory_bytes). Read from vLLM's source
+    file, not imported: the serving and accuracy jobs do not import vLLM (~10 s)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:  # no vLLM here: its server sizes the cache itself
+        return False
+    source = Path(next(iter(spec.submodule_search_locations))) / "config" / "cache.py"
+    try:
+        return "cpu_kvcache_space_bytes:" in source.read_text(encoding="utf-8")
+    except OSError:
+        return False
+
+
+def server_env(target, model_dir: str | Path, settings: EngineSettings) -> dict[str, str]:
+    """engine_env for `vllm serve` on the same settings as the offline engine (its KV cache sized the same)."""
+    kv_bytes = engine_arguments(target, model_dir, settings).get("kv_cache_memory_bytes")
+    return engine_env(target.device, settings, kv_bytes)

@@ -45,16 +45,21 @@ class PortcheckWorkerExtension:
         return worker_layers.write(path)
 
     def portcheck_logits_start(self, kind: str, topk: int = 0, sample_ids: list[int] | None = None,
-                               decoding: bool = False) -> dict:
+                               decoding: bool = False, batched: bool = False) -> dict:
         """Whole logits rows or compact records of every position from the model's own logits; eager mode only."""
         from portcheck.engines.vllm import worker_logits
 
-        return worker_logits.start(self, kind, topk, sample_ids, decoding)
+        return worker_logits.start(self, kind, topk, sample_ids, decoding, batched)
 
     def portcheck_logits_take(self, ids: list[int], seen: int | None = None) -> dict:
         from portcheck.engines.vllm import worker_logits
 
         return worker_logits.take(ids, seen)
+
+    def portcheck_logits_take_batch(self, sequences: list[list[int]], seen: list[int]) -> dict:
+        from portcheck.engines.vllm import worker_logits
+
+        return worker_logits.take_batch(sequences, seen)
 
     def portcheck_logits_write(self, path: str) -> dict:
         from portcheck.engines.vllm import worker_logits

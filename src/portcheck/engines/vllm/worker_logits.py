@@ -8,8 +8,12 @@ as one of two kinds:
   shared sample ids (corpus, decode and mode dumps at a large vocabulary).
 One sequence per step (as worker_layers): the hook then sees that sequence's rows alone, prompt rows first (less any
 served from the prefix cache) and one row per decode step, so the last rows of a greedy decode are its steps'
-distributions. The rows go to a file the driver reads. Eager mode only (a hook is traced into a graph, not called);
-not under speculative decoding when decoding (a verification pass holds several rows per step).
+distributions. Or, `batched`, a batch decoded together: each pass's rows split by request with the model runner's
+own layout of the pass (input_batch.req_ids, query_start_loc: vLLM 0.18 to 0.32), the requests taken in the order
+they were first scheduled (first come, first served: the order the driver added them; the driver checks each
+step's row against vLLM's own log-prob). The rows go to a file the driver reads. Eager mode only (a hook is traced
+into a graph, not called); not under speculative decoding when decoding (a verification pass holds several rows per
+step).
 
 Import-light like worker_extension: vLLM's worker imports it by dotted path."""
 
@@ -25,9 +29,11 @@ KINDS = ("logits", "compact")
 _STATE: dict[str, Any] = {}
 
 
-def start(worker, kind: str, topk: int = 0, sample_ids: list[int] | None = None, decoding: bool = False) -> dict:
+def start(worker, kind: str, topk: int = 0, sample_ids: list[int] | None = None, decoding: bool = False,
+          batched: bool = False) -> dict:
     """Install the hook; {"ok": False, "reason"} where the rows cannot be made. decoding: rows of decode steps
-    will be taken, which speculative decoding's verification passes would not map to steps one for one."""
+    will be taken, which speculative decoding's verification passes would not map to steps one for one. batched:
+    several sequences per pass, taken with take_batch."""
     stop()
     reason = graph_mode_reason(worker)
     if reason:
@@ -41,13 +47,33 @@ def start(worker, kind: str, topk: int = 0, sample_ids: list[int] | None = None,
         return {"ok": False, "reason": f"no final norm and compute_logits found on {type(model).__name__}"}
     if kind not in KINDS:
         return {"ok": False, "reason": f"unknown row kind {kind!r}; one of {KINDS}"}
+    runner = getattr(worker, "model_runner", None) if batched else None
+    if batched and pass_layout(runner) is None:
+        return {"ok": False, "reason": f"{type(runner).__name__} keeps no input_batch.req_ids and query_start_loc: "
+                                       "the rows of a batch cannot be told apart by request"}
     _STATE.update(model=model, kind=kind, topk=int(topk), sample=list(map(int, sample_ids or [])), blocks=[],
-                  records=[], handle=found[1].register_forward_hook(_keep))
+                  records=[], runner=runner, by_request={}, handle=found[1].register_forward_hook(_keep))
     return {"ok": True}
 
 
+def pass_layout(runner) -> list[tuple[str, int, int]] | None:
+    """(request id, first row, end row) of each request in the forward pass the runner prepared; None where this
+    vLLM's runner does not keep them."""
+    batch = getattr(runner, "input_batch", None)
+    starts = getattr(getattr(runner, "query_start_loc", None), "np", None)
+    if batch is None or starts is None or not hasattr(batch, "req_ids") or not hasattr(batch, "num_reqs"):
+        return None
+    count = int(batch.num_reqs)
+    return [(rid, int(starts[i]), int(starts[i + 1])) for i, rid in enumerate(batch.req_ids[:count])]
+
+
 def _keep(_module, _inputs, output):
-    _STATE["blocks"].append(stream_tensor(output, residual_pair=False).detach())
+    rows = stream_tensor(output, residual_pair=False).detach()
+    if _STATE["runner"] is None:
+        _STATE["blocks"].append(rows)
+        return
+    for request, first, end in pass_layout(_STATE["runner"]):
+        _STATE["by_request"].setdefault(request, []).append(rows[first:end])
 
 
 def take(ids: list[int], seen: int | None = None) -> dict:
@@ -59,13 +85,33 @@ def take(ids: list[int], seen: int | None = None) -> dict:
     hidden = torch.cat(blocks) if blocks else None
     blocks.clear()
     rows = 0 if hidden is None else int(hidden.shape[0])
-    if hidden is None or rows != (len(ids) if seen is None else seen) or rows < len(ids):
-        return {"tokens": rows}
-    hidden = hidden[rows - len(ids):]
+    if hidden is not None and rows == (len(ids) if seen is None else seen) and rows >= len(ids):
+        _keep_rows(hidden, ids)
+    return {"tokens": rows}
+
+
+def take_batch(sequences: list[list[int]], seen: list[int]) -> dict:
+    """take() for a batch run together: request i (in the order first scheduled) kept as sequences[i] when the
+    hook saw seen[i] rows of it; the rows seen per request, for the driver (nothing kept unless all match)."""
+    import torch
+
+    by_request = list(_STATE["by_request"].values())
+    _STATE["by_request"] = {}
+    rows = [sum(int(block.shape[0]) for block in blocks) for blocks in by_request]
+    if rows == list(seen) and all(r >= len(ids) for r, ids in zip(rows, sequences)):
+        for blocks, ids in zip(by_request, sequences):
+            _keep_rows(torch.cat(blocks), ids)
+    return {"tokens": rows}
+
+
+def _keep_rows(hidden, ids: list[int]) -> None:
+    """The record of a sequence from its last len(ids) rows."""
+    import torch
+
+    hidden = hidden[int(hidden.shape[0]) - len(ids):]
     keep = _whole if _STATE["kind"] == "logits" else _reduce
     parts = [keep(hidden[start:start + ROWS_AT_ONCE], ids, start) for start in range(0, len(ids), ROWS_AT_ONCE)]
     _STATE["records"].append({name: torch.cat([p[name] for p in parts]).cpu().numpy() for name in parts[0]})
-    return {"tokens": rows}
 
 
 def _logprobs(hidden, ids: list[int], start: int):
