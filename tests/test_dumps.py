@@ -202,6 +202,7 @@ class _RowsEngine:
         from portcheck.engines.outputs import DecodeScores, decode_row_ids
 
         self.rows_fallback = "" if self.hooks else "graph mode (enforce_eager off): the final-norm hook would not run"
+        self.decode_batches = [len(prompts)]
         decoded = []
         for ids, whole in zip(prompts, full_scores(lengths=[max_new_tokens] * len(prompts))):
             tokens = whole.logits.argmax(axis=1).tolist()
@@ -224,7 +225,7 @@ def test_decode_dump_says_where_its_rows_came_from(tmp_path, hooks, kind):
     rows = decode_rows(_RowsEngine(hooks), [[1, 2], [3]], 4, storage)
     write_decode_dump(tmp_path / "decode.safetensors", rows, {**META, "target": "cpu-vllm-bf16"}, 4, storage)
     dump = read_dump(tmp_path / "decode.safetensors")
-    assert dump.kind == kind
+    assert dump.kind == kind and dump.meta["decode"]["batches"] == [2] and "batches" not in dump.meta
     if hooks:
         assert "rows_fallback" not in dump.meta and dump.meta["full_values"] == "logits"
         np.testing.assert_array_equal(dump.sample_ids, sample_ids(VOCAB, 4))

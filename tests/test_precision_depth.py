@@ -642,11 +642,11 @@ def test_hf_decode_in_batches_gives_each_prompt_alone_s_tokens_and_rows(tiny_mod
         monkeypatch.setattr(engine, "_generate_steps", lambda batch, *a: batches.append(len(batch)) or
                             generate_steps(batch, *a))
         together = engine.decode(prompts, 24)
-        assert batches == [3]
+        assert batches == [3] and engine.decode_batches == [3]
         alone = [engine.decode([ids], 24)[0] for ids in prompts]
         monkeypatch.setattr(hf, "DECODE_ROWS_BYTES", 1)
         one_by_one = engine.decode(prompts, 24)
-        assert batches[-3:] == [1, 1, 1]
+        assert batches[-3:] == [1, 1, 1] and engine.decode_batches == [1, 1, 1]
         vocab = engine._vocab_size()
     for batched, single, ids in zip(together, alone, prompts):
         assert batched.prompt == ids and batched.tokens == single.tokens

@@ -940,3 +940,11 @@ def test_the_serving_sweep_plot_orders_levels_by_load_and_marks_saturation(tmp_p
     plots.plot_serve_sweep({TARGET: path}, tmp_path / "serve_sweep.png")
     plots.plot_serve_sweep({}, tmp_path / "empty.png")
     assert (tmp_path / "serve_sweep.png").stat().st_size > 10_000 and (tmp_path / "empty.png").is_file()
+
+
+@pytest.mark.parametrize(("batches", "text"), [([8], "as one batch of 8"), ([1, 1, 1], "each prompt alone"),
+                                               ([4, 4], "in batches of 4, 4"), (None, "not recorded")])
+def test_the_decode_section_says_how_each_target_decoded_its_prompts(batches, text):
+    from portcheck.report.sections.positions import decode_batches_text
+
+    assert decode_batches_text(batches) == text

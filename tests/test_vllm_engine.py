@@ -346,12 +346,15 @@ def test_decode_rows_of_one_batch_are_each_prompt_alone_s_to_bf16_rounding(engin
         assert (np.abs(b.scores.logits - a.scores.logits) <= bf16_steps(a.scores.logits)).all()
     decoded = engine.decode(chosen, steps)
     assert engine.rows_fallback == "" and [d.tokens for d in decoded] == [a.tokens for a in alone]
+    assert engine.decode_batches == [3]
+    engine.decode(chosen, steps, alone=True)
+    assert engine.decode_batches == [1, 1, 1]
     # where the batch's rows cannot be taken, each prompt alone
     tried, decode_in_worker = [], engine._decode_in_worker
     monkeypatch.setattr(engine, "_decode_in_worker", lambda p, n, c, batch: tried.append(batch) or (
         (None, "no layout") if batch else decode_in_worker(p, n, c, batch)))
     fallback = engine.decode(chosen, steps)
-    assert tried == [True, False] and engine.rows_fallback == ""
+    assert tried == [True, False] and engine.rows_fallback == "" and engine.decode_batches == [1, 1, 1]
     assert [d.scores.logits.tolist() for d in fallback] == [a.scores.logits.tolist() for a in alone]
 
 

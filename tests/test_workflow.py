@@ -56,6 +56,7 @@ def test_decode_path_is_compared_on_every_engine(workflow_run):
     for target in ("cpu-hf-bf16", "cpu-vllm-bf16"):
         decode = json.loads((results / "compare" / f"{target}.decode.json").read_text())
         assert decode["overall"]["n_positions"] == 8 * 128 and decode["decode"]["steps"] == 128
+        assert decode["decode"]["batches"] == [8]  # the 8 decode prompts as one batch, on either engine
         assert decode["decode_vs_prefill"]["prefill"].endswith(f"{target}.corpus.json")
         assert decode["verdict"]["status"] == "pass" and decode["kld_basis"] in ("exact", "estimate")
         assert f"### {target} vs cpu-hf-fp32, decode steps" in report
@@ -68,6 +69,7 @@ def test_decode_path_is_compared_on_every_engine(workflow_run):
     vllm = json.loads((results / "compare" / "cpu-vllm-bf16.decode.json").read_text())
     assert vllm["vs_floor"]["status"] == "pass" and vllm["vs_floor"]["units"] == {"compared": 8, "base": 8}
     assert vllm["vs_floor"]["floor"].endswith("cpu-vllm-bf16/decode_floor.safetensors")
+    assert "decoded cpu-hf-bf16 as one batch of 8; cpu-vllm-bf16 as one batch of 8." in report
     assert "vs the bf16 floor (cpu-hf-bf16, same decoded tokens)" in report
 
 

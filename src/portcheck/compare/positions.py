@@ -66,7 +66,8 @@ def compare_decode_files(ref_path, tgt_path, thresholds: dict, tie_tolerance: fl
     result = compare_by_position(ref, tgt, thresholds, tie_tolerance, positions)
     decode = tgt.meta.get("decode") or {}
     result["decode"] = {"sequences": tgt.num_prompts, "steps": decode.get("max_tokens"),
-                        "prompt_tokens": [len(p) for p in decode.get("prompts") or []]}
+                        "prompt_tokens": [len(p) for p in decode.get("prompts") or []],
+                        "batches": decode.get("batches")}
     prefill_kind = "corpus_compare" if str(prefill_path).endswith(".corpus.json") else "compare"
     result["decode_vs_prefill"] = decode_vs_prefill(result, read_artifact(prefill_path, prefill_kind),
                                                     str(prefill_path), positions)

@@ -250,7 +250,8 @@ def decode_rows(engine, prompts: list[list[int]], max_tokens: int, storage: Stor
     decoded = engine.decode(prompts, max_tokens, together=together, compact=compact, alone=alone)
     if any(d.scores.sample_logprobs is None and d.scores.logits is None for d in decoded):
         sample = None  # the engine's top-k: no sample to keep
-    return decoded, {**rows_meta(engine), "sample": sample}
+    return decoded, {**rows_meta(engine), "sample": sample,
+                     "batches": list(getattr(engine, "decode_batches", []))}
 
 
 def rows_meta(engine) -> dict:
@@ -276,10 +277,12 @@ def write_decode_dump(path, rows: tuple[list[DecodeScores], dict], meta: dict, m
     tokens teacher-forced (rule score_decode)."""
     decoded, held = rows
     prompts = [d.prompt for d in decoded]
+    batches = {"batches": held["batches"]} if held.get("batches") else {}  # the sizes the prompts were decoded in
     write_dump(path, [d.scores for d in decoded], [Generation(d.tokens) for d in decoded], {
-        **meta, **{key: value for key, value in held.items() if key != "sample"}, "prompts": [], "greedy_text": [],
-        "greedy_tokens": [], "prompts_sha": sha256_text(json.dumps([prompts, [d.tokens for d in decoded]])),
-        "decode": {"prompts": prompts, "max_tokens": max_tokens},
+        **meta, **{key: value for key, value in held.items() if key not in ("sample", "batches")}, "prompts": [],
+        "greedy_text": [], "greedy_tokens": [],
+        "prompts_sha": sha256_text(json.dumps([prompts, [d.tokens for d in decoded]])),
+        "decode": {"prompts": prompts, "max_tokens": max_tokens, **batches},
     }, storage, held.get("sample"))
 
 

@@ -46,6 +46,8 @@ class Engine(abc.ABC):
     ) -> list[Generation]:
         """Continuations of a batch of prompts; temperature 0 is greedy."""
 
+    decode_batches: list[int] = []  # the sizes of the batches the last decode ran its prompts in, in order
+
     @abc.abstractmethod
     def decode(self, prompts: list[list[int]], max_new_tokens: int, together: bool = False,
                compact: tuple[int, list[int]] | None = None, alone: bool = False) -> list[DecodeScores]:

@@ -118,9 +118,10 @@ class HFEngine(Engine):
         faster, the same tokens and the rows within 2e-5 of each prompt alone in fp32 (tests/test_precision_depth.py
         checks it on the embedded model)."""
         per_batch = 1 if alone else max(1, DECODE_ROWS_BYTES // (4 * max(1, max_new_tokens) * self._vocab_size()))
-        results = []
+        results, self.decode_batches = [], []
         for start in range(0, len(prompts), per_batch):
             batch = prompts[start:start + per_batch]
+            self.decode_batches.append(len(batch))
             new_tokens, step_logits = self._generate_steps(batch, max_new_tokens, {"do_sample": False}, None)
             rows = self.torch.stack(step_logits, dim=1).numpy()  # [batch, step, vocabulary]
             step_logits.clear()

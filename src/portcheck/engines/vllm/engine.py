@@ -300,6 +300,7 @@ class VLLMEngine(Engine):
                 decoded, self.rows_fallback = self._decode_in_worker(prompts, int(max_new_tokens), compact, False)
             if decoded is not None:
                 self.full_values = "logits"
+                self.decode_batches = [len(prompts)] if batched else [1] * len(prompts)
                 return decoded
         return self._decode_logprobs(prompts, max_new_tokens, together)
 
@@ -314,6 +315,7 @@ class VLLMEngine(Engine):
             ignore_eos=True,
         )
         batches = [[ids] for ids in prompts] if full and not together else [prompts]
+        self.decode_batches = [len(batch) for batch in batches]
         results = []
         self.cached_tokens = []  # per request: prompt tokens vLLM served from its prefix cache
         for batch in batches:

@@ -31,9 +31,24 @@ def long_context_section(targets: list[TargetData]) -> dict:
 def decode_section(targets: list[TargetData]) -> dict:
     section = by_position_section(targets, "decode_compare")
     decode = (section["first"] or {}).get("decode")
-    method = {"sequences": decode.get("sequences"), "steps": decode.get("steps"),
-              "prompt_tokens": decode.get("prompt_tokens") or []} if decode else {}
-    return {**section, "method": method}
+    if not decode:
+        return {**section, "method": {}}
+    compared = [t for t in targets if t.role == "target" and isinstance(t.decode_compare, dict)]
+    batches = [f"{t.name} {decode_batches_text((t.decode_compare.get('decode') or {}).get('batches'))}"
+               for t in compared]
+    return {**section, "method": {"sequences": decode.get("sequences"), "steps": decode.get("steps"),
+                                  "prompt_tokens": decode.get("prompt_tokens") or [], "batches": batches}}
+
+
+def decode_batches_text(batches: list[int] | None) -> str:
+    """How a target's decode ran its prompts, from its decode dump ("not recorded" for a dump from before)."""
+    if not batches:
+        return "not recorded"
+    if all(size == 1 for size in batches):
+        return "each prompt alone"
+    if len(batches) == 1:
+        return f"as one batch of {batches[0]}"
+    return "in batches of " + ", ".join(map(str, batches))
 
 
 def by_position_section(targets: list[TargetData], kind: str) -> dict:
