@@ -297,6 +297,7 @@ class VLLMEngine(Engine):
             decoded, self.rows_fallback = self._decode_in_worker(prompts, int(max_new_tokens), compact, batched)
             if decoded is None and batched:
                 log.info("decode rows as one batch: %s; trying each prompt alone", self.rows_fallback)
+                batched = False
                 decoded, self.rows_fallback = self._decode_in_worker(prompts, int(max_new_tokens), compact, False)
             if decoded is not None:
                 self.full_values = "logits"
