@@ -5,8 +5,9 @@ bf16 floor (cpu-hf-bf16) as the unit: which checks fail, and the clean runs' fal
 The checks are the report's own functions on the report's default settings: the corpus (pooled + growth + vs
 floor), the decode steps (pooled + growth + decode vs prefill + vs floor; the workload decoded as the decode dump
 decodes, in one batch where it fits), the chunked-prefill mode (pooled + growth + vs floor + vs base) and the batch
-mode (pooled + vs base: the workload decoded each prompt alone, as the mode runs' base). Faults are switched inside two running engines (base
-and chunked) through the worker's portcheck_set_fault, so the whole table costs two engine starts.
+mode (pooled + vs base: the workload decoded each prompt alone, as the mode runs' base). Faults are switched inside
+two running engines (base and chunked) through the worker's portcheck_set_fault, so the whole table costs two engine
+starts.
 """
 
 from __future__ import annotations

@@ -287,8 +287,8 @@ class VLLMEngine(Engine):
         """Greedy decoding through the engine's decode path with each step's distribution, the steps' rows made in
         the worker (whole raw logits, or compact records where compact = (top-k, sample ids)), so the decode KLD is
         exact or an estimate: the prompts decoded as one batch where that changes no prefill (batch_decodes),
-        else (or `alone`) each alone. vLLM's own log-probs where the worker cannot make them (graph mode, speculative decoding)
-        or `together` (the batch mode, kept on vLLM's own log-probs): rows_fallback says why."""
+        else (or `alone`) each alone. vLLM's own log-probs where the worker cannot make them (graph mode,
+        speculative decoding) or `together` (the batch mode, kept on vLLM's own log-probs): rows_fallback says why."""
         check_prompt_lengths(prompts, self.max_model_len, new_tokens=max_new_tokens)
         if together:
             self.rows_fallback = "decoded as one batch: the worker's rows are not mapped to the batch's sequences"
