@@ -396,18 +396,17 @@ class VLLMEngine(Engine):
 
         units = [prompts] if batched else [[ids] for ids in prompts]
         decoded, problem = self._capture_in_worker("decode rows", "portcheck_logits", units,
-                                                       partial(_read_decoded, prompts, completions), run,
-                                                       take="take_batch" if batched else "take")
+                                                   partial(_read_decoded, prompts, completions), run,
+                                                   take="take_batch" if batched else "take")
         return (None, problem) if decoded is None else _checked_steps(decoded, completions)
 
     def _capture_in_worker(self, what: str, worker_prefix: str, sequences: list, read, run=None,
-                               take: str = "take"):
+                           take: str = "take"):
         """Each unit of `sequences` (a sequence, alone in its engine steps; or a batch, for a run and take made for
         one) run by run(unit) -> (the arguments of the worker's <worker_prefix>_<take>, the rows its hooks must
         have seen); by default a sequence teacher-forced with prompt log-probs, so vLLM's prefix cache cannot skip
-        positions. Then
-        <worker_prefix>_write to a file that read(safetensors handle, the worker's facts) turns into the result:
-        (result, "") or (None, the problem)."""
+        positions. Then <worker_prefix>_write to a file that read(safetensors handle, the worker's facts) turns into
+        the result: (result, "") or (None, the problem)."""
         run = run or partial(self._teacher_forced, what)
         problem = ""
         for ids in sequences:
