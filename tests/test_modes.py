@@ -168,7 +168,7 @@ WORKLOAD = [[1] * 195, [2] * 196]
     ("prefix-cache", {"cached_tokens": [0, 0], "counters": {}, "cache_block_tokens": 640}, "not run",
      "vLLM's cache block is 640 tokens (cache_config.block_size, raised so one attention page holds a Gated DeltaNet "
      "state), longer than the workload's shared prefix of 192 tokens: only whole blocks are cached, so nothing could "
-     "hit and the cache-filling pass was skipped; set modes.prefix_tokens to at least 640"),
+     "hit and the workload was not decoded; set modes.prefix_tokens to at least 640"),
     ("chunked", {"passes": {"installed": True, "passes": 70, "max_tokens": 64}}, "ran",
      "70 forward passes of at most 64 tokens for prompts of up to 196 tokens"),
     ("chunked", {"passes": {"installed": True, "passes": 66, "max_tokens": 391}}, "not run",
@@ -299,13 +299,13 @@ def test_the_exact_binomial_lower_tail_against_hand_computed_values():
 STEPS, VOCAB = 48, 32
 
 
-def decode_dump(path, logits: list[np.ndarray], tokens: list[list[int]], target: str) -> None:
+def decode_dump(path, logits: list[np.ndarray], tokens: list[list[int]], target: str, **meta) -> None:
     scores = [PromptScores(input_ids=np.asarray([5, *t[:-1]]), logits=x.astype(np.float32))
               for x, t in zip(logits, tokens)]
     write_dump(path, scores, [Generation(t) for t in tokens], {
         "target": target, "device": "cpu", "engine": "hf", "dtype": "fp32", "model_sha": "m", "tokenizer_sha": "t",
         "prompts_sha": f"workload:{tokens}", "prompts": [], "decode": {"prompts": [[5]] * len(tokens),
-                                                                        "max_tokens": STEPS}})
+                                                                        "max_tokens": STEPS}, **meta})
 
 
 def mode_files(tmp_path, mode_noise: np.ndarray, proof_status="ran") -> dict:
@@ -342,6 +342,82 @@ def test_a_mode_as_precise_as_the_base_passes_and_an_unproven_one_is_not_run(tmp
     assert same["vs_base"]["steps_compared"] == 3 * STEPS and same["vs_base"]["top1_vs_base"] > 0.95
     unproven = compare_mode_files(mode_files(tmp_path, np.full(STEPS, 0.5), "not run"), {}, 0.04, POSITIONS)
     assert unproven["status"] == "not run" and unproven["reason"] == "counted"
+
+
+class BlockTooLongEngine:
+    """A vLLM engine whose prefix-cache block (640 tokens, as the real shape's on vLLM 0.32 CPU) is longer than the
+    workload's shared prefix: anything it is asked to decode or score fails the test."""
+
+    cached_tokens: list = []
+    timings = {"engine_start_s": 1.0}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def cache_block_size(self):
+        return 640
+
+    def counters(self):
+        return {"vllm:prefix_cache_hits": 0}
+
+    def adaptation(self):
+        return {}
+
+    def __getattr__(self, name):  # decode, score, score_compact, ...
+        raise AssertionError(f"the run called engine.{name}: a mode that cannot act must not decode or score")
+
+
+def test_a_prefix_cache_run_that_cannot_hit_skips_its_workload_and_its_reference_starts_no_engine(
+        tiny_model_dir, tmp_path, monkeypatch):
+    from portcheck.dump import decode_reference
+    from portcheck.dump.corpus import corpus_job
+    from portcheck.dump.logits_file import read_dump
+    from portcheck.modes import run
+
+    monkeypatch.setattr(run, "make_engine", lambda *args: BlockTooLongEngine())
+    text = read_corpus_text(DEFAULT_CORPUS)
+    outputs = {kind: tmp_path / f"prefix-cache.{kind}.safetensors" for kind in ("decode", "corpus")}
+    outputs["proof"] = tmp_path / "prefix-cache.json"
+    run.run_mode("cpu-vllm-bf16+prefix-cache", tiny_model_dir, ["The capital of France is", "def fib(n):"],
+                 EngineSettings(max_model_len=512), text, dict(MODES_CONFIG, prompts=2), outputs,
+                 corpus=corpus_job(DEFAULT_CORPUS, {"window_length": 64, "windows": 2}, text))
+    proof = json.loads(outputs["proof"].read_text())
+    assert proof["status"] == "not run" and proof["evidence"]["cache_block_tokens"] == 640
+    assert "longer than the workload's shared prefix of 192 tokens" in proof["proof"]
+    assert "the workload was not decoded; set modes.prefix_tokens to at least 640" in proof["proof"]
+    for kind in ("decode", "corpus"):
+        dump = read_dump(outputs[kind])
+        assert dump.num_prompts == 0 and dump.meta["skipped"] == (
+            "the prefix cache could not act: vLLM's cache block of 640 tokens is longer than the workload's shared "
+            "prefix of 192 tokens")
+    # score_mode: the reference's scores of nothing, said as skipped, with no engine start.
+    monkeypatch.setattr(decode_reference, "make_engine", BlockTooLongEngine.__getattr__)
+    reference = tmp_path / "prefix-cache.reference.safetensors"
+    decode_reference.score_decode("cpu-hf-fp32", tiny_model_dir, EngineSettings(), outputs["decode"], reference)
+    scored = read_dump(reference)
+    assert scored.num_prompts == 0 and scored.meta["skipped"] == dump.meta["skipped"]
+    assert scored.meta["scored_for"] == "cpu-vllm-bf16"
+    result = compare_mode_files({"proof": outputs["proof"], "mode": outputs["decode"], "mode_reference": reference,
+                                 "base": tmp_path / "absent", "base_reference": tmp_path / "absent"},
+                                {}, 0.04, POSITIONS)
+    assert result["status"] == "not run" and result["reason"] == proof["proof"]
+
+
+def test_a_dump_of_no_prompt_is_refused_unless_it_says_why(tmp_path):
+    from portcheck.dump.logits_file import read_dump
+
+    meta = {"target": "cpu-hf-fp32", "model_sha": "m", "tokenizer_sha": "t", "prompts_sha": "p"}
+    with pytest.raises(PortcheckError, match="no prompt scores to write: the prompt set is empty"):
+        write_dump(tmp_path / "empty.safetensors", [], None, meta)
+    assert not (tmp_path / "empty.safetensors").exists()
+    write_dump(tmp_path / "skipped.safetensors", [], None, {**meta, "skipped": "the mode could not act"})
+    assert read_dump(tmp_path / "skipped.safetensors").meta["skipped"] == "the mode could not act"
+    with pytest.raises(PortcheckError, match="that says it was skipped"):
+        decode_dump(tmp_path / "both.safetensors", [np.zeros((STEPS, VOCAB))], [[1] * STEPS], "cpu-hf-fp32",
+                    skipped="the mode could not act")
 
 
 # ---------------------------------------------------------------- for real, on vLLM CPU

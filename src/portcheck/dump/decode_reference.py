@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from portcheck.dump.compact import Storage
-from portcheck.dump.logits_file import read_dump, write_dump
+from portcheck.dump.logits_file import SKIPPED, Dump, read_dump, write_dump
 from portcheck.engines.base import check_prompt_lengths
 from portcheck.engines.factory import make_engine
 from portcheck.engines.outputs import Generation, PromptScores
@@ -23,9 +23,15 @@ ROW_FIELDS = ("logits", "topk_ids", "topk_logprobs", "token_logprobs")
 
 def score_decode(reference: str, model_dir: str | Path, settings: EngineSettings, decode_path: str | Path,
                  out_path: str | Path, storage: dict | None = None) -> None:
-    """storage: the config's `logits` storage keys (dump/compact.py), as for the target's decode dump."""
-    decoded, prompts, tokens = decoded_tokens(decode_path)
-    spec = decoded.meta["decode"]
+    """storage: the config's `logits` storage keys (dump/compact.py), as for the target's decode dump. A decode
+    dump that skipped its workload (a mode run that could not act) gets a reference that skips too, with no engine
+    start."""
+    decoded = read_dump(decode_path)
+    if decoded.meta.get(SKIPPED):
+        write_dump(out_path, [], None, {**reference_meta(reference, model_dir, decoded),
+                                        SKIPPED: decoded.meta[SKIPPED]})
+        return
+    prompts, tokens = prompts_and_tokens(decoded)
     # The last decoded token is never input: step t's distribution needs prompt + tokens[:t].
     sequences = [[*p, *t[:-1]] for p, t in zip(prompts, tokens)]
     check_prompt_lengths(sequences, settings.max_model_len, [f"decoded sequence {i}" for i in range(len(prompts))])
@@ -36,25 +42,35 @@ def score_decode(reference: str, model_dir: str | Path, settings: EngineSettings
     for i, (step, row_ids) in enumerate(zip(steps, decoded.input_ids)):
         if list(step.input_ids) != list(row_ids):
             raise PortcheckError(f"decoded sequence {i}: the reference's rows follow other tokens than {decode_path}")
-    target = parse_target(reference)
     write_dump(out_path, steps, [Generation(t) for t in tokens], {
-        "target": reference, "device": target.device, "engine": target.engine, "dtype": target.dtype,
-        "model_sha": model_sha(model_dir), "tokenizer_sha": tokenizer_sha(model_dir),
-        "prompts_sha": decoded.meta["prompts_sha"], "prompts": [], "decode": spec,
-        "scored_for": decoded.meta.get("target"), "full_values": engine.full_values,
-        "versions": stack_versions(), "run_seconds": round(time.perf_counter() - started, 3),
+        **reference_meta(reference, model_dir, decoded), "full_values": engine.full_values,
+        "run_seconds": round(time.perf_counter() - started, 3),
     }, Storage.from_config(storage or {}, text_settings(load_model_config(model_dir)).get("vocab_size")))
+
+
+def reference_meta(reference: str, model_dir: str | Path, decoded: Dump) -> dict:
+    """The reference dump's identity: the reference's, with the decode dump's prompts and spec it scored."""
+    target = parse_target(reference)
+    return {"target": reference, "device": target.device, "engine": target.engine, "dtype": target.dtype,
+            "model_sha": model_sha(model_dir), "tokenizer_sha": tokenizer_sha(model_dir),
+            "prompts_sha": decoded.meta["prompts_sha"], "prompts": [], "decode": decoded.meta["decode"],
+            "scored_for": decoded.meta.get("target"), "versions": stack_versions()}
 
 
 def decoded_tokens(decode_path: str | Path) -> tuple:
     """(the dump, its decode prompts, the tokens decoded after each): refused where the dump holds none."""
     decoded = read_dump(decode_path)
+    return decoded, *prompts_and_tokens(decoded)
+
+
+def prompts_and_tokens(decoded: Dump) -> tuple[list[list[int]], list[list[int]]]:
+    """A decode dump's prompts and the tokens decoded after each: refused where it holds none."""
     prompts = (decoded.meta.get("decode") or {}).get("prompts")
     tokens = [list(map(int, g)) for g in decoded.greedy_ids or []]
     if not prompts or len(prompts) != len(tokens):
-        raise PortcheckError(f"{decode_path} is not a decode dump (no decode prompts and tokens in it); "
+        raise PortcheckError(f"{decoded.path} is not a decode dump (no decode prompts and tokens in it); "
                              "rerun the dump rule (dump_logits) of its target")
-    return decoded, [list(map(int, p)) for p in prompts], tokens
+    return [list(map(int, p)) for p in prompts], tokens
 
 
 def _decode_rows(scores: PromptScores, prompt_length: int) -> PromptScores:

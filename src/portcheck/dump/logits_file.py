@@ -41,6 +41,9 @@ IDENTITY_KEYS = ("model_sha", "tokenizer_sha", "prompts_sha")
 REQUIRED_META = ("target", "device", "engine", "dtype") + IDENTITY_KEYS
 RESERVED_META = ("format", "format_version", "kind", "num_prompts", "json_keys")
 KINDS = ("full", "topk", "compact")
+# Meta key of a dump of no prompt: why nothing was scored (a mode run that could not act skips its workload, and
+# what reads its dumps skips with it). Any other dump holds at least one prompt.
+SKIPPED = "skipped"
 
 _I64, _I32, _F32 = "I64", "I32", "F32"
 _NUMPY_DTYPE = {_I64: np.int64, _I32: np.int32, _F32: np.float32}
@@ -153,7 +156,9 @@ class DumpWriter:
     def close(self, meta: dict[str, Any], greedy: list[Generation] | None = None) -> None:
         try:
             if self.kind is None:
-                raise PortcheckError("no prompt scores to write: the prompt set is empty")
+                if not meta.get(SKIPPED):
+                    raise PortcheckError("no prompt scores to write: the prompt set is empty")
+                self.kind = "full"  # no rows, so no kind of rows: the format's plainest
             if greedy:
                 if len(greedy) != self.count:
                     raise PortcheckError(f"{self.path}: {len(greedy)} greedy continuations for {self.count} prompts")
@@ -161,7 +166,7 @@ class DumpWriter:
                     self._put(name, array)
             if self.sample is not None:
                 self._put("sample_ids", _as(self.sample, _I32))
-            _check_layout(self.path, self.kind, self.count, self.layout)
+            _check_layout(self.path, self.kind, self.count, self.layout, meta.get(SKIPPED))
             meta = {**meta, **self.meta}
             if self.fallback_reason:
                 meta["rows_fallback"] = self.fallback_reason
@@ -260,7 +265,7 @@ def read_dump(path: str | Path) -> Dump:
     header, layout = _read_header(path)
     meta = _decode_meta(path, header)
     kind, n = meta["kind"], meta["num_prompts"]
-    width = _check_layout(path, kind, n, layout)
+    width = _check_layout(path, kind, n, layout, meta.get(SKIPPED))
     with safe_open(path, framework="np") as f:
         input_ids = [f.get_tensor(f"input_ids.{i}") for i in range(n)]
     lazy = {
@@ -325,8 +330,13 @@ def _decode_meta(path: Path, header: dict[str, str] | None) -> dict[str, Any]:
 # ---------------------------------------------------------------- layout validation (shared by write and read)
 
 
-def _check_layout(path: Path, kind: str, num_prompts: int, layout: dict) -> int:
-    """Check every tensor's presence, dtype and shape; return V (full) or k (top-k)."""
+def _check_layout(path: Path, kind: str, num_prompts: int, layout: dict, skipped: str | None = None) -> int:
+    """Check every tensor's presence, dtype and shape; return V (full) or k (top-k), 0 for a skipped dump."""
+    if skipped or not num_prompts:
+        if not (skipped and num_prompts == 0 and not layout):
+            raise PortcheckError(f"{path}: {num_prompts} prompts and {len(layout)} tensors in a dump that says "
+                                 f"{'it was skipped' if skipped else 'nothing of why it holds none'}; {_REDUMP}")
+        return 0
     widths = set()
     has_greedy = "greedy_ids.0" in layout
     for i in range(num_prompts):

@@ -3,7 +3,8 @@ every step's distribution (rows from the model's logits made in vLLM's worker: w
 vocabulary; vLLM's own log-probs where the worker cannot make them, the dump saying why), in the dump format of the
 decode path, so score_mode and the comparisons read it like any decode dump, and the proof that the mode ran, from
 the engine's own counters: <target>/modes/<mode>.safetensors and <target>/modes/<mode>.json. A mode whose counters
-show nothing says "not run" with what they showed; one they show acting but not where it matters, "inconclusive"."""
+show nothing says "not run" with what they showed; one they show acting but not where it matters, "inconclusive".
+A mode the engine shows cannot act (a prefix shorter than a cache block) decodes nothing: its dumps say skipped."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 from portcheck.atomic import write_json
 from portcheck.dump.compact import Storage
 from portcheck import logprobs as m
-from portcheck.dump.logits_file import first_difference
+from portcheck.dump.logits_file import SKIPPED, DumpWriter, first_difference
 from portcheck.dump.run import (check_full_vocab, corpus_windows, decode_rows, dump_meta, load_tokenizer,
                                 score_windows, timed_generate, tokenize, write_corpus_dump,
                                 write_decode_dump)
@@ -59,18 +60,20 @@ def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings:
         if run.mode == "graph":
             engine.count_replays()  # graphs are captured at the engine start; the workload must replay them
         block = engine.cache_block_size() if run.mode == "prefix-cache" else None
-        if run.mode == "prefix-cache" and not prefix_under_block(block, modes):
+        skipped = workload_skipped(run.mode, block, modes)
+        if run.mode == "prefix-cache" and not skipped:
             decode_rows(engine, workload, steps, stored, alone=True)  # fills the cache; the second pass reads it
         if batch:  # alone as a batch of one: vLLM's log-probs on both sides of the alone-vs-batch figures
             alone = [engine.decode([ids], steps, together=True)[0] for ids in workload]
             alone_passes = engine.pass_counts() if passes and passes.get("installed") else passes
             passes = engine.count_passes()
         decode_started = time.perf_counter()
-        decoded, held = decode_rows(engine, batch or workload, steps, stored, together=bool(batch), alone=True)
+        decoded, held = ([], {}) if skipped else decode_rows(engine, batch or workload, steps, stored,
+                                                              together=bool(batch), alone=True)
         decoded = decoded[: len(workload)]
         decode_seconds = time.perf_counter() - decode_started
         corpus_started = time.perf_counter()
-        corpus_writer = score_windows(engine, windows, outputs.get("corpus"), stored)
+        corpus_writer = score_windows(engine, None if skipped else windows, outputs.get("corpus"), stored)
         corpus_seconds = time.perf_counter() - corpus_started
         evidence = {"cached_tokens": list(engine.cached_tokens), "counters": engine.counters(),
                     "cache_block_tokens": block,
@@ -85,10 +88,12 @@ def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings:
         adaptation = engine.adaptation()
         timings = dict(engine.timings)
     meta = dump_meta(target, model_dir, prompts, engine_settings, [], tokenizer, adaptation)
-    meta.update(target=run.target, mode=run.mode, run=run.name, run_seconds=round(decode_seconds, 3))
+    meta.update(target=run.target, mode=run.mode, run=run.name, run_seconds=round(decode_seconds, 3),
+                **({SKIPPED: skipped} if skipped else {}))
     write_decode_dump(outputs["decode"], (decoded, held), meta, steps, stored)
     if windows:
-        write_corpus_dump(corpus_writer, {**meta, "run_seconds": round(corpus_seconds, 3)}, corpus)
+        write_corpus_dump(corpus_writer or DumpWriter(outputs["corpus"], stored),
+                          {**meta, "run_seconds": round(corpus_seconds, 3)}, corpus)
     proof = mode_proof(run.mode, evidence, workload, modes)
     write_json(outputs["proof"], {
         "run": run.name, "target": run.target, "mode": run.mode, "description": MODES[run.mode], **proof,
@@ -99,6 +104,16 @@ def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings:
         "workload": {"prompts": len(workload), "prompt_tokens": [len(w) for w in workload],
                      "prefix_tokens": int(modes["prefix_tokens"]), "max_tokens": int(modes["max_tokens"])},
     })
+
+
+def workload_skipped(mode: str, block: int | None, modes: dict) -> str:
+    """Why the run's workload is not decoded nor its corpus scored ("" where they are): the mode could not act, so
+    its rows would be the base configuration's again (and the reference's scores of them another engine start);
+    the proof says "not run" with the fix, and its dumps say skipped."""
+    if mode == "prefix-cache" and prefix_under_block(block, modes):
+        return (f"the prefix cache could not act: vLLM's cache block of {block} tokens is longer than the "
+                f"workload's shared prefix of {modes['prefix_tokens']} tokens")
+    return ""
 
 
 def alone_vs_batch(alone: list[DecodeScores], batched: list[DecodeScores]) -> dict[str, Any]:
@@ -141,7 +156,7 @@ def mode_proof(mode: str, evidence: dict, workload: list[list[int]], modes: dict
             return not_run(f"vLLM's cache block is {block} tokens (cache_config.block_size, raised so one attention "
                            "page holds a Gated DeltaNet state), longer than the workload's shared prefix of "
                            f"{modes['prefix_tokens']} tokens: only whole blocks are cached, so nothing could hit and "
-                           f"the cache-filling pass was skipped; set modes.prefix_tokens to at least {block} "
+                           f"the workload was not decoded; set modes.prefix_tokens to at least {block} "
                            "(max_model_len must hold the prefix, a prompt and modes.max_tokens)")
         return not_run(f"no prompt token came from the prefix cache (cached tokens per request: {per_request}, "
                        f"vllm:prefix_cache_hits {_int(hits)})")
