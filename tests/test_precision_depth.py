@@ -655,3 +655,23 @@ def test_hf_decode_in_batches_gives_each_prompt_alone_s_tokens_and_rows(tiny_mod
         assert list(batched.scores.input_ids) == list(single.scores.input_ids)
     for first, second in zip(one_by_one, alone):
         assert first.tokens == second.tokens and np.array_equal(first.scores.logits, second.scores.logits)
+
+
+@pytest.mark.parametrize("batched, batches", [(True, [3]), (False, [1, 1, 1])])
+def test_decode_batched_false_decodes_each_prompt_alone(tiny_model_dir, tmp_path, batched, batches):
+    """The config's decode.batched reaches the engine, and the decode dump says how its prompts were decoded."""
+    from conftest import default_config
+    from portcheck.dump.logits_file import read_dump
+    from portcheck.dump.run import run_target
+    from portcheck.engines.settings import EngineSettings
+
+    config = default_config()
+    del config["decode"]["batched"]
+    assert validate_config(config, load_schema(ROOT / "config" / "schema.yaml"), base_dir=ROOT)["decode"]["batched"]
+    paths = {name: tmp_path / f"{name}.{ext}" for name, ext in
+             (("logits", "safetensors"), ("adaptation", "json"), ("decode", "safetensors"))}
+    run_target("cpu-hf-fp32", tiny_model_dir, ["The capital of France is", "def fib(n):", "Once upon a time"],
+               EngineSettings(threads=1), paths, greedy_tokens=1,
+               decode={"prompts": 3, "max_tokens": 8, "batched": batched})
+    decoded = read_dump(paths["decode"])
+    assert decoded.meta["decode"]["batches"] == batches and decoded.num_prompts == 3

@@ -166,7 +166,8 @@ def run_target(
         corpus_writer = score_windows(engine, windows, outputs.get("corpus"), stored)
         corpus_seconds = time.perf_counter() - corpus_started
         decode_started = time.perf_counter()
-        decoded = decode_rows(engine, decode_prompts, decode["max_tokens"], stored) if decode else None
+        decoded = decode_rows(engine, decode_prompts, decode["max_tokens"], stored,
+                              alone=not decode.get("batched", True)) if decode else None
         decode_seconds = time.perf_counter() - decode_started
         if modes:
             modes_started = time.perf_counter()
