@@ -388,17 +388,21 @@ def test_a_prefix_cache_run_that_cannot_hit_skips_its_workload_and_its_reference
     assert proof["status"] == "not run" and proof["evidence"]["cache_block_tokens"] == 640
     assert "longer than the workload's shared prefix of 192 tokens" in proof["proof"]
     assert "the workload was not decoded; set modes.prefix_tokens to at least 640" in proof["proof"]
+    reason = ("the prefix cache could not act: vLLM's cache block of 640 tokens is longer than the workload's "
+              "shared prefix of 192 tokens")
     for kind in ("decode", "corpus"):
         dump = read_dump(outputs[kind])
-        assert dump.num_prompts == 0 and dump.meta["skipped"] == (
-            "the prefix cache could not act: vLLM's cache block of 640 tokens is longer than the workload's shared "
-            "prefix of 192 tokens")
+        assert dump.num_prompts == 0 and dump.meta["skipped"] == reason
+
+    def no_engine(*_args):
+        raise AssertionError("score_mode started the reference's engine for a skipped decode dump")
+
     # score_mode: the reference's scores of nothing, said as skipped, with no engine start.
-    monkeypatch.setattr(decode_reference, "make_engine", BlockTooLongEngine.__getattr__)
+    monkeypatch.setattr(decode_reference, "make_engine", no_engine)
     reference = tmp_path / "prefix-cache.reference.safetensors"
     decode_reference.score_decode("cpu-hf-fp32", tiny_model_dir, EngineSettings(), outputs["decode"], reference)
     scored = read_dump(reference)
-    assert scored.num_prompts == 0 and scored.meta["skipped"] == dump.meta["skipped"]
+    assert scored.num_prompts == 0 and scored.meta["skipped"] == reason
     assert scored.meta["scored_for"] == "cpu-vllm-bf16"
     result = compare_mode_files({"proof": outputs["proof"], "mode": outputs["decode"], "mode_reference": reference,
                                  "base": tmp_path / "absent", "base_reference": tmp_path / "absent"},
