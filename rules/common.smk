@@ -139,8 +139,8 @@ MODE_TARGET_PATTERN = "|".join(map(re.escape, MODE_TARGETS)) or "(?!)"  # (?!) m
 MODE_SETTINGS = {
     key: value for key, value in config["modes"].items() if key not in ("enabled", "runs", "mtp_acceptance")
 }
-# What the dump's base run reads of it: the workload only (a mode's own knobs redo no dump).
-MODE_WORKLOAD = {key: config["modes"][key] for key in ("prompts", "prefix_tokens", "max_tokens")}
+# What the dump's base run reads of it: the workload and its batching only (a mode's own knobs redo no dump).
+MODE_WORKLOAD = {key: config["modes"][key] for key in ("prompts", "prefix_tokens", "max_tokens", "batched")}
 # What a mode run reads of the corpus section: the windows it scores (not how they are compared).
 CORPUS_WINDOWS = {key: config["corpus"][key] for key in ("enabled", "window_length", "windows")}
 # What the dump job captures per layer (the thresholds are the comparison's: changing them redoes no dump).

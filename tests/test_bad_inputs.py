@@ -100,6 +100,15 @@ def test_mode_runs_of_targets_that_cannot_run_are_refused(runs, fragment):
     assert fragment in problems_of(config)
 
 
+def test_a_batch_mode_run_against_a_batched_base_is_refused_with_the_fix():
+    config = default_config()
+    config["modes"]["runs"] = ["cpu-vllm-bf16+batch"]
+    assert "modes.runs: cpu-vllm-bf16+batch: the batch mode is set against the workload decoded one prompt at a " \
+           "time" in problems_of(config) and "set modes.batched: false to run it" in problems_of(config)
+    config["modes"]["batched"] = False
+    validate_config(config, SCHEMA, ROOT)
+
+
 def test_default_mode_runs_of_a_disabled_target_still_validate():
     # A profile that runs other targets keeps the shipped runs: the report lists them as not run.
     config = default_config()

@@ -21,6 +21,7 @@ from portcheck.errors import PortcheckError
 from portcheck.modes.catalog import MODES, active_runs, check_mode_model, mode_settings, parse_run
 from portcheck.modes.compare import acceptance_verdict, compare_mode_files
 from portcheck.modes.run import mode_proof
+from portcheck.report.sections import modes as modes_report
 
 MODES_CONFIG = {"prompts": 4, "prefix_tokens": 192, "max_tokens": 64, "chunk_tokens": 64, "spec_tokens": 1,
                 "batch_size": 8}
@@ -78,6 +79,7 @@ def test_full_vocabulary_log_probs_vllm_would_return_where_its_worker_cannot_hoo
 
     config = default_config()
     config["modes"]["runs"] += ["cpu-vllm-bf16+graph", "cpu-vllm-bf16+mtp", "cpu-vllm-bf16+batch"]
+    config["modes"]["batched"] = False  # a batch run's base decodes each prompt alone
     problems = full_vocab_problems(validate(config), REAL_VOCAB)
     assert [p.split(":")[0] for p in problems] == ["cpu-vllm-bf16+graph", "cpu-vllm-bf16+mtp", "cpu-vllm-bf16+batch"]
     assert "targets.cpu-vllm-bf16.logprobs_topk is -1" in problems[0] and "corpus windows, mode workload steps" \
@@ -299,13 +301,16 @@ def test_the_exact_binomial_lower_tail_against_hand_computed_values():
 STEPS, VOCAB = 48, 32
 
 
-def decode_dump(path, logits: list[np.ndarray], tokens: list[list[int]], target: str, **meta) -> None:
+def decode_dump(path, logits: list[np.ndarray], tokens: list[list[int]], target: str, batches=None,
+                **meta) -> None:
     scores = [PromptScores(input_ids=np.asarray([5, *t[:-1]]), logits=x.astype(np.float32))
               for x, t in zip(logits, tokens)]
     write_dump(path, scores, [Generation(t) for t in tokens], {
         "target": target, "device": "cpu", "engine": "hf", "dtype": "fp32", "model_sha": "m", "tokenizer_sha": "t",
         "prompts_sha": f"workload:{tokens}", "prompts": [], "decode": {"prompts": [[5]] * len(tokens),
-                                                                        "max_tokens": STEPS}, **meta})
+                                                                        "max_tokens": STEPS,
+                                                                        **({"batches": batches} if batches else {})},
+        **meta})
 
 
 def mode_files(tmp_path, mode_noise: np.ndarray, proof_status="ran") -> dict:
@@ -318,8 +323,8 @@ def mode_files(tmp_path, mode_noise: np.ndarray, proof_status="ran") -> dict:
     paths = {name: tmp_path / f"{name}.safetensors" for name in ("base", "base_reference", "mode", "mode_reference")}
     decode_dump(paths["base_reference"], reference, tokens, "cpu-hf-fp32")
     decode_dump(paths["mode_reference"], reference, tokens, "cpu-hf-fp32")
-    decode_dump(paths["base"], base, tokens, "cpu-vllm-bf16")
-    decode_dump(paths["mode"], mode, tokens, "cpu-vllm-bf16")
+    decode_dump(paths["base"], base, tokens, "cpu-vllm-bf16", batches=[3])
+    decode_dump(paths["mode"], mode, tokens, "cpu-vllm-bf16", batches=[1, 1, 1])
     paths["proof"] = tmp_path / "proof.json"
     paths["proof"].write_text(json.dumps({"run": "cpu-vllm-bf16+chunked", "mode": "chunked",
                                           "status": proof_status, "proof": "counted"}))
@@ -340,6 +345,9 @@ def test_a_mode_as_precise_as_the_base_passes_and_an_unproven_one_is_not_run(tmp
     assert same["status"] == "pass", same["verdict"]
     assert 0.5 < same["vs_base"]["ratio"] < 2 and same["vs_base"]["tokens_equal"] == 3
     assert same["vs_base"]["steps_compared"] == 3 * STEPS and same["vs_base"]["top1_vs_base"] > 0.95
+    # the report's row says how each side decoded the workload (modes.batched), from the two dumps
+    row = dict(zip(modes_report.HEADER, modes_report._row("cpu-vllm-bf16+chunked", same)))
+    assert row["Decoded: run; base"] == "each prompt alone; as one batch of 3" and row["Verdict"] == "✅ pass"
     unproven = compare_mode_files(mode_files(tmp_path, np.full(STEPS, 0.5), "not run"), {}, 0.04, POSITIONS)
     assert unproven["status"] == "not run" and unproven["reason"] == "counted"
 
@@ -479,6 +487,7 @@ def test_chunked_prefill_that_drops_its_initial_state_is_caught(tiny_model_dir, 
     result = compare_mode_files(paths, {}, 0.04, POSITIONS_64)
     print(result["proof"], result["verdict"], result["prefill"]["growth"], result["prefill"]["vs_base"])
     assert "forward passes of at most 64 tokens" in result["proof"]
+    assert result["batches"]["mode"] == [4]  # modes.batched: one batch, its prefills split across the passes
     assert base_corpus["verdict"]["status"] == "pass" and base_corpus["growth"]["ratio"] < 2
     # Two windows share each 64-token pass, so a window's chunks do not start at its bucket boundaries: every
     # bucket is spoiled and the growth check alone is too noisy; the same target's base configuration is not.
@@ -489,6 +498,27 @@ def test_chunked_prefill_that_drops_its_initial_state_is_caught(tiny_model_dir, 
     # right after each lost state carry most of it).
     assert [r for r in result["verdict"]["reasons"] if r.startswith("prefill: growth: KLD past the first bucket")]
     assert result["prefill"]["vs_base"]["status"] != "pass"
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_the_mode_workload_is_batched_as_configured_alike_in_the_base_and_the_runs(batched):
+    """modes.batched (default true) reaches the engine's decode for the base configuration's workload, which the
+    mode runs decode through the same function (modes.run), so a run and its base differ by the mode alone."""
+    from portcheck.dump.compact import Storage
+    from portcheck.dump.run import workload_rows
+
+    calls = []
+
+    class Recorder:
+        def decode(self, prompts, max_new_tokens, together=False, compact=None, alone=False, mixed_batch=False):
+            calls.append({"alone": alone, "mixed_batch": mixed_batch, "together": together})
+            return []
+
+    config = default_config()
+    del config["modes"]["batched"]  # the schema's default
+    assert validate_config(config, load_schema(ROOT / "config" / "schema.yaml"), base_dir=ROOT)["modes"]["batched"]
+    workload_rows(Recorder(), [[1, 2], [3, 4]], {"max_tokens": 4, "batched": batched}, Storage())
+    assert calls == [{"alone": not batched, "mixed_batch": batched, "together": False}]
 
 
 POSITIONS_64 = {"bucket": 64, "growth_max": 2.0, "growth_floor": 1e-9, "confidence": 0.95}

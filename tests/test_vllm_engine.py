@@ -334,7 +334,8 @@ def test_decode_steps_are_rows_from_the_worker(engine, prompts, rows):
 def test_decode_rows_of_one_batch_are_each_prompt_alone_s_to_bf16_rounding(engine, prompts, monkeypatch):
     """The prompts decoded as one batch (each pass's rows split by request in the worker) give each prompt alone's
     tokens and rows, in prompt order, to the rounding of the batch's bf16 matrix products (one ulp of a logit,
-    0.0625 at 8-16, measured); not where the prompts would not be prefilled whole in the first pass."""
+    0.0625 at 8-16, measured); not where the prompts would not be prefilled whole in the first pass, unless asked
+    (mixed_batch: a prefill then crosses passes shared with the other sequence)."""
     steps, chosen = 12, [prompts[1], prompts[0], prompts[2]]
     assert engine.batch_decodes(chosen) and not engine.batch_decodes(chosen[:1])
     assert not engine.batch_decodes([list(range(1, 300))] * 2)  # 598 tokens > max_num_batched_tokens 512
@@ -349,6 +350,13 @@ def test_decode_rows_of_one_batch_are_each_prompt_alone_s_to_bf16_rounding(engin
     assert engine.decode_batches == [3]
     engine.decode(chosen, steps, alone=True)
     assert engine.decode_batches == [1, 1, 1]
+    # the mode workload's batch (mixed_batch): one batch even where a prefill crosses passes (550 tokens > 512)
+    split = [list(range(1 + i, 111 + i)) for i in range(5)]
+    assert not engine.batch_decodes(split)
+    mixed = engine.decode(split, steps, mixed_batch=True)
+    assert engine.rows_fallback == "" and engine.decode_batches == [5]
+    for x, a in zip(mixed, engine.decode(split, steps, alone=True)):
+        assert x.tokens == a.tokens and (np.abs(x.scores.logits - a.scores.logits) <= bf16_steps(a.scores.logits)).all()
     # where the batch's rows cannot be taken, each prompt alone
     tried, decode_in_worker = [], engine._decode_in_worker
     monkeypatch.setattr(engine, "_decode_in_worker", lambda p, n, c, batch: tried.append(batch) or (
@@ -505,7 +513,9 @@ def test_in_process_engine_gives_the_same_rows_and_puts_this_process_back(tiny_m
 def test_decode_rows_are_the_steps_under_chunked_prefill_and_prefix_cache(tiny_model_dir, prompts, tmp_path):
     """The worker's rows of a sequence decoded alone are its uncached prompt rows, in 16-token chunks, then one per
     later step: the last max_tokens rows are the steps on a second pass whose prompts come from the prefix cache,
-    the same distributions as vLLM's own log-probs of the same steps. Its own engine start (the module's closed)."""
+    the same distributions as vLLM's own log-probs of the same steps; decoded as one batch (mixed_batch: the
+    passes shared), each prompt's rows are its rows alone to bf16 rounding. Its own engine start (the module's
+    closed)."""
     settings = EngineSettings(max_model_len=256, max_num_seqs=2, max_num_batched_tokens=16, logprobs_topk=TOPK,
                               extra={"log_file": str(tmp_path / "engine.log"), "vllm_kwargs": {
                                   "enable_prefix_caching": True, "enable_chunked_prefill": True}})
@@ -523,11 +533,15 @@ def test_decode_rows_are_the_steps_under_chunked_prefill_and_prefix_cache(tiny_m
         block = engine.cache_block_size()  # the unit cached: a hit is whole blocks (modes' not-run reason)
         assert block and all(c % block == 0 for c in engine.cached_tokens), (block, engine.cached_tokens)
         own = engine.decode(workload, 8, together=True)  # vLLM's top-k of the same steps
-    for d, o in zip(decoded, own):
-        assert d.tokens == o.tokens
+        # the mode workload's batch (modes.batched): both prompts in one batch, passes of 16 tokens shared
+        mixed = engine.decode(workload, 8, mixed_batch=True)
+        assert engine.rows_fallback == "" and engine.decode_batches == [2] and all(engine.cached_tokens)
+    for d, o, x in zip(decoded, own, mixed):
+        assert d.tokens == o.tokens == x.tokens
         mine = np.take_along_axis(log_softmax(d.scores.logits), o.scores.topk_ids, axis=1)
         gap = np.abs(mine - o.scores.topk_logprobs)
         assert (gap <= bf16_steps(d.scores.logits)).all(), (gap.max(axis=1), bf16_steps(d.scores.logits)[:, 0])
+        assert (np.abs(x.scores.logits - d.scores.logits) <= bf16_steps(d.scores.logits)).all()  # 0.5 step, measured
 
 
 def test_unregistered_architecture_is_refused_before_the_engine_starts(tiny_model_dir, tmp_path):

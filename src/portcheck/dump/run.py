@@ -171,7 +171,7 @@ def run_target(
         decode_seconds = time.perf_counter() - decode_started
         if modes:
             modes_started = time.perf_counter()
-            modes_base = decode_rows(engine, workload, int(modes["max_tokens"]), stored, alone=True)  # as the runs
+            modes_base = workload_rows(engine, workload, modes, stored)
             modes_seconds = time.perf_counter() - modes_started
             # the decode time an mtp run is set against (adding one must not redo this dump)
             generate_seconds = timed_generate(engine, workload, int(modes["max_tokens"]))
@@ -204,6 +204,14 @@ def run_target(
                                                               "run_seconds": round(modes_seconds, 3),
                                                               "generate_seconds": generate_seconds},
                           int(modes["max_tokens"]), stored)
+
+
+def workload_rows(engine, workload: list[list[int]], modes: dict,
+                  storage: Storage) -> tuple[list[DecodeScores], dict]:
+    """The mode workload decoded as the mode runs decode it (modes.run), so that a run and its base differ by the
+    mode alone: as one batch however the engine schedules it (modes.batched), else each prompt alone."""
+    batched = bool(modes.get("batched", True))
+    return decode_rows(engine, workload, int(modes["max_tokens"]), storage, alone=not batched, mixed_batch=batched)
 
 
 def timed_generate(engine, workload: list[list[int]], steps: int) -> float:
@@ -243,12 +251,14 @@ def compact_sample(engine, storage: Storage):
 
 
 def decode_rows(engine, prompts: list[list[int]], max_tokens: int, storage: Storage,
-                together: bool = False, alone: bool = False) -> tuple[list[DecodeScores], dict]:
+                together: bool = False, alone: bool = False,
+                mixed_batch: bool = False) -> tuple[list[DecodeScores], dict]:
     """The engine's greedy decode with each step's rows (compact records made by the engine where storage is
     compact and it makes them: vLLM's worker), and what the decode dump's metadata says of them (write_decode_dump)."""
     sample = compact_sample(engine, storage) if storage.compact and hasattr(engine, "vocab_size") else None
     compact = (storage.topk, [] if sample is None else sample.tolist()) if storage.compact else None
-    decoded = engine.decode(prompts, max_tokens, together=together, compact=compact, alone=alone)
+    batching = {"mixed_batch": True} if mixed_batch else {}  # engines without the option decode as they would
+    decoded = engine.decode(prompts, max_tokens, together=together, compact=compact, alone=alone, **batching)
     if any(d.scores.sample_logprobs is None and d.scores.logits is None for d in decoded):
         sample = None  # the engine's top-k: no sample to keep
     return decoded, {**rows_meta(engine), "sample": sample,

@@ -50,12 +50,16 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def decode(self, prompts: list[list[int]], max_new_tokens: int, together: bool = False,
-               compact: tuple[int, list[int]] | None = None, alone: bool = False) -> list[DecodeScores]:
+               compact: tuple[int, list[int]] | None = None, alone: bool = False,
+               mixed_batch: bool = False) -> list[DecodeScores]:
         """Greedy continuations through the engine's decode path, with every step's distribution (what the decode
         kernels computed), for the reference to score teacher-forced. together: all prompts in one batch, whatever
         the engine would otherwise do (the batch mode); engines that decode one prompt at a time ignore it. alone:
-        each prompt alone, where the engine would batch them (the mode workload, whose runs are set against each
-        other step by step: a batch's rounding would show as a difference between them).
+        each prompt alone, where the engine would batch them (decode.batched or modes.batched false: as requests
+        served one at a time). mixed_batch: one batch however the engine schedules it (prefills split across
+        passes by chunked prefill, prefixes read from the cache), where it would otherwise decode each prompt alone
+        (the mode workload, decoded so in the base configuration and in each mode run alike); engines that batch
+        by memory ignore it.
         compact: (top-k, sample ids) where the dump keeps compact records, for engines that make them themselves
         (vLLM's worker); engines returning whole rows ignore it (the dump writer reduces them)."""
 

@@ -111,7 +111,8 @@ class HFEngine(Engine):
         chosen = logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
         return [Generation(t.tolist(), c.tolist()) for t, c in zip(new_tokens, chosen)]
 
-    def decode(self, prompts, max_new_tokens, together=False, compact=None, alone=False) -> list[DecodeScores]:
+    def decode(self, prompts, max_new_tokens, together=False, compact=None, alone=False,
+               mixed_batch=False) -> list[DecodeScores]:
         """Greedy, with the raw logits of every step: the recurrent GDN update and the KV-cached attention, not the
         chunked prefill. The prompts go left-padded in batches (generate's padding: masked in attention, zeroed
         before each GDN layer) of up to DECODE_ROWS_BYTES of step rows, not one by one: at the real shape 2.6x

@@ -46,6 +46,8 @@ def compare_mode_files(paths: dict, thresholds: dict, tie_tolerance: float, posi
     base_vs_ref = compare_by_position(read_dump(paths["base_reference"]), base, thresholds, tie_tolerance, positions)
     versus_base = mode_vs_base(mode_vs_ref, base_vs_ref, positions)
     direct = against_base(base, mode)
+    head["batches"] = {name: (dump.meta.get("decode") or {}).get("batches") for name, dump in (("mode", mode),
+                                                                                               ("base", base))}
     parts = {"decode": position_verdict(mode_vs_ref["pooled"], mode_vs_ref["growth"], mode_vs_ref["nonfinite"],
                                         {"mode vs base": versus_base})}
     prefill = prefill_check(paths, thresholds, tie_tolerance, positions, score_from) if "corpus" in paths else None

@@ -19,7 +19,7 @@ from portcheck.dump.compact import Storage
 from portcheck import logprobs as m
 from portcheck.dump.logits_file import SKIPPED, DumpWriter, first_difference
 from portcheck.dump.run import (check_full_vocab, corpus_windows, decode_rows, dump_meta, load_tokenizer,
-                                score_windows, timed_generate, tokenize, write_corpus_dump,
+                                score_windows, timed_generate, tokenize, workload_rows, write_corpus_dump,
                                 write_decode_dump)
 from portcheck.engines.outputs import DecodeScores
 from portcheck.engines.factory import make_engine
@@ -68,8 +68,12 @@ def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings:
             alone_passes = engine.pass_counts() if passes and passes.get("installed") else passes
             passes = engine.count_passes()
         decode_started = time.perf_counter()
-        decoded, held = ([], {}) if skipped else decode_rows(engine, batch or workload, steps, stored,
-                                                              together=bool(batch), alone=True)
+        if skipped:
+            decoded, held = [], {}
+        elif batch:
+            decoded, held = decode_rows(engine, batch, steps, stored, together=True)
+        else:  # as the base configuration's (dump.run.workload_rows): the two differ by the mode alone
+            decoded, held = workload_rows(engine, workload, modes, stored)
         decoded = decoded[: len(workload)]
         decode_seconds = time.perf_counter() - decode_started
         corpus_started = time.perf_counter()
@@ -102,7 +106,8 @@ def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings:
         "decode_seconds": round(decode_seconds, 3), "timings": timings,
         "job_seconds": round(time.perf_counter() - started, 3),
         "workload": {"prompts": len(workload), "prompt_tokens": [len(w) for w in workload],
-                     "prefix_tokens": int(modes["prefix_tokens"]), "max_tokens": int(modes["max_tokens"])},
+                     "prefix_tokens": int(modes["prefix_tokens"]), "max_tokens": int(modes["max_tokens"]),
+                     "batches": held.get("batches") or []},
     })
 
 

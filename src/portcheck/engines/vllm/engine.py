@@ -283,17 +283,19 @@ class VLLMEngine(Engine):
                             token_logprobs=token_logprobs)
 
     def decode(self, prompts: list[list[int]], max_new_tokens: int, together: bool = False,
-               compact: tuple[int, list[int]] | None = None, alone: bool = False) -> list[DecodeScores]:
+               compact: tuple[int, list[int]] | None = None, alone: bool = False,
+               mixed_batch: bool = False) -> list[DecodeScores]:
         """Greedy decoding through the engine's decode path with each step's distribution, the steps' rows made in
         the worker (whole raw logits, or compact records where compact = (top-k, sample ids)), so the decode KLD is
-        exact or an estimate: the prompts decoded as one batch where that changes no prefill (batch_decodes),
-        else (or `alone`) each alone. vLLM's own log-probs where the worker cannot make them (graph mode,
-        speculative decoding) or `together` (the batch mode, kept on vLLM's own log-probs): rows_fallback says why."""
+        exact or an estimate: the prompts decoded as one batch where that changes no prefill (batch_decodes) or
+        `mixed_batch` (however this engine schedules them: the worker splits each pass's rows by request), else
+        (or `alone`) each alone. vLLM's own log-probs where the worker cannot make them (graph mode, speculative
+        decoding) or `together` (the batch mode, kept on vLLM's own log-probs): rows_fallback says why."""
         check_prompt_lengths(prompts, self.max_model_len, new_tokens=max_new_tokens)
         if together:
             self.rows_fallback = "decoded as one batch: the worker's rows are not mapped to the batch's sequences"
         else:
-            batched = not alone and self.batch_decodes(prompts)
+            batched = not alone and len(prompts) > 1 and (mixed_batch or self.batch_decodes(prompts))
             decoded, self.rows_fallback = self._decode_in_worker(prompts, int(max_new_tokens), compact, batched)
             if decoded is None and batched:
                 log.info("decode rows as one batch: %s; trying each prompt alone", self.rows_fallback)

@@ -7,12 +7,12 @@ from __future__ import annotations
 from portcheck.artifacts import read_artifact
 from portcheck.modes.catalog import MODES
 from portcheck.report.format import NOT_RUN, VERDICT_LABEL, decimal, pct, sci, speedup, table
-from portcheck.report.sections.positions import ratio_text
+from portcheck.report.sections.positions import decode_batches_text, ratio_text
 from portcheck.report.sources import cite
 
 HEADER = ["Run", "Proof (engine counters)", "Decode KLD vs reference (basis)", "Base: decode KLD vs reference (basis)",
           "Decode mode / base (bounds)", "Decode vs base: KLD, top-1", "Greedy tokens = base",
-          "Prefill KLD vs reference (growth)", "Prefill mode / base (bounds)", "Verdict"]
+          "Prefill KLD vs reference (growth)", "Prefill mode / base (bounds)", "Decoded: run; base", "Verdict"]
 
 
 def modes_section(modes: dict | None) -> dict:
@@ -21,13 +21,13 @@ def modes_section(modes: dict | None) -> dict:
         return {"enabled": False}
     compared = {run: read_artifact(path, "mode_compare") for run, path in modes["runs"].items()}
     rows = [_row(run, c) for run, c in compared.items()]
-    rows += [[run, "target not enabled", *["—"] * 7, VERDICT_LABEL[NOT_RUN]] for run in modes["not_run"]]
+    rows += [[run, "target not enabled", *["—"] * 8, VERDICT_LABEL[NOT_RUN]] for run in modes["not_run"]]
     failures = [f"{run}: {reason}" for run, c in compared.items()
                 for reason in (c.get("verdict") or {}).get("reasons", [])]
     inconclusive = [f"{run}: {reason}" for run, c in compared.items()
                     for reason in (c.get("verdict") or {}).get("inconclusive", [])]
     workload = next((c["workload"] for c in compared.values() if c.get("workload")), None)
-    sources = ", ".join(cite(path, "proof", "vs_reference", "base_vs_reference", "vs_base", "prefill")
+    sources = ", ".join(cite(path, "proof", "vs_reference", "base_vs_reference", "vs_base", "prefill", "batches")
                         for path in modes["runs"].values())
     by_target: dict[str, dict[str, str]] = {}
     for run, c in compared.items():
@@ -43,7 +43,7 @@ def modes_section(modes: dict | None) -> dict:
 
 def _row(run: str, c: dict) -> list:
     if "vs_reference" not in c:  # not run, or not proven (e.g. compiled, no graph replay)
-        return [run, c.get("reason") or c.get("proof") or NOT_RUN, *["—"] * 7,
+        return [run, c.get("reason") or c.get("proof") or NOT_RUN, *["—"] * 8,
                 VERDICT_LABEL.get(c.get("status"), VERDICT_LABEL[NOT_RUN])]
     mode, base, versus = c["vs_reference"], c["base_vs_reference"], c["vs_base"]
     prefill = c.get("prefill")
@@ -52,7 +52,13 @@ def _row(run: str, c: dict) -> list:
             f"{pct(versus.get('top1_vs_base'))}",
             f"{versus['tokens_equal']} of {versus['sequences']}",
             f"{_kld(prefill)} (growth {ratio_text(prefill['growth'])})" if prefill else "not scored",
-            ratio_text(prefill["vs_base"]) if prefill else "—", VERDICT_LABEL.get(c["status"], c["status"])]
+            ratio_text(prefill["vs_base"]) if prefill else "—", _batches(c.get("batches") or {}),
+            VERDICT_LABEL.get(c["status"], c["status"])]
+
+
+def _batches(batches: dict) -> str:
+    """How the run and its base decoded the workload, from their decode dumps."""
+    return "; ".join(decode_batches_text(batches.get(side)) for side in ("mode", "base"))
 
 
 def _kld(comparison: dict) -> str:
