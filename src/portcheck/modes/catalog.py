@@ -17,8 +17,8 @@ MODES = {
     "graph": "compiled graphs (torch.compile; CUDA/ACL graphs where the platform captures them): enforce_eager off. "
              "Proof: vLLM's compilation counter shows graphs captured and the worker counted their replays during "
              "the workload; compiled without replay (vLLM's CPU backend has no graph replay) is inconclusive",
-    "prefix-cache": "prefix caching on; the workload runs twice and the second pass, which reads the cache, is "
-                    "measured. Proof: cached prompt tokens vLLM reports for the second pass's requests",
+    "prefix-cache": "prefix caching on; the workload's prompts are prefilled once to fill the cache, then decoded, "
+                    "reading it. Proof: cached prompt tokens vLLM reports for the decode's requests",
     "chunked": "chunked prefill with max_num_batched_tokens = modes.chunk_tokens, so a prompt's Gated DeltaNet state "
                "crosses prefill passes. Proof: the worker counted forward passes no longer than the chunk while the "
                "prompts are longer",

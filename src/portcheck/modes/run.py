@@ -62,7 +62,10 @@ def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings:
         block = engine.cache_block_size() if run.mode == "prefix-cache" else None
         skipped = workload_skipped(run.mode, block, modes)
         if run.mode == "prefix-cache" and not skipped:
-            decode_rows(engine, workload, steps, stored, alone=True)  # fills the cache; the second pass reads it
+            # fills the cache, which the measured pass reads: with the prompts' own blocks only (a block that also
+            # holds decoded tokens hashes apart from any prompt's), so one step each does what the decode did
+            for ids in workload:
+                engine.generate([ids], 1)
         if batch:  # alone as a batch of one: vLLM's log-probs on both sides of the alone-vs-batch figures
             alone = [engine.decode([ids], steps, together=True)[0] for ids in workload]
             alone_passes = engine.pass_counts() if passes and passes.get("installed") else passes
