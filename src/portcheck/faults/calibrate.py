@@ -5,9 +5,9 @@ bf16 floor (cpu-hf-bf16) as the unit: which checks fail, and the clean runs' fal
 The checks are the report's own functions on the report's default settings: the corpus (pooled + growth + vs
 floor), the decode steps (pooled + growth + decode vs prefill + vs floor; the workload decoded as the decode dump
 decodes, in one batch where it fits), the chunked-prefill mode (pooled + growth + vs floor + vs base) and the batch
-mode (pooled + vs base: the workload decoded each prompt alone, as the mode runs' base). Faults are switched inside
-two running engines (base and chunked) through the worker's portcheck_set_fault, so the whole table costs two engine
-starts.
+mode (pooled + vs base: the workload decoded each prompt alone, as the batch mode's base is, modes.batched false).
+Faults are switched inside two running engines (base and chunked) through the worker's portcheck_set_fault, so the
+whole table costs two engine starts.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ class Calibration:
                 self._corpus_dump(engine, self.windows(k), self.out / f"{name}.corpus.safetensors", TARGET)
                 self._layers(engine, k, self.out / f"{name}.layers.safetensors", TARGET)
                 steps = int(self.modes["max_tokens"])
-                # the decode dump's decode (one batch where it fits) and the mode runs' base (each prompt alone)
+                # the decode dump's decode (one batch where it fits) and the batch mode's base (each prompt alone)
                 for kind, alone in (("decode", False), ("base", True)):
                     write_decode_dump(self.out / f"{name}.{kind}.safetensors",
                                       decode_rows(engine, self.workload(k), steps, self.storage, alone=alone),
