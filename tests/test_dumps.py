@@ -197,7 +197,7 @@ class _RowsEngine:
     def __init__(self, hooks: bool):
         self.hooks = hooks
 
-    def decode(self, prompts, max_new_tokens, together=False, compact=None, alone=False):
+    def decode(self, prompts, max_new_tokens, together=False, compact=None, alone=False, mixed_batch=False):
         from portcheck.dump.compact import compact_scores, Storage
         from portcheck.engines.outputs import DecodeScores, decode_row_ids
 

@@ -257,8 +257,8 @@ def decode_rows(engine, prompts: list[list[int]], max_tokens: int, storage: Stor
     compact and it makes them: vLLM's worker), and what the decode dump's metadata says of them (write_decode_dump)."""
     sample = compact_sample(engine, storage) if storage.compact and hasattr(engine, "vocab_size") else None
     compact = (storage.topk, [] if sample is None else sample.tolist()) if storage.compact else None
-    batching = {"mixed_batch": True} if mixed_batch else {}  # engines without the option decode as they would
-    decoded = engine.decode(prompts, max_tokens, together=together, compact=compact, alone=alone, **batching)
+    decoded = engine.decode(prompts, max_tokens, together=together, compact=compact, alone=alone,
+                            mixed_batch=mixed_batch)
     if any(d.scores.sample_logprobs is None and d.scores.logits is None for d in decoded):
         sample = None  # the engine's top-k: no sample to keep
     return decoded, {**rows_meta(engine), "sample": sample,

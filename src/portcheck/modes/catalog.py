@@ -64,7 +64,7 @@ def run_problems(config: dict) -> list[str]:
         if parse_target(run.target).engine != "vllm":
             problems.append(f"modes.runs: {name}: modes are vLLM engine modes and {run.target} runs the hf engine; "
                             "name a vllm target (e.g. cpu-vllm-bf16+chunked)")
-        elif run.mode == "batch" and config["modes"].get("batched", True):
+        elif run.mode == "batch" and config["modes"]["batched"]:
             problems.append(f"modes.runs: {name}: the batch mode is set against the workload decoded one prompt at "
                             "a time, and modes.batched decodes the base configuration's workload as one batch (a "
                             "kernel wrong only in batches would spoil both); set modes.batched: false to run it")

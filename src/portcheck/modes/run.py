@@ -109,8 +109,7 @@ def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings:
         "decode_seconds": round(decode_seconds, 3), "timings": timings,
         "job_seconds": round(time.perf_counter() - started, 3),
         "workload": {"prompts": len(workload), "prompt_tokens": [len(w) for w in workload],
-                     "prefix_tokens": int(modes["prefix_tokens"]), "max_tokens": int(modes["max_tokens"]),
-                     "batches": held.get("batches") or []},
+                     "prefix_tokens": int(modes["prefix_tokens"]), "max_tokens": int(modes["max_tokens"])},
     })
 
 

@@ -13,6 +13,7 @@ from portcheck.report.sources import cite
 HEADER = ["Run", "Proof (engine counters)", "Decode KLD vs reference (basis)", "Base: decode KLD vs reference (basis)",
           "Decode mode / base (bounds)", "Decode vs base: KLD, top-1", "Greedy tokens = base",
           "Prefill KLD vs reference (growth)", "Prefill mode / base (bounds)", "Decoded: run; base", "Verdict"]
+NO_FIGURES = ["—"] * (len(HEADER) - 3)  # a row without a comparison: run, what it says, these, its verdict
 
 
 def modes_section(modes: dict | None) -> dict:
@@ -21,7 +22,7 @@ def modes_section(modes: dict | None) -> dict:
         return {"enabled": False}
     compared = {run: read_artifact(path, "mode_compare") for run, path in modes["runs"].items()}
     rows = [_row(run, c) for run, c in compared.items()]
-    rows += [[run, "target not enabled", *["—"] * 8, VERDICT_LABEL[NOT_RUN]] for run in modes["not_run"]]
+    rows += [[run, "target not enabled", *NO_FIGURES, VERDICT_LABEL[NOT_RUN]] for run in modes["not_run"]]
     failures = [f"{run}: {reason}" for run, c in compared.items()
                 for reason in (c.get("verdict") or {}).get("reasons", [])]
     inconclusive = [f"{run}: {reason}" for run, c in compared.items()
@@ -43,7 +44,7 @@ def modes_section(modes: dict | None) -> dict:
 
 def _row(run: str, c: dict) -> list:
     if "vs_reference" not in c:  # not run, or not proven (e.g. compiled, no graph replay)
-        return [run, c.get("reason") or c.get("proof") or NOT_RUN, *["—"] * 8,
+        return [run, c.get("reason") or c.get("proof") or NOT_RUN, *NO_FIGURES,
                 VERDICT_LABEL.get(c.get("status"), VERDICT_LABEL[NOT_RUN])]
     mode, base, versus = c["vs_reference"], c["base_vs_reference"], c["vs_base"]
     prefill = c.get("prefill")
