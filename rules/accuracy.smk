@@ -1,6 +1,7 @@
-# Stage accuracy (portcheck/accuracy), where accuracy.enabled: lm-evaluation-harness tasks per target (the hf
-# reference through lm-eval's hf model, vllm targets through `vllm serve` with local-completions: the serving
-# check's server, which evaluates the target before it stops and hands the record over, else their own), then
+# Stage accuracy (portcheck/accuracy), where accuracy.enabled: lm-evaluation-harness tasks per target (hf targets
+# through lm-eval's hf model: the model their dump job loaded, which evaluates them and hands the record over, else
+# lm-eval's own load; vllm targets through `vllm serve` with local-completions: the serving check's server, which
+# evaluates the target before it stops and hands the record over, else their own), then
 # each target against the reference item by item (same answers, exact McNemar, vllm-ascend's rtol rule).
 
 
@@ -8,7 +9,7 @@ rule evaluate_accuracy:
     input:
         **engine_inputs(),
         tasks=local(ACCURACY_TASK_DATA),
-        serving=serving_first,
+        offered_by=accuracy_offered_by,
         code=accuracy_sources,
     output:
         target_file("accuracy"),

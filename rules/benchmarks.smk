@@ -1,8 +1,8 @@
 # Stage benchmarks (portcheck/benchmarks): offline benchmarks per target (the report asks them of BENCHED, the
-# reference only with bench.reference; measured on the dump job's engine and handed over, else one engine start),
-# the figures derived from them (roofline, cross-checks), and the serving check per vllm target: `vllm serve` on
-# 127.0.0.1, measured by `vllm bench serve` over a load sweep on corpus text, and the server's greedy tokens against
-# the offline dump's.
+# reference only with bench.reference, the bf16 floor only with bench.floor; measured on the dump job's engine and
+# handed over, else one engine start), the figures derived from them (roofline, cross-checks), and the serving
+# check per vllm target: `vllm serve` on 127.0.0.1, measured by `vllm bench serve` over a load sweep on corpus text,
+# and the server's greedy tokens against the offline dump's.
 
 
 rule run_benchmarks:

@@ -112,7 +112,8 @@ if _env_problems:
     raise WorkflowError("invalid config:\n  - " + "\n  - ".join(_env_problems))
 PROMPTS = load_prompts(config, workflow.basedir)
 SERVED = [t for t in TARGETS if parse_target(t).engine == "vllm"]  # the serving check starts `vllm serve`
-# The targets whose offline benchmarks the report asks for: the reference's only with bench.reference.
+# The targets whose offline benchmarks the report asks for: the reference's only with bench.reference, the bf16
+# floor's only with bench.floor.
 BENCHED = benched_targets(TARGETS, REFERENCE, config["bench"])
 CORPUS = config["corpus"]["enabled"]
 DECODE = config["decode"]["enabled"]
@@ -443,7 +444,7 @@ def benchmark_params(wildcards):
 
 def dump_first(wildcards):
     """A target's benchmarks run after its dump, which hands the record over (one engine start). Not ancient(), as
-    for serving_first: a dump rerun reruns the benchmarks, which take the record the dump job kept."""
+    for accuracy_offered_by: a dump rerun reruns the benchmarks, which take the record the dump job kept."""
     return target_file("logits", wildcards.target)
 
 
@@ -453,11 +454,14 @@ def accuracy_params(wildcards):
     )
 
 
-def serving_first(wildcards):
-    """A served target's evaluation runs after its serving check, which hands the record over (one server start).
-    Not ancient(): Snakemake 9 then skips the evaluation's own rerun reasons whenever the serving check reruns. So a
-    serving rerun reruns the evaluation, which takes the record the serving check kept (no server, no lm-eval)."""
-    return target_file("serve", wildcards.target) if wildcards.target in SERVED else []
+def accuracy_offered_by(wildcards):
+    """An evaluation runs after the job that does it on an engine already up and hands the record over: a served
+    target's serving check (one server start), an hf target's dump (one model load). Not ancient(): Snakemake 9 then
+    skips the evaluation's own rerun reasons whenever that job reruns. So its rerun reruns the evaluation, which
+    takes the record that job kept (no server or model load, no lm-eval)."""
+    if wildcards.target in SERVED:
+        return target_file("serve", wildcards.target)
+    return target_file("logits", wildcards.target) if parse_target(wildcards.target).engine == "hf" else []
 
 
 # score_decode / score_mode run the reference's engine: in the reference's environment, with its versions.

@@ -1,8 +1,9 @@
 # Stage dump (portcheck/dump): one engine start per target serves the logit dump, the adaptation checklist,
 # the determinism test, the generation samples, the long-context corpus windows and the greedy decode with every
-# step's distribution, and measures the target's offline benchmarks for rule run_benchmarks (HANDOFF; that code is
-# not an input here: the record's request names its digest, and the dump does not depend on it); score_decode
-# then has the reference's engine score each target's decoded tokens, score_decode_floor the bf16 floor's.
+# step's distribution, and measures the target's offline benchmarks for rule run_benchmarks and an hf target's
+# accuracy for rule evaluate_accuracy (HANDOFF; that code is not an input here: the record's request names its
+# digest, and the dump does not depend on it); score_decode then has the reference's engine score each target's
+# decoded tokens, score_decode_floor the bf16 floor's.
 
 
 rule dump_logits:

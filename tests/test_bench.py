@@ -390,16 +390,24 @@ def test_cells_over_a_tiny_budget_are_skipped_and_shown_so_on_the_embedded_model
 # ---------------------------------------------------------------- the reference is not benchmarked by default
 
 
-def test_the_reference_is_not_benchmarked_by_default_and_the_report_says_so(tmp_path, fake_model):
+def test_the_references_are_not_benchmarked_by_default_and_the_report_says_so(tmp_path, fake_model):
+    """The reference and the bf16 floor (a second reference: the vs-floor checks' unit) are not benchmarked unless
+    bench.reference / bench.floor say so; the report names the setting."""
     from portcheck.benchmarks.plan import benched_targets, not_benchmarked
     from portcheck.report.load import load_targets
     from portcheck.report.sections.performance import performance_section
 
     config = validated()
-    targets = ["cpu-hf-fp32", "cpu-hf-bf16"]
-    assert benched_targets(targets, "cpu-hf-fp32", config["bench"]) == ["cpu-hf-bf16"]
-    assert benched_targets(targets, "cpu-hf-fp32", {**config["bench"], "reference": True}) == targets
-    off = not_benchmarked(targets, "cpu-hf-fp32", config["bench"])
+    targets = ["cpu-hf-fp32", "cpu-hf-bf16", "cpu-vllm-bf16"]
+    assert benched_targets(targets, "cpu-hf-fp32", config["bench"]) == ["cpu-vllm-bf16"]
+    assert benched_targets(targets, "cpu-hf-fp32", {**config["bench"], "reference": True}) == [
+        "cpu-hf-fp32", "cpu-vllm-bf16"]
+    assert benched_targets(targets, "cpu-hf-fp32", {**config["bench"], "floor": True}) == [
+        "cpu-hf-bf16", "cpu-vllm-bf16"]
+    # the floor as the reference: bench.reference alone decides
+    assert benched_targets(targets, "cpu-hf-bf16", {**config["bench"], "reference": True}) == targets
+    assert not_benchmarked(targets, "cpu-hf-bf16", config["bench"]) == {"cpu-hf-bf16": "bench.reference is false"}
+    off = not_benchmarked(targets[:2], "cpu-hf-fp32", {**config["bench"], "floor": True})
     assert off == {"cpu-hf-fp32": "bench.reference is false"}
     result, outputs = run_fake(tmp_path, fake_model)
     artifacts = {"reference": "cpu-hf-fp32", "compare": {},
@@ -416,15 +424,18 @@ def test_the_reference_is_not_benchmarked_by_default_and_the_report_says_so(tmp_
     assert roofline["cpu-hf-fp32"][1] == "not run (bench.reference is false)"
 
 
-def test_the_reference_gets_no_benchmark_jobs_unless_bench_reference_is_on(tmp_path):
-    """A dry run of the CI config: the reference gets no run_benchmarks / check_benchmarks job by default; turning
-    bench.reference on adds exactly its two jobs."""
+def test_the_references_get_no_benchmark_jobs_unless_turned_on(tmp_path):
+    """A dry run of the CI config (bench.floor on: the floor is its only target under test): the reference gets no
+    run_benchmarks / check_benchmarks job by default, and bench.reference on adds exactly its two; bench.floor off
+    takes the floor's two away."""
     workdir = copy_workflow(tmp_path / "w")
     config = str(ROOT / ".test" / "config.yaml")
     off = planned_jobs(workdir, "--configfile", config)
     on = planned_jobs(workdir, "--configfile", config, "--config", "bench={'reference': True}")
+    no_floor = planned_jobs(workdir, "--configfile", config, "--config", "bench={'floor': False}")
     assert (off["run_benchmarks"], off["check_benchmarks"]) == (1, 1)
     assert (on["run_benchmarks"], on["check_benchmarks"]) == (2, 2)
+    assert "run_benchmarks" not in no_floor and "check_benchmarks" not in no_floor and no_floor["dump_logits"] == 2
 
 
 # ---------------------------------------------------------------- bad input, refused at config validation
@@ -462,14 +473,16 @@ def test_a_grid_cell_or_latency_run_longer_than_max_model_len_is_refused():
         config["targets"]["cpu-hf-bf16"]["max_model_len"] = 40
         config["corpus"]["window_length"] = 32  # the corpus windows fit: only the benchmark is refused
         config["bench"]["latency"]["input_len"] = 30
+        config["bench"]["floor"] = True  # the bf16 floor benchmarked: its max_model_len limits its cells
 
     message = refusal(shrink)
     assert ("benchmarks of cpu-hf-bf16 (with bench.overrides.cpu): bench.grid cell batch 8 x max_tokens 10: "
             "bench.input_len 32 + max_tokens 10 = 42 > targets.cpu-hf-bf16.max_model_len 40") in message
     assert ("bench.latency batch 8: bench.latency.input_len 30 + output_len 16 = 46 > "
             "targets.cpu-hf-bf16.max_model_len 40") in message
-    # the reference is not benchmarked by default: its max_model_len limits no benchmark
+    # the reference and the floor are not benchmarked by default: their max_model_len limits no benchmark
     validated(lambda config: config["targets"]["cpu-hf-fp32"].update(max_model_len=257))
+    validated(lambda config: (shrink(config), config["bench"].update(floor=False)))
 
 
 def test_bench_real_shape_reads_each_jobs_time_from_snakemakes_log():

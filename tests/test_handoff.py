@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from portcheck.accuracy.evaluate import evaluation_params, served_handover, served_request
+from portcheck.accuracy.evaluate import evaluation_params, evaluation_request, loaded_handover, served_handover
 from portcheck.workflow.handoff import deposit, do_work, handoff_path, holds, take
 
 from conftest import ROOT
@@ -35,7 +35,7 @@ def inputs(tmp_path):
 
 def request_for(config, inputs, target="cpu-vllm-bf16"):
     params = evaluation_params(config, target, {"vllm": "0.32.0"}, None, "0.4.13")
-    return served_request(target, params, inputs[0], [inputs[1]])
+    return evaluation_request(target, params, inputs[0], [inputs[1]])
 
 
 def test_a_record_is_taken_for_the_same_request_only(tmp_path, inputs):
@@ -96,6 +96,40 @@ def test_the_serving_check_offers_the_evaluation_only_where_it_can_be_used(tmp_p
     assert served_handover(config, target, tmp_path, None, inputs[0], tmp_path / "store") == {}
 
 
+def test_an_hf_dump_offers_the_evaluation_with_the_model_it_loaded_only_where_it_can_be_used(tmp_path, inputs):
+    config = default_config()
+    store = tmp_path / "store"
+    for target in ("cpu-hf-fp32", "cpu-hf-bf16"):
+        assert list(loaded_handover(config, target, inputs[0], store)) == ["evaluate_accuracy"]
+    assert loaded_handover(config, "cpu-vllm-bf16", inputs[0], store) == {}  # its serving check offers it
+    # the request names the engine that loaded the model (a served target's, the server's)
+    assert "engines/hf.py" in request_for(config, inputs, "cpu-hf-bf16")["code"]
+    assert "engines/hf.py" not in request_for(config, inputs, "cpu-vllm-bf16")["code"]
+    changes = {"the dump loads the image-text class": lambda c: c["targets"]["cpu-hf-bf16"].update(
+                   language_model_only=False),
+               "lm-eval is portcheck's, not that environment's": lambda c: c["targets"]["cpu-hf-bf16"].update(
+                   python_env="envs/other"),
+               "no accuracy stage": lambda c: c["accuracy"].update(enabled=False)}
+    for why, change in changes.items():
+        config = default_config()
+        change(config)
+        assert loaded_handover(config, "cpu-hf-bf16", inputs[0], store) == {}, why
+
+
+def test_a_loaded_model_with_a_drill_s_fault_is_not_evaluated_for_the_target():
+    from types import SimpleNamespace
+
+    from portcheck.accuracy.evaluate import evaluate_on_engine
+    from portcheck.errors import PortcheckError
+
+    faulted = SimpleNamespace(injected_fault={"kind": "scale"}, model=None, model_dir="m", settings=None)
+    with pytest.raises(PortcheckError, match="drill's fault injected; the evaluation loads its own"):
+        evaluate_on_engine("cpu-hf-bf16", faulted, default_config()["accuracy"])
+    # do_work reports it and the evaluation job does its own work
+    assert do_work("evaluate_accuracy", lambda engine: evaluate_on_engine("cpu-hf-bf16", engine, {}),
+                   faulted)["status"] == "failed"
+
+
 def test_failed_work_on_the_server_is_reported_and_does_not_fail_the_check():
     def broken(port):
         raise ConnectionError(f"port {port} refused")
@@ -113,6 +147,7 @@ def test_the_dump_job_offers_the_benchmarks_only_where_they_can_be_used(tmp_path
     store = tmp_path / "store"
     assert list(benchmark_handover(config, "cpu-vllm-bf16", tmp_path, None, inputs[0], store)) == ["run_benchmarks"]
     assert benchmark_handover(config, "cpu-hf-fp32", tmp_path, None, inputs[0], store) == {}  # bench.reference off
+    assert benchmark_handover(config, "cpu-hf-bf16", tmp_path, None, inputs[0], store) == {}  # bench.floor off
     config["bench"]["reference"] = True
     assert list(benchmark_handover(config, "cpu-hf-fp32", tmp_path, None, inputs[0], store)) == ["run_benchmarks"]
     config["targets"]["cpu-hf-fp32"]["python_env"] = "envs/other"  # the job runs in another interpreter

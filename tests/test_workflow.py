@@ -129,7 +129,7 @@ def test_long_context_precision_is_measured_on_every_engine(workflow_run):
 def test_benchmarks_and_serving_are_measured_and_reported(workflow_run):
     results = workflow_run / "results" / MODEL
     report = (workflow_run / "reports" / MODEL / "report.md").read_text()
-    for target in ("cpu-hf-bf16", "cpu-vllm-bf16"):  # the targets under test: bench.reference is false
+    for target in ("cpu-vllm-bf16",):  # the target under test: bench.reference and bench.floor are false
         bench = json.loads((results / target / "bench.json").read_text())
         sweep = {r["batch_size"]: r for r in bench["throughput"][1]["rows"]}
         assert sorted(sweep) == [1, 2, 4, 8] and all(r["output_tok_s"] > 0 for r in sweep.values())
@@ -147,8 +147,9 @@ def test_benchmarks_and_serving_are_measured_and_reported(workflow_run):
     assert serve["greedy_check"]["status"] == "ok", serve["greedy_check"]
     assert serve["seed_request"]["ok"] and "Machine learning is a" in serve["seed_request"]["curl"]
     assert not (results / "cpu-hf-fp32" / "serve.json").exists()
-    assert not (results / "cpu-hf-fp32" / "bench.json").exists()
+    assert not any((results / target / "bench.json").exists() for target in ("cpu-hf-fp32", "cpu-hf-bf16"))
     assert "| cpu-hf-fp32 | not run (bench.reference is false) |" in report
+    assert "| cpu-hf-bf16 | not run (bench.floor is false) |" in report
     for png in ("throughput_vs_batch.png", "latency_percentiles.png", "serve_sweep.png"):
         assert (workflow_run / "reports" / MODEL / png).stat().st_size > 1000
     assert "Serving: throughput and TTFT against load" in report and "(serve_sweep.png)" in report
@@ -242,7 +243,7 @@ def test_enabling_a_target_runs_only_that_target(rerun_copy):
 def test_hardware_peak_change_reruns_only_the_derived_figures(rerun_copy):
     def change(config):
         config["hardware"]["this cpu"] = {"memory_bandwidth_bytes_s": 2.0e10, "source": "test"}
-        config["targets"]["cpu-hf-bf16"]["hardware"] = "this cpu"
+        config["targets"]["cpu-vllm-bf16"]["hardware"] = "this cpu"
 
     set_config(rerun_copy, change)
     assert planned_jobs(rerun_copy) == {"check_benchmarks": 1, "render_report": 1, "render_html": 1, "report": 1}
@@ -275,22 +276,30 @@ def test_engine_edit_reruns_only_that_engines_targets(rerun_copy, module):
     }
 
 
-def test_an_evaluation_change_starts_its_own_server_and_gives_the_same_items(rerun_copy):
-    # A setting of the evaluation only: the serving check's record was made for another request, so the evaluation
-    # starts its own server; the serving check is not redone, and the items are the handed-over record's.
+def test_an_evaluation_change_starts_its_own_engine_and_gives_the_same_items(rerun_copy):
+    # A setting of the evaluation only: the records the serving check and the hf dumps handed over were made for
+    # another request, so each evaluation starts its own server or has lm-eval load the model; neither the serving
+    # check nor a dump is redone, and the items are the handed-over records', to the last digit.
     results = rerun_copy / "results" / MODEL
-    handed = json.loads((results / "cpu-vllm-bf16" / "accuracy.json").read_text())
+    handed = {t: json.loads((results / t / "accuracy.json").read_text()) for t in ("cpu-vllm-bf16", "cpu-hf-fp32")}
     set_config(rerun_copy, lambda c: c["accuracy"].update(request_timeout_s=121))
     assert planned_jobs(rerun_copy) == {"evaluate_accuracy": 3, "compare_accuracy": 2, "render_report": 1,
                                         "render_html": 1, "report": 1}
-    snakemake(rerun_copy, f"results/{MODEL}/cpu-vllm-bf16/accuracy.json")
-    own = json.loads((results / "cpu-vllm-bf16" / "accuracy.json").read_text())
-    assert own["server"]["ready_s"] > 0 and "started_by" not in own["server"]
-    assert own["tasks"] == handed["tasks"]
+    snakemake(rerun_copy, *(f"results/{MODEL}/{target}/accuracy.json" for target in handed))
+    own = {t: json.loads((results / t / "accuracy.json").read_text()) for t in handed}
+    assert own["cpu-vllm-bf16"]["server"]["ready_s"] > 0 and "started_by" not in own["cpu-vllm-bf16"]["server"]
+    assert handed["cpu-hf-fp32"]["model_loaded_by"] == "dump_logits" and "model_loaded_by" not in own["cpu-hf-fp32"]
+    for target in handed:
+        assert own[target]["tasks"] == handed[target]["tasks"]
 
 
 def test_a_benchmark_change_redoes_no_dump_and_measures_on_its_own_engine(rerun_copy):
     results = rerun_copy / "results" / MODEL
+    # bench.floor on adds the floor's benchmarks only (its dump offered none: it measures on its own engine, and the
+    # floor's precision jobs stay); the seed reruns the vllm target's too
+    set_config(rerun_copy, lambda c: c["bench"].update(floor=True))
+    assert planned_jobs(rerun_copy) == {"run_benchmarks": 1, "check_benchmarks": 1, "plot_bench": 1,
+                                        "render_report": 1, "render_html": 1, "report": 1}
     set_config(rerun_copy, lambda c: c["bench"].update(seed=1))
     assert planned_jobs(rerun_copy) == {"run_benchmarks": 2, "check_benchmarks": 2, "plot_bench": 1,
                                         "render_report": 1, "render_html": 1, "report": 1}
@@ -303,8 +312,8 @@ def test_a_benchmark_change_redoes_no_dump_and_measures_on_its_own_engine(rerun_
 def test_hf_engine_edit_leaves_the_vllm_target_alone(rerun_copy):
     edit(rerun_copy / "src" / "portcheck" / "engines" / "hf.py", lambda t: t + "\n# edited\n")
     plan = planned_jobs(rerun_copy)
-    # the two hf targets; only cpu-hf-bf16 is benchmarked (bench.reference is false)
-    assert plan["dump_logits"] == 2 and plan["run_benchmarks"] == 1 and plan["dump_vision"] == 2
+    # the two hf targets; neither is benchmarked (bench.reference and bench.floor are false)
+    assert plan["dump_logits"] == 2 and "run_benchmarks" not in plan and plan["dump_vision"] == 2
     assert "check_serving" not in plan  # the vllm target's artifacts stay
 
 
@@ -330,6 +339,9 @@ def test_task_accuracy_is_measured_through_lm_eval_on_every_engine(workflow_run)
     serve = json.loads((results / "cpu-vllm-bf16" / "serve.json").read_text())
     assert served["server"] == {"port": serve["port"], "started_by": "check_serving"}
     assert serve["handed_over"]["evaluate_accuracy"]["status"] == "ok"
+    # the hf targets with the model their dump job loaded, handed over: one model load for both
+    for target in ("cpu-hf-fp32", "cpu-hf-bf16"):
+        assert json.loads((results / target / "accuracy.json").read_text())["model_loaded_by"] == "dump_logits"
     for record in (reference, served):
         assert {name: task["n"] for name, task in record["tasks"].items()} == {"portcheck_mc": 24, "portcheck_gen": 12}
     # The server's prompt log-probs score each choice as the hf reference does, to bf16 rounding.

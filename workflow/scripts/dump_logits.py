@@ -1,8 +1,10 @@
 """Snakemake adapter: rules dump_logits and dump_logits_with_mode_base -> portcheck.dump.run.run_target (one engine
-start per target; the target's offline benchmarks measured on it and handed over to run_benchmarks)."""
+start per target; the target's offline benchmarks measured on it and handed over to run_benchmarks, and an hf target's
+accuracy evaluated on it and handed over to evaluate_accuracy)."""
 
 from pathlib import Path
 
+from portcheck.accuracy.evaluate import loaded_handover
 from portcheck.benchmarks.offline import benchmark_handover
 from portcheck.config import read_corpus_text
 from portcheck.engines.settings import EngineSettings
@@ -17,10 +19,12 @@ def main(smk):
     settings["threads"] = settings["threads"] or smk.threads
     settings["extra"] = {"log_file": smk.log.engine} if parse_target(smk.wildcards.target).engine == "vllm" else {}
     settings = EngineSettings(**settings)
-    # smk.config: what rule run_benchmarks will be given, read without making it this job's rerun trigger.
+    # smk.config: what rules run_benchmarks and evaluate_accuracy will be given, read without making it this job's
+    # rerun trigger.
     config = getattr(smk, "config", None)
-    offers = benchmark_handover(config, smk.wildcards.target, smk.input.model, settings, smk.input.manifest,
-                                smk.params.handoff) if config else {}
+    offers = {**benchmark_handover(config, smk.wildcards.target, smk.input.model, settings, smk.input.manifest,
+                                   smk.params.handoff),
+              **loaded_handover(config, smk.wildcards.target, smk.input.manifest, smk.params.handoff)} if config else {}
     run_target(
         smk.wildcards.target,
         smk.input.model,

@@ -3,9 +3,10 @@ through lm-eval's `hf` model; a vLLM target is started as `vllm serve` on 127.0.
 from the same settings; in the target's own Python environment where it has one) and evaluated through lm-eval's
 `local-completions`, so the same code measures an NPU server. Tasks are loaded before the engine starts.
 
-A vllm target's serving check, which runs first, evaluates it on its own server before stopping it and hands the
-record over (portcheck.workflow.handoff): the evaluation job then takes it instead of starting a second server,
-when its request (params, task data, checkpoint manifest, code) is the one the serving check answered."""
+A vllm target's serving check, which runs first, evaluates it on its own server before stopping it, and an hf
+target's dump job evaluates it with the model it loaded; each hands the record over (portcheck.workflow.handoff):
+the evaluation job then takes it instead of starting a second server or loading the model again, when its request
+(params, task data, checkpoint manifest, code) is the one that job answered."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from portcheck.errors import PortcheckError
 from portcheck.targets import Target, parse_target
 
 
-# The modules a vllm target's evaluation runs (its server included): the hand-off's code key.
-SERVED_MODULES = ("accuracy.evaluate", "benchmarks.serving")
+# The modules an evaluation runs, by engine: the hand-off's code key. A vllm target's includes its server; an hf
+# target's the engine that loaded the model where the dump job evaluated it (lm-eval loads it where not).
+HANDOVER_MODULES = {"vllm": ("accuracy.evaluate", "benchmarks.serving"), "hf": ("accuracy.evaluate", "engines.hf")}
 # Settings that only the comparison reads: no evaluation reruns for them.
 VERDICT_ONLY = ("rtol", "alpha", "in_verdict")
 
@@ -37,12 +39,12 @@ def evaluation_params(config: dict, target_name: str, stack: dict, server_env: s
             "stack": stack, "lm_eval": lm_eval, "server_env": server_env}
 
 
-def served_request(target_name: str, params: dict, manifest: str | Path, task_files) -> dict:
-    """What a vllm target's evaluation depends on, as portcheck.workflow.handoff compares it."""
+def evaluation_request(target_name: str, params: dict, manifest: str | Path, task_files) -> dict:
+    """What a target's evaluation depends on, as portcheck.workflow.handoff compares it."""
     from portcheck.workflow.handoff import make_request
 
     return make_request("evaluate_accuracy", target_name, params, {"manifest": manifest, "tasks": list(task_files)},
-                        SERVED_MODULES)
+                        HANDOVER_MODULES[parse_target(target_name).engine])
 
 
 def evaluate_accuracy(target_name: str, model_dir: str | Path, settings, accuracy: dict, serve: dict,
@@ -75,17 +77,47 @@ def served_handover(config: dict, target_name: str, model_dir, settings, manifes
     """The serving check's offer to evaluate this target on its own server (one `vllm serve` start instead of
     two): {"evaluate_accuracy": work(port)}, or {} where the accuracy stage is off, the job runs in the target's
     own Python environment (lm-eval is portcheck's), or the store already holds this exact request's result."""
-    from portcheck.accuracy.tasks import data_files
-    from portcheck.env.versions import distribution_version
     from portcheck.workflow.handoff import offer
+
+    params = _handover_params(config, target_name)
+    if params is None:
+        return {}
+    return offer(store, evaluation_request(target_name, params, manifest, _task_files()),
+                 lambda port: evaluate_on_server(target_name, port, model_dir, settings, params["accuracy"]))
+
+
+def loaded_handover(config: dict, target_name: str, manifest: str | Path,
+                    store: str | Path) -> dict[str, Callable[[Any], None]]:
+    """An hf target's dump job's offer to evaluate it with the model it loaded (one model load and transformers
+    import instead of two): {"evaluate_accuracy": work(engine)}, or {} where the target is not hf, the accuracy
+    stage is off, the job runs in the target's own Python environment, the dump loads the whole image-text model
+    (language_model_only off: lm-eval's own load is the text-only class), or the store already holds this exact
+    request's result."""
+    from portcheck.workflow.handoff import offer
+
+    params = _handover_params(config, target_name) if parse_target(target_name).engine == "hf" else None
+    if params is None or not params["settings"]["language_model_only"]:
+        return {}
+    return offer(store, evaluation_request(target_name, params, manifest, _task_files()),
+                 lambda engine: evaluate_on_engine(target_name, engine, params["accuracy"]))
+
+
+def _handover_params(config: dict, target_name: str) -> dict | None:
+    """The params rule evaluate_accuracy will be given, or None where no other job can do its work (accuracy off, or
+    the target in its own Python environment: lm-eval is portcheck's)."""
+    from portcheck.env.versions import distribution_version
     from portcheck.workflow.version_params import result_versions
 
     if not config["accuracy"]["enabled"] or config["targets"][target_name].get("python_env"):
-        return {}
-    params = evaluation_params(config, target_name, result_versions(target_name), None,
-                               distribution_version("lm_eval", "lm-eval"))
-    return offer(store, served_request(target_name, params, manifest, data_files()),
-                 lambda port: evaluate_on_server(target_name, port, model_dir, settings, params["accuracy"]))
+        return None
+    return evaluation_params(config, target_name, result_versions(target_name), None,
+                             distribution_version("lm_eval", "lm-eval"))
+
+
+def _task_files():
+    from portcheck.accuracy.tasks import data_files
+
+    return data_files()
 
 
 def evaluate_on_server(target_name: str, port: int, model_dir, settings, accuracy: dict) -> dict:
@@ -94,6 +126,22 @@ def evaluate_on_server(target_name: str, port: int, model_dir, settings, accurac
     started = time.perf_counter()
     results = _run(tasks, "local-completions", served_model_args(port, model_dir, settings, accuracy), accuracy)
     return accuracy_record(target_name, accuracy, {"port": port, "started_by": "check_serving"}, results, started)
+
+
+def evaluate_on_engine(target_name: str, engine, accuracy: dict) -> dict:
+    """The evaluation with the model an hf engine has loaded (the dump job's): the record evaluate_accuracy writes,
+    which names the job that loaded the model. A model with a drill's fault injected is not the one lm-eval would
+    load: refused, so the evaluation job loads its own."""
+    from lm_eval.models.huggingface import HFLM
+
+    if engine.injected_fault is not None:
+        raise PortcheckError(f"{target_name}'s loaded model has a drill's fault injected; the evaluation loads its own")
+    tasks = load_tasks(list(accuracy["tasks"]))
+    started = time.perf_counter()
+    model = HFLM(pretrained=engine.model, tokenizer=str(engine.model_dir), batch_size=1,
+                 trust_remote_code=engine.settings.trust_remote_code)
+    results = _run(tasks, model, {}, accuracy)
+    return {**accuracy_record(target_name, accuracy, None, results, started), "model_loaded_by": "dump_logits"}
 
 
 def accuracy_record(target_name: str, accuracy: dict, server: dict | None, results: dict, started: float) -> dict:
@@ -135,10 +183,15 @@ def _run_served(target_name, model_dir, settings, tasks, accuracy, serve, server
     return results, {"port": port, "ready_s": round(ready_s, 3)}
 
 
-def _run(tasks: dict, model: str, model_args: dict, accuracy: dict) -> dict:
+def _run(tasks: dict, model, model_args: dict, accuracy: dict) -> dict:
+    """lm-eval on `model`: a registered model's name built from `model_args`, or a model lm-eval has already built.
+    The tasks are built already, so lm-eval gets a task manager that indexes none of its own task files (its default
+    one reads them all: 6-9 s on 2 cores, for each evaluation)."""
     import lm_eval
+    from lm_eval.tasks import TaskManager
 
     return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=list(tasks.values()),
+                                   task_manager=TaskManager(include_defaults=False),
                                    num_fewshot=accuracy["num_fewshot"], limit=accuracy["limit"], batch_size=1,
                                    log_samples=True, bootstrap_iters=100, random_seed=0, numpy_random_seed=0,
                                    torch_random_seed=0, fewshot_random_seed=0)

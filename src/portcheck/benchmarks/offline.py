@@ -213,8 +213,9 @@ def measure_target(target_name: str, model_dir: str | Path, settings, bench_conf
 
 # The modules the benchmarks run (the engines included): the hand-off's code key.
 BENCH_MODULES = ("benchmarks.offline",)
-# Settings that only the checks or the report read: no measurement reruns for them.
-NOT_MEASURED = ("consistency_tolerance", "reference")
+# Settings that only the checks or the report read, or that choose which targets are benchmarked: no measurement
+# reruns for them.
+NOT_MEASURED = ("consistency_tolerance", "reference", "floor")
 
 
 def bench_params(config: dict, target_name: str, stack: dict) -> dict[str, Any]:
