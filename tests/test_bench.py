@@ -387,7 +387,7 @@ def test_cells_over_a_tiny_budget_are_skipped_and_shown_so_on_the_embedded_model
     assert "a cell whose runs would take over 0.001 s skipped (bench.cell_budget_s)" in view["plan"]
 
 
-# ---------------------------------------------------------------- the reference is not benchmarked by default
+# ---------------------------------------------------------------- the references are not benchmarked by default
 
 
 def test_the_references_are_not_benchmarked_by_default_and_the_report_says_so(tmp_path, fake_model):
