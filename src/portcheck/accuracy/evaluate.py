@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from portcheck.accuracy.tasks import load_tasks
+from portcheck.accuracy.tasks import data_files, load_tasks
 from portcheck.atomic import write_json
 from portcheck.errors import PortcheckError
 from portcheck.targets import Target, parse_target
@@ -82,7 +82,7 @@ def served_handover(config: dict, target_name: str, model_dir, settings, manifes
     params = _handover_params(config, target_name)
     if params is None:
         return {}
-    return offer(store, evaluation_request(target_name, params, manifest, _task_files()),
+    return offer(store, evaluation_request(target_name, params, manifest, data_files()),
                  lambda port: evaluate_on_server(target_name, port, model_dir, settings, params["accuracy"]))
 
 
@@ -98,7 +98,7 @@ def loaded_handover(config: dict, target_name: str, manifest: str | Path,
     params = _handover_params(config, target_name) if parse_target(target_name).engine == "hf" else None
     if params is None or not params["settings"]["language_model_only"]:
         return {}
-    return offer(store, evaluation_request(target_name, params, manifest, _task_files()),
+    return offer(store, evaluation_request(target_name, params, manifest, data_files()),
                  lambda engine: evaluate_on_engine(target_name, engine, params["accuracy"]))
 
 
@@ -114,12 +114,6 @@ def _handover_params(config: dict, target_name: str) -> dict | None:
                              distribution_version("lm_eval", "lm-eval"))
 
 
-def _task_files():
-    from portcheck.accuracy.tasks import data_files
-
-    return data_files()
-
-
 def evaluate_on_server(target_name: str, port: int, model_dir, settings, accuracy: dict) -> dict:
     """The evaluation on a server that is already up (the serving check's): the record evaluate_accuracy writes."""
     tasks = load_tasks(list(accuracy["tasks"]))
@@ -132,10 +126,10 @@ def evaluate_on_engine(target_name: str, engine, accuracy: dict) -> dict:
     """The evaluation with the model an hf engine has loaded (the dump job's): the record evaluate_accuracy writes,
     which names the job that loaded the model. A model with a drill's fault injected is not the one lm-eval would
     load: refused, so the evaluation job loads its own."""
-    from lm_eval.models.huggingface import HFLM
-
     if engine.injected_fault is not None:
         raise PortcheckError(f"{target_name}'s loaded model has a drill's fault injected; the evaluation loads its own")
+    from lm_eval.models.huggingface import HFLM
+
     tasks = load_tasks(list(accuracy["tasks"]))
     started = time.perf_counter()
     model = HFLM(pretrained=engine.model, tokenizer=str(engine.model_dir), batch_size=1,
