@@ -2,14 +2,12 @@
 # name another one uses, so include order does not matter).
 import os
 import re
-import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-
-from portcheck.config import (  # noqa: E402
+# The package: on sys.path from the Snakefile.
+from portcheck.config import (
     corpus_path,
     enabled_targets,
     engine_settings,
@@ -19,7 +17,7 @@ from portcheck.config import (  # noqa: E402
     override_problems,
     validate_config,
 )
-from portcheck.artifacts import (  # noqa: E402
+from portcheck.artifacts import (
     CORPUS_KIND,
     DECODE_KIND,
     DUMP_KINDS,
@@ -33,27 +31,25 @@ from portcheck.artifacts import (  # noqa: E402
     mode_path,
     target_path,
 )
-from portcheck.modes.catalog import MODE_PATTERN, active_runs, parse_run  # noqa: E402
-from portcheck.benchmarks.plan import benched_targets  # noqa: E402
-from portcheck.benchmarks.offline import bench_params  # noqa: E402
-from portcheck.model.checkpoint import checkpoint_fingerprint  # noqa: E402
-from portcheck.workflow.rebuild import rebuild_damaged  # noqa: E402
-from portcheck.errors import PortcheckError  # noqa: E402
-from portcheck.accuracy.tasks import data_files as accuracy_task_data  # noqa: E402
-from portcheck.accuracy.evaluate import evaluation_params  # noqa: E402
-from portcheck.env.versions import distribution_version  # noqa: E402
-from portcheck.env import python_env  # noqa: E402
-from portcheck.vision.engines import IMAGE_ENGINES as VISION_ENGINES, NOT_WIRED as VISION_NOT_WIRED  # noqa: E402
-from portcheck.vision.images import image_problems as vision_image_problems  # noqa: E402
-from portcheck.targets import ENGINE_MODULES, FLOOR_TARGET, TARGET_PATTERN, floor_absence, parse_target  # noqa: E402
-from portcheck.workflow.code_inputs import PACKAGE_DIR, module_closure  # noqa: E402
-from portcheck.workflow.version_params import result_versions  # noqa: E402
-from portcheck.workflow.snakemake_overheads import remove_overheads  # noqa: E402
+from portcheck.modes.catalog import MODE_PATTERN, active_runs, parse_run
+from portcheck.benchmarks.plan import bench_params, benched_targets
+from portcheck.model.checkpoint import checkpoint_fingerprint
+from portcheck.workflow.rebuild import rebuild_damaged
+from portcheck.errors import PortcheckError
+from portcheck.accuracy.tasks import data_files as accuracy_task_data
+from portcheck.accuracy.evaluate import evaluation_params
+from portcheck.env.versions import distribution_version
+from portcheck.env import python_env
+from portcheck.vision.engines import IMAGE_ENGINES as VISION_ENGINES, NOT_WIRED as VISION_NOT_WIRED
+from portcheck.vision.images import image_problems as vision_image_problems
+from portcheck.targets import ENGINE_MODULES, FLOOR_TARGET, TARGET_PATTERN, floor_absence, parse_target
+from portcheck.workflow.code_inputs import PACKAGE_DIR, module_closure, remember_imports
+from portcheck.workflow.version_params import result_versions
 
-# Snakemake's pandas import in its params check, and its wait of up to 1 s before exiting a run that started jobs.
-remove_overheads()
 # The (config, schema) pairs the schema passed, by hash: a rerun on the same config skips importing jsonschema.
 VALID_CONFIGS = Path(".snakemake") / "portcheck" / "valid-configs"
+# What each package file imports (package_sources' closures), kept between runs while the file is unchanged.
+remember_imports(Path(".snakemake") / "portcheck" / "package-imports.json")
 
 
 def _config_file_targets():
@@ -74,7 +70,9 @@ if _override_problems:
 try:
     _validated = validate_config(
         config,
-        load_schema(Path(workflow.basedir) / "config" / "schema.yaml"),
+        load_schema(
+            Path(workflow.basedir) / "config" / "schema.yaml", Path(".snakemake") / "portcheck" / "schema.json"
+        ),
         base_dir=workflow.basedir,
         valid_cache=VALID_CONFIGS,
     )
@@ -302,10 +300,11 @@ def engines_other_than(target):
 def fetch_inputs():
     """A download does not depend on the tiny model's code: editing it must not re-download a checkpoint."""
     if config["model"]["source"].startswith("tiny"):
-        # the default Qwen3.5's shipped text weights (portcheck.model.tiny.SHIPPED_TEXT_*); its MTP head's greedy
-        # prefixes come from the curriculum's text (model.curriculum is among the sources)
+        # the default Qwen3.5's shipped text weights and MTP head (portcheck.model.tiny.SHIPPED_*); another seed's
+        # head is distilled on greedy prefixes of the curriculum's text (model.curriculum is among the sources)
         shipped = (
-            ["tiny_qwen3_5_text.safetensors", "tiny_qwen3_5_text.json", "pydoc_topics.txt.gz"]
+            [f"tiny_qwen3_5_{part}" for part in ("text.safetensors", "text.json", "mtp.safetensors", "mtp.json")]
+            + ["pydoc_topics.txt.gz"]
             if config["model"]["source"] == "tiny"
             else []
         )

@@ -106,6 +106,27 @@ def test_a_config_the_schema_passed_passes_again_without_jsonschema(tmp_path, mo
         validate_config(config, SCHEMA, ROOT, valid_cache=cache)
 
 
+def test_the_schema_is_kept_as_json_while_its_file_is_unchanged(tmp_path, monkeypatch):
+    """A second run reads the kept schema (no YAML parse); an edited schema file, or a cache that does not read as
+    one, is parsed again and the cache rewritten."""
+    import json
+    import shutil
+
+    from portcheck import config as config_module
+
+    schema_file, cache = tmp_path / "schema.yaml", tmp_path / ".snakemake" / "schema.json"
+    shutil.copy(ROOT / "config" / "schema.yaml", schema_file)
+    assert load_schema(schema_file, cache) == SCHEMA and json.loads(cache.read_text())["schema"] == SCHEMA
+    monkeypatch.setattr(config_module, "load_yaml", lambda path: pytest.fail("parsed again"))
+    assert load_schema(schema_file, cache) == SCHEMA
+    monkeypatch.undo()
+    schema_file.write_text(schema_file.read_text().replace("default: 20", "default: 21", 1))
+    edited = load_schema(schema_file, cache)
+    assert edited != SCHEMA and edited == yaml.safe_load(schema_file.read_text())
+    cache.write_text("{not json")
+    assert load_schema(schema_file, cache) == edited and json.loads(cache.read_text())["schema"] == edited
+
+
 def test_a_config_the_schema_refuses_is_never_remembered(tmp_path):
     cache = tmp_path / "valid-configs"
     config = default_config()

@@ -141,7 +141,8 @@ def test_failed_work_on_the_server_is_reported_and_does_not_fail_the_check():
 
 
 def test_the_dump_job_offers_the_benchmarks_only_where_they_can_be_used(tmp_path, inputs):
-    from portcheck.benchmarks.offline import bench_params, bench_request, benchmark_handover
+    from portcheck.benchmarks.offline import bench_request, benchmark_handover
+    from portcheck.benchmarks.plan import bench_params
 
     config = default_config()
     store = tmp_path / "store"

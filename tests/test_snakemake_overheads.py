@@ -1,7 +1,8 @@
-"""The two Snakemake costs portcheck removes (portcheck.workflow.snakemake_overheads) keep Snakemake's behaviour: the
-params serializer gives Snakemake's own text for every value, without importing pandas until pandas is imported, and
-the scheduler's reevaluation timer still wakes the scheduler but no longer holds the process at exit. Each check runs
-in a fresh interpreter: pytest's own may have imported pandas already."""
+"""The three Snakemake costs portcheck removes (portcheck.workflow.snakemake_overheads) keep Snakemake's behaviour: the
+params serializer gives Snakemake's own text for every value, without importing pandas until pandas is imported; the
+scheduler's reevaluation timer still wakes the scheduler but no longer holds the process at exit; a config file reads
+as Snakemake reads it. Each check runs in a fresh interpreter: pytest's own may have imported pandas already, and the
+config loader is patched for the whole process."""
 
 from __future__ import annotations
 
@@ -66,9 +67,50 @@ def test_a_snakemake_without_the_replaced_names_is_left_as_it_is(monkeypatch):
 
     from portcheck.workflow import snakemake_overheads
 
+    from snakemake.common import configfile
+
     monkeypatch.delattr(PersistenceBase, "_serialize_param_pandas")
     monkeypatch.delattr(JobScheduler, snakemake_overheads.REEVALUATION)
+    monkeypatch.delattr(configfile, snakemake_overheads.CONFIG_LOADER)
     serializer = PersistenceBase.__dict__["_serialize_param"]
-    assert snakemake_overheads.remove_overheads() == {"params_without_pandas": False, "exit_without_waiting": False}
+    assert snakemake_overheads.remove_overheads() == {"params_without_pandas": False, "exit_without_waiting": False,
+                                                      "config_with_libyaml": False}
     assert PersistenceBase.__dict__["_serialize_param"] is serializer
     assert not hasattr(JobScheduler, snakemake_overheads.REEVALUATION)
+    assert not hasattr(configfile, snakemake_overheads.CONFIG_LOADER)
+
+
+def test_config_files_read_as_snakemake_reads_them(tmp_path):
+    """The shipped configs, a JSON config, one asking for yte's templating and a broken one: each gives what
+    Snakemake's own loader gives (the same document, or the same error), and only the plain YAML ones are parsed
+    by libyaml."""
+    (tmp_path / "plain.yaml").write_text("a: 1\nb: [x, {c: 2.5}]\nd: yes\ne: null\n")
+    (tmp_path / "config.json").write_text('{"a": 1, "b": {"c": [1, 2]}}')
+    (tmp_path / "template.yaml").write_text("__use_yte__: true\n?if True:\n  a: ?1 + 1\n")
+    (tmp_path / "broken.yaml").write_text("a: [1,\n  b: 2\n")
+    (tmp_path / "latin1.yaml").write_bytes("a: \xe9\n".encode("latin-1"))
+    written = ("plain.yaml", "config.json", "template.yaml", "broken.yaml", "latin1.yaml")
+    paths = [ROOT / "config" / "config.yaml", ROOT / ".test" / "config.yaml", *(tmp_path / name for name in written)]
+    out = run_python(f"""
+        import yaml
+        from snakemake.common import configfile
+
+        def read(path):
+            try:
+                return repr(configfile.load_configfile(path))
+            except Exception as error:
+                return type(error).__name__ + ": " + str(error)
+
+        paths = {[str(p) for p in paths]!r}
+        theirs = [read(path) for path in paths]
+        from portcheck.workflow.snakemake_overheads import load_configs_with_libyaml
+        assert load_configs_with_libyaml() and load_configs_with_libyaml()  # a second call keeps the first patch
+        assert configfile._load_configfile.snakemake_loader.__module__ == "snakemake.common.configfile"
+        parsed, loader = [], yaml.CFullLoader
+        count = lambda self, stream: parsed.append(1) or loader.__init__(self, stream)
+        yaml.CFullLoader = type("Counting", (loader,), {{"__init__": count}})
+        ours = [read(path) for path in paths]
+        print(theirs == ours, len(parsed), theirs[4], theirs[5][:40])
+    """)
+    assert out.startswith("True 5 {'a': 2} WorkflowError: Config file is not valid"), out
+

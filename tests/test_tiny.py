@@ -297,6 +297,66 @@ def test_the_build_uses_the_shipped_text_model_and_it_recalls_far_back(built, te
     assert far["loss_whole"] < 0.5 < 2.5 < far["loss_cut"], far
 
 
+def test_the_shipped_mtp_head_is_what_its_script_distills():
+    """The shipped head comes from `scripts/train_tiny.py --mtp-only`, distilled from the shipped text model (its
+    record names that file's hash): the distillation's first steps, rerun here, give the losses the run recorded, and
+    the head's state bit for bit on the stack that distilled it."""
+    from importlib import resources
+
+    from portcheck.env.capture import float_kernel_flags
+    from portcheck.model import curriculum, tiny
+
+    record = tiny.shipped_mtp_record()
+    assert record["text_sha256"] == tiny.shipped_text_record()["sha256"], "the text model changed: make train-tiny"
+    assert {k: v for k, v in record["mtp_train"].items() if k in tiny.MTP_TRAIN} == tiny.MTP_TRAIN, \
+        "the recipe changed: make train-tiny"
+    shipped = resources.files("portcheck.model.data").joinpath(tiny.SHIPPED_MTP_WEIGHTS).read_bytes()
+    assert hashlib.sha256(shipped).hexdigest() == record["sha256"]
+    mtp, summary, losses = tiny.distill_mtp_head(record["seed"], steps=record["prefix_steps"])
+    assert summary["steps"] == record["prefix_steps"] and set(mtp) == MTP_KEYS
+    assert losses == pytest.approx(record["prefix_losses"], rel=1e-4)
+    if record["host"]["float_kernels"] == float_kernel_flags() and record["host"]["torch"] == torch.__version__:
+        assert curriculum.tensors_sha256(mtp) == record["prefix_mtp_sha256"], "make train-tiny"
+
+
+def test_the_build_uses_the_shipped_mtp_head(built, tensors):
+    from importlib import resources
+
+    from safetensors.torch import load
+
+    from portcheck.model import tiny
+
+    shipped = load(resources.files("portcheck.model.data").joinpath(tiny.SHIPPED_MTP_WEIGHTS).read_bytes())
+    assert built[1]["mtp_train"]["shipped"] == tiny.SHIPPED_MTP_WEIGHTS and set(shipped) == MTP_KEYS
+    assert all(torch.equal(tensors[name], shipped[name]) for name in MTP_KEYS)
+
+
+def test_a_build_whose_text_model_is_not_shipped_distills_its_own_mtp_head(monkeypatch):
+    from portcheck.model import tiny
+
+    calls = []
+    monkeypatch.setattr(tiny, "_train_mtp", lambda *args, **kwargs: calls.append(args) or ({"steps": 150}, []))
+    monkeypatch.setattr(tiny, "_mtp_prefixes", lambda encode, seed: [])
+    tok = tiny.train_tokenizer(tiny.corpus_text())
+    assert tiny._mtp_head(None, None, {}, tok, 0, None) == {"shipped": None, "steps": 150} and len(calls) == 1
+    assert tiny._mtp_head(None, None, {}, tok, 1, tiny.SHIPPED_TEXT_WEIGHTS)["shipped"] is None  # another seed
+    assert len(calls) == 2
+
+
+def test_a_shipped_mtp_head_of_another_shape_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from portcheck.model import tiny
+
+    mtp = {"mtp.fc.weight": torch.zeros(4, 8, dtype=torch.bfloat16)}
+    save_file({"mtp.fc.weight": torch.zeros(4, 4, dtype=torch.bfloat16)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ValueError, match=r"does not hold this model's MTP head: \['mtp.fc.weight'\].*make train-tiny"):
+        tiny._load_mtp_weights(mtp, tmp_path / "w.safetensors")
+    save_file({"mtp.other.weight": torch.zeros(4, 8, dtype=torch.bfloat16)}, str(tmp_path / "x.safetensors"))
+    with pytest.raises(ValueError, match="mtp.fc.weight', 'mtp.other.weight"):
+        tiny._load_mtp_weights(mtp, tmp_path / "x.safetensors")
+
+
 def test_shipped_text_weights_of_another_shape_are_refused(tmp_path):
     from safetensors.torch import save_file
 

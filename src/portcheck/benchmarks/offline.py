@@ -21,7 +21,7 @@ import numpy as np
 from portcheck.benchmarks import statistics as perf
 from portcheck.atomic import atomic_path, write_json
 from portcheck.errors import PortcheckError
-from portcheck.benchmarks.plan import check_plan, engine_limits, grid_cells, plan_for_device
+from portcheck.benchmarks.plan import bench_params, check_plan, engine_limits, grid_cells, plan_for_device
 from portcheck.benchmarks.workload import random_prompts
 from portcheck.targets import parse_target
 
@@ -213,19 +213,6 @@ def measure_target(target_name: str, model_dir: str | Path, settings, bench_conf
 
 # The modules the benchmarks run (the engines included): the hand-off's code key.
 BENCH_MODULES = ("benchmarks.offline",)
-# Settings that only the checks or the report read, or that choose which targets are benchmarked: no measurement
-# reruns for them.
-NOT_MEASURED = ("consistency_tolerance", "reference", "floor")
-
-
-def bench_params(config: dict, target_name: str, stack: dict) -> dict[str, Any]:
-    """Rule run_benchmarks' params.measured for one target (the dump job rebuilds them to measure the target on
-    its own engine and hand the record over: portcheck.workflow.handoff)."""
-    from portcheck.config import engine_settings
-
-    return {"settings": vars(engine_settings(config, target_name)),
-            "bench": {key: value for key, value in config["bench"].items() if key not in NOT_MEASURED},
-            "stack": stack}
 
 
 def bench_request(target_name: str, measured: dict, python_env: str | None, manifest: str | Path) -> dict:

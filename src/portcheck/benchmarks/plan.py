@@ -1,7 +1,7 @@
-"""What the offline benchmarks run: which targets are benchmarked, each device's plan (bench.overrides merged in),
-its grid cells, and the checks that refuse a plan the engine would refuse or cut (at config validation where the
-limit is configured, again before the engine starts with the model's own limits). No engine code: config.py and
-the rules import it."""
+"""What the offline benchmarks run: which targets are benchmarked, the settings a measurement reads, each device's
+plan (bench.overrides merged in), its grid cells, and the checks that refuse a plan the engine would refuse or cut
+(at config validation where the limit is configured, again before the engine starts with the model's own limits).
+No engine code and no numpy: config.py and the rules import it (a no-op run pays every import)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,23 @@ def not_benchmarked(targets: list[str], reference: str, bench_config: dict) -> d
     if not bench_config["reference"]:
         off[reference] = REFERENCE_OFF
     return {t: off[t] for t in targets if t in off}
+
+
+# ---------------------------------------------------------------- what a measurement reads
+
+# Settings that only the checks or the report read, or that choose which targets are benchmarked: no measurement
+# reruns for them.
+NOT_MEASURED = ("consistency_tolerance", "reference", "floor")
+
+
+def bench_params(config: dict, target_name: str, stack: dict) -> dict[str, Any]:
+    """Rule run_benchmarks' params.measured for one target (the dump job rebuilds them to measure the target on
+    its own engine and hand the record over: portcheck.workflow.handoff)."""
+    from portcheck.config import engine_settings
+
+    return {"settings": vars(engine_settings(config, target_name)),
+            "bench": {key: value for key, value in config["bench"].items() if key not in NOT_MEASURED},
+            "stack": stack}
 
 
 # ---------------------------------------------------------------- the plan

@@ -159,9 +159,14 @@ def train(model, tokenizer, corpus: str, seed: int, recipe: dict = RECIPE, steps
 
 def text_state_sha256(model) -> str:
     """One hash of every text-model tensor's bytes (the reproduction test compares it)."""
+    return tensors_sha256({name: tensor for name, tensor in model.state_dict().items()
+                           if not name.startswith("model.visual.")})
+
+
+def tensors_sha256(tensors: dict) -> str:
+    """One hash of named tensors' values (as fp32, so bf16 ones hash too), in name order."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if not name.startswith("model.visual."):
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    for name, tensor in sorted(tensors.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
     return digest.hexdigest()

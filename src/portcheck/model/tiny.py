@@ -5,8 +5,9 @@ dry-run path use this stand-in: same classes, same layer pattern (3 Gated DeltaN
 same rope/mrope layout, tied embeddings, a vision tower and MTP tensors, a byte-level BPE tokenizer with Qwen's
 special tokens, all a few MB. Its text weights are shipped: the far-context curriculum (curriculum.py) taught them
 to recall a fact stated chunks earlier, so a fault in a carried state moves its outputs; the build loads them and
-calibrates the logits so that its next-token distributions are peaked, as on a real model. Other seeds and sizes
-train a short run instead (TRAIN; a model that forgets within a few tokens).
+calibrates the logits so that its next-token distributions are peaked, as on a real model, then loads the MTP head
+distilled from that model (shipped as well). Other seeds and sizes train a short run and distill their own head
+instead (TRAIN; a model that forgets within a few tokens).
 
 `architecture="qwen3"` builds a dense Qwen3 of the same text sizes and tokenizer instead (`model.source:
 tiny-qwen3`): the stand-in for vLLM lines whose CPU backend cannot load Qwen3.5 (vLLM 0.18).
@@ -29,6 +30,10 @@ CORPUS_RESOURCE = "tiny_corpus.txt"
 # the record of its run (scripts/train_tiny.py writes both; tests/test_tiny.py reruns its first steps).
 SHIPPED_TEXT_WEIGHTS = "tiny_qwen3_5_text.safetensors"
 SHIPPED_TEXT_RECORD = "tiny_qwen3_5_text.json"
+# Its MTP head, distilled from that model once calibrated (_train_mtp; 28 s on one core, the build's longest step):
+# shipped with its record too (scripts/train_tiny.py --mtp-only writes both), so every host builds the same head.
+SHIPPED_MTP_WEIGHTS = "tiny_qwen3_5_mtp.safetensors"
+SHIPPED_MTP_RECORD = "tiny_qwen3_5_mtp.json"
 
 # Size settings. Head dims stay >= 64 because vLLM's CPU attention kernel rejects 32.
 TINY_DEFAULTS: dict[str, Any] = {
@@ -324,12 +329,13 @@ def _mtp_prefixes(encode: Callable[[str], list[int]], seed: int) -> list[list[in
     return prefixes
 
 
-def _train_mtp(model, config, mtp: dict, token_ids: list[int], prefixes: list[list[int]], seed: int) -> dict:
+def _train_mtp(model, config, mtp: dict, token_ids: list[int], prefixes: list[list[int]], seed: int,
+               steps: int | None = None) -> tuple[dict, list[float]]:
     """Train the MTP head (in place in `mtp`) to draft what the finished main model predicts one token further:
     row i (hidden state at i, token i+1) against the main model's distribution at i+1, on corpus windows and on the
     main model's greedy continuations of `prefixes`; the main model frozen, in the bf16 values it is saved with. A
-    random head accepts nothing, so no acceptance check on it could fail. Returns the first and last loss and the
-    draft's top-1 agreement on the held-back corpus windows."""
+    random head accepts nothing, so no acceptance check on it could fail. `steps` stops early. Returns the summary (the
+    first and last loss, the draft's top-1 agreement on the held-back corpus windows) and the loss per step."""
     import torch
 
     from portcheck.model.mtp import build_reference_mtp, text_model
@@ -357,7 +363,7 @@ def _train_mtp(model, config, mtp: dict, token_ids: list[int], prefixes: list[li
 
     head.train()
     losses = []
-    for _ in range(MTP_TRAIN["steps"]):
+    for _ in range(MTP_TRAIN["steps"] if steps is None else steps):
         picks = torch.randint(first, len(windows), (MTP_TRAIN["batch"],), generator=order).tolist()
         loss = sum(loss_of(j) for j in picks) / len(picks)
         opt.zero_grad(set_to_none=True)
@@ -371,8 +377,9 @@ def _train_mtp(model, config, mtp: dict, token_ids: list[int], prefixes: list[li
     state = head.state_dict()
     for name in mtp:
         mtp[name] = state[name[len("mtp."):]].detach().to(torch.bfloat16).contiguous()
-    return {**MTP_TRAIN, "windows": len(windows) - len(held_back), "first_loss": round(losses[0], 4),
-            "last_loss": round(losses[-1], 4), "held_back_top1_agreement": round(sum(agree) / len(agree), 4)}
+    return {**MTP_TRAIN, "steps": len(losses), "windows": len(windows) - len(held_back),
+            "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4),
+            "held_back_top1_agreement": round(sum(agree) / len(agree), 4)}, losses
 
 
 def prompt_logits(model, encode: Callable[[str], list[int]], prompts: list[str] = PROMPTS) -> list:
@@ -402,7 +409,7 @@ def _calibration_scale(logits: list, target: float) -> float:
 
 def _mtp_tensors(config, seed: int) -> dict:
     """The MTP head of the real checkpoint (names/shapes as vLLM's Qwen3_5MTP loads them), initialised at random
-    (_train_mtp then trains it).
+    (_train_mtp then trains it, or the shipped head replaces it).
 
     transformers does not build it (it ignores ^mtp.*); vLLM's Qwen3_5ForConditionalGeneration skips it too,
     and its speculative-decoding drafter Qwen3_5MTP reads it. Norms are 1-centred ((1 + w)), so zeros.
@@ -537,8 +544,6 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, architecture: str = "qw
     `architecture`: qwen3.5 (the default) or qwen3 (dense). `overrides`: TINY_DEFAULTS keys (qwen3.5).
     Returns a summary; only `build_seconds` varies between runs.
     """
-    import torch
-
     if architecture not in ARCHITECTURES:
         raise ValueError(f"tiny architecture must be one of {ARCHITECTURES}, got {architecture!r}")
     if set(overrides) - set(TINY_DEFAULTS) or (overrides and architecture != "qwen3.5"):
@@ -546,25 +551,11 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, architecture: str = "qw
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    text = corpus_text()
-    tok = train_tokenizer(text)
-    first_special = tok.token_to_id(QWEN_SPECIAL_TOKENS[0])
-    config, model_class = _config_and_class(architecture, _padded_vocab(tok.get_vocab_size()), first_special,
-                                            overrides)
-    encode = lambda s: tok.encode(s).ids  # noqa: E731
-
+    tok = train_tokenizer(corpus_text())
     with _deterministic_torch(seed, TRAIN["threads"]):
-        model = model_class(config)
-        training = _text_training(model, architecture, encode(text), seed, overrides)
-        scale = _calibration_scale(prompt_logits(model, encode), training["target_top1"])
-        _scale_final_norm(model, scale)
-        model.to(torch.bfloat16)  # the checkpoint is bf16, as the real one; measure what is saved
-        top1_bf16 = mean_top1_prob(prompt_logits(model, encode))
-        model.to(torch.float32)
-        top1_fp32 = mean_top1_prob(prompt_logits(model, encode))
-
+        model, config, calibration = _calibrated_model(tok, architecture, seed, overrides)
         mtp = _mtp_tensors(config, seed) if architecture == "qwen3.5" else {}
-        mtp_train = _train_mtp(model, config, mtp, encode(text), _mtp_prefixes(encode, seed), seed) if mtp else None
+        mtp_train = _mtp_head(model, config, mtp, tok, seed, calibration["train"]["shipped"]) if mtp else None
     _save_weights(model, out / "model.safetensors", mtp)
     _save_configs(config, out)
     t = getattr(config, "text_config", config)
@@ -583,13 +574,80 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, architecture: str = "qw
         "tokenizer_vocab_size": tok.get_vocab_size(),
         "special_token_ids": {name: tok.token_to_id(name) for name in QWEN_SPECIAL_TOKENS},
         "parameters": _param_counts(model, mtp),
-        "train": training,
+        **calibration,
         **({"mtp_train": mtp_train} if mtp_train else {}),
-        "logit_scale": scale,
-        "mean_top1_prob": {"float32": top1_fp32, "bfloat16": top1_bf16},
         "sha256": {name: _sha256(out / name) for name in ("model.safetensors", "tokenizer.json")},
         "build_seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def _calibrated_model(tok, architecture: str, seed: int, overrides: dict):
+    """The main model: its text weights shipped or trained here, its logits scaled to the target peakedness. Returns
+    the fp32 model (holding the bf16 values it is saved with), its config and the training's and calibration's
+    summary."""
+    import torch
+
+    text = corpus_text()
+    encode = lambda s: tok.encode(s).ids  # noqa: E731
+    config, model_class = _config_and_class(architecture, _padded_vocab(tok.get_vocab_size()),
+                                            tok.token_to_id(QWEN_SPECIAL_TOKENS[0]), overrides)
+    model = model_class(config)
+    training = _text_training(model, architecture, encode(text), seed, overrides)
+    scale = _calibration_scale(prompt_logits(model, encode), training["target_top1"])
+    _scale_final_norm(model, scale)
+    model.to(torch.bfloat16)  # the checkpoint is bf16, as the real one; measure what is saved
+    top1_bf16 = mean_top1_prob(prompt_logits(model, encode))
+    model.to(torch.float32)
+    top1_fp32 = mean_top1_prob(prompt_logits(model, encode))
+    return model, config, {"train": training, "logit_scale": scale,
+                           "mean_top1_prob": {"float32": top1_fp32, "bfloat16": top1_bf16}}
+
+
+def _mtp_head(model, config, mtp: dict, tok, seed: int, text_shipped: str | None) -> dict:
+    """Fill `mtp` with the head: the shipped one where the main model's text weights are the shipped ones (the
+    default build; `make train-tiny` distilled it from that model, 28 s on one core), else distilled here."""
+    record = shipped_mtp_record()
+    if text_shipped and seed == record["seed"]:
+        _load_mtp_weights(mtp, resources.files("portcheck.model.data").joinpath(SHIPPED_MTP_WEIGHTS))
+        return {"shipped": SHIPPED_MTP_WEIGHTS, **record["mtp_train"]}
+    return {"shipped": None, **_distill(model, config, mtp, tok, seed)[0]}
+
+
+def _distill(model, config, mtp: dict, tok, seed: int, steps: int | None = None) -> tuple[dict, list[float]]:
+    encode = lambda s: tok.encode(s).ids  # noqa: E731
+    return _train_mtp(model, config, mtp, encode(corpus_text()), _mtp_prefixes(encode, seed), seed, steps=steps)
+
+
+def distill_mtp_head(seed: int = 0, steps: int | None = None) -> tuple[dict, dict, list[float]]:
+    """What `make train-tiny` ships as the MTP head: the default build's main model (the shipped text weights,
+    calibrated) and its head distilled from it (`steps` stops early). Returns the head's bf16 tensors, the training's
+    summary and its loss per step."""
+    tok = train_tokenizer(corpus_text())
+    with _deterministic_torch(seed, TRAIN["threads"]):
+        model, config, calibration = _calibrated_model(tok, "qwen3.5", seed, {})
+        if not calibration["train"]["shipped"]:
+            raise ValueError(f"seed {seed} is not the shipped text model's; the shipped MTP head is distilled from it")
+        mtp = _mtp_tensors(config, seed)
+        summary, losses = _distill(model, config, mtp, tok, seed, steps)
+    return mtp, summary, losses
+
+
+def shipped_mtp_record() -> dict:
+    return json.loads(resources.files("portcheck.model.data").joinpath(SHIPPED_MTP_RECORD).read_text())
+
+
+def _load_mtp_weights(mtp: dict, path) -> None:
+    """The shipped head's tensors into `mtp` (the build's own names, shapes and bf16)."""
+    from safetensors.torch import load
+
+    shipped = load(path.read_bytes())
+    wrong = sorted(name for name in set(mtp) | set(shipped)
+                   if name not in shipped or name not in mtp or shipped[name].shape != mtp[name].shape
+                   or shipped[name].dtype != mtp[name].dtype)
+    if wrong:
+        raise ValueError(f"{path.name} does not hold this model's MTP head: {wrong[:3]} missing, extra or of "
+                         "another shape (make train-tiny)")
+    mtp.update(shipped)
 
 
 def _config_and_class(architecture: str, vocab_size: int, first_special: int, overrides: dict):
