@@ -91,9 +91,10 @@ def test_what_each_file_imports_is_kept_between_runs_while_the_file_is_unchanged
     assert new_run() == ENTRY_CLOSURE and parsed == []
     (package / "stage" / "helper.py").write_text("import portcheck.unused\n")
     assert new_run() == ENTRY_CLOSURE | {"unused.py"} and parsed == ["import portcheck.unused\n"]
-    cache.write_text("{not json")
-    assert new_run() == ENTRY_CLOSURE | {"unused.py"} and len(parsed) == 7
-    assert json.loads(cache.read_text())["stage/helper.py"][2] == ["unused"]
+    for damaged in ("{not json", "[]", '{"stage/entry.py": 3}'):
+        cache.write_text(damaged)
+        assert new_run() == ENTRY_CLOSURE | {"unused.py"} and len(parsed) == 7, damaged
+        assert json.loads(cache.read_text())["stage/helper.py"][2] == ["unused"]
 
 
 def test_a_rule_naming_a_module_the_package_lacks_is_refused_naming_it():

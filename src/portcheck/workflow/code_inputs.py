@@ -91,7 +91,7 @@ def remember_imports(cache_path: str | Path, package_dir: Path = PACKAGE_DIR) ->
         stored = json.loads(cache_path.read_text(encoding="utf-8"))
         for name, (mtime_ns, size, modules) in stored.items():
             _IMPORTS_CACHE.setdefault((package_dir / name, mtime_ns, size), frozenset(modules))
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, AttributeError):  # no cache, or not one (not JSON, not a mapping)
         stored = None
     entries = {}
     for module, path in sorted(_package_files(package_dir).items()):
