@@ -16,7 +16,7 @@ from portcheck.workflow.snakemake_overheads import remove_overheads  # noqa: E40
 
 # Snakemake's fixed costs this workflow removes (portcheck.workflow.snakemake_overheads): its pandas import in the
 # params check, its wait of up to 1 s before exiting a run that started jobs, its pure-Python YAML parse of config
-# files (so before configfile:).
+# files (so before configfile:), its translation of every rule file on every run (so before the includes).
 remove_overheads()
 
 

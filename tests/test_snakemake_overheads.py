@@ -1,8 +1,9 @@
-"""The three Snakemake costs portcheck removes (portcheck.workflow.snakemake_overheads) keep Snakemake's behaviour: the
+"""The four Snakemake costs portcheck removes (portcheck.workflow.snakemake_overheads) keep Snakemake's behaviour: the
 params serializer gives Snakemake's own text for every value, without importing pandas until pandas is imported; the
 scheduler's reevaluation timer still wakes the scheduler but no longer holds the process at exit; a config file reads
-as Snakemake reads it. Each check runs in a fresh interpreter: pytest's own may have imported pandas already, and the
-config loader is patched for the whole process."""
+as Snakemake reads it; a rule file's kept translation is Snakemake's own. Each check runs in a fresh interpreter:
+pytest's own may have imported pandas already, and the config loader and the parser are patched for the whole
+process."""
 
 from __future__ import annotations
 
@@ -67,17 +68,25 @@ def test_a_snakemake_without_the_replaced_names_is_left_as_it_is(monkeypatch):
 
     from portcheck.workflow import snakemake_overheads
 
+    import snakemake.api  # noqa: F401  (snakemake.workflow cannot be imported first)
+    import snakemake.workflow as snakemake_workflow
     from snakemake.common import configfile
 
     monkeypatch.delattr(PersistenceBase, "_serialize_param_pandas")
     monkeypatch.delattr(JobScheduler, snakemake_overheads.REEVALUATION)
     monkeypatch.delattr(configfile, snakemake_overheads.CONFIG_LOADER)
+    parse = lambda path, workflow, linemap: ("", 0)  # noqa: E731  (a parser of another signature)
+    monkeypatch.setattr(snakemake_workflow, snakemake_overheads.PARSER, parse)
     serializer = PersistenceBase.__dict__["_serialize_param"]
     assert snakemake_overheads.remove_overheads() == {"params_without_pandas": False, "exit_without_waiting": False,
-                                                      "config_with_libyaml": False}
+                                                      "config_with_libyaml": False,
+                                                      "rule_files_translated_once": False}
     assert PersistenceBase.__dict__["_serialize_param"] is serializer
     assert not hasattr(JobScheduler, snakemake_overheads.REEVALUATION)
     assert not hasattr(configfile, snakemake_overheads.CONFIG_LOADER)
+    assert snakemake_workflow.parse is parse
+    monkeypatch.delattr(snakemake_workflow, snakemake_overheads.PARSER)
+    assert not snakemake_overheads.keep_translations()
 
 
 def test_config_files_read_as_snakemake_reads_them(tmp_path):
@@ -114,3 +123,64 @@ def test_config_files_read_as_snakemake_reads_them(tmp_path):
     """)
     assert out.startswith("True 5 {'a': 2} WorkflowError: Config file is not valid"), out
 
+
+
+def test_rule_files_are_translated_once_and_again_when_they_change(tmp_path):
+    """Each shipped rule file's kept translation is Snakemake's own (the code, the rule count after it, the line
+    map); a second run translates nothing; an edited file, another rule count before it and a damaged entry are
+    translated anew."""
+    rule_files = sorted(str(path) for path in (ROOT / "rules").glob("*.smk"))
+    out = run_python(f"""
+        from pathlib import Path
+        import snakemake.api
+        import snakemake.workflow as snakemake_workflow
+        from snakemake.parser import parse
+        from snakemake.sourcecache import LocalSourceFile
+        from portcheck.workflow.snakemake_overheads import keep_translations
+
+        class Workflow:  # what parse asks of a workflow: its source cache
+            class sourcecache:
+                open = staticmethod(lambda path: open(path.get_path_or_uri(secret_free=True)))
+
+        def translate_all(translate, files):
+            count, results = 0, []
+            for name in files:
+                linemap = {{}}
+                code, count = translate(LocalSourceFile(name), Workflow, linemap=linemap, rulecount=count)
+                results.append((code, count, linemap))
+            return results
+
+        files = {rule_files!r}
+        theirs = translate_all(parse, files)
+        calls = []
+
+        def counted(path, workflow, linemap, overwrite_shellcmd=None, rulecount=0):
+            calls.append(1)
+            return parse(path, workflow, linemap, overwrite_shellcmd, rulecount)
+
+        snakemake_workflow.parse = counted
+        cache = Path({str(tmp_path)!r}) / "parsed"
+        assert keep_translations(cache) and keep_translations(cache)  # a second call keeps the first patch
+        kept = snakemake_workflow.parse
+        first, second = translate_all(kept, files), translate_all(kept, files)
+        print(first == theirs == second, len(calls), len(list(cache.iterdir())))
+
+        edited = Path({str(tmp_path)!r}) / "extra.smk"
+        edited.write_text(Path(files[0]).read_text())
+        translate_all(kept, [str(edited)])
+        edited.write_text(edited.read_text() + "\\nrule added_here:\\n    output: 'x'\\n")
+        calls.clear()
+        again = translate_all(kept, [str(edited)])
+        print(again == translate_all(parse, [str(edited)]), "added_here" in again[0][0], len(calls))
+        shifted = kept(LocalSourceFile(files[1]), Workflow, linemap={{}}, rulecount=5)
+        print(shifted == parse(LocalSourceFile(files[1]), Workflow, linemap={{}}, rulecount=5), len(calls))
+        for damaged in ("{{not json", '{{"key": 1}}', "[]"):
+            for entry in cache.iterdir():
+                entry.write_text(damaged)
+            calls.clear()
+            print(translate_all(kept, files) == theirs, len(calls) == len(files))
+    """)
+    lines = out.splitlines()
+    assert lines[0] == f"True {len(rule_files)} {len(rule_files)}", out
+    assert lines[1:3] == ["True True 1", "True 2"], out
+    assert lines[3:] == ["True True"] * 3, out

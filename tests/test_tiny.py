@@ -337,9 +337,10 @@ def test_a_build_whose_text_model_is_not_shipped_distills_its_own_mtp_head(monke
     calls = []
     monkeypatch.setattr(tiny, "_train_mtp", lambda *args, **kwargs: calls.append(args) or ({"steps": 150}, []))
     monkeypatch.setattr(tiny, "_mtp_prefixes", lambda encode, seed: [])
-    tok = tiny.train_tokenizer(tiny.corpus_text())
-    assert tiny._mtp_head(None, None, {}, tok, 0, None) == {"shipped": None, "steps": 150} and len(calls) == 1
-    assert tiny._mtp_head(None, None, {}, tok, 1, tiny.SHIPPED_TEXT_WEIGHTS)["shipped"] is None  # another seed
+    text = tiny.corpus_text()
+    tok = tiny.train_tokenizer(text)
+    assert tiny._mtp_head(None, None, {}, tok, text, 0, None) == {"shipped": None, "steps": 150} and len(calls) == 1
+    assert tiny._mtp_head(None, None, {}, tok, text, 1, tiny.SHIPPED_TEXT_WEIGHTS)["shipped"] is None  # another seed
     assert len(calls) == 2
 
 

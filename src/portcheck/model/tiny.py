@@ -108,8 +108,13 @@ SHIPPED_TARGET_TOP1 = 0.35
 DENSE_TARGET_TOP1 = 0.3
 
 
+def _shipped(name: str):
+    """A file shipped with the package (portcheck/model/data)."""
+    return resources.files("portcheck.model.data").joinpath(name)
+
+
 def corpus_text() -> str:
-    return resources.files("portcheck.model.data").joinpath(CORPUS_RESOURCE).read_text(encoding="utf-8")
+    return _shipped(CORPUS_RESOURCE).read_text(encoding="utf-8")
 
 
 def train_tokenizer(text: str, bpe_vocab_size: int = BPE_VOCAB_SIZE):
@@ -256,7 +261,7 @@ def train_text_model(seed: int = 0, steps: int | None = None, on_step=None):
 
 
 def shipped_text_record() -> dict:
-    return json.loads(resources.files("portcheck.model.data").joinpath(SHIPPED_TEXT_RECORD).read_text())
+    return json.loads(_shipped(SHIPPED_TEXT_RECORD).read_text())
 
 
 def _load_text_weights(model, path) -> None:
@@ -280,7 +285,7 @@ def _text_training(model, architecture: str, token_ids: list[int], seed: int, ov
     short run here (seconds; its model forgets within a few tokens). Returns the training's summary."""
     record = shipped_text_record() if architecture == "qwen3.5" and not overrides else {}
     if seed == record.get("seed"):
-        _load_text_weights(model, resources.files("portcheck.model.data").joinpath(SHIPPED_TEXT_WEIGHTS))
+        _load_text_weights(model, _shipped(SHIPPED_TEXT_WEIGHTS))
         return {"shipped": SHIPPED_TEXT_WEIGHTS, "target_top1": SHIPPED_TARGET_TOP1,
                 **{k: record[k] for k in ("recipe", "steps", "far_context")}}
     losses = _train(model, token_ids, seed)
@@ -551,11 +556,12 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, architecture: str = "qw
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = train_tokenizer(corpus_text())
+    text = corpus_text()
+    tok = train_tokenizer(text)
     with _deterministic_torch(seed, TRAIN["threads"]):
-        model, config, calibration = _calibrated_model(tok, architecture, seed, overrides)
+        model, config, calibration = _calibrated_model(tok, text, architecture, seed, overrides)
         mtp = _mtp_tensors(config, seed) if architecture == "qwen3.5" else {}
-        mtp_train = _mtp_head(model, config, mtp, tok, seed, calibration["train"]["shipped"]) if mtp else None
+        mtp_train = _mtp_head(model, config, mtp, tok, text, seed, calibration["train"]["shipped"]) if mtp else None
     _save_weights(model, out / "model.safetensors", mtp)
     _save_configs(config, out)
     t = getattr(config, "text_config", config)
@@ -581,13 +587,12 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, architecture: str = "qw
     }
 
 
-def _calibrated_model(tok, architecture: str, seed: int, overrides: dict):
-    """The main model: its text weights shipped or trained here, its logits scaled to the target peakedness. Returns
-    the fp32 model (holding the bf16 values it is saved with), its config and the training's and calibration's
-    summary."""
+def _calibrated_model(tok, text: str, architecture: str, seed: int, overrides: dict):
+    """The main model: its text weights shipped or trained here on `text` (tok's corpus), its logits scaled to the
+    target peakedness. Returns the fp32 model (holding the bf16 values it is saved with), its config and the
+    training's and calibration's summary."""
     import torch
 
-    text = corpus_text()
     encode = lambda s: tok.encode(s).ids  # noqa: E731
     config, model_class = _config_and_class(architecture, _padded_vocab(tok.get_vocab_size()),
                                             tok.token_to_id(QWEN_SPECIAL_TOKENS[0]), overrides)
@@ -603,37 +608,39 @@ def _calibrated_model(tok, architecture: str, seed: int, overrides: dict):
                            "mean_top1_prob": {"float32": top1_fp32, "bfloat16": top1_bf16}}
 
 
-def _mtp_head(model, config, mtp: dict, tok, seed: int, text_shipped: str | None) -> dict:
+def _mtp_head(model, config, mtp: dict, tok, text: str, seed: int, text_shipped: str | None) -> dict:
     """Fill `mtp` with the head: the shipped one where the main model's text weights are the shipped ones (the
     default build; `make train-tiny` distilled it from that model, 28 s on one core), else distilled here."""
     record = shipped_mtp_record()
     if text_shipped and seed == record["seed"]:
-        _load_mtp_weights(mtp, resources.files("portcheck.model.data").joinpath(SHIPPED_MTP_WEIGHTS))
+        _load_mtp_weights(mtp, _shipped(SHIPPED_MTP_WEIGHTS))
         return {"shipped": SHIPPED_MTP_WEIGHTS, **record["mtp_train"]}
-    return {"shipped": None, **_distill(model, config, mtp, tok, seed)[0]}
+    return {"shipped": None, **_distill(model, config, mtp, tok, text, seed)[0]}
 
 
-def _distill(model, config, mtp: dict, tok, seed: int, steps: int | None = None) -> tuple[dict, list[float]]:
+def _distill(model, config, mtp: dict, tok, text: str, seed: int,
+             steps: int | None = None) -> tuple[dict, list[float]]:
     encode = lambda s: tok.encode(s).ids  # noqa: E731
-    return _train_mtp(model, config, mtp, encode(corpus_text()), _mtp_prefixes(encode, seed), seed, steps=steps)
+    return _train_mtp(model, config, mtp, encode(text), _mtp_prefixes(encode, seed), seed, steps=steps)
 
 
 def distill_mtp_head(seed: int = 0, steps: int | None = None) -> tuple[dict, dict, list[float]]:
     """What `make train-tiny` ships as the MTP head: the default build's main model (the shipped text weights,
     calibrated) and its head distilled from it (`steps` stops early). Returns the head's bf16 tensors, the training's
     summary and its loss per step."""
-    tok = train_tokenizer(corpus_text())
+    text = corpus_text()
+    tok = train_tokenizer(text)
     with _deterministic_torch(seed, TRAIN["threads"]):
-        model, config, calibration = _calibrated_model(tok, "qwen3.5", seed, {})
+        model, config, calibration = _calibrated_model(tok, text, "qwen3.5", seed, {})
         if not calibration["train"]["shipped"]:
             raise ValueError(f"seed {seed} is not the shipped text model's; the shipped MTP head is distilled from it")
         mtp = _mtp_tensors(config, seed)
-        summary, losses = _distill(model, config, mtp, tok, seed, steps)
+        summary, losses = _distill(model, config, mtp, tok, text, seed, steps)
     return mtp, summary, losses
 
 
 def shipped_mtp_record() -> dict:
-    return json.loads(resources.files("portcheck.model.data").joinpath(SHIPPED_MTP_RECORD).read_text())
+    return json.loads(_shipped(SHIPPED_MTP_RECORD).read_text())
 
 
 def _load_mtp_weights(mtp: dict, path) -> None:
