@@ -124,7 +124,6 @@ def test_config_files_read_as_snakemake_reads_them(tmp_path):
     assert out.startswith("True 5 {'a': 2} WorkflowError: Config file is not valid"), out
 
 
-
 def test_rule_files_are_translated_once_and_again_when_they_change(tmp_path):
     """Each shipped rule file's kept translation is Snakemake's own (the code, the rule count after it, the line
     map); a second run translates nothing; an edited file, another rule count before it and a damaged entry are
