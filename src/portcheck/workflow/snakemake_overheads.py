@@ -134,24 +134,23 @@ def keep_translations(cache_dir: Path = PARSED_DIR) -> bool:
 
 
 def _kept_parse(parse, cache_dir: Path):
-    import hashlib
-
     import snakemake
     from snakemake.parser import Shell
+
+    from portcheck.atomic import write_json
+    from portcheck.hashing import sha256_json, sha256_text
 
     def kept(path, workflow, linemap, overwrite_shellcmd=None, rulecount=0):
         if overwrite_shellcmd is not None:  # a shell command overwritten for every rule: Snakemake's own
             return parse(path, workflow, linemap, overwrite_shellcmd, rulecount)
         name = path.get_path_or_uri(secret_free=True)
         with workflow.sourcecache.open(path) as source:
-            text = source.read()
-        key = hashlib.sha256(json.dumps([snakemake.__version__, name, rulecount, text]).encode()).hexdigest()
-        entry = cache_dir / f"{hashlib.sha256(name.encode()).hexdigest()[:16]}.json"
+            key = sha256_json([snakemake.__version__, name, rulecount, source.read()])
+        entry = cache_dir / f"{sha256_text(name)[:16]}.json"
         kept_translation = _read_translation(entry, key)
         if kept_translation is None:
             code, rulecount = parse(path, workflow, linemap, overwrite_shellcmd, rulecount)
-            _write_translation(entry, {"key": key, "code": code, "rulecount": rulecount,
-                                       "linemap": sorted(linemap.items())})
+            write_json(entry, {"key": key, "code": code, "rulecount": rulecount, "linemap": sorted(linemap.items())})
             return code, rulecount
         Shell.overwrite_cmd = None  # what parse sets
         linemap.update(kept_translation["linemap"])
@@ -165,20 +164,9 @@ def _read_translation(entry: Path, key: str) -> dict | None:
     """The kept translation of the file `key` names, or None (none kept, another version of the file, damaged)."""
     try:
         stored = json.loads(entry.read_text(encoding="utf-8"))
-        if stored["key"] != key:
-            return None
-        translation = {"code": stored["code"], "rulecount": stored["rulecount"],
-                       "linemap": {int(line): int(source_line) for line, source_line in stored["linemap"]}}
+        if stored["key"] == key and isinstance(stored["code"], str) and isinstance(stored["rulecount"], int):
+            return {"code": stored["code"], "rulecount": stored["rulecount"],
+                    "linemap": {int(line): int(source_line) for line, source_line in stored["linemap"]}}
     except (OSError, ValueError, KeyError, TypeError):
-        return None
-    valid = isinstance(translation["code"], str) and isinstance(translation["rulecount"], int)
-    return translation if valid else None
-
-
-def _write_translation(entry: Path, translation: dict) -> None:
-    from portcheck.atomic import write_json
-
-    try:
-        write_json(entry, translation)
-    except OSError:  # a read-only working directory: translated again next run
         pass
+    return None
