@@ -262,6 +262,13 @@ def mode_corpus_inputs():
     }
 
 
+def mode_corpus_floor(wildcards):
+    """compare_mode's bf16 floor on the prefill path: the floor target's corpus windows, where the corpus is scored."""
+    if not CORPUS or no_floor(wildcards):
+        return {}
+    return {"corpus_floor": target_file("corpus", FLOOR_TARGET)}
+
+
 def mtp_reference_inputs(wildcards):
     """compare_mode's input for an mtp run: the reference MTP's acceptance on the run's tokens (rule score_mtp)."""
     if wildcards.mode != "mtp":

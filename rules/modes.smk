@@ -105,6 +105,7 @@ use rule score_mtp as measure_mtp with:
 rule compare_mode:
     input:
         unpack(mtp_reference_inputs),
+        unpack(mode_corpus_floor),
         **mode_corpus_inputs(),
         proof=mode_file("mode_proof"),
         mode=mode_file("mode_decode"),
@@ -125,5 +126,6 @@ rule compare_mode:
         positions=config["compare"]["positions"],
         score_from=config["corpus"]["score_from"],
         mtp_acceptance=config["modes"]["mtp_acceptance"],
+        no_floor=no_floor,
     script:
         "../workflow/scripts/compare_mode.py"

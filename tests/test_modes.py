@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, default_config
+from portcheck.compare.positions import compare_corpus_files
 from portcheck.config import DEFAULT_CORPUS, load_schema, read_corpus_text, validate_config
 from portcheck.dump.logits_file import write_dump
 from portcheck.engines.outputs import Generation, PromptScores
@@ -352,6 +353,53 @@ def test_a_mode_as_precise_as_the_base_passes_and_an_unproven_one_is_not_run(tmp
     assert unproven["status"] == "not run" and unproven["reason"] == "counted"
 
 
+def prefill_files(tmp_path, paths: dict, port_noise: float) -> dict:
+    """The corpus side of a mode run: the reference's windows, the bf16 floor's (off them by bf16-like noise), and
+    the target's in its base configuration and in the mode, both off by `port_noise` (a fault the mode does not
+    cause: it is in the base too); the base configuration's corpus comparison as compare_corpus writes it. Eight
+    windows of 48 positions."""
+    rng = np.random.default_rng(1)
+    reference = [rng.normal(size=(STEPS, VOCAB)) * 3 for _ in range(8)]
+    tokens = [list(map(int, r.argmax(axis=1))) for r in reference]
+    sides = {"corpus_reference": (reference, "cpu-hf-fp32"),
+             "corpus_floor": ([r + rng.normal(size=r.shape) * 0.01 for r in reference], "cpu-hf-bf16"),
+             "base_corpus_dump": ([r + rng.normal(size=r.shape) * port_noise for r in reference], "cpu-vllm-bf16"),
+             "corpus": ([r + rng.normal(size=r.shape) * port_noise for r in reference], "cpu-vllm-bf16")}
+    for name, (logits, target) in sides.items():
+        paths[name] = tmp_path / f"{name}.safetensors"
+        decode_dump(paths[name], logits, tokens, target)
+    paths["base_corpus"] = tmp_path / "base.corpus.json"
+    base = compare_corpus_files(paths["corpus_reference"], paths.pop("base_corpus_dump"), {}, 0.04, POSITIONS)
+    paths["base_corpus"].write_text(json.dumps(base))
+    return paths
+
+
+def test_a_prefill_fault_in_the_base_and_the_mode_alike_fails_the_modes_floor_check_not_its_base_check(tmp_path):
+    """The mode's corpus windows are held to the bf16 floor as the target's corpus windows are (the checks
+    `make calibrate` measures for the chunked mode): a kernel off in both configurations, here 5x the floor's noise
+    (KLD ~25x), passes "mode vs base" and fails "vs bf16 floor"; without the floor the check says why it did not
+    run and the verdict stands on the others; a clean port passes it."""
+    positions = {**POSITIONS, "floor_max": 2.0}
+    faulty = prefill_files(tmp_path, mode_files(tmp_path, np.full(STEPS, 0.01)), 0.05)
+    result = compare_mode_files(faulty, {}, 0.04, positions)
+    prefill = result["prefill"]
+    assert prefill["vs_base"]["status"] == "pass" and prefill["growth"]["status"] != "fail"
+    assert prefill["vs_floor"]["status"] == "fail" and prefill["vs_floor"]["ratio_lower"] > 10
+    assert result["status"] == "fail" and [r for r in result["verdict"]["reasons"]
+                                           if r.startswith("prefill: vs bf16 floor: ")]
+    row = dict(zip(modes_report.HEADER, modes_report._row("cpu-vllm-bf16+chunked", result)))
+    assert row["Prefill / bf16 floor (bounds)"] == modes_report.ratio_text(prefill["vs_floor"])
+    del faulty["corpus_floor"]
+    unfloored = compare_mode_files(faulty, {}, 0.04, positions, no_floor="the floor target is not enabled")
+    assert unfloored["status"] != "fail" and not unfloored["verdict"]["reasons"]
+    assert unfloored["prefill"]["vs_floor"] == {"status": "not run", "reason": "the floor target is not enabled"}
+    row = dict(zip(modes_report.HEADER, modes_report._row("cpu-vllm-bf16+chunked", unfloored)))
+    assert row["Prefill / bf16 floor (bounds)"] == "⚪ not run: the floor target is not enabled"
+    clean = compare_mode_files(prefill_files(tmp_path, faulty, 0.01), {}, 0.04, positions)
+    assert clean["status"] != "fail" and clean["prefill"]["vs_floor"]["status"] == "pass"
+    assert 0.5 < clean["prefill"]["vs_floor"]["ratio"] < 2
+
+
 class BlockTooLongEngine:
     """A vLLM engine whose prefix-cache block (640 tokens, as the real shape's on vLLM 0.32 CPU) is longer than the
     workload's shared prefix: anything it is asked to decode or score fails the test."""
@@ -442,7 +490,6 @@ def test_chunked_prefill_that_drops_its_initial_state_is_caught(tiny_model_dir, 
     were split, and fails: its corpus windows' KLD is many times the base configuration's."""
     from test_vllm_introspection import fault_active
 
-    from portcheck.compare.positions import compare_corpus_files
     from portcheck.dump.corpus import corpus_job
     from portcheck.dump.decode_reference import score_decode
     from portcheck.dump.compact import Storage

@@ -948,3 +948,36 @@ def test_the_decode_section_says_how_each_target_decoded_its_prompts(batches, te
     from portcheck.report.sections.positions import decode_batches_text
 
     assert decode_batches_text(batches) == text
+
+
+def test_the_bucket_tables_floor_column_is_the_floor_on_the_same_tokens_where_the_check_kept_it():
+    """The decode table's "× bf16 floor" divides each bucket by the floor's KLD on the target's own decoded tokens
+    (the vs-floor check's buckets, paired), not by the floor target's own decode, which follows other tokens; an
+    artifact from before (a check without buckets) falls back to the floor target's own and says it is unpaired."""
+    from portcheck.report.load import TargetData
+    from portcheck.report.sections.positions import decode_section
+
+    def comparison(klds, vs_floor=None):
+        buckets = [{"start": s, "end": s + 16, "n_positions": 24, "kld_mean": k, "status": "pass"}
+                   for s, k in zip((0, 16), klds)]
+        return {"buckets": buckets, "overall": {"kld_mean": sum(klds) / 2}, "pooled": {"status": "pass"},
+                "growth": {}, "verdict": {"status": "pass"}, "decode": {"sequences": 3, "steps": 32},
+                **({"vs_floor": vs_floor} if vs_floor else {})}
+
+    paired = {"status": "pass", "ratio": 2.0, "kld_floor": 3e-4, "kld_target": 6e-4,
+              "buckets": [{"start": 0, "end": 16, "kld_mean": 2e-4}, {"start": 16, "end": 32, "kld_mean": 4e-4}]}
+    floor = TargetData("cpu-hf-bf16", "target", decode_compare=comparison([1e-3, 1e-3]),
+                       paths={"decode_compare": "compare/cpu-hf-bf16.decode.json"})
+
+    def floor_column(check):
+        target = TargetData("cpu-vllm-bf16", "target", decode_compare=comparison([4e-4, 8e-4], check),
+                            paths={"decode_compare": "compare/cpu-vllm-bf16.decode.json"})
+        buckets = decode_section([target, floor])["targets"][0]["buckets"]
+        return [row[buckets["header"].index("× bf16 floor")] for row in buckets["rows"]], buckets["source"]
+
+    column, source = floor_column(paired)
+    assert column == ["2.00", "2.00", "2.00"]  # 4e-4 / 2e-4, 8e-4 / 4e-4, 6e-4 / 3e-4
+    assert "compare/cpu-vllm-bf16.decode.json (vs_floor.buckets, vs_floor.kld_floor)" in source
+    column, source = floor_column({key: value for key, value in paired.items() if key != "buckets"})
+    assert column == ["0.40", "0.80", "0.60"]
+    assert "compare/cpu-hf-bf16.decode.json (buckets.kld_mean, overall.kld_mean) (its own decode" in source

@@ -81,12 +81,15 @@ def compare_decode_files(ref_path, tgt_path, thresholds: dict, tie_tolerance: fl
 
 def floor_check(ref: Dump, result: dict, floor_path, no_floor: str, thresholds: dict, tie_tolerance: float,
                 positions: dict, score_from: int = 0) -> dict[str, Any] | None:
-    """The vs-floor check of a comparison by position (`result`) on the floor's dump of the same windows or tokens;
-    without one, "not run" with `no_floor`'s reason (a check the verdict ignores); None where neither is given."""
+    """The vs-floor check of a comparison by position (`result`) on the floor's dump of the same windows or tokens,
+    with the floor's KLD by bucket on them (the report's "x bf16 floor" column: paired, where the floor target's own
+    decode follows other tokens); without one, "not run" with `no_floor`'s reason (a check the verdict ignores);
+    None where neither is given."""
     if floor_path is None:
         return {"status": "not run", "reason": no_floor} if no_floor else None
     floor = compare_by_position(ref, read_dump(floor_path), thresholds, tie_tolerance, positions, score_from)
-    return vs_floor(result, floor, str(floor_path), positions)
+    buckets = [{key: b[key] for key in ("start", "end", "kld_mean")} for b in floor["buckets"]]
+    return {**vs_floor(result, floor, str(floor_path), positions), "buckets": buckets}
 
 
 def vs_floor(target: dict, floor: dict, floor_path: str, positions: dict) -> dict[str, Any]:

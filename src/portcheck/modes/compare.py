@@ -7,7 +7,8 @@
   agreement, the first step whose token differs).
 On the prefill path (chunked prefill and compiled graphs change it; vLLM does not read the prefix cache for prompt
 log-probs), where the corpus is scored: the run's corpus windows against the reference's, by bucket with the growth
-check, and against the base configuration's corpus KLD.
+check, against the base configuration's corpus KLD and against the bf16 floor's on the same windows (the checks
+`make calibrate` measures for the chunked mode: a fault in the base and the mode alike passes "vs base").
 A run whose counters did not prove the mode is "not run", never a pass."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from portcheck.artifacts import read_artifact
 from portcheck.compare import compact as c
 from portcheck.compare import metrics as m
 from portcheck.compare.compare import json_ready, kld_basis
-from portcheck.compare.positions import compare_by_position, position_verdict, sequence_side
+from portcheck.compare.positions import compare_by_position, floor_check, position_verdict, sequence_side
 from portcheck.compare.statistics import binomial_lower_tail, ratio_check
 from portcheck.dump.logits_file import Dump, read_dump
 
@@ -30,10 +31,11 @@ MTP_FIGURES = ("drafts", "draft_tokens", "accepted", "acceptance_rate", "mean_ac
 
 
 def compare_mode_files(paths: dict, thresholds: dict, tie_tolerance: float, positions: dict,
-                       score_from: int = 0, mtp_acceptance: dict | None = None) -> dict[str, Any]:
+                       score_from: int = 0, mtp_acceptance: dict | None = None, no_floor: str = "") -> dict[str, Any]:
     """paths: proof (<mode>.json), mode and base (decode dumps), mode_reference and base_reference (score_mode);
-    where the corpus is scored also corpus (the run's windows), corpus_reference (the reference's) and base_corpus
-    (the base configuration's corpus comparison, compare/<target>.corpus.json). mtp_acceptance: the config's
+    where the corpus is scored also corpus (the run's windows), corpus_reference (the reference's), base_corpus
+    (the base configuration's corpus comparison, compare/<target>.corpus.json) and corpus_floor (the bf16 floor's
+    windows; without it, `no_floor` says why the vs-floor check did not run). mtp_acceptance: the config's
     modes.mtp_acceptance (golden per-position rates, tolerance) an mtp run is held to."""
     proof = read_artifact(paths["proof"], "mode_proof")
     head = {key: proof.get(key) for key in ("run", "target", "mode", "description", "proof", "alone_vs_batch",
@@ -50,7 +52,8 @@ def compare_mode_files(paths: dict, thresholds: dict, tie_tolerance: float, posi
                                                                                                ("base", base))}
     parts = {"decode": position_verdict(mode_vs_ref["pooled"], mode_vs_ref["growth"], mode_vs_ref["nonfinite"],
                                         {"mode vs base": versus_base})}
-    prefill = prefill_check(paths, thresholds, tie_tolerance, positions, score_from) if "corpus" in paths else None
+    prefill = prefill_check(paths, thresholds, tie_tolerance, positions, score_from, no_floor) \
+        if "corpus" in paths else None
     if prefill:
         parts["prefill"] = prefill["verdict"]
     if proof["mode"] == "mtp":
@@ -128,17 +131,22 @@ def _joined(parts: dict[str, dict]) -> dict[str, Any]:
     return {"status": status, **joined}
 
 
-def prefill_check(paths: dict, thresholds: dict, tie_tolerance: float, positions: dict,
-                  score_from: int) -> dict[str, Any]:
+def prefill_check(paths: dict, thresholds: dict, tie_tolerance: float, positions: dict, score_from: int,
+                  no_floor: str = "") -> dict[str, Any]:
     """The corpus windows scored in the mode against the reference's, pooled and with the growth check (a state
-    lost between prefill chunks grows past the first chunk), and against the base configuration's KLD."""
-    result = compare_by_position(read_dump(paths["corpus_reference"]), read_dump(paths["corpus"]), thresholds,
-                                 tie_tolerance, positions, score_from)
+    lost between prefill chunks grows past the first chunk), against the base configuration's KLD and against the
+    bf16 floor's on the same windows (as the target's corpus comparison is: compare/positions.py)."""
+    reference = read_dump(paths["corpus_reference"])
+    result = compare_by_position(reference, read_dump(paths["corpus"]), thresholds, tie_tolerance, positions,
+                                 score_from)
     base = read_artifact(paths["base_corpus"], "corpus_compare")
-    versus_base = mode_vs_base(result, base, positions)
-    verdict = position_verdict(result["pooled"], result["growth"], result["nonfinite"], {"mode vs base": versus_base})
+    ratios = {"mode vs base": mode_vs_base(result, base, positions)}
+    floor = floor_check(reference, result, paths.get("corpus_floor"), no_floor or "no bf16 floor was given",
+                        thresholds, tie_tolerance, positions, score_from)
+    ratios["vs bf16 floor"] = floor
+    verdict = position_verdict(result["pooled"], result["growth"], result["nonfinite"], ratios)
     return {**{key: result[key] for key in ("overall", "buckets", "growth", "windows", "window_length", "kld_basis")},
-            "verdict": verdict, "vs_base": versus_base, "base": str(paths["base_corpus"])}
+            "verdict": verdict, "vs_base": ratios["mode vs base"], "vs_floor": floor, "base": str(paths["base_corpus"])}
 
 
 def against_base(base: Dump, mode: Dump) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from portcheck.report.sources import cite
 
 HEADER = ["Run", "Proof (engine counters)", "Decode KLD vs reference (basis)", "Base: decode KLD vs reference (basis)",
           "Decode mode / base (bounds)", "Decode vs base: KLD, top-1", "Greedy tokens = base",
-          "Prefill KLD vs reference (growth)", "Prefill mode / base (bounds)", "Decoded: run; base", "Verdict"]
+          "Prefill KLD vs reference (growth)", "Prefill mode / base (bounds)", "Prefill / bf16 floor (bounds)",
+          "Decoded: run; base", "Verdict"]
 NO_FIGURES = ["—"] * (len(HEADER) - 3)  # a row without a comparison: run, what it says, these, its verdict
 
 
@@ -53,8 +54,18 @@ def _row(run: str, c: dict) -> list:
             f"{pct(versus.get('top1_vs_base'))}",
             f"{versus['tokens_equal']} of {versus['sequences']}",
             f"{_kld(prefill)} (growth {ratio_text(prefill['growth'])})" if prefill else "not scored",
-            ratio_text(prefill["vs_base"]) if prefill else "—", _batches(c.get("batches") or {}),
+            ratio_text(prefill["vs_base"]) if prefill else "—", _floor_text(prefill), _batches(c.get("batches") or {}),
             VERDICT_LABEL.get(c["status"], c["status"])]
+
+
+def _floor_text(prefill: dict | None) -> str:
+    """The prefill's vs-floor ratio; "not run" with its reason where no floor was scored (compare/positions.py)."""
+    check = (prefill or {}).get("vs_floor")
+    if not check:
+        return "—"
+    if check.get("status") == NOT_RUN:
+        return f"{VERDICT_LABEL[NOT_RUN]}: {check.get('reason', 'unknown')}"
+    return ratio_text(check)
 
 
 def _batches(batches: dict) -> str:

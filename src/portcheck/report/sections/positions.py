@@ -91,17 +91,13 @@ def _target(data: TargetData, kind: str, floor_data: TargetData | None) -> dict:
         return {"target": data.name, "available": False, "reason": data.absent.get(kind, NOT_RUN)}
     path = data.paths[kind]
     verdict = comparison.get("verdict") or {}
-    floor = getattr(floor_data, kind) if floor_data else None
-    floor_by_start = {b["start"]: b.get("kld_mean") for b in (floor or {}).get("buckets") or []}
     is_floor = data.name == FLOOR_TARGET
+    floor_by_start, floor_kld, floor_source = _floor_buckets(comparison, path, kind, None if is_floor else floor_data)
     bucket_rows = [_bucket_row(b, floor_by_start.get(b["start"]), is_floor) for b in comparison.get("buckets") or []]
     overall = comparison.get("overall") or {}
-    pooled = _bucket_row({**overall, "start": "all", "end": None}, ((floor or {}).get("overall") or {}).get("kld_mean"),
-                         is_floor)
+    pooled = _bucket_row({**overall, "start": "all", "end": None}, floor_kld, is_floor)
     bucket_rows.append(pooled[:-1] + [VERDICT_LABEL.get((comparison.get("pooled") or {}).get("status"), UNKNOWN)])
-    source = cite(path, "buckets", "overall", "pooled")
-    if floor_data and not is_floor:
-        source += f"; × bf16 floor: {cite(floor_data.paths[kind], 'buckets.kld_mean', 'overall.kld_mean')}"
+    source = cite(path, "buckets", "overall", "pooled") + (f"; × bf16 floor: {floor_source}" if floor_source else "")
     growth = comparison.get("growth") or {}
     rows = [_ratio_row(f"growth past the first bucket ({growth.get('first_bucket', '—')})", growth,
                        growth.get("kld_first"), growth.get("kld_later"))]
@@ -130,6 +126,25 @@ def _target(data: TargetData, kind: str, floor_data: TargetData | None) -> dict:
         "growth": table(RATIO_HEADER, rows, cite(path, *keys)),
         "growth_reason": growth.get("reason", ""),
     }
+
+
+def _floor_buckets(comparison: dict, path: str, kind: str,
+                   floor_data: TargetData | None) -> tuple[dict, float | None, str]:
+    """The bf16 floor's KLD by bucket start and over all positions, and where they come from: the vs-floor check's
+    own (the floor on the same windows or on this target's decoded tokens: paired), else the floor target's own
+    comparison (its own decode: other tokens, said so)."""
+    check = comparison.get("vs_floor") or {}
+    if check.get("buckets") is not None:
+        by_start = {b["start"]: b.get("kld_mean") for b in check["buckets"]}
+        return by_start, check.get("kld_floor"), \
+            f"{cite(path, 'vs_floor.buckets', 'vs_floor.kld_floor')} (the floor on the {KINDS[kind][2]})"
+    floor = getattr(floor_data, kind) if floor_data else None
+    if not floor:
+        return {}, None, ""
+    by_start = {b["start"]: b.get("kld_mean") for b in floor.get("buckets") or []}
+    unpaired = " (its own decode: other tokens, not paired)" if kind == "decode_compare" else ""
+    return by_start, (floor.get("overall") or {}).get("kld_mean"), \
+        f"{cite(floor_data.paths[kind], 'buckets.kld_mean', 'overall.kld_mean')}{unpaired}"
 
 
 def _ratio_row(label: str, check: dict, base, grown) -> list[str]:
