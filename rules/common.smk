@@ -263,10 +263,11 @@ def mode_corpus_inputs():
 
 
 def mode_corpus_floor(wildcards):
-    """compare_mode's bf16 floor on the prefill path: the floor target's corpus windows, where the corpus is scored."""
+    """compare_mode's bf16 floor on the prefill path, where the corpus is scored: the floor target's corpus
+    comparison (the same windows)."""
     if not CORPUS or no_floor(wildcards):
         return {}
-    return {"corpus_floor": target_file("corpus", FLOOR_TARGET)}
+    return {"floor_corpus": compare_file(FLOOR_TARGET, "corpus_compare")}
 
 
 def mtp_reference_inputs(wildcards):

@@ -105,6 +105,8 @@ use rule score_mtp as measure_mtp with:
 rule compare_mode:
     input:
         unpack(mtp_reference_inputs),
+        # The prefill path: the corpus windows scored in the mode, the reference's, the base's and the floor's
+        # comparisons.
         unpack(mode_corpus_floor),
         **mode_corpus_inputs(),
         proof=mode_file("mode_proof"),
@@ -112,7 +114,6 @@ rule compare_mode:
         mode_reference=mode_file("mode_reference"),
         base=mode_file("mode_decode", mode="base"),
         base_reference=mode_file("mode_reference", mode="base"),
-        # The prefill path: the corpus windows scored in the mode, the reference's, the base's comparison.
         code=package_sources("modes.compare"),
     output:
         mode_compare_file(),

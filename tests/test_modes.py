@@ -354,23 +354,24 @@ def test_a_mode_as_precise_as_the_base_passes_and_an_unproven_one_is_not_run(tmp
 
 
 def prefill_files(tmp_path, paths: dict, port_noise: float) -> dict:
-    """The corpus side of a mode run: the reference's windows, the bf16 floor's (off them by bf16-like noise), and
-    the target's in its base configuration and in the mode, both off by `port_noise` (a fault the mode does not
-    cause: it is in the base too); the base configuration's corpus comparison as compare_corpus writes it. Eight
-    windows of 48 positions."""
+    """The corpus side of a mode run: the reference's windows and the target's in the mode, off them by
+    `port_noise`; the comparisons compare_corpus writes of the target in its base configuration, off by
+    `port_noise` too (a fault the mode does not cause), and of the bf16 floor, off by bf16-like noise. Eight windows
+    of 48 positions."""
     rng = np.random.default_rng(1)
     reference = [rng.normal(size=(STEPS, VOCAB)) * 3 for _ in range(8)]
     tokens = [list(map(int, r.argmax(axis=1))) for r in reference]
     sides = {"corpus_reference": (reference, "cpu-hf-fp32"),
-             "corpus_floor": ([r + rng.normal(size=r.shape) * 0.01 for r in reference], "cpu-hf-bf16"),
-             "base_corpus_dump": ([r + rng.normal(size=r.shape) * port_noise for r in reference], "cpu-vllm-bf16"),
+             "floor_dump": ([r + rng.normal(size=r.shape) * 0.01 for r in reference], "cpu-hf-bf16"),
+             "base_dump": ([r + rng.normal(size=r.shape) * port_noise for r in reference], "cpu-vllm-bf16"),
              "corpus": ([r + rng.normal(size=r.shape) * port_noise for r in reference], "cpu-vllm-bf16")}
     for name, (logits, target) in sides.items():
         paths[name] = tmp_path / f"{name}.safetensors"
         decode_dump(paths[name], logits, tokens, target)
-    paths["base_corpus"] = tmp_path / "base.corpus.json"
-    base = compare_corpus_files(paths["corpus_reference"], paths.pop("base_corpus_dump"), {}, 0.04, POSITIONS)
-    paths["base_corpus"].write_text(json.dumps(base))
+    for name, dump in (("base_corpus", "base_dump"), ("floor_corpus", "floor_dump")):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(compare_corpus_files(paths["corpus_reference"], paths.pop(dump), {}, 0.04,
+                                                               POSITIONS)))
     return paths
 
 
@@ -388,8 +389,8 @@ def test_a_prefill_fault_in_the_base_and_the_mode_alike_fails_the_modes_floor_ch
     assert result["status"] == "fail" and [r for r in result["verdict"]["reasons"]
                                            if r.startswith("prefill: vs bf16 floor: ")]
     row = dict(zip(modes_report.HEADER, modes_report._row("cpu-vllm-bf16+chunked", result)))
-    assert row["Prefill / bf16 floor (bounds)"] == modes_report.ratio_text(prefill["vs_floor"])
-    del faulty["corpus_floor"]
+    assert row["Prefill / bf16 floor (bounds)"] == f"{modes_report.ratio_text(prefill['vs_floor'])} ❌ fail"
+    del faulty["floor_corpus"]
     unfloored = compare_mode_files(faulty, {}, 0.04, positions, no_floor="the floor target is not enabled")
     assert unfloored["status"] != "fail" and not unfloored["verdict"]["reasons"]
     assert unfloored["prefill"]["vs_floor"] == {"status": "not run", "reason": "the floor target is not enabled"}

@@ -71,6 +71,9 @@ def test_decode_path_is_compared_on_every_engine(workflow_run):
     assert vllm["vs_floor"]["floor"].endswith("cpu-vllm-bf16/decode_floor.safetensors")
     assert "decoded cpu-hf-bf16 as one batch of 8; cpu-vllm-bf16 as one batch of 8." in report
     assert "vs the bf16 floor (cpu-hf-bf16, same decoded tokens)" in report
+    # its bucket table's "x bf16 floor" divides by the floor on those same tokens
+    assert len(vllm["vs_floor"]["buckets"]) == len(vllm["buckets"])
+    assert "compare/cpu-vllm-bf16.decode.json (vs_floor.buckets, vs_floor.kld_floor)" in report.replace("\\_", "_")
 
 
 def test_layers_are_compared_where_the_engine_captures_them(workflow_run):
@@ -101,8 +104,12 @@ def test_engine_modes_run_with_proof_and_are_judged_against_the_base(workflow_ru
         assert result["status"] == "pass", result["verdict"]
         assert result["vs_reference"]["overall"]["n_positions"] == 8 * 128 and result["vs_base"]["sequences"] == 8
         assert result["base_vs_reference"]["verdict"]["status"] == "pass"
+        # its corpus windows against the bf16 floor's comparison of the same windows
+        assert result["prefill"]["vs_floor"]["floor"].endswith("compare/cpu-hf-bf16.corpus.json")
+        assert result["prefill"]["vs_floor"]["status"] == "pass"
         assert f"| {result['run']} | {result['proof']}" in report.replace("\\_", "_")
     assert "| cpu-vllm-bf16 | target |" in report and "chunked ✅ pass, prefix-cache ✅ pass" in report
+    assert "Prefill / bf16 floor (bounds)" in report
     # Only the target the mode runs are set against decodes the mode workload in its base configuration.
     assert (results / "cpu-vllm-bf16" / "modes" / "base.safetensors").is_file()
     assert not any((results / target / "modes").exists() for target in ("cpu-hf-fp32", "cpu-hf-bf16"))

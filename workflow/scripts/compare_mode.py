@@ -7,7 +7,7 @@ from portcheck.workflow.script import run_script
 
 def main(smk):
     keys = ("proof", "mode", "mode_reference", "base", "base_reference", "corpus", "corpus_reference", "base_corpus",
-            "corpus_floor", "mtp_reference")
+            "floor_corpus", "mtp_reference")
     paths = {key: smk.input[key] for key in keys if key in smk.input.keys()}
     p = smk.params
     write_json(smk.output[0], compare_mode_files(paths, dict(p.thresholds), p.tie_tolerance, dict(p.positions),

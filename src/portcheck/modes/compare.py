@@ -21,7 +21,7 @@ from portcheck.artifacts import read_artifact
 from portcheck.compare import compact as c
 from portcheck.compare import metrics as m
 from portcheck.compare.compare import json_ready, kld_basis
-from portcheck.compare.positions import compare_by_position, floor_check, position_verdict, sequence_side
+from portcheck.compare.positions import compare_by_position, position_verdict, sequence_side, vs_floor
 from portcheck.compare.statistics import binomial_lower_tail, ratio_check
 from portcheck.dump.logits_file import Dump, read_dump
 
@@ -34,9 +34,10 @@ def compare_mode_files(paths: dict, thresholds: dict, tie_tolerance: float, posi
                        score_from: int = 0, mtp_acceptance: dict | None = None, no_floor: str = "") -> dict[str, Any]:
     """paths: proof (<mode>.json), mode and base (decode dumps), mode_reference and base_reference (score_mode);
     where the corpus is scored also corpus (the run's windows), corpus_reference (the reference's), base_corpus
-    (the base configuration's corpus comparison, compare/<target>.corpus.json) and corpus_floor (the bf16 floor's
-    windows; without it, `no_floor` says why the vs-floor check did not run). mtp_acceptance: the config's
-    modes.mtp_acceptance (golden per-position rates, tolerance) an mtp run is held to."""
+    (the base configuration's corpus comparison, compare/<target>.corpus.json) and floor_corpus (the bf16 floor's,
+    compare/cpu-hf-bf16.corpus.json; without it, `no_floor` says why the vs-floor check did not run).
+    mtp_acceptance: the config's modes.mtp_acceptance (golden per-position rates, tolerance) an mtp run is held
+    to."""
     proof = read_artifact(paths["proof"], "mode_proof")
     head = {key: proof.get(key) for key in ("run", "target", "mode", "description", "proof", "alone_vs_batch",
                                             "decode_seconds", "workload", *MTP_FIGURES)}
@@ -52,8 +53,9 @@ def compare_mode_files(paths: dict, thresholds: dict, tie_tolerance: float, posi
                                                                                                ("base", base))}
     parts = {"decode": position_verdict(mode_vs_ref["pooled"], mode_vs_ref["growth"], mode_vs_ref["nonfinite"],
                                         {"mode vs base": versus_base})}
-    prefill = prefill_check(paths, thresholds, tie_tolerance, positions, score_from, no_floor) \
-        if "corpus" in paths else None
+    prefill = None
+    if "corpus" in paths:
+        prefill = prefill_check(paths, thresholds, tie_tolerance, positions, score_from, no_floor)
     if prefill:
         parts["prefill"] = prefill["verdict"]
     if proof["mode"] == "mtp":
@@ -135,18 +137,20 @@ def prefill_check(paths: dict, thresholds: dict, tie_tolerance: float, positions
                   no_floor: str = "") -> dict[str, Any]:
     """The corpus windows scored in the mode against the reference's, pooled and with the growth check (a state
     lost between prefill chunks grows past the first chunk), against the base configuration's KLD and against the
-    bf16 floor's on the same windows (as the target's corpus comparison is: compare/positions.py)."""
-    reference = read_dump(paths["corpus_reference"])
-    result = compare_by_position(reference, read_dump(paths["corpus"]), thresholds, tie_tolerance, positions,
-                                 score_from)
-    base = read_artifact(paths["base_corpus"], "corpus_compare")
-    ratios = {"mode vs base": mode_vs_base(result, base, positions)}
-    floor = floor_check(reference, result, paths.get("corpus_floor"), no_floor or "no bf16 floor was given",
-                        thresholds, tie_tolerance, positions, score_from)
-    ratios["vs bf16 floor"] = floor
+    bf16 floor's on the same windows (the floor target's corpus comparison, paired by window, as the target's own
+    corpus comparison holds it: compare/positions.py)."""
+    result = compare_by_position(read_dump(paths["corpus_reference"]), read_dump(paths["corpus"]), thresholds,
+                                 tie_tolerance, positions, score_from)
+    ratios = {"mode vs base": mode_vs_base(result, read_artifact(paths["base_corpus"], "corpus_compare"), positions)}
+    if "floor_corpus" in paths:
+        floor = read_artifact(paths["floor_corpus"], "corpus_compare")
+        ratios["vs bf16 floor"] = vs_floor(result, floor, str(paths["floor_corpus"]), positions)
+    elif no_floor:
+        ratios["vs bf16 floor"] = {"status": "not run", "reason": no_floor}
     verdict = position_verdict(result["pooled"], result["growth"], result["nonfinite"], ratios)
     return {**{key: result[key] for key in ("overall", "buckets", "growth", "windows", "window_length", "kld_basis")},
-            "verdict": verdict, "vs_base": ratios["mode vs base"], "vs_floor": floor, "base": str(paths["base_corpus"])}
+            "verdict": verdict, "vs_base": ratios["mode vs base"], "vs_floor": ratios.get("vs bf16 floor"),
+            "base": str(paths["base_corpus"])}
 
 
 def against_base(base: Dump, mode: Dump) -> dict[str, Any]:

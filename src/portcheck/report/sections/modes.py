@@ -7,7 +7,7 @@ from __future__ import annotations
 from portcheck.artifacts import read_artifact
 from portcheck.modes.catalog import MODES
 from portcheck.report.format import NOT_RUN, VERDICT_LABEL, decimal, pct, sci, speedup, table
-from portcheck.report.sections.positions import decode_batches_text, ratio_text
+from portcheck.report.sections.positions import decode_batches_text, floor_text, ratio_text
 from portcheck.report.sources import cite
 
 HEADER = ["Run", "Proof (engine counters)", "Decode KLD vs reference (basis)", "Base: decode KLD vs reference (basis)",
@@ -54,18 +54,9 @@ def _row(run: str, c: dict) -> list:
             f"{pct(versus.get('top1_vs_base'))}",
             f"{versus['tokens_equal']} of {versus['sequences']}",
             f"{_kld(prefill)} (growth {ratio_text(prefill['growth'])})" if prefill else "not scored",
-            ratio_text(prefill["vs_base"]) if prefill else "—", _floor_text(prefill), _batches(c.get("batches") or {}),
+            ratio_text(prefill["vs_base"]) if prefill else "—", floor_text(prefill.get("vs_floor")) if prefill else "—",
+            _batches(c.get("batches") or {}),
             VERDICT_LABEL.get(c["status"], c["status"])]
-
-
-def _floor_text(prefill: dict | None) -> str:
-    """The prefill's vs-floor ratio; "not run" with its reason where no floor was scored (compare/positions.py)."""
-    check = (prefill or {}).get("vs_floor")
-    if not check:
-        return "—"
-    if check.get("status") == NOT_RUN:
-        return f"{VERDICT_LABEL[NOT_RUN]}: {check.get('reason', 'unknown')}"
-    return ratio_text(check)
 
 
 def _batches(batches: dict) -> str:

@@ -1,8 +1,8 @@
 """Sections Long-context precision and Decode-path precision: each target against the reference by bucket of
 positions (corpus windows: compare/<target>.corpus.json; decode steps: compare/<target>.decode.json), the growth of
 KLD past the first bucket (one Gated DeltaNet chunk), and the bf16 noise floor (cpu-hf-bf16's KLD in the same
-bucket, on its own windows or decode, where that target ran; the vs-floor check's row: on the same windows or the
-target's decoded tokens)."""
+bucket on the same windows or the target's decoded tokens: the vs-floor check's buckets; for an artifact from
+before, the floor target's own comparison)."""
 
 from __future__ import annotations
 
@@ -174,6 +174,16 @@ def ratio_text(check: dict) -> str:
     if check.get("ratio") is None:
         return "—"
     return f"{_times(check['ratio'])} ({_times(check.get('ratio_lower'))}-{_times(check.get('ratio_upper'))})"
+
+
+def floor_text(check: dict | None) -> str:
+    """A vs-floor check's ratio with its verdict, "not run" with the reason, or unknown (an artifact from before the
+    check existed)."""
+    if not check:
+        return UNKNOWN
+    if check.get("status") == NOT_RUN:
+        return f"{VERDICT_LABEL.get(NOT_RUN, NOT_RUN)}: {check.get('reason', UNKNOWN)}"
+    return f"{ratio_text(check)} {VERDICT_LABEL.get(check.get('status'), UNKNOWN)}"
 
 
 def _times(value) -> str:

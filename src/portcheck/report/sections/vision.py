@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from portcheck.report.format import DASH, NOT_RUN, VERDICT_LABEL, YES, NO, UNKNOWN, num, pct, table
 from portcheck.report.sections.layers import precise_cosine
-from portcheck.report.sections.positions import ratio_text
+from portcheck.report.sections.positions import floor_text
 from portcheck.report.load import TargetData
 from portcheck.report.sources import cite, every_target
 
@@ -56,8 +56,8 @@ def _row(t: TargetData) -> list[str]:
         return [t.name, VERDICT_LABEL.get(c["status"], c["status"])] + [DASH] * 11
     text, layout, tower = c["text"], c["layout"], c["tower"]["target"]
     seconds = tower.get("encode_seconds") or []
-    return [t.name, VERDICT_LABEL.get(c["status"], c["status"]), num(text.get("kld_mean")), _vs_floor(c),
-            pct(text.get("top1_agreement")), str(text.get("n_positions")),
+    return [t.name, VERDICT_LABEL.get(c["status"], c["status"]), num(text.get("kld_mean")),
+            floor_text(c.get("vs_floor")), pct(text.get("top1_agreement")), str(text.get("n_positions")),
             YES if layout["image_spans_same"] else f"{NO} (count or position differs)",
             _positions(layout), c["first_divergent"] or "none", _first_over_floor(c),
             str(tower.get("patch_embedding")),
@@ -67,16 +67,6 @@ def _row(t: TargetData) -> list[str]:
 def _median_ms(seconds: list | None) -> str:
     known = sorted(s for s in seconds or [] if s is not None)
     return f"{1000 * known[len(known) // 2]:.1f}" if known else UNKNOWN
-
-
-def _vs_floor(c: dict) -> str:
-    """The text KLD's ratio to the bf16 floor's with its verdict, or why there is none (older artifacts: unknown)."""
-    check = c.get("vs_floor")
-    if not check:
-        return UNKNOWN
-    if check.get("status") == NOT_RUN:
-        return f"{VERDICT_LABEL.get(NOT_RUN, NOT_RUN)}: {check.get('reason', UNKNOWN)}"
-    return f"{ratio_text(check)} {VERDICT_LABEL.get(check.get('status'), UNKNOWN)}"
 
 
 def _first_over_floor(c: dict) -> str:
