@@ -145,6 +145,22 @@ def vision_costs(workdir: Path) -> list[str]:
     return lines
 
 
+def print_jobs(args, returncode: int, wall: float, jobs: list[dict], samples: list) -> None:
+    peak = max((rss for _, rss in samples), default=0)
+    print(f"workflow {' '.join(args.goal)}: exit {returncode}, {wall:.0f} s wall on {args.cores} cores, "
+          f"{len(jobs)} jobs, peak resident memory {peak / 2**30:.1f} GiB (every process of the run)")
+    print("per job: wall time, and the run's peak resident memory while it ran (jobs alongside it included):")
+    totals = defaultdict(float)
+    for job in sorted(jobs, key=lambda job: job["start"] - job["end"]):
+        seconds, rss = job["end"] - job["start"], peak_during(samples, job["start"], job["end"])
+        totals[job["rule"]] += seconds
+        memory = f"{rss / 2**30:5.1f} GiB" if rss else "    — GiB"
+        print(f"  {seconds:7.0f} s  {memory}  {job['rule']} {job['wildcards']}", flush=True)
+    print("per rule (job seconds summed):")
+    for rule, seconds in sorted(totals.items(), key=lambda item: -item[1]):
+        print(f"  {seconds:7.0f} s  {rule}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--goal", nargs="+", default=["report"])
@@ -165,24 +181,11 @@ def main() -> None:
         wall = time.perf_counter() - started
         log = run.stdout
         (workdir / "bench-real-shape.log").write_text(log)
-        jobs = job_times(log)
-        stages = stage_costs(workdir) + vision_costs(workdir)
-    peak = max((rss for _, rss in samples), default=0)
-    print(f"workflow {' '.join(args.goal)}: exit {run.returncode}, {wall:.0f} s wall on {args.cores} cores, "
-          f"{len(jobs)} jobs, peak resident memory {peak / 2**30:.1f} GiB (every process of the run)")
-    print("per job: wall time, and the run's peak resident memory while it ran (jobs alongside it included):")
-    totals = defaultdict(float)
-    for job in sorted(jobs, key=lambda job: job["start"] - job["end"]):
-        seconds, rss = job["end"] - job["start"], peak_during(samples, job["start"], job["end"])
-        totals[job["rule"]] += seconds
-        memory = f"{rss / 2**30:5.1f} GiB" if rss else "    — GiB"
-        print(f"  {seconds:7.0f} s  {memory}  {job['rule']} {job['wildcards']}")
-    print("per rule (job seconds summed):")
-    for rule, seconds in sorted(totals.items(), key=lambda item: -item[1]):
-        print(f"  {seconds:7.0f} s  {rule}")
-    print("inside the dumps:")
-    for line in stages:
-        print("  " + line)
+        # the job figures first: they stand even where reading the dumps' stages fails
+        print_jobs(args, run.returncode, wall, job_times(log), samples)
+        print("inside the dumps:")
+        for line in stage_costs(workdir) + vision_costs(workdir):
+            print("  " + line)
     if run.returncode:
         print(log[-3000:])
         sys.exit(run.returncode)

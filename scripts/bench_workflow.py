@@ -105,6 +105,11 @@ def stage_costs(workdir: Path) -> list[str]:
     return lines
 
 
+def _seconds(meta: dict) -> str:
+    """A dump's run time; a reference score_mode skipped without an engine (the run decoded nothing) has none."""
+    return f"{meta['run_seconds']:.1f} s" if "run_seconds" in meta else "skipped"
+
+
 def mode_costs(target_dir: Path, read_dump_meta) -> list[str]:
     """Each engine-mode run of the target: its whole job (engine start included) and its measured decode, the base
     configuration's decode of the same workload (inside the dump's session), and the reference's scoring."""
@@ -113,7 +118,7 @@ def mode_costs(target_dir: Path, read_dump_meta) -> list[str]:
     for proof_path in sorted((target_dir / "modes").glob("*.json")):
         proof = json.loads(proof_path.read_text())
         reference = proof_path.with_suffix(".reference.safetensors")
-        scored = f"{read_dump_meta(reference)['run_seconds']:.1f} s" if reference.is_file() else "—"
+        scored = _seconds(read_dump_meta(reference)) if reference.is_file() else "—"
         base_s = f"{read_dump_meta(base)['run_seconds']:.1f} s" if base.is_file() else "—"
         start = proof["timings"].get("engine_start_s", float("nan"))
         lines.append(f"  {proof['run']}: {proof['status']}, job {proof['job_seconds']:.1f} s (engine start "
