@@ -520,3 +520,24 @@ Finished jobid: 1 (Rule: report)
     run, samples = run_sampled([sys.executable, "-c", "import time; x = bytearray(64 << 20); time.sleep(1.5); "
                                 "print('done')"], ROOT, every=0.2)
     assert run.returncode == 0 and run.stdout == "done\n" and max(rss for _, rss in samples) > 64 << 20
+
+
+def test_bench_workflow_reads_a_mode_reference_skipped_without_an_engine(tmp_path):
+    """A prefix-cache run that could not hit has its reference written by score_mode without an engine start: no
+    run_seconds in its dump, which the printed costs say instead of failing after the whole run."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_workflow import mode_costs
+
+    (tmp_path / "modes").mkdir()
+    proof = {"run": "cpu-vllm-bf16+prefix-cache", "status": "not run", "job_seconds": 11.0, "decode_seconds": 0.0,
+             "timings": {"engine_start_s": 4.3}}
+    (tmp_path / "modes" / "prefix-cache.json").write_text(json.dumps(proof))
+    metas = {"prefix-cache.reference.safetensors": {"target": "cpu-hf-fp32"},
+             "base.safetensors": {"run_seconds": 279.9}}
+    for name in metas:
+        (tmp_path / "modes" / name).write_bytes(b"")
+    assert mode_costs(tmp_path, lambda path: metas[path.name]) == [
+        "  cpu-vllm-bf16+prefix-cache: not run, job 11.0 s (engine start 4.3 s), decode 0.0 s vs base 279.9 s; "
+        "reference scoring skipped"]
