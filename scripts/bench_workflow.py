@@ -119,7 +119,7 @@ def mode_costs(target_dir: Path, read_dump_meta) -> list[str]:
         proof = json.loads(proof_path.read_text())
         reference = proof_path.with_suffix(".reference.safetensors")
         scored = _seconds(read_dump_meta(reference)) if reference.is_file() else "—"
-        base_s = f"{read_dump_meta(base)['run_seconds']:.1f} s" if base.is_file() else "—"
+        base_s = _seconds(read_dump_meta(base)) if base.is_file() else "—"
         start = proof["timings"].get("engine_start_s", float("nan"))
         lines.append(f"  {proof['run']}: {proof['status']}, job {proof['job_seconds']:.1f} s (engine start "
                      f"{start:.1f} s), decode {proof['decode_seconds']:.1f} s vs base {base_s}; "

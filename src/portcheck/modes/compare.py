@@ -56,7 +56,6 @@ def compare_mode_files(paths: dict, thresholds: dict, tie_tolerance: float, posi
     prefill = None
     if "corpus" in paths:
         prefill = prefill_check(paths, thresholds, tie_tolerance, positions, score_from, no_floor)
-    if prefill:
         parts["prefill"] = prefill["verdict"]
     if proof["mode"] == "mtp":
         reference = read_artifact(paths["mtp_reference"], "mode_mtp_reference") if "mtp_reference" in paths \
