@@ -235,7 +235,7 @@ def test_mtp_acceptance_per_draft_position_and_by_decode_steps(prefix, suffix):
              [30, 10]}
     first = {"num_drafts": 30, "num_draft_tokens": 60, "num_accepted_tokens": 32, "num_accepted_tokens_per_pos":
              [24, 8]}
-    evidence = {"counters": named(total), "generate_seconds": 1.5,
+    evidence = {"counters": named(total), "generate_seconds": 1.5, "base_generate_seconds": 2.5,
                 "spec_by_steps": [{"steps": 32, "counts": first},
                                   {"steps": 64, "counts": {**total, "num_accepted_tokens": 40}}]}
     proof = mode_proof("mtp", evidence, WORKLOAD, MODES_CONFIG)
@@ -246,7 +246,7 @@ def test_mtp_acceptance_per_draft_position_and_by_decode_steps(prefix, suffix):
     assert (early["steps"], early["drafts"], early["acceptance_rate"], early["per_position"]) == (
         "1-32", 30, 32 / 60, [0.8, 8 / 30])
     assert (late["steps"], late["drafts"], late["accepted"], late["per_position"]) == ("33-64", 20, 8, [0.3, 0.1])
-    assert proof["generate_seconds"] == 1.5
+    assert (proof["generate_seconds"], proof["base_generate_seconds"]) == (1.5, 2.5)
 
 
 @pytest.mark.parametrize("per_position, golden, status, says", [
@@ -663,10 +663,13 @@ def test_the_mtp_mode_is_held_to_the_reference_mtp_and_catches_a_drafter_fed_wro
         score_mtp("cpu-hf-fp32", tiny_model_dir, EngineSettings(threads=1), outputs["decode"], tmp_path / "ref.json",
                   spec_tokens=2)
         proof, reference = (json.loads(p.read_text()) for p in (outputs["proof"], tmp_path / "ref.json"))
-        print(fault, {k: proof[k] for k in ("proof", "per_position", "acceptance_by_steps", "generate_seconds")},
+        print(fault, {k: proof[k] for k in ("proof", "per_position", "acceptance_by_steps", "generate_seconds",
+                                            "base_generate_seconds")},
               {k: reference[k] for k in ("drafts", "accepted", "per_position")})
         assert proof["status"] == "ran" and proof["draft_tokens"] == 2 * proof["drafts"] > 0
         assert len(proof["per_position"]) == 2 and proof["generate_seconds"] > 0
+        # the speed-up's other side: an engine in the base configuration, started after the MTP engine closed
+        assert proof["base_generate_seconds"] > 0 and (tmp_path / "engine.base.log").stat().st_size > 0
         buckets = proof["acceptance_by_steps"]
         assert [b["steps"] for b in buckets] == ["1-16", "17-32", "33-48", "49-64"]
         assert sum(b["drafts"] for b in buckets) > 0 and all(b["drafts"] >= 0 for b in buckets)

@@ -173,8 +173,6 @@ def run_target(
             modes_started = time.perf_counter()
             modes_base = workload_rows(engine, workload, modes, stored)
             modes_seconds = time.perf_counter() - modes_started
-            # the decode time an mtp run is set against (adding one must not redo this dump)
-            generate_seconds = timed_generate(engine, workload, int(modes["max_tokens"]))
         if layers:
             layer_sequences = prompt_ids + (windows or [])[: layers["windows"]]
             layers_started = time.perf_counter()
@@ -201,8 +199,7 @@ def run_target(
                           decode["max_tokens"], stored)
     if modes:
         write_decode_dump(outputs["modes_base"], modes_base, {**meta, "mode": "base", "run": f"{target_name}+base",
-                                                              "run_seconds": round(modes_seconds, 3),
-                                                              "generate_seconds": generate_seconds},
+                                                              "run_seconds": round(modes_seconds, 3)},
                           int(modes["max_tokens"]), stored)
 
 
@@ -212,14 +209,6 @@ def workload_rows(engine, workload: list[list[int]], modes: dict,
     mode alone: as one batch however the engine schedules it (modes.batched), else each prompt alone."""
     batched = bool(modes.get("batched", True))
     return decode_rows(engine, workload, int(modes["max_tokens"]), storage, alone=not batched, mixed_batch=batched)
-
-
-def timed_generate(engine, workload: list[list[int]], steps: int) -> float:
-    """Seconds to generate the mode workload greedily as one batch without log-probs rows: the base decode time the
-    mtp run's own (modes.run.spec_by_steps) is set against."""
-    started = time.perf_counter()
-    engine.generate(workload, steps)
-    return round(time.perf_counter() - started, 3)
 
 
 def score_windows(engine, windows: list[list[int]] | None, path, storage: Storage) -> DumpWriter | None:

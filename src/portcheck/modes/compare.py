@@ -68,7 +68,7 @@ def compare_mode_files(paths: dict, thresholds: dict, tie_tolerance: float, posi
         **head, "status": verdict["status"], "verdict": verdict, "vs_reference": mode_vs_ref, "prefill": prefill,
         "base_vs_reference": {key: base_vs_ref[key] for key in ("overall", "growth", "verdict", "kld_basis")},
         "vs_base": {**versus_base, **direct}, "base_decode_seconds": base.meta.get("run_seconds"),
-        "base_generate_seconds": base.meta.get("generate_seconds"),
+        "base_generate_seconds": proof.get("base_generate_seconds"),
         "paths": {key: str(value) for key, value in paths.items()},
     })
 

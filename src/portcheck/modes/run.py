@@ -8,6 +8,7 @@ A mode the engine shows cannot act (a prefix shorter than a cache block) decodes
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,7 @@ from portcheck.dump.compact import Storage
 from portcheck import logprobs as m
 from portcheck.dump.logits_file import SKIPPED, DumpWriter, first_difference
 from portcheck.dump.run import (check_full_vocab, corpus_windows, decode_rows, dump_meta, load_tokenizer,
-                                score_windows, timed_generate, tokenize, workload_rows, write_corpus_dump,
-                                write_decode_dump)
+                                score_windows, tokenize, workload_rows, write_corpus_dump, write_decode_dump)
 from portcheck.engines.outputs import DecodeScores
 from portcheck.engines.factory import make_engine
 from portcheck.engines.settings import EngineSettings
@@ -94,6 +94,8 @@ def run_mode(run_name: str, model_dir: str | Path, prompts: list[str], settings:
                             alone_vs_batch=alone_vs_batch(alone, decoded))
         adaptation = engine.adaptation()
         timings = dict(engine.timings)
+    if run.mode == "mtp":
+        evidence["base_generate_seconds"] = base_generate_seconds(target, model_dir, settings, workload, steps)
     meta = dump_meta(target, model_dir, prompts, engine_settings, [], tokenizer, adaptation)
     meta.update(target=run.target, mode=run.mode, run=run.name, run_seconds=round(decode_seconds, 3),
                 **({SKIPPED: skipped} if skipped else {}))
@@ -241,7 +243,26 @@ def mtp_proof(evidence: dict) -> dict[str, Any]:
         previous, start = cumulative["counts"], cumulative["steps"] + 1
     return ran(f"{_int(figures['drafts'])} drafts of {_int(figures['draft_tokens'])} tokens, "
                f"{_int(figures['accepted'])} accepted", **figures, acceptance_by_steps=by_steps,
-               generate_seconds=evidence.get("generate_seconds"))
+               generate_seconds=evidence.get("generate_seconds"),
+               base_generate_seconds=evidence.get("base_generate_seconds"))
+
+
+def base_generate_seconds(target, model_dir, settings: EngineSettings, workload: list[list[int]], steps: int) -> float:
+    """The mtp run's speed-up's other side: the workload generated in the base configuration, in an engine started
+    here after the MTP engine closed (one more start, only where an mtp run is asked for; the target's dump no longer
+    times it for every report). A one-step generate first, as the MTP engine had decoded the workload before its."""
+    log = settings.extra.get("log_file")
+    extra = {**settings.extra, "log_file": str(Path(log).with_suffix(".base.log"))} if log else settings.extra
+    with make_engine(target, model_dir, dataclasses.replace(settings, extra=extra)) as engine:
+        engine.generate(workload[:1], 1)
+        return timed_generate(engine, workload, steps)
+
+
+def timed_generate(engine, workload: list[list[int]], steps: int) -> float:
+    """Seconds to generate the mode workload greedily as one batch without log-probs rows."""
+    started = time.perf_counter()
+    engine.generate(workload, steps)
+    return round(time.perf_counter() - started, 3)
 
 
 def spec_by_steps(engine, workload: list[list[int]], steps: int, buckets: int) -> tuple[list[dict], float]:
