@@ -1,4 +1,5 @@
-# Stage accuracy (portcheck/accuracy), where accuracy.enabled: lm-evaluation-harness tasks per target (hf targets
+# Stage accuracy (portcheck/accuracy), where accuracy.enabled: lm-evaluation-harness tasks per target (the bf16 floor
+# only with accuracy.floor: NOT_EVALUATED in rules/common.smk; hf targets
 # through lm-eval's hf model: the model their dump job loaded, which evaluates them and hands the record over, else
 # lm-eval's own load; vllm targets through `vllm serve` with local-completions: the serving check's server, which
 # evaluates the target before it stops and hands the record over, else their own), then

@@ -42,7 +42,7 @@ from portcheck.env.versions import distribution_version
 from portcheck.env import python_env
 from portcheck.vision.engines import IMAGE_ENGINES as VISION_ENGINES, NOT_WIRED as VISION_NOT_WIRED
 from portcheck.vision.images import image_problems as vision_image_problems
-from portcheck.targets import ENGINE_MODULES, FLOOR_TARGET, TARGET_PATTERN, floor_absence, parse_target
+from portcheck.targets import ENGINE_MODULES, FLOOR_TARGET, TARGET_PATTERN, floor_absence, parse_target, references_off
 from portcheck.workflow.code_inputs import PACKAGE_DIR, module_closure, remember_imports
 from portcheck.workflow.version_params import result_versions
 
@@ -113,6 +113,8 @@ SERVED = [t for t in TARGETS if parse_target(t).engine == "vllm"]  # the serving
 # The targets whose offline benchmarks the report asks for: the reference's only with bench.reference, the bf16
 # floor's only with bench.floor.
 BENCHED = benched_targets(TARGETS, REFERENCE, config["bench"])
+# The targets whose task accuracy the config leaves out, with the setting: the bf16 floor's unless accuracy.floor.
+NOT_EVALUATED = references_off(TARGETS, REFERENCE, "accuracy", config["accuracy"])
 CORPUS = config["corpus"]["enabled"]
 DECODE = config["decode"]["enabled"]
 # The corpus text, an input of every dump (another text redoes the dumps); local(): it stays on each host.
@@ -192,7 +194,12 @@ def compare_file(target="{target}", kind="compare"):
 def compare_files(kind):
     """Every compared target's comparison of `kind`; none where the config turns that comparison off."""
     enabled = config[OPTIONAL_COMPARISONS[kind]]["enabled"] if kind in OPTIONAL_COMPARISONS else True
-    return [compare_file(t, kind) for t in COMPARED] if enabled else []
+    return [compare_file(t, kind) for t in compared_for(kind)] if enabled else []
+
+
+def compared_for(kind):
+    """The targets compared for `kind`: the accuracy comparison leaves out those the config does not evaluate."""
+    return [t for t in COMPARED if kind != "accuracy_compare" or t not in NOT_EVALUATED]
 
 
 def layers_floor(wildcards):

@@ -94,6 +94,8 @@ rule render_report:
         reference=REFERENCE,
         targets=TARGETS,
         compared=COMPARED,
+        # targets left out of the accuracy comparison, with the setting (accuracy.floor): the report names it
+        not_evaluated=NOT_EVALUATED,
         served=SERVED,
         mode_runs=MODE_RUNS,
         mode_runs_not_run=MODE_RUNS_NOT_RUN,

@@ -32,6 +32,19 @@ def test_mcnemar_exact_against_the_binomial_by_hand():
     assert mcnemar_exact(9, 2) == pytest.approx(2 * (1 + 11 + 55) / 2 ** 11)
 
 
+def test_the_bf16_floor_is_evaluated_only_with_accuracy_floor_and_the_reference_always():
+    from portcheck.targets import references_off
+
+    targets = ["cpu-hf-fp32", "cpu-hf-bf16", "cpu-vllm-bf16"]
+    accuracy = default_config()["accuracy"]
+    assert accuracy["floor"] is False  # the shipped default
+    assert references_off(targets, "cpu-hf-fp32", "accuracy", accuracy) == {"cpu-hf-bf16": "accuracy.floor is false"}
+    assert references_off(targets, "cpu-hf-fp32", "accuracy", {**accuracy, "floor": True}) == {}
+    # the floor as the reference: the comparison's other side, evaluated (accuracy has no `reference` key)
+    assert references_off(targets, "cpu-hf-bf16", "accuracy", accuracy) == {}
+    assert references_off(["cpu-vllm-bf16"], "cpu-hf-fp32", "accuracy", accuracy) == {}
+
+
 def test_rtol_rule_is_vllm_ascends_isclose():
     # Qwen3-8B gsm8k strict-match 0.765 in vllm-ascend's accuracy CI; rtol 0.05 allows 0.03825 either way
     assert within_rtol(0.765, 0.73, 0.05) and within_rtol(0.765, 0.80, 0.05)

@@ -97,11 +97,19 @@ def test_the_serving_check_offers_the_evaluation_only_where_it_can_be_used(tmp_p
 
 
 def test_an_hf_dump_offers_the_evaluation_with_the_model_it_loaded_only_where_it_can_be_used(tmp_path, inputs):
+    def floor_evaluated():
+        config = default_config()
+        config["accuracy"]["floor"] = True
+        return config
+
     config = default_config()
     store = tmp_path / "store"
-    for target in ("cpu-hf-fp32", "cpu-hf-bf16"):
-        assert list(loaded_handover(config, target, inputs[0], store)) == ["evaluate_accuracy"]
+    assert list(loaded_handover(config, "cpu-hf-fp32", inputs[0], store)) == ["evaluate_accuracy"]
+    assert loaded_handover(config, "cpu-hf-bf16", inputs[0], store) == {}  # accuracy.floor is false
+    assert list(loaded_handover(floor_evaluated(), "cpu-hf-bf16", inputs[0], store)) == ["evaluate_accuracy"]
     assert loaded_handover(config, "cpu-vllm-bf16", inputs[0], store) == {}  # its serving check offers it
+    # which targets are evaluated is not a setting of the evaluation: the request stays the same
+    assert request_for(floor_evaluated(), inputs, "cpu-hf-bf16") == request_for(config, inputs, "cpu-hf-bf16")
     # the request names the engine that loaded the model (a served target's, the server's)
     assert "engines/hf.py" in request_for(config, inputs, "cpu-hf-bf16")["code"]
     assert "engines/hf.py" not in request_for(config, inputs, "cpu-vllm-bf16")["code"]
@@ -111,7 +119,7 @@ def test_an_hf_dump_offers_the_evaluation_with_the_model_it_loaded_only_where_it
                    python_env="envs/other"),
                "no accuracy stage": lambda c: c["accuracy"].update(enabled=False)}
     for why, change in changes.items():
-        config = default_config()
+        config = floor_evaluated()
         change(config)
         assert loaded_handover(config, "cpu-hf-bf16", inputs[0], store) == {}, why
 

@@ -290,7 +290,7 @@ def test_an_evaluation_change_starts_its_own_engine_and_gives_the_same_items(rer
     results = rerun_copy / "results" / MODEL
     handed = {t: json.loads((results / t / "accuracy.json").read_text()) for t in ("cpu-vllm-bf16", "cpu-hf-fp32")}
     set_config(rerun_copy, lambda c: c["accuracy"].update(request_timeout_s=121))
-    assert planned_jobs(rerun_copy) == {"evaluate_accuracy": 3, "compare_accuracy": 2, "render_report": 1,
+    assert planned_jobs(rerun_copy) == {"evaluate_accuracy": 2, "compare_accuracy": 1, "render_report": 1,
                                         "render_html": 1, "report": 1}
     snakemake(rerun_copy, *(f"results/{MODEL}/{target}/accuracy.json" for target in handed))
     own = {t: json.loads((results / t / "accuracy.json").read_text()) for t in handed}
@@ -346,21 +346,37 @@ def test_task_accuracy_is_measured_through_lm_eval_on_every_engine(workflow_run)
     serve = json.loads((results / "cpu-vllm-bf16" / "serve.json").read_text())
     assert served["server"] == {"port": serve["port"], "started_by": "check_serving"}
     assert serve["handed_over"]["evaluate_accuracy"]["status"] == "ok"
-    # the hf targets with the model their dump job loaded, handed over: one model load for both
-    for target in ("cpu-hf-fp32", "cpu-hf-bf16"):
-        assert json.loads((results / target / "accuracy.json").read_text())["model_loaded_by"] == "dump_logits"
+    # an hf target with the model its dump job loaded, handed over: one model load for both
+    assert reference["model_loaded_by"] == "dump_logits"
+    # the bf16 floor is a second reference, not a port: not evaluated by default, and the report says why
+    assert not (results / "cpu-hf-bf16" / "accuracy.json").exists()
+    assert not (results / "compare" / "cpu-hf-bf16.accuracy.json").exists()
+    assert "- Not run: cpu-hf-bf16: accuracy.floor is false" in report
     for record in (reference, served):
         assert {name: task["n"] for name, task in record["tasks"].items()} == {"portcheck_mc": 24, "portcheck_gen": 12}
     # The server's prompt log-probs score each choice as the hf reference does, to bf16 rounding.
     for ref_item, item in zip(reference["tasks"]["portcheck_mc"]["items"], served["tasks"]["portcheck_mc"]["items"]):
         assert item["doc_id"] == ref_item["doc_id"]
         assert max(abs(a - b) for a, b in zip(ref_item["loglikelihoods"], item["loglikelihoods"])) < 0.5
-    for target in ("cpu-hf-bf16", "cpu-vllm-bf16"):
-        comparison = json.loads((results / "compare" / f"{target}.accuracy.json").read_text())
-        mc = comparison["tasks"]["portcheck_mc"]
-        assert mc["n"] == 24 and mc["same_answer"] >= 0.9 and not mc["significantly_worse"]
-        assert f"| {target} | portcheck\\_mc | acc | 24 |" in report
+    comparison = json.loads((results / "compare" / "cpu-vllm-bf16.accuracy.json").read_text())
+    mc = comparison["tasks"]["portcheck_mc"]
+    assert mc["n"] == 24 and mc["same_answer"] >= 0.9 and not mc["significantly_worse"]
+    assert "| cpu-vllm-bf16 | portcheck\\_mc | acc | 24 |" in report
     assert "part of the verdict (`accuracy.in_verdict` is false)" in report
+
+
+def test_accuracy_floor_evaluates_the_bf16_floor_alone_without_redoing_its_dump(rerun_copy):
+    """accuracy.floor: true adds the floor's evaluation (lm-eval's own load: its dump is not redone) and comparison,
+    and the report's row for it; nothing else."""
+    set_config(rerun_copy, lambda c: c["accuracy"].update(floor=True))
+    assert planned_jobs(rerun_copy) == {"evaluate_accuracy": 1, "compare_accuracy": 1, "render_report": 1,
+                                        "render_html": 1, "report": 1}
+    snakemake(rerun_copy, "report")
+    results = rerun_copy / "results" / MODEL
+    assert "model_loaded_by" not in json.loads((results / "cpu-hf-bf16" / "accuracy.json").read_text())
+    report = (rerun_copy / "reports" / MODEL / "report.md").read_text()
+    assert "| cpu-hf-bf16 | portcheck\\_mc | acc | 24 |" in report and "accuracy.floor is false" not in report
+    assert planned_jobs(rerun_copy) == {}
 
 
 def test_image_prompts_are_compared_on_hf_and_on_vllm(workflow_run):

@@ -34,6 +34,18 @@ def floor_absence(target: str, reference: str, enabled: list[str]) -> str | None
     return None
 
 
+def references_off(targets: list[str], reference: str, section: str, settings: dict) -> dict[str, str]:
+    """{target: the setting that turns the config section's measurement off for it}: the bf16 floor's where
+    `<section>.floor` is false (when it is not the reference), the reference's where `<section>.reference` is (a
+    section without the key keeps it). A porting engineer measures the port; the floor is a second reference (the
+    verdict's bf16 noise unit), not a port."""
+    off = {FLOOR_TARGET: f"{section}.floor is false"} if not settings.get("floor", True) and reference != FLOOR_TARGET \
+        else {}
+    if not settings.get("reference", True):
+        off[reference] = f"{section}.reference is false"
+    return {t: off[t] for t in targets if t in off}
+
+
 @dataclass(frozen=True)
 class Target:
     name: str

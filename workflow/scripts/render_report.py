@@ -20,7 +20,7 @@ def main(smk):
         "targets": {t: {kind: _input(smk.input.per_target, t, kind) for kind in REPORTED_KINDS} for t in p.targets},
         "compare": dict(zip(p.compared, smk.input.compare)),
         # The optional comparisons: None where the config turned one off (the report says so).
-        **{kind: None if kind in p.turned_off else dict(zip(p.compared, getattr(smk.input, kind)))
+        **{kind: None if kind in p.turned_off else comparisons(p, kind, getattr(smk.input, kind))
            for kind in OPTIONAL_COMPARISONS},
         "modes": {"runs": dict(zip(p.mode_runs, smk.input.modes)), "not_run": list(p.mode_runs_not_run),
                   "enabled": bool(p.config["modes"]["enabled"])},
@@ -30,6 +30,8 @@ def main(smk):
     # Targets the config does not benchmark (bench.reference): None, with the setting the report names.
     unbenched = not_benchmarked(p.targets, p.reference, p.config["bench"])
     artifacts["turned_off_by"] = {t: {"bench": why, "bench_checks": why} for t, why in unbenched.items()}
+    for t, why in dict(p.not_evaluated).items():
+        artifacts["turned_off_by"].setdefault(t, {})["accuracy_compare"] = why
     for t in p.targets:
         artifacts["targets"][t]["bench_checks"] = None
     for t, path in zip(benched_targets(p.targets, p.reference, p.config["bench"]), smk.input.bench_checks):
@@ -42,6 +44,13 @@ def main(smk):
     context = build_context(artifacts, dict(p.config))
     context["history"] = record_and_section(p.history, artifacts, dict(p.config)["history"])
     render_report(smk.input.template, smk.output[0], context)
+
+
+def comparisons(p, kind, files):
+    """{target: file} of an optional comparison; None for a target the config leaves out (accuracy.floor)."""
+    left_out = dict(p.not_evaluated) if kind == "accuracy_compare" else {}
+    compared = [t for t in p.compared if t not in left_out]
+    return {**dict(zip(compared, files)), **{t: None for t in p.compared if t in left_out}}
 
 
 def _input(files, target, kind):

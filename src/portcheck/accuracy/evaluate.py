@@ -17,14 +17,14 @@ from typing import Any, Callable
 from portcheck.accuracy.tasks import data_files, load_tasks
 from portcheck.atomic import write_json
 from portcheck.errors import PortcheckError
-from portcheck.targets import Target, parse_target
+from portcheck.targets import Target, parse_target, references_off
 
 
 # The modules an evaluation runs, by engine: the hand-off's code key. A vllm target's includes its server; an hf
 # target's the engine that loaded the model where the dump job evaluated it (lm-eval loads it where not).
 HANDOVER_MODULES = {"vllm": ("accuracy.evaluate", "benchmarks.serving"), "hf": ("accuracy.evaluate", "engines.hf")}
-# Settings that only the comparison reads: no evaluation reruns for them.
-VERDICT_ONLY = ("rtol", "alpha", "in_verdict")
+# Settings no evaluation reads (the comparison's; which targets are evaluated): no evaluation reruns for them.
+NOT_EVALUATION = ("rtol", "alpha", "in_verdict", "floor")
 
 
 def evaluation_params(config: dict, target_name: str, stack: dict, server_env: str | None,
@@ -34,7 +34,7 @@ def evaluation_params(config: dict, target_name: str, stack: dict, server_env: s
     from portcheck.config import engine_settings
 
     return {"settings": vars(engine_settings(config, target_name)),
-            "accuracy": {key: value for key, value in config["accuracy"].items() if key not in VERDICT_ONLY},
+            "accuracy": {key: value for key, value in config["accuracy"].items() if key not in NOT_EVALUATION},
             "serve": {key: config["serve"][key] for key in ("port", "start_timeout_s")},
             "stack": stack, "lm_eval": lm_eval, "server_env": server_env}
 
@@ -104,11 +104,12 @@ def loaded_handover(config: dict, target_name: str, manifest: str | Path,
 
 def _handover_params(config: dict, target_name: str) -> dict | None:
     """The params rule evaluate_accuracy will be given, or None where no other job can do its work (accuracy off, or
-    the target in its own Python environment: lm-eval is portcheck's)."""
+    off for this target (accuracy.floor), or the target in its own Python environment: lm-eval is portcheck's)."""
     from portcheck.env.versions import distribution_version
     from portcheck.workflow.version_params import result_versions
 
-    if not config["accuracy"]["enabled"] or config["targets"][target_name].get("python_env"):
+    if (not config["accuracy"]["enabled"] or config["targets"][target_name].get("python_env")
+            or references_off([target_name], config["reference"], "accuracy", config["accuracy"])):
         return None
     return evaluation_params(config, target_name, result_versions(target_name), None,
                              distribution_version("lm_eval", "lm-eval"))

@@ -10,14 +10,10 @@ from typing import Any
 
 from portcheck.errors import PortcheckError
 from portcheck.model.checkpoint import text_settings
-from portcheck.targets import FLOOR_TARGET, parse_target
+from portcheck.targets import parse_target, references_off
 
 # vLLM's default max_num_seqs for the offline LLM class when none is configured (EngineArgs, usage LLM_CLASS).
 VLLM_DEFAULT_MAX_NUM_SEQS = 256
-# Why the reference and the bf16 floor have no benchmarks by default: a porting engineer measures the port, and the
-# floor is a second reference (the verdict's bf16 noise unit), not a port.
-REFERENCE_OFF = "bench.reference is false"
-FLOOR_OFF = "bench.floor is false"
 
 
 # ---------------------------------------------------------------- which targets
@@ -32,10 +28,7 @@ def benched_targets(targets: list[str], reference: str, bench_config: dict) -> l
 
 def not_benchmarked(targets: list[str], reference: str, bench_config: dict) -> dict[str, str]:
     """{target: the setting that turns its benchmarks off}, for the report to say so instead of "absent"."""
-    off = {FLOOR_TARGET: FLOOR_OFF} if not bench_config["floor"] and reference != FLOOR_TARGET else {}
-    if not bench_config["reference"]:
-        off[reference] = REFERENCE_OFF
-    return {t: off[t] for t in targets if t in off}
+    return references_off(targets, reference, "bench", bench_config)
 
 
 # ---------------------------------------------------------------- what a measurement reads
