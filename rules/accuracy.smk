@@ -22,7 +22,8 @@ rule evaluate_accuracy:
         gpu=device_resources("gpu"),
         npu=device_resources("npu"),
     params:
-        # settings, accuracy (not the verdict's rtol, alpha, in_verdict: those rerun only the comparison), serve,
+        # settings, accuracy (not the verdict's rtol, alpha, in_verdict: those rerun only the comparison; nor floor,
+        # which only adds or drops the floor's jobs), serve,
         # stack, lm_eval, server_env (lm-eval runs here; a vllm target's server in the target's environment).
         measured=accuracy_params,
         handoff=HANDOFF,

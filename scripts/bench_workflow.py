@@ -115,7 +115,8 @@ def mode_costs(target_dir: Path, read_dump_meta) -> list[str]:
     configuration's decode of the same workload (inside the dump's session), and the reference's scoring."""
     lines = []
     base = target_dir / "modes" / "base.safetensors"
-    for proof_path in sorted((target_dir / "modes").glob("*.json")):
+    # <mode>.json; not <mode>.reference_acceptance.json beside it (score_mtp's)
+    for proof_path in sorted(p for p in (target_dir / "modes").glob("*.json") if "." not in p.stem):
         proof = json.loads(proof_path.read_text())
         reference = proof_path.with_suffix(".reference.safetensors")
         scored = _seconds(read_dump_meta(reference)) if reference.is_file() else "—"

@@ -534,6 +534,8 @@ def test_bench_workflow_reads_a_mode_reference_skipped_without_an_engine(tmp_pat
     proof = {"run": "cpu-vllm-bf16+prefix-cache", "status": "not run", "job_seconds": 11.0, "decode_seconds": 0.0,
              "timings": {"engine_start_s": 4.3}}
     (tmp_path / "modes" / "prefix-cache.json").write_text(json.dumps(proof))
+    # an mtp run's reference acceptance (score_mtp) lies beside the proofs and is not one
+    (tmp_path / "modes" / "mtp.reference_acceptance.json").write_text(json.dumps({"status": "measured"}))
     metas = {"prefix-cache.reference.safetensors": {"target": "cpu-hf-fp32"},
              "base.safetensors": {"run_seconds": 279.9}}
     for name in metas:

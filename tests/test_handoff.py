@@ -108,6 +108,12 @@ def test_an_hf_dump_offers_the_evaluation_with_the_model_it_loaded_only_where_it
     assert loaded_handover(config, "cpu-hf-bf16", inputs[0], store) == {}  # accuracy.floor is false
     assert list(loaded_handover(floor_evaluated(), "cpu-hf-bf16", inputs[0], store)) == ["evaluate_accuracy"]
     assert loaded_handover(config, "cpu-vllm-bf16", inputs[0], store) == {}  # its serving check offers it
+    # the reference alone with the floor: no target is evaluated against it, so no job asks for its evaluation
+    alone = default_config()
+    alone["targets"]["cpu-vllm-bf16"]["enabled"] = False
+    assert loaded_handover(alone, "cpu-hf-fp32", inputs[0], store) == {}
+    alone["accuracy"]["floor"] = True
+    assert list(loaded_handover(alone, "cpu-hf-fp32", inputs[0], store)) == ["evaluate_accuracy"]
     # which targets are evaluated is not a setting of the evaluation: the request stays the same
     assert request_for(floor_evaluated(), inputs, "cpu-hf-bf16") == request_for(config, inputs, "cpu-hf-bf16")
     # the request names the engine that loaded the model (a served target's, the server's)

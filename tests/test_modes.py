@@ -235,7 +235,7 @@ def test_mtp_acceptance_per_draft_position_and_by_decode_steps(prefix, suffix):
              [30, 10]}
     first = {"num_drafts": 30, "num_draft_tokens": 60, "num_accepted_tokens": 32, "num_accepted_tokens_per_pos":
              [24, 8]}
-    evidence = {"counters": named(total), "generate_seconds": 1.5, "base_generate_seconds": 2.5,
+    evidence = {"counters": named(total), "generate_seconds": 1.5, "base_timing": {"generate_seconds": 2.5},
                 "spec_by_steps": [{"steps": 32, "counts": first},
                                   {"steps": 64, "counts": {**total, "num_accepted_tokens": 40}}]}
     proof = mode_proof("mtp", evidence, WORKLOAD, MODES_CONFIG)
@@ -247,6 +247,26 @@ def test_mtp_acceptance_per_draft_position_and_by_decode_steps(prefix, suffix):
         "1-32", 30, 32 / 60, [0.8, 8 / 30])
     assert (late["steps"], late["drafts"], late["accepted"], late["per_position"]) == ("33-64", 20, 8, [0.3, 0.1])
     assert (proof["generate_seconds"], proof["base_generate_seconds"]) == (1.5, 2.5)
+
+
+def test_a_failed_base_timing_leaves_the_mtp_speed_up_unknown_and_the_run_standing(tmp_path):
+    """The base configuration's engine, started after the MTP engine closed, cannot start (here: no checkpoint): the
+    error is kept in the evidence with its own log's path, the proof keeps its acceptance, the speed-up is unknown."""
+    from portcheck.modes.run import base_timing
+    from portcheck.targets import parse_target
+
+    settings = EngineSettings(extra={"log_file": str(tmp_path / "run.engine.log")})
+    timing = base_timing(parse_target("cpu-hf-bf16"), tmp_path / "absent", settings, [[1, 2, 3]], 4)
+    assert timing["error"] and "generate_seconds" not in timing
+    assert timing["log"] == str(tmp_path / "run.engine.base.log")
+    counters = {f"vllm:spec_decode_{k}": v for k, v in
+                {"num_drafts": 4, "num_draft_tokens": 4, "num_accepted_tokens": 2,
+                 "num_accepted_tokens_per_pos": [2]}.items()}
+    proof = mode_proof("mtp", {"counters": counters, "generate_seconds": 1.0, "base_timing": timing}, WORKLOAD,
+                       MODES_CONFIG)
+    assert proof["status"] == "ran" and proof["acceptance_rate"] == 0.5 and proof["base_generate_seconds"] is None
+    assert modes_report._speed({"workload": {"prompts": 2, "max_tokens": 4}, "generate_seconds": 1.0,
+                                "base_generate_seconds": proof["base_generate_seconds"]}) == "unknown"
 
 
 @pytest.mark.parametrize("per_position, golden, status, says", [
@@ -669,7 +689,8 @@ def test_the_mtp_mode_is_held_to_the_reference_mtp_and_catches_a_drafter_fed_wro
         assert proof["status"] == "ran" and proof["draft_tokens"] == 2 * proof["drafts"] > 0
         assert len(proof["per_position"]) == 2 and proof["generate_seconds"] > 0
         # the speed-up's other side: an engine in the base configuration, started after the MTP engine closed
-        assert proof["base_generate_seconds"] > 0 and (tmp_path / "engine.base.log").stat().st_size > 0
+        assert proof["base_generate_seconds"] == proof["evidence"]["base_timing"]["generate_seconds"] > 0
+        assert (tmp_path / "engine.base.log").stat().st_size > 0
         buckets = proof["acceptance_by_steps"]
         assert [b["steps"] for b in buckets] == ["1-16", "17-32", "33-48", "49-64"]
         assert sum(b["drafts"] for b in buckets) > 0 and all(b["drafts"] >= 0 for b in buckets)

@@ -924,6 +924,18 @@ def test_task_accuracy_is_shown_and_enters_the_verdict_only_where_configured(art
     assert "Not run: " in section(text, H["accuracy"]) and "task-accuracy comparison" in section(text, H["accuracy"])
 
 
+def test_a_target_left_out_of_the_accuracy_stage_is_named_with_its_setting_not_as_the_stage_off(artifacts, tmp_path):
+    """The bf16 floor without accuracy.floor, here the only compared target: the section names the setting; only
+    accuracy.enabled false says the stage is off."""
+    left_out = {**artifacts, "accuracy_compare": {TARGET: None},
+                "turned_off_by": {TARGET: {"accuracy_compare": "accuracy.floor is false"}}}
+    body = section(render(left_out, tmp_path), H["accuracy"])
+    assert f"- Not run: {TARGET}: accuracy.floor is false" in body and "`accuracy.enabled` is false" not in body
+    off = {**CONFIG, "accuracy": {**CONFIG["accuracy"], "enabled": False}}
+    body = section(render({**artifacts, "accuracy_compare": None}, tmp_path, off), H["accuracy"])
+    assert "Not run: `accuracy.enabled` is false." in body and "accuracy.floor" not in body
+
+
 def test_the_serving_sweep_plot_orders_levels_by_load_and_marks_saturation(tmp_path):
     def level(name, rate, throughput, ttft):
         return {"name": name, "request_throughput": rate, "output_throughput": throughput, "median_ttft_ms": ttft,

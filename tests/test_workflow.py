@@ -346,7 +346,7 @@ def test_task_accuracy_is_measured_through_lm_eval_on_every_engine(workflow_run)
     serve = json.loads((results / "cpu-vllm-bf16" / "serve.json").read_text())
     assert served["server"] == {"port": serve["port"], "started_by": "check_serving"}
     assert serve["handed_over"]["evaluate_accuracy"]["status"] == "ok"
-    # an hf target with the model its dump job loaded, handed over: one model load for both
+    # an hf target with the model its dump job loaded, handed over: one model load for the dump and the evaluation
     assert reference["model_loaded_by"] == "dump_logits"
     # the bf16 floor is a second reference, not a port: not evaluated by default, and the report says why
     assert not (results / "cpu-hf-bf16" / "accuracy.json").exists()

@@ -1,4 +1,5 @@
-"""Snakemake adapter: rule run_mode -> portcheck.modes.run.run_mode (one engine start per mode run)."""
+"""Snakemake adapter: rule run_mode -> portcheck.modes.run.run_mode (one engine start per mode run; an mtp run's a
+second, in the base configuration, for its speed-up)."""
 
 from pathlib import Path
 

@@ -103,16 +103,28 @@ def loaded_handover(config: dict, target_name: str, manifest: str | Path,
 
 
 def _handover_params(config: dict, target_name: str) -> dict | None:
-    """The params rule evaluate_accuracy will be given, or None where no other job can do its work (accuracy off, or
-    off for this target (accuracy.floor), or the target in its own Python environment: lm-eval is portcheck's)."""
+    """The params rule evaluate_accuracy will be given, or None where no other job can do its work (no job asks for
+    the evaluation, or the target is in its own Python environment: lm-eval is portcheck's)."""
     from portcheck.env.versions import distribution_version
     from portcheck.workflow.version_params import result_versions
 
-    if (not config["accuracy"]["enabled"] or config["targets"][target_name].get("python_env")
-            or references_off([target_name], config["reference"], "accuracy", config["accuracy"])):
+    if not asked_for(config, target_name) or config["targets"][target_name].get("python_env"):
         return None
     return evaluation_params(config, target_name, result_versions(target_name), None,
                              distribution_version("lm_eval", "lm-eval"))
+
+
+def asked_for(config: dict, target_name: str) -> bool:
+    """Whether the workflow asks for the target's evaluation: the accuracy stage on, the target not left out (the
+    bf16 floor without accuracy.floor), and for the reference, another target evaluated against it."""
+    from portcheck.config import enabled_targets
+
+    if not config["accuracy"]["enabled"]:
+        return False
+    targets, reference = enabled_targets(config), config["reference"]
+    off = references_off(targets, reference, "accuracy", config["accuracy"])
+    compared = [t for t in targets if t != reference and t not in off]
+    return target_name in compared or (target_name == reference and bool(compared))
 
 
 def evaluate_on_server(target_name: str, port: int, model_dir, settings, accuracy: dict) -> dict:

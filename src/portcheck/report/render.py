@@ -109,7 +109,7 @@ def build_context(artifacts: dict, config: dict) -> dict:
         "samples": samples_section(targets),
         "theory": theory_section(targets),
         "performance": performance_section(targets),
-        "accuracy": accuracy_section(targets),
+        "accuracy": accuracy_section(targets, bool(config["accuracy"]["enabled"])),
         "vision": vision_section(targets),
         "plots": plots_section(artifacts.get("plots") or {}),
         "artifacts": artifacts_section(artifacts, targets, config),

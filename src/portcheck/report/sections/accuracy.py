@@ -9,9 +9,11 @@ from portcheck.report.sources import cite, every_target
 KIND = "accuracy_compare"
 
 
-def accuracy_section(targets: list[TargetData]) -> dict:
+def accuracy_section(targets: list[TargetData], enabled: bool) -> dict:
+    """enabled: accuracy.enabled (a target the config leaves out, the floor without accuracy.floor, is listed with
+    the setting instead)."""
     compared = [t for t in targets if t.role == "target"]
-    if compared and all(KIND in t.turned_off for t in compared):
+    if not enabled:
         return {"enabled": False, "table": None, "absent": [], "in_verdict": False}
     rows, absent = [], []
     for t in compared:
