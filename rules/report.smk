@@ -94,7 +94,9 @@ rule render_report:
         reference=REFERENCE,
         targets=TARGETS,
         compared=COMPARED,
-        # targets left out of the accuracy comparison, with the setting (accuracy.floor): the report names it
+        # the targets each optional comparison's inputs are for (the accuracy comparison leaves out those the config
+        # does not evaluate), and those left out, with the setting (accuracy.floor): the report names it
+        compared_for={kind: compared_for(kind) for kind in OPTIONAL_COMPARISONS},
         not_evaluated=NOT_EVALUATED,
         served=SERVED,
         mode_runs=MODE_RUNS,

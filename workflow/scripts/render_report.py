@@ -48,9 +48,8 @@ def main(smk):
 
 def comparisons(p, kind, files):
     """{target: file} of an optional comparison; None for a target the config leaves out (accuracy.floor)."""
-    left_out = dict(p.not_evaluated) if kind == "accuracy_compare" else {}
-    compared = [t for t in p.compared if t not in left_out]
-    return {**dict(zip(compared, files)), **{t: None for t in p.compared if t in left_out}}
+    found = dict(zip(p.compared_for[kind], files))
+    return {t: found.get(t) for t in p.compared}
 
 
 def _input(files, target, kind):
