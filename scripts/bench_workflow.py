@@ -78,29 +78,25 @@ def main() -> None:
 
 
 def stage_costs(workdir: Path) -> list[str]:
-    """Per target: the corpus windows', decode's and per-layer capture's share of the dump's engine session, the
-    reference's scoring of the decoded tokens, and the corpus dump's bytes per position (full vocabulary here)."""
+    """Per target: its dump's engine session and each stage inside it (the dump's stage_seconds: engine start, seed
+    prompts, greedy, handovers, determinism, samples, corpus, decode, mode workload, layers), the reference's scoring
+    of the decoded tokens, and the corpus dump's bytes per position (full vocabulary here)."""
     sys.path.insert(0, str(ROOT / "src"))
-    from portcheck.dump.layers_file import read_layers
     from portcheck.dump.logits_file import read_dump, read_dump_meta
 
     lines = []
     for target_dir in sorted((workdir / "results").glob("*/*/")):
-        corpus, decode = target_dir / "corpus.safetensors", target_dir / "decode.safetensors"
-        layers = target_dir / "layers.safetensors"
+        corpus = target_dir / "corpus.safetensors"
         if not corpus.is_file():
             continue
         meta = read_dump_meta(target_dir / "logits.safetensors")
         positions = sum(len(ids) for ids in read_dump(corpus).input_ids)
         reference = target_dir / "decode_reference.safetensors"
         scored = f"{read_dump_meta(reference)['run_seconds']:.1f} s" if reference.is_file() else "—"
-        corpus_s, decode_s = (read_dump_meta(path)["run_seconds"] if path.is_file() else float("nan")
-                              for path in (corpus, decode))
-        layers_s = read_layers(layers)[0].get("run_seconds", float("nan")) if layers.is_file() else float("nan")
+        stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in meta.get("stage_seconds", []))
         lines.append(
-            f"{target_dir.name:15s} engine session {meta['run_seconds']:6.1f} s: corpus {corpus_s:5.1f} s, "
-            f"decode {decode_s:5.1f} s, layers {layers_s:4.1f} s; reference scoring its decode {scored}; "
-            f"corpus {corpus.stat().st_size / positions:,.0f} B/position")
+            f"{target_dir.name:15s} engine session {meta['run_seconds']:6.1f} s: {stages}; reference scoring its "
+            f"decode {scored}; corpus {corpus.stat().st_size / positions:,.0f} B/position")
         lines += mode_costs(target_dir, read_dump_meta)
     return lines
 

@@ -16,7 +16,7 @@ from portcheck.compare import metrics as m
 from portcheck.compare.compare import compare_dumps
 from portcheck.compare.positions import compare_by_position, compare_corpus_files
 from portcheck.dump.compact import Storage, bytes_per_position, reduce_logprobs, sample_ids
-from portcheck.dump.logits_file import DumpWriter, read_dump, write_dump
+from portcheck.dump.logits_file import DumpWriter, read_dump, read_dump_meta, write_dump
 from portcheck.engines.outputs import PromptScores
 from portcheck.errors import PortcheckError
 
@@ -197,6 +197,13 @@ def test_run_target_streams_compact_corpus_and_decode_dumps(tiny_model_dir, tmp_
         runs[target] = paths
     target = runs["cpu-hf-bf16"]
     assert [read_dump(target[k]).kind for k in ("logits", "corpus", "decode")] == ["full", "compact", "compact"]
+    # where the engine session went, stage by stage, in the seed prompts' dump (make bench-real-shape prints it)
+    meta = read_dump_meta(target["logits"])
+    stages = dict(meta["stage_seconds"])
+    assert list(stages) == ["engine_start", "prompts", "greedy", "corpus", "decode"]
+    assert all(seconds > 0 for seconds in stages.values()) and sum(stages.values()) <= meta["run_seconds"]
+    assert [read_dump_meta(target[k])["run_seconds"] for k in ("corpus", "decode")] == [stages["corpus"],
+                                                                                       stages["decode"]]
     result = compare_corpus_files(runs["cpu-hf-fp32"]["corpus"], target["corpus"], THRESHOLDS, 0.04, CHUNKS, 0)
     assert result["kld_basis"] == "estimate" and result["storage"]["target"] == "compact"
     assert result["storage"]["target_bytes"] < result["storage"]["reference_bytes"] / 4

@@ -3,6 +3,7 @@ test and the generation samples (engine starts dominate the cost on every device
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -146,61 +147,73 @@ def run_target(
     if decode:
         check_prompt_lengths(decode_prompts, settings.max_model_len, prompts[: decode["prompts"]],
                              new_tokens=decode["max_tokens"])
-    started = time.perf_counter()
+    started, stages = time.perf_counter(), {}
     with make_engine(target, model_dir, settings) as engine:
-        scores = engine.score(prompt_ids)
-        scores_meta = rows_meta(engine)
-        greedy = [engine.generate([ids], greedy_tokens)[0] for ids in prompt_ids]
+        stages["engine_start"] = round(time.perf_counter() - started, 3)
+        with timed(stages, "prompts"):
+            scores = engine.score(prompt_ids)
+            scores_meta = rows_meta(engine)
+        with timed(stages, "greedy"):
+            greedy = [engine.generate([ids], greedy_tokens)[0] for ids in prompt_ids]
         adaptation = engine.adaptation()
         for name, work in (while_up or {}).items():
-            log.info("%s on this engine: %s", name, do_work(name, work, engine))
+            with timed(stages, f"handover {name}"):
+                log.info("%s on this engine: %s", name, do_work(name, work, engine))
         if determinism:
             count = min(determinism["prompts"], len(prompt_ids))
-            determinism_result = measure_determinism(
-                engine, prompt_ids[:count], prompts[:count], tokenizer, determinism["repeats"], determinism["max_tokens"]
-            )
+            with timed(stages, "determinism"):
+                determinism_result = measure_determinism(engine, prompt_ids[:count], prompts[:count], tokenizer,
+                                                         determinism["repeats"], determinism["max_tokens"])
         if samples:
-            samples_result = generate_samples(engine, prompt_ids, prompts, tokenizer, samples)
+            with timed(stages, "samples"):
+                samples_result = generate_samples(engine, prompt_ids, prompts, tokenizer, samples)
         # Last, so the artifacts above (and the adaptation's kernel call counts) are what they were without them.
-        corpus_started = time.perf_counter()
-        corpus_writer = score_windows(engine, windows, outputs.get("corpus"), stored)
-        corpus_seconds = time.perf_counter() - corpus_started
-        decode_started = time.perf_counter()
-        decoded = decode_rows(engine, decode_prompts, decode["max_tokens"], stored,
-                              alone=not decode.get("batched", True)) if decode else None
-        decode_seconds = time.perf_counter() - decode_started
+        if windows:
+            with timed(stages, "corpus"):
+                corpus_writer = score_windows(engine, windows, outputs.get("corpus"), stored)
+        if decode:
+            with timed(stages, "decode"):
+                decoded = decode_rows(engine, decode_prompts, decode["max_tokens"], stored,
+                                      alone=not decode.get("batched", True))
         if modes:
-            modes_started = time.perf_counter()
-            modes_base = workload_rows(engine, workload, modes, stored)
-            modes_seconds = time.perf_counter() - modes_started
+            with timed(stages, "modes"):
+                modes_base = workload_rows(engine, workload, modes, stored)
         if layers:
             layer_sequences = prompt_ids + (windows or [])[: layers["windows"]]
-            layers_started = time.perf_counter()
-            captured = engine.layer_states(layer_sequences, layers.get("indices"))
-            layers_seconds = time.perf_counter() - layers_started
+            with timed(stages, "layers"):
+                captured = engine.layer_states(layer_sequences, layers.get("indices"))
     meta = dump_meta(target, model_dir, prompts, settings, greedy, tokenizer, adaptation)
     meta["run_seconds"] = round(time.perf_counter() - started, 3)
-    write_dump(outputs["logits"], scores, greedy, {**meta, **scores_meta})
+    # stage_seconds: where the session went, [stage, seconds] in the order run (the metadata's keys are sorted)
+    write_dump(outputs["logits"], scores, greedy, {**meta, **scores_meta, "stage_seconds": list(stages.items())})
     write_json(outputs["adaptation"], {"target": target_name, "items": adaptation})
     if determinism:
         write_json(outputs["determinism"], {"target": target_name, **determinism_result})
     if samples:
         write_json(outputs["samples"], {"target": target_name, **samples_result})
     if windows:
-        write_corpus_dump(corpus_writer, {**meta, "run_seconds": round(corpus_seconds, 3)}, corpus)
+        write_corpus_dump(corpus_writer, {**meta, "run_seconds": stages["corpus"]}, corpus)
     if layers:
         write_layers(outputs["layers"], captured, state_sequences=int(layers.get("state_sequences", 1)), meta={
             "target": target_name, "model_sha": meta["model_sha"],
             "sequences_sha": sha256_text(json.dumps(layer_sequences)), "prompts": len(prompt_ids),
-            "layer_types": list(model_text.get("layer_types") or []), "run_seconds": round(layers_seconds, 3),
+            "layer_types": list(model_text.get("layer_types") or []), "run_seconds": stages["layers"],
         })
-    if decoded:
-        write_decode_dump(outputs["decode"], decoded, {**meta, "run_seconds": round(decode_seconds, 3)},
+    if decode:
+        write_decode_dump(outputs["decode"], decoded, {**meta, "run_seconds": stages["decode"]},
                           decode["max_tokens"], stored)
     if modes:
         write_decode_dump(outputs["modes_base"], modes_base, {**meta, "mode": "base", "run": f"{target_name}+base",
-                                                              "run_seconds": round(modes_seconds, 3)},
+                                                              "run_seconds": stages["modes"]},
                           int(modes["max_tokens"]), stored)
+
+
+@contextlib.contextmanager
+def timed(stages: dict[str, float], name: str):
+    """stages[name]: the seconds the block took (3 decimals)."""
+    started = time.perf_counter()
+    yield
+    stages[name] = round(time.perf_counter() - started, 3)
 
 
 def workload_rows(engine, workload: list[list[int]], modes: dict,
