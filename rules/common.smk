@@ -42,7 +42,15 @@ from portcheck.env.versions import distribution_version
 from portcheck.env import python_env
 from portcheck.vision.engines import IMAGE_ENGINES as VISION_ENGINES, NOT_WIRED as VISION_NOT_WIRED
 from portcheck.vision.images import image_problems as vision_image_problems
-from portcheck.targets import ENGINE_MODULES, FLOOR_TARGET, TARGET_PATTERN, floor_absence, parse_target, references_off
+from portcheck.targets import (
+    ENGINE_MODULES,
+    FLOOR_TARGET,
+    TARGET_PATTERN,
+    floor_absence,
+    parse_target,
+    references_off,
+    without_toggles,
+)
 from portcheck.workflow.code_inputs import PACKAGE_DIR, module_closure, remember_imports
 from portcheck.workflow.version_params import result_versions
 
@@ -115,6 +123,10 @@ SERVED = [t for t in TARGETS if parse_target(t).engine == "vllm"]  # the serving
 BENCHED = benched_targets(TARGETS, REFERENCE, config["bench"])
 # The targets whose task accuracy the config leaves out, with the setting: the bf16 floor's unless accuracy.floor.
 NOT_EVALUATED = references_off(TARGETS, REFERENCE, "accuracy", config["accuracy"])
+# The targets whose determinism test and generation samples the config leaves out, with the setting: the reference's
+# and the floor's unless determinism.reference / .floor (samples likewise). Their dump writes a "not run" record in
+# the declared output, which the report does not read (it names the setting).
+NOT_MEASURED = {kind: references_off(TARGETS, REFERENCE, kind, config[kind]) for kind in ("determinism", "samples")}
 CORPUS = config["corpus"]["enabled"]
 DECODE = config["decode"]["enabled"]
 # The corpus text, an input of every dump (another text redoes the dumps); local(): it stays on each host.
@@ -226,6 +238,24 @@ def floor_input(kind, wildcards):
 def no_floor(wildcards):
     """Why this target is compared with no bf16 floor (the report says it); None: the floor is an input."""
     return floor_absence(wildcards.target, REFERENCE, TARGETS)
+
+
+def dump_measurement(kind):
+    """rule dump_logits' settings for a target's determinism test or samples: None where the config leaves them out
+    for it (NOT_MEASURED). The toggles are not settings: turning one on redoes only that target's dump."""
+    settings = without_toggles(config[kind])
+    return lambda wildcards: None if wildcards.target in NOT_MEASURED[kind] else settings
+
+
+def not_measured(wildcards):
+    """{kind: the setting that leaves it out} for this target's dump: its "not run" records."""
+    return {kind: off[wildcards.target] for kind, off in NOT_MEASURED.items() if wildcards.target in off}
+
+
+def reported(kind, target):
+    """Whether the report reads this artifact of the target: not the benchmarks of a target not benchmarked, nor a
+    measurement the config leaves out (the report names the setting instead)."""
+    return (kind != "bench" or target in BENCHED) and target not in NOT_MEASURED.get(kind, {})
 
 
 def dump_inputs():
@@ -498,7 +528,7 @@ REPORT_ARTIFACTS = {
     "manifest": MANIFEST,
     "context": [CONTEXT] if CORPUS else [],
     "mtp_head": [MTP_HEAD] if DECODE else [],
-    "per_target": [target_file(kind, t) for t in TARGETS for kind in REPORTED_KINDS if kind != "bench" or t in BENCHED],
+    "per_target": [target_file(kind, t) for t in TARGETS for kind in REPORTED_KINDS if reported(kind, t)],
     "bench_checks": target_files("bench_checks", BENCHED),
     "serve": target_files("serve", SERVED),
     "compare": compare_files("compare"),

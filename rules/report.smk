@@ -98,6 +98,8 @@ rule render_report:
         # does not evaluate), and those left out, with the setting (accuracy.floor): the report names it
         compared_for={kind: compared_for(kind) for kind in OPTIONAL_COMPARISONS},
         not_evaluated=NOT_EVALUATED,
+        # the determinism tests and samples left out (the references' by default), with the setting
+        not_measured=NOT_MEASURED,
         served=SERVED,
         mode_runs=MODE_RUNS,
         mode_runs_not_run=MODE_RUNS_NOT_RUN,

@@ -432,7 +432,20 @@ def test_missing_determinism_and_samples_show_not_run(artifacts, tmp_path):
     assert "**83.33%**" in reference_part
     assert "prompt 1 alone vs in the batch: first differs at token 4" in reference_part
     summary_row = next(line for line in text.splitlines() if line.startswith(f"| {TARGET} |"))
-    assert row_cells(summary_row, 10) == "not run"
+    assert row_cells(summary_row, 10) == "not run (determinism is not configured for this target)"
+
+
+def test_determinism_left_out_by_the_config_names_the_setting(artifacts, tmp_path):
+    """determinism.reference / samples.reference off: the report reads no file for them and names the setting, in the
+    sections and in the summary table, not a bare "not run"."""
+    artifacts["targets"][REFERENCE].update(determinism=None, samples=None)
+    artifacts["turned_off_by"] = {REFERENCE: {"determinism": "determinism.reference is false",
+                                              "samples": "samples.reference is false"}}
+    text = render(artifacts, tmp_path)
+    assert f"### {REFERENCE}\n\nNot run: determinism.reference is false." in section(text, H["determinism"])
+    assert f"### {REFERENCE}\n\nNot run: samples.reference is false." in section(text, H["samples"])
+    summary_row = next(line for line in text.splitlines() if line.startswith(f"| {REFERENCE} |"))
+    assert row_cells(summary_row, 10) == "not run (determinism.reference is false)"
 
 
 def test_absent_environment_items_say_absent(artifacts, tmp_path):

@@ -50,6 +50,41 @@ def test_report_is_produced_from_artifacts(workflow_run):
     assert f"{compare['kld_mean']:.3e}" in report or f"{compare['kld_mean']:.2e}" in report
 
 
+def test_the_references_determinism_and_samples_are_left_out_and_the_report_names_the_setting(workflow_run):
+    """By default the seed's determinism test and the samples are of the port: the reference's and the bf16 floor's
+    dumps write a "not run" record naming the setting, and the report says it where it would show them."""
+    results = workflow_run / "results" / MODEL
+    report = (workflow_run / "reports" / MODEL / "report.md").read_text()
+    for target, role in (("cpu-hf-fp32", "reference"), ("cpu-hf-bf16", "floor")):
+        for kind in ("determinism", "samples"):
+            record = json.loads((results / target / f"{kind}.json").read_text())
+            assert record == {"target": target, "status": "not run", "reason": f"{kind}.{role} is false"}
+    determinism = json.loads((results / "cpu-vllm-bf16" / "determinism.json").read_text())
+    assert determinism["prompts"] == 8 and determinism["repeats"] == 3 and len(determinism["per_prompt"]) == 8
+    samples = json.loads((results / "cpu-vllm-bf16" / "samples.json").read_text())
+    assert len(samples["samples"]) == 11 and set(samples["settings"]) == {"temperature", "top_p", "max_tokens", "seed"}
+    sections = {part.split("\n", 1)[0].split(". ", 1)[-1]: part for part in report.split("\n## ")}
+    assert "### cpu-hf-fp32\n\nNot run: determinism.reference is false." in sections["Determinism"]
+    assert "### cpu-hf-bf16\n\nNot run: determinism.floor is false." in sections["Determinism"]
+    assert "identical across repeats" in sections["Determinism"].split("### cpu-vllm-bf16")[1]
+    assert "### cpu-hf-bf16\n\nNot run: samples.floor is false." in sections["Generation samples"]
+    assert "not run (determinism.floor is false)" in sections["Summary"]  # the floor's row of the summary table
+
+
+def test_determinism_floor_redoes_the_floors_dump_alone(rerun_copy):
+    """determinism.floor / samples.floor are not settings of the work: turning them on redoes the floor's dump only
+    (no other dump, benchmark, evaluation or mode run; what reads its rewritten files reruns), which measures them."""
+    set_config(rerun_copy, lambda c: (c["determinism"].update(floor=True), c["samples"].update(floor=True)))
+    planned = planned_jobs(rerun_copy)
+    assert planned["dump_logits"] == 1 and "dump_logits_with_mode_base" not in planned
+    assert not {"run_benchmarks", "evaluate_accuracy", "run_mode", "dump_vision", "check_serving"} & set(planned)
+    snakemake(rerun_copy, f"results/{MODEL}/cpu-hf-bf16/determinism.json")
+    determinism = json.loads((rerun_copy / "results" / MODEL / "cpu-hf-bf16" / "determinism.json").read_text())
+    assert determinism["repeats"] == 3 and len(determinism["per_prompt"]) == 8
+    samples = json.loads((rerun_copy / "results" / MODEL / "cpu-hf-bf16" / "samples.json").read_text())
+    assert len(samples["samples"]) == 11
+
+
 def test_decode_path_is_compared_on_every_engine(workflow_run):
     results = workflow_run / "results" / MODEL
     report = (workflow_run / "reports" / MODEL / "report.md").read_text()

@@ -115,12 +115,13 @@ def run_dump(args, config: dict, prompts: list[str] | None, settings, outputs: d
     from portcheck.config import load_prompts
     from portcheck.dump.run import run_target
     from portcheck.env.capture import capture_env
+    from portcheck.targets import without_toggles
 
     write_json(outputs["env"], capture_env(args.target, ROOT))
     run_target(args.target, args.model, prompts or load_prompts(config, ROOT), settings,
                {kind: path for kind, path in outputs.items() if kind != "env"},
-               greedy_tokens=config["logits"]["greedy_tokens"], determinism=config["determinism"],
-               samples=config["samples"])
+               greedy_tokens=config["logits"]["greedy_tokens"], determinism=without_toggles(config["determinism"]),
+               samples=without_toggles(config["samples"]))
 
 
 @contextlib.contextmanager

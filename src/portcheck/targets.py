@@ -46,6 +46,11 @@ def references_off(targets: list[str], reference: str, section: str, settings: d
     return {t: off[t] for t in targets if t in off}
 
 
+def without_toggles(settings: dict) -> dict:
+    """A section's settings for the work itself: references_off's toggles say whom it is for, not how it runs."""
+    return {key: value for key, value in settings.items() if key not in ("reference", "floor")}
+
+
 @dataclass(frozen=True)
 class Target:
     name: str

@@ -32,6 +32,9 @@ def main(smk):
     artifacts["turned_off_by"] = {t: {"bench": why, "bench_checks": why} for t, why in unbenched.items()}
     for t, why in dict(p.not_evaluated).items():
         artifacts["turned_off_by"].setdefault(t, {})["accuracy_compare"] = why
+    for kind, off in dict(p.not_measured).items():  # determinism.reference, samples.floor, ...
+        for t, why in dict(off).items():
+            artifacts["turned_off_by"].setdefault(t, {})[kind] = why
     for t in p.targets:
         artifacts["targets"][t]["bench_checks"] = None
     for t, path in zip(benched_targets(p.targets, p.reference, p.config["bench"]), smk.input.bench_checks):

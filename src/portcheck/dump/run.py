@@ -115,6 +115,7 @@ def run_target(
     modes: dict | None = None,
     storage: dict | None = None,
     while_up: dict[str, Callable] | None = None,
+    not_measured: dict[str, str] | None = None,
 ) -> None:
     """Write outputs["logits"], ["adaptation"], and where given ["determinism"], ["samples"], ["corpus"],
     ["decode"]. corpus: {"text", "path", "sha256", "window_length", "windows"}: long-context windows scored in
@@ -127,7 +128,8 @@ def run_target(
     own logits, at any vocabulary). Each dump's metadata says what its rows hold (rows_meta). while_up: other jobs'
     work on this engine, by name (portcheck.workflow.handoff), done after the adaptation is read (its kernel call
     counts stay the dump's) and before the long stages (a benchmark's peak memory stays its own); a failure there
-    is logged and leaves that job to start its own engine."""
+    is logged and leaves that job to start its own engine. not_measured: {"determinism" | "samples": the setting that
+    leaves it out}: a "not run" record naming it is written in its place."""
     target = parse_target(target_name)
     tokenizer = load_tokenizer(model_dir, settings.trust_remote_code)
     prompt_ids = tokenize(tokenizer, prompts)
@@ -191,6 +193,8 @@ def run_target(
         write_json(outputs["determinism"], {"target": target_name, **determinism_result})
     if samples:
         write_json(outputs["samples"], {"target": target_name, **samples_result})
+    for kind, why in (not_measured or {}).items():
+        write_json(outputs[kind], {"target": target_name, "status": "not run", "reason": why})
     if windows:
         write_corpus_dump(corpus_writer, {**meta, "run_seconds": stages["corpus"]}, corpus)
     if layers:

@@ -10,6 +10,7 @@ from typing import Any
 from portcheck.artifacts import OPTIONAL_COMPARISONS, TARGET_FILES, read_artifact
 from portcheck.dump.logits_file import read_dump_meta
 from portcheck.errors import PortcheckError
+from portcheck.report.format import NOT_RUN
 
 # Per-target JSON artifacts (the dump, logits, is read apart: it is safetensors).
 JSON_KINDS = ("env", "adaptation", "determinism", "samples", "bench", "bench_checks", "serve")
@@ -48,6 +49,10 @@ class TargetData:
     @property
     def ran(self) -> bool:
         return self.meta is not None
+
+    def not_run(self, kind: str) -> str:
+        """"not run", with the setting that turned `kind` off where the config did (e.g. bench.reference)."""
+        return f"{NOT_RUN} ({self.absent[kind]})" if kind in self.turned_off else NOT_RUN
 
     @property
     def versions(self) -> dict:

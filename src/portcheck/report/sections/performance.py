@@ -36,7 +36,7 @@ def _overview(targets: list[TargetData]) -> dict:
     rows = []
     for t in targets:
         if t.bench is None:
-            rows.append([t.name, _not_run(t, "bench")] + [DASH] * 6)
+            rows.append([t.name, t.not_run("bench")] + [DASH] * 6)
             continue
         mem, timings = t.bench.get("memory") or {}, t.bench.get("timings") or {}
         capacity = mem.get("capacity") or {}
@@ -50,11 +50,6 @@ def _overview(targets: list[TargetData]) -> dict:
                   "memory.capacity.max_concurrency", "timings.total_s")
     return table(["Target", "Engine start (s)", "Weight load (s)", "Weights (text, target dtype)", "Peak memory",
                   "KV cache (tokens)", "Max concurrency", "Benchmark wall time (s)"], rows, source)
-
-
-def _not_run(t: TargetData, kind: str) -> str:
-    """"not run", with the setting that turned it off where the config did (e.g. bench.reference)."""
-    return f"{NOT_RUN} ({t.absent[kind]})" if kind in t.turned_off else NOT_RUN
 
 
 def _target_view(t: TargetData) -> dict:
@@ -77,7 +72,7 @@ def _roofline_table(targets: list[TargetData]) -> dict:
 
 def _roofline_row(t: TargetData) -> list[str]:
     if t.bench_checks is None:
-        return [t.name, _not_run(t, "bench_checks")] + [DASH] * 9
+        return [t.name, t.not_run("bench_checks")] + [DASH] * 9
     roof = t.bench_checks["roofline"]
     utilisation = roof["prefill_flops_utilisation"]
     return [t.name, _hardware_text(t), bandwidth(roof["memory_bandwidth_bytes_s"]), byte_size(roof["weight_bytes"]),

@@ -134,7 +134,7 @@ def adaptation_counts(data: TargetData) -> str:
 
 def determinism_summary(data: TargetData) -> str:
     if data.determinism is None:
-        return NOT_RUN
+        return data.not_run("determinism")
     d = data.determinism
     return f"{pct(d.get('repeat_identical_rate'))} identical, {pct(d.get('batch_invariant_rate'))} batch-invariant"
 
