@@ -241,7 +241,7 @@ def no_floor(wildcards):
 
 
 def dump_measurement(kind):
-    """rule dump_logits' settings for a target's determinism test or samples: None where the config leaves them out
+    """The dump's settings for a target's determinism test or samples: None where the config leaves them out
     for it (NOT_MEASURED). The toggles are not settings: turning one on redoes only that target's dump."""
     settings = without_toggles(config[kind])
     return lambda wildcards: None if wildcards.target in NOT_MEASURED[kind] else settings
