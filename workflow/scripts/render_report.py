@@ -27,14 +27,7 @@ def main(smk):
         "plots": dict(p.plots),
         "configfile": p.configfile,
     }
-    # Targets the config does not benchmark (bench.reference): None, with the setting the report names.
-    unbenched = not_benchmarked(p.targets, p.reference, p.config["bench"])
-    artifacts["turned_off_by"] = {t: {"bench": why, "bench_checks": why} for t, why in unbenched.items()}
-    for t, why in dict(p.not_evaluated).items():
-        artifacts["turned_off_by"].setdefault(t, {})["accuracy_compare"] = why
-    for kind, off in dict(p.not_measured).items():  # determinism.reference, samples.floor, ...
-        for t, why in dict(off).items():
-            artifacts["turned_off_by"].setdefault(t, {})[kind] = why
+    artifacts["turned_off_by"] = turned_off_by(p)
     for t in p.targets:
         artifacts["targets"][t]["bench_checks"] = None
     for t, path in zip(benched_targets(p.targets, p.reference, p.config["bench"]), smk.input.bench_checks):
@@ -47,6 +40,19 @@ def main(smk):
     context = build_context(artifacts, dict(p.config))
     context["history"] = record_and_section(p.history, artifacts, dict(p.config)["history"])
     render_report(smk.input.template, smk.output[0], context)
+
+
+def turned_off_by(p) -> dict:
+    """{target: {kind: the setting that leaves it out}}, the reason the report gives: the benchmarks (bench.reference),
+    the accuracy comparison (accuracy.floor), the determinism test and samples (determinism.reference, ...)."""
+    unbenched = not_benchmarked(p.targets, p.reference, p.config["bench"])
+    off = {"bench": unbenched, "bench_checks": unbenched, "accuracy_compare": dict(p.not_evaluated),
+           **{kind: dict(targets) for kind, targets in dict(p.not_measured).items()}}
+    by_target = {}
+    for kind, targets in off.items():
+        for t, why in targets.items():
+            by_target.setdefault(t, {})[kind] = why
+    return by_target
 
 
 def comparisons(p, kind, files):
